@@ -1,0 +1,5 @@
+import sys
+
+from stmwatch.daemon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""nanonis driver."""

@@ -1,0 +1,278 @@
+"""Read and write Nanonis ``.sxm`` files -- stmwatch's own reader, robust to what labs really have.
+
+File layout: a text header of ``:KEY:`` lines, each followed by its value lines, ending with
+``:SCANIT_END:``; then the bytes ``\\x1a\\x04``; then every frame as big-endian float32, channel by
+channel in ``DATA_INFO`` order, forward before backward for a ``both`` channel. Each frame is
+stored as acquired: for ``SCAN_DIR`` *up* the first stored row is the bottom of the image, and a
+backward frame's rows run right to left. The reader returns frames in the display frame (row 0
+at top, column 0 at left), as Gwyddion's Nanonis module does; the writer undoes that.
+
+Anything wrong with a file raises :class:`ScanReadError` naming the file and the problem.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .scan import Channel, Scan
+
+log = logging.getLogger(__name__)
+
+HEADER_END = b":SCANIT_END:"
+DATA_MARKER = b"\x1a\x04"
+DATA_INFO_COLUMNS = ("Channel", "Name", "Unit", "Direction", "Calibration", "Offset")
+MAX_HEADER_BYTES = 1 << 20  # a header larger than 1 MiB is not a Nanonis header
+
+
+class ScanReadError(ValueError):
+    """A scan file could not be read; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike | None, problem: str):
+        self.path = str(path) if path is not None else "<bytes>"
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+# ---- header ----------------------------------------------------------------------------------
+def parse_header(text: str) -> dict[str, str]:
+    """Header text (without ``:SCANIT_END:``) → ``{key: value}``, keys in file order.
+
+    A key line is ``:KEY:``; the value is every line up to the next key line, with the
+    line breaks kept (``\\n``) and trailing blank lines dropped. CRLF is accepted.
+    """
+    header: dict[str, str] = {}
+    key: str | None = None
+    lines: list[str] = []
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        if len(line) >= 2 and line.startswith(":") and line.endswith(":"):
+            if key is not None:
+                header[key] = "\n".join(lines).rstrip("\n ")
+            key, lines = line[1:-1], []
+        elif key is not None:
+            lines.append(line)
+    if key is not None:
+        header[key] = "\n".join(lines).rstrip("\n ")
+    return header
+
+
+def _numbers(header: dict[str, str], key: str, count: int, kind=float, path=None, default=None):
+    if key not in header:
+        if default is not None:
+            return default
+        raise ScanReadError(path, f"header has no {key}")
+    parts = header[key].split()
+    try:
+        values = [kind(p) if kind is float else int(float(p)) for p in parts[:count]]
+        if kind is int and any(float(p) != int(float(p)) for p in parts[:count]):
+            raise ValueError
+    except ValueError:
+        raise ScanReadError(path, f"{key} is not {count} number(s): {header[key].strip()!r}") from None
+    if len(values) != count or not all(np.isfinite(values)):
+        raise ScanReadError(path, f"{key} is not {count} finite number(s): {header[key].strip()!r}")
+    return values
+
+
+def parse_data_info(value: str, path=None) -> list[dict[str, str]]:
+    """The ``DATA_INFO`` table → one dict per channel with the keys of :data:`DATA_INFO_COLUMNS`."""
+    rows = [line.strip().split("\t") for line in value.split("\n") if line.strip()]
+    if not rows:
+        raise ScanReadError(path, "DATA_INFO is empty")
+    columns = [c.strip() for c in rows[0]]
+    if "Name" not in columns or "Direction" not in columns:
+        raise ScanReadError(path, f"DATA_INFO has no Name/Direction columns: {rows[0]}")
+    channels = []
+    for row in rows[1:]:
+        if len(row) != len(columns):
+            raise ScanReadError(path, f"DATA_INFO row has {len(row)} fields, expected {len(columns)}: {row}")
+        entry = {c: v.strip() for c, v in zip(columns, row)}
+        if entry["Direction"] not in ("both", "forward", "backward"):
+            raise ScanReadError(path, f"DATA_INFO direction {entry['Direction']!r} is not both/forward/backward")
+        channels.append(entry)
+    if not channels:
+        raise ScanReadError(path, "DATA_INFO lists no channels")
+    return channels
+
+
+def split_file(raw: bytes, path=None) -> tuple[dict[str, str], int]:
+    """Split a file's bytes into its parsed header and the offset where the data starts."""
+    if not raw:
+        raise ScanReadError(path, "file is empty")
+    if not raw.lstrip().startswith(b":"):
+        raise ScanReadError(path, "not a Nanonis .sxm file (no ':KEY:' header at the start)")
+    end = raw.find(HEADER_END, 0, MAX_HEADER_BYTES)
+    if end < 0:
+        raise ScanReadError(path, "header is not terminated (no :SCANIT_END:): file truncated or not .sxm")
+    marker = raw.find(DATA_MARKER, end)
+    if marker < 0:
+        raise ScanReadError(path, "no data marker \\x1a\\x04 after :SCANIT_END: (file truncated in the header)")
+    return parse_header(raw[:end].decode("latin-1")), marker + len(DATA_MARKER)
+
+
+def frame_count(info: list[dict[str, str]]) -> int:
+    return sum(2 if c["Direction"] == "both" else 1 for c in info)
+
+
+def expected_size(path: str | os.PathLike) -> int | None:
+    """Total file size in bytes that a file's header implies, or ``None`` if the header is not
+    complete yet (used by the folder driver to tell a finished file from one still being written)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(MAX_HEADER_BYTES)
+        header, start = split_file(head, path)
+        nx, ny = _numbers(header, "SCAN_PIXELS", 2, int, path)
+        info = parse_data_info(header.get("DATA_INFO", ""), path)
+    except (ScanReadError, OSError):
+        return None
+    return start + frame_count(info) * nx * ny * 4
+
+
+# ---- orientation -----------------------------------------------------------------------------
+def stored_to_display(frame: np.ndarray, scan_dir: str, backward: bool) -> np.ndarray:
+    """Flip a frame between stored (acquisition) order and the display frame. Its own inverse."""
+    if scan_dir == "up":
+        frame = frame[::-1, :]
+    if backward:
+        frame = frame[:, ::-1]
+    return frame
+
+
+# ---- reading ---------------------------------------------------------------------------------
+def _parse_datetime(header: dict[str, str]) -> dt.datetime | None:
+    date, time = header.get("REC_DATE", "").strip(), header.get("REC_TIME", "").strip()
+    for fmt in ("%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M"):
+        try:
+            return dt.datetime.strptime(f"{date} {time}", fmt)
+        except ValueError:
+            pass
+    return None
+
+
+def read_sxm_bytes(raw: bytes, path: str | os.PathLike | None = None) -> Scan:
+    """Parse the bytes of a ``.sxm`` file (see :func:`read_sxm`)."""
+    header, start = split_file(raw, path)
+    nx, ny = _numbers(header, "SCAN_PIXELS", 2, int, path)
+    if nx <= 0 or ny <= 0:
+        raise ScanReadError(path, f"SCAN_PIXELS must be positive, got {nx} x {ny}")
+    range_m = tuple(_numbers(header, "SCAN_RANGE", 2, float, path))
+    offset_m = tuple(_numbers(header, "SCAN_OFFSET", 2, float, path, default=[0.0, 0.0]))
+    (angle,) = _numbers(header, "SCAN_ANGLE", 1, float, path, default=[0.0])
+    scan_dir = header.get("SCAN_DIR", "down").strip().lower() or "down"
+    if scan_dir not in ("up", "down"):
+        raise ScanReadError(path, f"SCAN_DIR is {scan_dir!r}, not up or down")
+    bias = _numbers(header, "BIAS", 1, float, path, default=[None])[0] if header.get("BIAS", "").strip() else None
+    if "DATA_INFO" not in header:
+        raise ScanReadError(path, "header has no DATA_INFO (channel list)")
+    info = parse_data_info(header["DATA_INFO"], path)
+
+    n_frames = frame_count(info)
+    need = n_frames * nx * ny * 4
+    have = len(raw) - start
+    if have < need:
+        raise ScanReadError(
+            path, f"data truncated: {have} bytes after the header, header implies {need} "
+            f"({n_frames} frames of {nx} x {ny} float32)")
+    if have > need:
+        log.warning("%s: %d bytes after the data that the header implies; ignored", path, have - need)
+    data = np.frombuffer(raw, dtype=">f4", count=n_frames * nx * ny, offset=start)
+    data = data.astype(np.float32).reshape(n_frames, ny, nx)
+    if np.isnan(data).all():
+        raise ScanReadError(path, "every pixel is NaN: the scan was stopped before its first line")
+
+    channels, k = [], 0
+    for entry in info:
+        dirs = ("forward", "backward") if entry["Direction"] == "both" else (entry["Direction"],)
+        frames = {}
+        for d in dirs:
+            frames[d] = np.ascontiguousarray(stored_to_display(data[k], scan_dir, d == "backward"))
+            k += 1
+        try:
+            index = int(entry.get("Channel", "0"))
+        except ValueError:
+            index = 0
+        channels.append(Channel(
+            name=entry["Name"], unit=entry.get("Unit", ""), index=index,
+            calibration=entry.get("Calibration", "1.000E+0"), offset=entry.get("Offset", "0.000E+0"),
+            **frames))
+    return Scan(
+        channels=channels, pixels=(nx, ny), range_m=range_m, offset_m=offset_m, angle_deg=angle,
+        direction=scan_dir, bias_v=bias, acquired=_parse_datetime(header),
+        source=Path(path) if path is not None else None, header=header)
+
+
+def read_sxm(path: str | os.PathLike) -> Scan:
+    """Read a Nanonis ``.sxm`` file into a :class:`Scan` (frames in the display frame).
+
+    Raises :class:`ScanReadError` for any unreadable file (empty, truncated, bad header, no data);
+    a scan stopped early reads fine, with its missing lines NaN and ``scan.partial`` True.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ScanReadError(path, f"cannot open: {exc.strerror or exc}") from None
+    try:
+        return read_sxm_bytes(raw, path)
+    except ScanReadError:
+        raise
+    except Exception as exc:  # last line of defence: no other exception type escapes the reader
+        raise ScanReadError(path, f"unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+# ---- writing ---------------------------------------------------------------------------------
+def _fmt(value: float) -> str:
+    return repr(float(value))  # shortest string that reads back to the same float
+
+
+def sxm_bytes(scan: Scan) -> bytes:
+    """Serialise a :class:`Scan` as ``.sxm`` bytes that :func:`read_sxm_bytes` reads back exactly.
+
+    Keys of ``scan.header`` are kept in order; the geometry keys and ``DATA_INFO`` are written
+    from the scan's own fields.
+    """
+    nx, ny = scan.pixels
+    stamp = scan.acquired or dt.datetime(2000, 1, 1)
+    geometry = {
+        "SCAN_PIXELS": f"       {nx}       {ny}",
+        "SCAN_RANGE": f"           {_fmt(scan.range_m[0])}           {_fmt(scan.range_m[1])}",
+        "SCAN_OFFSET": f"             {_fmt(scan.offset_m[0])}         {_fmt(scan.offset_m[1])}",
+        "SCAN_ANGLE": f"            {_fmt(scan.angle_deg)}",
+        "SCAN_DIR": scan.direction,
+    }
+    if scan.bias_v is not None:
+        geometry["BIAS"] = f"            {_fmt(scan.bias_v)}"
+    rows = ["\t" + "\t".join(DATA_INFO_COLUMNS)]
+    for ch in scan.channels:
+        direction = "both" if len(ch.directions) == 2 else ch.directions[0]
+        rows.append("\t" + "\t".join([str(ch.index), ch.name, ch.unit, direction, ch.calibration, ch.offset]))
+    geometry["DATA_INFO"] = "\n".join(rows) + "\n"
+
+    header: dict[str, str] = {
+        "NANONIS_VERSION": "2",
+        "SCANIT_TYPE": "              FLOAT            MSBFIRST",
+        "REC_DATE": stamp.strftime(" %d.%m.%Y"),
+        "REC_TIME": stamp.strftime("%H:%M:%S"),
+        "SCAN_FILE": scan.source.name if scan.source else "",
+    }
+    header.update({k: v for k, v in scan.header.items() if k != "SCANIT_END"})
+    if scan.acquired is not None:
+        header["REC_DATE"], header["REC_TIME"] = stamp.strftime(" %d.%m.%Y"), stamp.strftime("%H:%M:%S")
+    header.update(geometry)
+    if scan.bias_v is None:
+        header.pop("BIAS", None)
+    text = "".join(f":{key}:\n{value}\n" for key, value in header.items())
+    frames = [stored_to_display(f, scan.direction, d == "backward")
+              for ch in scan.channels for d, f in zip(ch.directions, ch.frames())]
+    data = np.stack(frames).astype(">f4").tobytes()
+    return text.encode("latin-1", errors="replace") + HEADER_END + b"\n\n\n" + DATA_MARKER + data
+
+
+def write_sxm(scan: Scan, path: str | os.PathLike) -> Path:
+    """Write ``scan`` to ``path`` (atomically: a temporary file renamed into place)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_bytes(sxm_bytes(scan))
+    os.replace(tmp, path)
+    return path

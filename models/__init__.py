@@ -1,0 +1,1 @@
+"""Models: preprocessing, the STM simulator, UNet segmentation and few-shot classification."""
