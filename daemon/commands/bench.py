@@ -1,0 +1,18 @@
+"""``stmwatch bench segment|classify|stream``: speed, reported as ratios measured in one run."""
+from __future__ import annotations
+
+from ._dispatch import add_targets, run_target
+
+HELP = "benchmark segmentation backends, classification and live-stream publish delay"
+TARGETS = {
+    "segment": "stmwatch.models.bench_segment",
+    "classify": "stmwatch.models.fewshot.bench",
+    "stream": "stmwatch.daemon.bench_stream",
+}
+
+
+def add_arguments(parser) -> None:
+    add_targets(parser, TARGETS, "target")
+
+
+run = run_target
