@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(f"stmwatch.daemon.commands.{module_name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"stmwatch.daemon.commands.{module_name}":
+            if not f"stmwatch.daemon.commands.{module_name}".startswith(str(exc.name)):
                 raise
             continue  # command not built yet
         command = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),

@@ -16,7 +16,7 @@ def add_targets(parser, targets: dict[str, str], dest: str) -> None:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name != module_name:
+            if not module_name.startswith(str(exc.name)):
                 raise
             continue
         target = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
