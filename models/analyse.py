@@ -1,0 +1,94 @@
+"""The analysis of one scan: preprocess → segment → classify, behind two small interfaces.
+
+This is the seam between the models and everything that uses them (``stmwatch process``, the
+daemon's pipeline, the live stream): they call :meth:`Analyser.analyse` and never reach into a
+network. A segmenter and a classifier are anything with the methods below.
+
+Conventions: defects come back in the display frame of the scan *as read* (row 0 at top,
+fractional pixel indices, an integer is a pixel centre) with scanner-frame metres from
+``Scan.pixel_to_scanner``; crops are ``(channels, h, w)`` float32 at the surface's model scale.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Protocol
+
+import numpy as np
+
+from stmwatch.drivers.scan import Scan
+
+from .defects import Defect, count_labels
+
+
+class Segmenter(Protocol):
+    """Finds defects in a scan."""
+
+    name: str  # e.g. "unet-multi"
+    version: str  # identifies the weights (e.g. first 12 hex digits of their sha256)
+
+    def segment(self, scan: Scan) -> list[Defect]:
+        """Every defect in ``scan``, each with position, area, score and a classifier crop."""
+        ...
+
+
+class Classifier(Protocol):
+    """Names defects from their crops."""
+
+    name: str
+    version: str
+
+    def classify(self, crops: np.ndarray) -> list[tuple[str, float]]:
+        """``crops`` ``(n, channels, h, w)`` float32 → one ``(label, score)`` per crop, in one
+        forward pass; the label is ``"unknown"`` when a crop is unlike every support class."""
+        ...
+
+
+@dataclasses.dataclass
+class Analysis:
+    """What one scan gave: its defects, their counts by label, and where the time went (ms)."""
+
+    scan: Scan
+    defects: list[Defect]
+    counts: dict[str, int]
+    timing_ms: dict[str, float]
+    model_versions: dict[str, str]
+
+
+@dataclasses.dataclass
+class Analyser:
+    """A segmenter and (optionally) a classifier, applied to one scan at a time."""
+
+    segmenter: Segmenter
+    classifier: Classifier | None = None
+
+    @property
+    def model_versions(self) -> dict[str, str]:
+        versions = {"segmenter": f"{self.segmenter.name}@{self.segmenter.version}"}
+        if self.classifier is not None:
+            versions["classifier"] = f"{self.classifier.name}@{self.classifier.version}"
+        return versions
+
+    def analyse(self, scan: Scan, read_ms: float = 0.0) -> Analysis:
+        """Segment and classify ``scan``; ``read_ms`` is the time its reading took, for the record."""
+        t0 = time.perf_counter()
+        defects = self.segmenter.segment(scan)
+        t1 = time.perf_counter()
+        with_crops = [d for d in defects if d.crop is not None]
+        if self.classifier is not None and with_crops:
+            labels = self.classifier.classify(np.stack([d.crop for d in with_crops]))
+            for defect, (label, score) in zip(with_crops, labels):
+                defect.label, defect.label_score = label, float(score)
+        t2 = time.perf_counter()
+        segment_ms = (t1 - t0) * 1e3
+        timing = {
+            "read": read_ms,
+            # a segmenter that preprocesses reports it in .last_timing_ms; else it is in segment
+            "preprocess": float(getattr(self.segmenter, "last_timing_ms", {}).get("preprocess", 0.0)),
+            "segment": segment_ms,
+            "classify": (t2 - t1) * 1e3,
+        }
+        timing["segment"] -= timing["preprocess"]
+        timing["total"] = read_ms + (t2 - t0) * 1e3
+        return Analysis(scan, defects, count_labels(defects), {k: round(v, 2) for k, v in timing.items()},
+                        self.model_versions)

@@ -1,0 +1,1 @@
+"""Few-shot defect classification: backbones, methods, episodic training and evaluation."""
