@@ -100,9 +100,8 @@ class Scan:
 
     @property
     def nan_rows(self) -> int:
-        """Lines not acquired (all NaN) in the topography's forward (or first) frame."""
-        frame = self.topography().frames()[0]
-        return int(np.isnan(frame).all(axis=1).sum())
+        """Lines not acquired (all NaN): the most of any frame of any channel."""
+        return max(int(np.isnan(f).all(axis=1).sum()) for c in self.channels for f in c.frames())
 
     @property
     def partial(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -26,6 +27,7 @@ HEADER_END = b":SCANIT_END:"
 DATA_MARKER = b"\x1a\x04"
 DATA_INFO_COLUMNS = ("Channel", "Name", "Unit", "Direction", "Calibration", "Offset")
 MAX_HEADER_BYTES = 1 << 20  # a header larger than 1 MiB is not a Nanonis header
+MAX_PIXELS = 16384  # per side; Nanonis scans are at most a few thousand pixels wide
 
 
 class ScanReadError(ValueError):
@@ -60,19 +62,24 @@ def parse_header(text: str) -> dict[str, str]:
 
 
 def _numbers(header: dict[str, str], key: str, count: int, kind=float, path=None, default=None):
+    """The first ``count`` numbers of ``header[key]`` as ``kind`` (float or int), or ``default``
+    when the key is missing; anything else is a :class:`ScanReadError` quoting the value."""
     if key not in header:
         if default is not None:
             return default
         raise ScanReadError(path, f"header has no {key}")
-    parts = header[key].split()
+    parts = header[key].split()[:count]
+    problem = ScanReadError(path, f"{key} is not {count} finite number(s): {header[key].strip()!r}")
     try:
-        values = [kind(p) if kind is float else int(float(p)) for p in parts[:count]]
-        if kind is int and any(float(p) != int(float(p)) for p in parts[:count]):
-            raise ValueError
+        values = [float(p) for p in parts]
     except ValueError:
-        raise ScanReadError(path, f"{key} is not {count} number(s): {header[key].strip()!r}") from None
-    if len(values) != count or not all(np.isfinite(values)):
-        raise ScanReadError(path, f"{key} is not {count} finite number(s): {header[key].strip()!r}")
+        raise problem from None
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        raise problem
+    if kind is int:
+        if any(v != int(v) for v in values):
+            raise ScanReadError(path, f"{key} is not {count} integer(s): {header[key].strip()!r}")
+        return [int(v) for v in values]
     return values
 
 
@@ -151,12 +158,12 @@ def _parse_datetime(header: dict[str, str]) -> dt.datetime | None:
     return None
 
 
-def read_sxm_bytes(raw: bytes, path: str | os.PathLike | None = None) -> Scan:
+def read_sxm_bytes(raw: bytes, path: str | os.PathLike | None = None, allow_truncated: bool = False) -> Scan:
     """Parse the bytes of a ``.sxm`` file (see :func:`read_sxm`)."""
     header, start = split_file(raw, path)
     nx, ny = _numbers(header, "SCAN_PIXELS", 2, int, path)
-    if nx <= 0 or ny <= 0:
-        raise ScanReadError(path, f"SCAN_PIXELS must be positive, got {nx} x {ny}")
+    if not (0 < nx <= MAX_PIXELS and 0 < ny <= MAX_PIXELS):
+        raise ScanReadError(path, f"SCAN_PIXELS {nx} x {ny} is not between 1 and {MAX_PIXELS} per side")
     range_m = tuple(_numbers(header, "SCAN_RANGE", 2, float, path))
     offset_m = tuple(_numbers(header, "SCAN_OFFSET", 2, float, path, default=[0.0, 0.0]))
     (angle,) = _numbers(header, "SCAN_ANGLE", 1, float, path, default=[0.0])
@@ -171,14 +178,17 @@ def read_sxm_bytes(raw: bytes, path: str | os.PathLike | None = None) -> Scan:
     n_frames = frame_count(info)
     need = n_frames * nx * ny * 4
     have = len(raw) - start
-    if have < need:
+    if have > need:
+        log.warning("%s: %d bytes after the data that the header implies; ignored", path, have - need)
+    if have < need and not allow_truncated:
         raise ScanReadError(
             path, f"data truncated: {have} bytes after the header, header implies {need} "
             f"({n_frames} frames of {nx} x {ny} float32)")
-    if have > need:
-        log.warning("%s: %d bytes after the data that the header implies; ignored", path, have - need)
-    data = np.frombuffer(raw, dtype=">f4", count=n_frames * nx * ny, offset=start)
-    data = data.astype(np.float32).reshape(n_frames, ny, nx)
+    # a file cut short (its writer stopped) keeps what was written; the rest is NaN, as never acquired
+    values = min(have, need) // 4
+    data = np.full(n_frames * ny * nx, np.nan, dtype=np.float32)
+    data[:values] = np.frombuffer(raw, dtype=">f4", count=values, offset=start)
+    data = data.reshape(n_frames, ny, nx)
     if np.isnan(data).all():
         raise ScanReadError(path, "every pixel is NaN: the scan was stopped before its first line")
 
@@ -203,18 +213,20 @@ def read_sxm_bytes(raw: bytes, path: str | os.PathLike | None = None) -> Scan:
         source=Path(path) if path is not None else None, header=header)
 
 
-def read_sxm(path: str | os.PathLike) -> Scan:
+def read_sxm(path: str | os.PathLike, allow_truncated: bool = False) -> Scan:
     """Read a Nanonis ``.sxm`` file into a :class:`Scan` (frames in the display frame).
 
     Raises :class:`ScanReadError` for any unreadable file (empty, truncated, bad header, no data);
     a scan stopped early reads fine, with its missing lines NaN and ``scan.partial`` True.
+    ``allow_truncated`` reads a file whose data is cut short (a writer that stopped) as a partial
+    scan, the missing values NaN, instead of raising.
     """
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise ScanReadError(path, f"cannot open: {exc.strerror or exc}") from None
     try:
-        return read_sxm_bytes(raw, path)
+        return read_sxm_bytes(raw, path, allow_truncated)
     except ScanReadError:
         raise
     except Exception as exc:  # last line of defence: no other exception type escapes the reader
