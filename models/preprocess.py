@@ -1,16 +1,485 @@
 """Preprocessing of STM frames: plain numpy functions on display-frame arrays.
 
-(Being written: see issue 3. ``PreprocessSettings`` is the ``[preprocess]`` config section.)
+Every image here is a 2-D ``(rows, columns)`` array in the *display frame* (row 0 at the top,
+column 0 at the left; see ``shared/docs/conventions.md``). Heights are in whatever unit the caller
+gives; :func:`prepare` converts Z from metres to nanometres first (values of ~1e-10 m are too
+small for comfortable least squares in float32) and works in float64 until the final float32.
+NaN marks a pixel that was never measured.
+
+The chain, in the order of ``PreprocessSettings.steps``:
+
+``fill_nan``      :func:`fill_nan_rows` -- replace NaN, return a ``valid`` mask
+``plane``         :func:`level_plane` -- robust (trimmed least squares) plane subtraction
+``align_rows``    :func:`align_rows` -- per-scan-line offsets
+``repair_scars``  :func:`repair_scars` -- short horizontal streaks, interpolated over
+``resample``      :func:`resample` -- to the surface's fixed ``nm_per_px``
+``normalise``     :func:`normalise` -- median 0, robust spread 1, clipped
+
+:func:`prepare` runs them on the topography's forward and backward frames and returns a
+:class:`Prepared` (the ``(2, H, W)`` model input and the map between model and scan pixels).
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
+
+import numpy as np
+
+from stmwatch.drivers.scan import Scan
+
+from .surfaces import Surface, get_surface
+
+log = logging.getLogger(__name__)
+
+STEPS = ("fill_nan", "plane", "align_rows", "repair_scars", "resample", "normalise")
+ALIGN_METHODS = ("median", "median_diff")
+MAD_TO_SIGMA = 1.4826  # median absolute deviation × this = standard deviation of a Gaussian
+UNIT_TO_NM = {"m": 1e9, "nm": 1.0}  # Z channel units we know how to turn into nanometres
 
 
 @dataclasses.dataclass
 class PreprocessSettings:
+    """The ``[preprocess]`` section of config.toml."""
+
     steps: list[str] = dataclasses.field(
         default_factory=lambda: ["fill_nan", "plane", "align_rows", "repair_scars", "resample", "normalise"])
+    plane_trim: float = 2.5  # plane fit: residuals beyond this many robust sigmas are left out of the refit
+    plane_iterations: int = 5  # plane fit: refits after the first (trimmed least squares)
+    align_method: str = "median_diff"  # align_rows: "median" (row medians) | "median_diff" (Gwyddion)
+    scar_threshold: float = 3.0  # repair_scars: jump to both neighbour rows, in robust sigmas of row differences
+    scar_max_width: int = 2  # repair_scars: thickest scar, in scan rows
+    scar_min_length: int = 16  # repair_scars: shortest scar, in scan columns
+    clip: float = 6.0  # normalise: values clipped to ±clip (robust sigmas)
+    max_model_px: int = 8192  # refuse scans whose model image would be larger than this on a side
 
     def check(self) -> None:
-        pass
+        unknown = [s for s in self.steps if s not in STEPS]
+        if unknown:
+            raise ValueError(f"unknown preprocessing step(s) {unknown}; known steps are {list(STEPS)}")
+        if len(set(self.steps)) != len(self.steps):
+            raise ValueError(f"a preprocessing step is listed twice: {self.steps}")
+        if not self.steps or self.steps[0] != "fill_nan":
+            raise ValueError("'fill_nan' must be the first preprocessing step (later steps need finite values)")
+        if "resample" not in self.steps:
+            raise ValueError("'resample' must be a preprocessing step (the models need the surface's fixed scale)")
+        if self.align_method not in ALIGN_METHODS:
+            raise ValueError(f"align_method must be one of {ALIGN_METHODS}, not {self.align_method!r}")
+        if self.plane_trim <= 0 or self.plane_iterations < 0:
+            raise ValueError("plane_trim must be > 0 and plane_iterations >= 0")
+        if self.scar_threshold <= 0 or self.scar_max_width < 1 or self.scar_min_length < 1:
+            raise ValueError("scar_threshold must be > 0, scar_max_width and scar_min_length >= 1")
+        if self.clip <= 0:
+            raise ValueError("clip must be > 0")
+        if self.max_model_px < 1:
+            raise ValueError("max_model_px must be >= 1")
+
+
+# ---- small helpers ---------------------------------------------------------------------------
+def robust_sigma(values: np.ndarray) -> float:
+    """Robust standard deviation of the finite ``values``: 1.4826 × median absolute deviation.
+
+    Falls back to the ordinary standard deviation when more than half the values are equal (MAD 0),
+    and returns 0.0 for constant or empty input.
+    """
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0
+    mad = float(np.median(np.abs(values - np.median(values))))
+    if mad > 0:
+        return MAD_TO_SIGMA * mad
+    return float(values.std())
+
+
+def _valid_median(image: np.ndarray, valid: np.ndarray | None) -> float:
+    values = image[valid] if valid is not None else image[np.isfinite(image)]
+    return float(np.median(values)) if values.size else 0.0
+
+
+def _neutralise(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Set the invalid pixels to the median of the valid ones, so they pull no step either way."""
+    if not valid.all():
+        image = image.copy()
+        image[~valid] = _valid_median(image, valid)
+    return image
+
+
+# ---- fill_nan --------------------------------------------------------------------------------
+def fill_nan_rows(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Replace missing (NaN or infinite) pixels; return ``(filled, valid)``.
+
+    ``image`` is ``(rows, columns)`` in the display frame. An aborted scan misses whole lines at
+    the end of acquisition: at the *bottom* for a ``down`` scan and at the *top* for an ``up``
+    scan (its first line is acquired at the bottom). Whole missing rows, wherever they are, get
+    the median of all valid pixels; an isolated missing pixel gets the median of its row's valid
+    pixels. ``valid`` is a ``(rows, columns)`` bool mask, False exactly where ``image`` was not
+    finite. An image with no valid pixel comes back as zeros.
+    """
+    image = np.asarray(image, dtype=float)
+    valid = np.isfinite(image)
+    if valid.all():
+        return image.copy(), valid
+    filled = image.copy()
+    global_median = _valid_median(image, valid)
+    for r in np.flatnonzero(~valid.all(axis=1)):
+        row_valid = valid[r]
+        fill = float(np.median(image[r, row_valid])) if row_valid.any() else global_median
+        filled[r, ~row_valid] = fill
+    return filled, valid
+
+
+# ---- plane -----------------------------------------------------------------------------------
+def fit_plane(image: np.ndarray, mask: np.ndarray | None = None, *, trim: float = 2.5,
+              iterations: int = 5) -> np.ndarray:
+    """Robust plane ``z = a + b·col + c·row`` through ``image``; returns the plane, same shape.
+
+    Trimmed least squares: fit, drop the pixels whose residual is more than ``trim`` robust
+    sigmas from the median residual (defects, adsorbates, a second terrace), refit on the rest,
+    ``iterations`` times. ``mask`` (bool, True = use) leaves pixels out altogether. Coordinates
+    are centred and scaled to [-1, 1] so the fit is well conditioned whatever the image size.
+    """
+    image = np.asarray(image, dtype=float)
+    rows, cols = image.shape
+    use = np.isfinite(image) if mask is None else (np.asarray(mask, bool) & np.isfinite(image))
+    y = np.linspace(-1.0, 1.0, rows) if rows > 1 else np.zeros(1)
+    x = np.linspace(-1.0, 1.0, cols) if cols > 1 else np.zeros(1)
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+    design = np.stack([np.ones(image.size), xx.ravel(), yy.ravel()], axis=1)
+    z = image.ravel()
+    keep = use.ravel().copy()
+    if keep.sum() < 3:  # too few pixels for a plane: a constant
+        return np.full(image.shape, float(np.median(z[keep])) if keep.any() else 0.0)
+    coef = np.zeros(3)
+    for iteration in range(iterations + 1):
+        coef, *_ = np.linalg.lstsq(design[keep], z[keep], rcond=None)
+        if iteration == iterations:
+            break
+        residual = z - design @ coef
+        spread = robust_sigma(residual[use.ravel()])
+        if spread == 0:
+            break
+        centre = float(np.median(residual[use.ravel()]))
+        new_keep = use.ravel() & (np.abs(residual - centre) <= trim * spread)
+        if new_keep.sum() < 3 or np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    return (design @ coef).reshape(image.shape)
+
+
+def level_plane(image: np.ndarray, mask: np.ndarray | None = None, *, trim: float = 2.5,
+                iterations: int = 5) -> np.ndarray:
+    """``image`` minus its robust plane (:func:`fit_plane`); same shape and units."""
+    image = np.asarray(image, dtype=float)
+    return image - fit_plane(image, mask, trim=trim, iterations=iterations)
+
+
+# ---- align_rows ------------------------------------------------------------------------------
+def row_offsets(image: np.ndarray, method: str = "median_diff", mask: np.ndarray | None = None) -> np.ndarray:
+    """Per-row offsets ``(rows,)`` of a ``(rows, columns)`` image, in the image's units.
+
+    ``"median"``: each row's median. ``"median_diff"`` (Gwyddion's *median of differences*):
+    the median of ``row[i] - row[i-1]`` over the columns, summed down the image, so that a
+    corrugation that is the same along every row (atomic rows parallel to the fast scan) is kept
+    and a defect covering part of a row does not move it. Rows with no valid pixel (``mask``)
+    get no offset of their own. The offsets have mean 0 over the rows that have valid pixels.
+    """
+    if method not in ALIGN_METHODS:
+        raise ValueError(f"align method must be one of {ALIGN_METHODS}, not {method!r}")
+    image = np.asarray(image, dtype=float)
+    use = np.isfinite(image) if mask is None else (np.asarray(mask, bool) & np.isfinite(image))
+    rows = image.shape[0]
+    has_data = use.any(axis=1)
+    offsets = np.zeros(rows)
+    if method == "median":
+        for r in np.flatnonzero(has_data):
+            offsets[r] = np.median(image[r, use[r]])
+    else:
+        steps = np.zeros(rows)
+        previous = None  # the last row with data: a run of missing rows is bridged
+        for r in np.flatnonzero(has_data):
+            if previous is not None:
+                both = use[r] & use[previous]
+                if both.any():
+                    steps[r] = np.median(image[r, both] - image[previous, both])
+            previous = r
+        offsets = np.cumsum(steps)
+        # rows without data carry the offset of the row before them; it is irrelevant anyway
+    if has_data.any():
+        offsets = offsets - offsets[has_data].mean()
+    return offsets
+
+
+def align_rows(image: np.ndarray, method: str = "median_diff", mask: np.ndarray | None = None) -> np.ndarray:
+    """``image`` with :func:`row_offsets` subtracted from each row; same shape and units."""
+    image = np.asarray(image, dtype=float)
+    return image - row_offsets(image, method, mask)[:, None]
+
+
+# ---- repair_scars ----------------------------------------------------------------------------
+def find_scars(image: np.ndarray, threshold: float = 3.0, max_width: int = 2, min_length: int = 16,
+               mask: np.ndarray | None = None) -> np.ndarray:
+    """Bool ``(rows, columns)`` mask of scan-line scars.
+
+    A scar is a block of 1 to ``max_width`` consecutive rows that, over at least ``min_length``
+    consecutive columns, lies more than ``threshold`` × σ above (or below) *both* the row just
+    above and the row just below the block, where σ is the robust spread of the differences
+    between neighbouring rows. The first and last rows (one neighbour only) are never scars;
+    pixels outside ``mask`` are never part of one, nor used as a neighbour.
+    """
+    image = np.asarray(image, dtype=float)
+    rows, cols = image.shape
+    use = np.isfinite(image) if mask is None else (np.asarray(mask, bool) & np.isfinite(image))
+    scars = np.zeros((rows, cols), dtype=bool)
+    if rows < 3:
+        return scars
+    both = use[1:] & use[:-1]
+    sigma = robust_sigma((image[1:] - image[:-1])[both])
+    if sigma == 0:
+        return scars
+    limit = threshold * sigma
+    for width in range(1, max_width + 1):
+        for top in range(1, rows - width):
+            above, below = top - 1, top + width
+            block = image[top:top + width]
+            block_ok = use[top:top + width].all(axis=0) & use[above] & use[below]
+            up = (block - image[above]).min(axis=0) > limit
+            up &= (block - image[below]).min(axis=0) > limit
+            down = (image[above] - block).min(axis=0) > limit
+            down &= (image[below] - block).min(axis=0) > limit
+            hit = (up | down) & block_ok
+            for start, stop in _runs(hit):
+                if stop - start >= min_length:
+                    scars[top:top + width, start:stop] = True
+    return scars
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each run of True in a 1-D bool array."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def repair_scars(image: np.ndarray, threshold: float = 3.0, max_width: int = 2, min_length: int = 16,
+                 mask: np.ndarray | None = None) -> np.ndarray:
+    """``image`` with the scars of :func:`find_scars` replaced by linear interpolation, column by
+    column, between the nearest unscarred rows above and below; same shape and units."""
+    image = np.asarray(image, dtype=float)
+    scars = find_scars(image, threshold, max_width, min_length, mask)
+    if not scars.any():
+        return image.copy()
+    repaired = image.copy()
+    rows = np.arange(image.shape[0])
+    for c in np.flatnonzero(scars.any(axis=0)):
+        good = ~scars[:, c]
+        repaired[~good, c] = np.interp(rows[~good], rows[good], image[good, c])
+    return repaired
+
+
+# ---- combine_directions ----------------------------------------------------------------------
+def combine_directions(forward: np.ndarray | None, backward: np.ndarray | None) -> np.ndarray:
+    """One frame from a forward and a backward frame (both ``(rows, columns)``, display frame).
+
+    The backward frame is shifted by the median of ``forward - backward`` (the two directions
+    often differ by a constant), then the two are averaged pixel by pixel; where one is NaN the
+    other is used, where both are NaN the result is NaN. Either frame may be ``None``.
+    """
+    if forward is None and backward is None:
+        raise ValueError("combine_directions needs at least one frame")
+    if forward is None or backward is None:
+        return np.asarray(forward if forward is not None else backward, dtype=float).copy()
+    forward = np.asarray(forward, dtype=float)
+    backward = np.asarray(backward, dtype=float)
+    both = np.isfinite(forward) & np.isfinite(backward)
+    if both.any():
+        backward = backward + float(np.median(forward[both] - backward[both]))
+    stacked = np.stack([forward, backward])
+    count = np.isfinite(stacked).sum(axis=0)
+    total = np.where(np.isfinite(stacked), stacked, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+# ---- resample --------------------------------------------------------------------------------
+def _bilinear_axis(image: np.ndarray, scale: float, size: int, axis: int) -> np.ndarray:
+    """Linear interpolation along ``axis``: output ``i`` samples input ``(i + 0.5)·scale - 0.5``
+    (clamped to the first/last input pixel)."""
+    n = image.shape[axis]
+    position = np.clip((np.arange(size) + 0.5) * scale - 0.5, 0.0, n - 1)
+    lower = np.floor(position).astype(int)
+    upper = np.minimum(lower + 1, n - 1)
+    weight = position - lower
+    shape = [1, 1]
+    shape[axis] = size
+    weight = weight.reshape(shape)
+    return np.take(image, lower, axis=axis) * (1 - weight) + np.take(image, upper, axis=axis) * weight
+
+
+def _area_axis(image: np.ndarray, scale: float, size: int, axis: int) -> np.ndarray:
+    """Area average along ``axis``: output ``i`` is the mean of the input over pixel edges
+    ``[i·scale, (i+1)·scale]`` (input pixel ``k`` spans ``[k, k+1]``), from a cumulative sum."""
+    n = image.shape[axis]
+    moved = np.moveaxis(image, axis, 0)
+    cumulative = np.concatenate([np.zeros((1,) + moved.shape[1:]), np.cumsum(moved, axis=0)])
+    edges = np.clip(np.arange(size + 1) * scale, 0.0, n)
+    lower = np.minimum(np.floor(edges).astype(int), n - 1)
+    fraction = (edges - lower)[(slice(None),) + (None,) * (moved.ndim - 1)]
+    # the integral from 0 to an edge: whole pixels below it plus a fraction of the next one
+    integral = cumulative[lower] + fraction * moved[lower]
+    widths = np.diff(edges)[(slice(None),) + (None,) * (moved.ndim - 1)]
+    out = (integral[1:] - integral[:-1]) / np.where(widths > 0, widths, 1.0)
+    return np.moveaxis(out, 0, axis)
+
+
+def resample(image: np.ndarray, scale_rows: float, scale_cols: float,
+             shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Resample a ``(rows, columns)`` image; ``scale_*`` are *input pixels per output pixel*.
+
+    Output pixel ``(r, c)`` has its centre at input pixel coordinate
+    ``((r + 0.5)·scale_rows - 0.5, (c + 0.5)·scale_cols - 0.5)`` (an integer coordinate is an
+    input pixel centre). Each axis is interpolated linearly, or, when it shrinks by more than
+    1.5× (``scale > 1.5``), area-averaged over the output pixel's footprint so an atomic lattice
+    does not alias. ``shape`` is the output ``(rows, columns)``; by default
+    ``round(input size / scale)``, at least 1. Input must be finite.
+    """
+    image = np.asarray(image, dtype=float)
+    if image.ndim != 2:
+        raise ValueError(f"resample wants a (rows, columns) image, not shape {image.shape}")
+    if scale_rows <= 0 or scale_cols <= 0:
+        raise ValueError("resample scales must be > 0")
+    if shape is None:
+        shape = (max(1, round(image.shape[0] / scale_rows)), max(1, round(image.shape[1] / scale_cols)))
+    out = image
+    for axis, (scale, size) in enumerate(zip((scale_rows, scale_cols), shape)):
+        if scale > 1.5:
+            out = _area_axis(out, scale, size, axis)
+        else:
+            out = _bilinear_axis(out, scale, size, axis)
+    return out
+
+
+# ---- normalise -------------------------------------------------------------------------------
+def normalise(image: np.ndarray, valid: np.ndarray | None = None, clip: float = 6.0) -> np.ndarray:
+    """``(image - median) / spread`` clipped to ``±clip``; invalid pixels become 0.
+
+    Median and spread (1.4826 × MAD, see :func:`robust_sigma`) are taken over the ``valid``
+    pixels. A constant image (spread 0) comes back as zeros. Dimensionless output, same shape.
+    """
+    image = np.asarray(image, dtype=float)
+    use = np.isfinite(image) if valid is None else (np.asarray(valid, bool) & np.isfinite(image))
+    if not use.any():
+        return np.zeros(image.shape)
+    centre = float(np.median(image[use]))
+    spread = robust_sigma(image[use])
+    if spread == 0:
+        return np.zeros(image.shape)
+    out = np.clip((image - centre) / spread, -clip, clip)
+    out[~use] = 0.0
+    return out
+
+
+# ---- the whole chain -------------------------------------------------------------------------
+@dataclasses.dataclass
+class Prepared:
+    """A scan ready for the models.
+
+    ``image`` is ``(channels, H, W)`` float32 at the surface's ``nm_per_px`` (forward and backward
+    topography), ``valid`` ``(H, W)`` bool (False where the scan had no data), ``scale`` the
+    ``(rows, columns)`` size of one model pixel in scan pixels, ``surface`` the surface key.
+    Model pixel ``(r, c)`` has its centre at scan pixel ``((r + 0.5)·scale[0] - 0.5,
+    (c + 0.5)·scale[1] - 0.5)`` (both display frame, integer = pixel centre).
+    """
+
+    image: np.ndarray
+    valid: np.ndarray
+    scale: tuple[float, float]
+    surface: str
+
+    def to_scan(self, row, col) -> tuple[np.ndarray, np.ndarray]:
+        """Model pixel ``(row, col)`` → scan display-frame pixel ``(row, col)``; scalars or arrays."""
+        scan_row = (np.asarray(row, dtype=float) + 0.5) * self.scale[0] - 0.5
+        scan_col = (np.asarray(col, dtype=float) + 0.5) * self.scale[1] - 0.5
+        return scan_row, scan_col
+
+    def from_scan(self, row, col) -> tuple[np.ndarray, np.ndarray]:
+        """Scan display-frame pixel ``(row, col)`` → model pixel ``(row, col)``; the inverse of
+        :meth:`to_scan`."""
+        model_row = (np.asarray(row, dtype=float) + 0.5) / self.scale[0] - 0.5
+        model_col = (np.asarray(col, dtype=float) + 0.5) / self.scale[1] - 0.5
+        return model_row, model_col
+
+
+def model_shape(scan: Scan, surface: Surface) -> tuple[int, int]:
+    """``(rows, columns)`` of the model image: the frame's height and width in nm divided by
+    ``surface.nm_per_px``, rounded, at least 1."""
+    width_nm, height_nm = (r * 1e9 for r in scan.range_m)
+    return (max(1, round(height_nm / surface.nm_per_px)), max(1, round(width_nm / surface.nm_per_px)))
+
+
+def prepare(scan: Scan, surface: Surface | str, settings: PreprocessSettings | None = None) -> Prepared:
+    """Run the preprocessing chain on the scan's topography; see the module docstring.
+
+    The topography's forward and backward frames (a channel recorded one way only is used
+    twice) go through ``settings.steps`` one by one and are stacked into a ``(2, H, W)``
+    float32 image, ``(H, W) = model_shape(scan, surface)``. Z in metres is worked on in nm.
+    ``valid`` is False where either frame had no data; those pixels hold the median (0 after
+    ``normalise``). Raises ValueError for a scan too large for ``settings.max_model_px``.
+    """
+    settings = settings or PreprocessSettings()
+    settings.check()
+    if isinstance(surface, str):
+        surface = get_surface(surface)
+    rows_out, cols_out = model_shape(scan, surface)
+    if max(rows_out, cols_out) > settings.max_model_px:
+        raise ValueError(
+            f"{scan.name}: a {scan.range_m[0] * 1e9:g} × {scan.range_m[1] * 1e9:g} nm frame at "
+            f"{surface.nm_per_px} nm/px is {cols_out} × {rows_out} px, more than max_model_px "
+            f"= {settings.max_model_px}")
+    rows_in, cols_in = scan.shape
+    scale = (rows_in / rows_out, cols_in / cols_out)
+
+    channel = scan.topography()
+    frames = channel.frames()
+    if not frames:
+        raise ValueError(f"{scan.name}: channel {channel.name} has no frames")
+    if len(frames) == 1:
+        frames = frames * 2
+    unit_factor = UNIT_TO_NM.get(channel.unit, 1.0)
+
+    filled_frames, valid = [], np.ones(scan.shape, dtype=bool)
+    for frame in frames:
+        image = np.asarray(frame, dtype=float) * unit_factor
+        finite = np.isfinite(image)
+        if finite.any():
+            image = image - np.median(image[finite])  # remove the big absolute Z before any fit
+        filled, frame_valid = fill_nan_rows(image)
+        filled_frames.append(filled)
+        valid &= frame_valid
+
+    outputs = []
+    for image in filled_frames:
+        current_valid = valid
+        image = _neutralise(image, valid)
+        for step in settings.steps[1:]:
+            if step == "plane":
+                image = level_plane(image, current_valid, trim=settings.plane_trim,
+                                    iterations=settings.plane_iterations)
+            elif step == "align_rows":
+                image = align_rows(image, settings.align_method, current_valid)
+            elif step == "repair_scars":
+                image = repair_scars(image, settings.scar_threshold, settings.scar_max_width,
+                                     settings.scar_min_length, current_valid)
+            elif step == "resample":
+                image = resample(image, scale[0], scale[1], (rows_out, cols_out))
+                current_valid = resample(valid.astype(float), scale[0], scale[1], (rows_out, cols_out)) > 0.5
+            elif step == "normalise":
+                image = normalise(image, current_valid, settings.clip)
+            image = _neutralise(image, current_valid)
+        outputs.append(image)
+        model_valid = current_valid
+
+    stacked = np.stack(outputs).astype(np.float32)
+    if not np.isfinite(stacked).all():  # cannot happen for finite input; never hand NaN on
+        log.warning("%s: non-finite values after preprocessing, set to 0", scan.name)
+        stacked = np.nan_to_num(stacked, nan=0.0, posinf=0.0, neginf=0.0)
+    return Prepared(image=stacked, valid=model_valid, scale=scale, surface=surface.key)
