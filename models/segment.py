@@ -1,0 +1,185 @@
+"""The UNet segmenter: scan → preprocess → tiled UNet → components → :class:`Defect` list.
+
+Post-processing (all in model pixels, the ``(H, W)`` display-frame grid of ``Prepared.image``):
+the probability map is zeroed where the scan had no data (``Prepared.valid``), thresholded,
+split into 8-connected components; components smaller than ``min_area_px`` are dropped; each
+remaining one becomes a defect at its probability-weighted centroid, converted with
+``Prepared.to_scan`` to scan display pixels and with ``Scan.pixel_to_scanner`` to metres. The
+classifier crop is ``(channels, 32, 32)`` from the model image around the centroid, zero
+(= the normalised median) outside the image.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+from stmwatch.drivers.scan import Scan
+
+from .backends import Backend
+from .defects import Defect
+from .preprocess import Prepared, PreprocessSettings, prepare
+from .surfaces import Surface, get_surface
+from .unet import UNet, tiled_predict
+
+log = logging.getLogger(__name__)
+
+CROP_PX = 32
+
+
+# ---- connected components ----------------------------------------------------------------------
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of a 2-D bool mask → ``(labels, n)``: ``labels`` int32 of the
+    mask's shape, 0 for background and 1..n for the components (numbered in raster order of
+    their first pixel).
+
+    Runs of foreground along each row are found with numpy, then runs on neighbouring rows that
+    touch (including diagonally) are joined with a union-find; cost grows with the number of
+    runs, not of pixels.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    rows, cols = mask.shape
+    padded = np.zeros((rows, cols + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    steps = np.diff(padded, axis=1)
+    run_row, run_start = np.nonzero(steps == 1)
+    _, run_end = np.nonzero(steps == -1)  # exclusive; same raster order as the starts
+    parent = list(range(len(run_row)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first = np.searchsorted(run_row, np.arange(rows + 1))
+    for r in range(1, rows):
+        i, i_end = int(first[r - 1]), int(first[r])
+        j, j_end = int(first[r]), int(first[r + 1])
+        while i < i_end and j < j_end:
+            if run_start[i] <= run_end[j] and run_start[j] <= run_end[i]:  # touch, diagonals too
+                a, b = find(i), find(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+            if run_end[i] < run_end[j]:
+                i += 1
+            else:
+                j += 1
+    labels = np.zeros((rows, cols), dtype=np.int32)
+    numbers: dict[int, int] = {}
+    for k in range(len(run_row)):
+        root = find(k)
+        if root not in numbers:
+            numbers[root] = len(numbers) + 1
+        labels[run_row[k], run_start[k]:run_end[k]] = numbers[root]
+    return labels, len(numbers)
+
+
+@dataclasses.dataclass
+class Component:
+    """One thresholded component, model pixels: weighted centroid, area (pixels), mean probability."""
+
+    row: float
+    col: float
+    area: int
+    score: float
+
+
+def find_components(prob: np.ndarray, threshold: float = 0.5, min_area: int = 1,
+                    valid: np.ndarray | None = None) -> tuple[list[Component], np.ndarray]:
+    """Threshold ``prob`` ``(H, W)`` and return its components (``area >= min_area``, pixels with
+    ``valid`` False ignored) and the label image (dropped components set to 0)."""
+    prob = np.asarray(prob, dtype=np.float64)
+    mask = prob > threshold
+    if valid is not None:
+        mask &= valid
+    labels, n = label_components(mask)
+    if n == 0:
+        return [], labels
+    flat = labels.ravel()
+    p = prob.ravel()
+    rr, cc = np.indices(prob.shape)
+    area = np.bincount(flat, minlength=n + 1)
+    weight = np.bincount(flat, weights=p, minlength=n + 1)
+    row = np.bincount(flat, weights=p * rr.ravel(), minlength=n + 1)
+    col = np.bincount(flat, weights=p * cc.ravel(), minlength=n + 1)
+    keep = np.zeros(n + 1, dtype=bool)
+    components = []
+    for k in range(1, n + 1):
+        if area[k] < min_area:
+            continue
+        keep[k] = True
+        components.append(Component(row[k] / weight[k], col[k] / weight[k], int(area[k]), weight[k] / area[k]))
+    labels = np.where(keep[labels], labels, 0)
+    return components, labels
+
+
+def crops_at(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int = CROP_PX) -> np.ndarray:
+    """``(n, channels, size, size)`` float32 cut-outs of ``image`` ``(channels, H, W)`` centred
+    on the pixels nearest ``(rows, cols)`` (model pixels), zero outside the image."""
+    image = np.nan_to_num(np.asarray(image, dtype=np.float32))
+    half = size // 2
+    padded = np.pad(image, ((0, 0), (half, half), (half, half)))
+    out = np.empty((len(rows), image.shape[0], size, size), dtype=np.float32)
+    for i, (r, c) in enumerate(zip(np.rint(rows).astype(int), np.rint(cols).astype(int))):
+        out[i] = padded[:, r:r + size, c:c + size]  # padded[r + half - half] = image row r - half
+    return out
+
+
+# ---- the segmenter -----------------------------------------------------------------------------
+class UNetSegmenter:
+    """The :class:`~stmwatch.models.analyse.Segmenter` of stmwatch: a UNet run by a backend.
+
+    ``last_timing_ms["preprocess"]`` is the preprocessing time of the last scan (the
+    :class:`~stmwatch.models.analyse.Analyser` reports it apart from segmentation).
+    """
+
+    def __init__(self, model: UNet, backend: Backend, surface: Surface | str, *, version: str,
+                 preprocess: PreprocessSettings | None = None, threshold: float = 0.5, min_area_px: int = 6,
+                 tile_px: int = 256, tile_overlap_px: int = 32, batch_size: int = 8, name: str = "unet"):
+        self.model = model.eval()
+        self.backend = backend
+        self.surface = get_surface(surface) if isinstance(surface, str) else surface
+        self.preprocess = preprocess or PreprocessSettings()
+        self.threshold, self.min_area_px = threshold, min_area_px
+        self.tile_px, self.tile_overlap_px, self.batch_size = tile_px, tile_overlap_px, batch_size
+        self.name, self.version = name, version
+        self.last_timing_ms: dict[str, float] = {}
+        self.last_probability: np.ndarray | None = None  # (H, W) model pixels, for overlays
+        self.last_prepared: Prepared | None = None
+
+    def probability(self, prepared: Prepared) -> np.ndarray:
+        """``(H, W)`` float32 defect probability on the model grid (0 where there was no data)."""
+        prob = tiled_predict(prepared.image, self.backend, self.tile_px, self.tile_overlap_px, self.batch_size)
+        return np.where(prepared.valid, prob, 0.0).astype(np.float32)
+
+    def defects_from(self, scan: Scan, prepared: Prepared, prob: np.ndarray) -> list[Defect]:
+        """Post-processing: components of ``prob`` → defects in ``scan``'s pixels and metres."""
+        components, _ = find_components(prob, self.threshold, self.min_area_px, prepared.valid)
+        if not components:
+            return []
+        model_rows = np.array([c.row for c in components])
+        model_cols = np.array([c.col for c in components])
+        rows, cols = prepared.to_scan(model_rows, model_cols)
+        xs, ys = scan.pixel_to_scanner(rows, cols)
+        crops = crops_at(prepared.image, model_rows, model_cols)
+        scan_px_per_model_px = prepared.scale[0] * prepared.scale[1]
+        return [Defect(row=float(r), col=float(c), x_m=float(x), y_m=float(y),
+                       area_px=comp.area * scan_px_per_model_px, score=float(comp.score), crop=crop)
+                for r, c, x, y, comp, crop in zip(rows, cols, xs, ys, components, crops)]
+
+    def segment(self, scan: Scan) -> list[Defect]:
+        """Every defect in ``scan`` (see the module docstring)."""
+        t0 = time.perf_counter()
+        prepared = prepare(scan, self.surface, self.preprocess)
+        t1 = time.perf_counter()
+        prob = self.probability(prepared)
+        defects = self.defects_from(scan, prepared, prob)
+        self.last_timing_ms = {"preprocess": (t1 - t0) * 1e3}
+        self.last_probability = prob
+        self.last_prepared = prepared
+        log.debug("%s: %d defects, preprocess %.1f ms, segment %.1f ms", scan.name, len(defects),
+                  (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
+        return defects
