@@ -179,8 +179,10 @@ def row_offsets(image: np.ndarray, method: str = "median_diff", mask: np.ndarray
 
     ``"median"``: each row's median. ``"median_diff"`` (Gwyddion's *median of differences*):
     the median of ``row[i] - row[i-1]`` over the columns, summed down the image, so that a
-    corrugation that is the same along every row (atomic rows parallel to the fast scan) is kept
-    and a defect covering part of a row does not move it. Rows with no valid pixel (``mask``)
+    feature whose share of the row changes from row to row (a terrace step running across the
+    image, a large island) is kept where row medians would jump, and a defect covering part of
+    a row does not move it. Neither method can tell a line offset from a height change that is
+    the same all along a row (atomic rows exactly parallel to the fast scan): both remove it. Rows with no valid pixel (``mask``)
     get no offset of their own. The offsets have mean 0 over the rows that have valid pixels.
     """
     if method not in ALIGN_METHODS:

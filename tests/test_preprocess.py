@@ -1,0 +1,309 @@
+"""Preprocessing: each step against synthetic images with known answers, and the whole chain on
+every real file (shapes checked against the independent manifest)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stmwatch.daemon.config import ConfigError, config_from_dict
+from stmwatch.drivers.scan import Channel, Scan
+from stmwatch.drivers.sxm import read_sxm, stored_to_display
+from stmwatch.models.preprocess import (
+    PreprocessSettings,
+    align_rows,
+    combine_directions,
+    fill_nan_rows,
+    find_scars,
+    level_plane,
+    normalise,
+    prepare,
+    repair_scars,
+    resample,
+)
+from stmwatch.models.surfaces import get_surface
+
+from .conftest import REAL, real_files
+
+
+def _blobs(shape, centres, height=1.0, sigma=2.0) -> np.ndarray:
+    rows, cols = np.mgrid[: shape[0], : shape[1]].astype(float)
+    out = np.zeros(shape)
+    for r, c in centres:
+        out += height * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma**2))
+    return out
+
+
+def _slopes(image: np.ndarray) -> tuple[float, float]:
+    """Ordinary least-squares slope (per pixel) along columns and rows."""
+    rows, cols = np.mgrid[: image.shape[0], : image.shape[1]].astype(float)
+    design = np.stack([np.ones(image.size), cols.ravel(), rows.ravel()], axis=1)
+    coef, *_ = np.linalg.lstsq(design, image.ravel(), rcond=None)
+    return float(coef[1]), float(coef[2])
+
+
+def _scan(forward: np.ndarray, range_nm: tuple[float, float], backward: np.ndarray | None = None,
+          direction: str = "down") -> Scan:
+    """A Scan in memory whose Z channel is ``forward`` (nm, display frame)."""
+    rows, cols = forward.shape
+    channel = Channel("Z", "m", forward=(forward * 1e-9).astype(np.float32),
+                      backward=None if backward is None else (backward * 1e-9).astype(np.float32))
+    return Scan([channel], pixels=(cols, rows), range_m=(range_nm[0] * 1e-9, range_nm[1] * 1e-9),
+                offset_m=(5e-9, -3e-9), direction=direction)
+
+
+# ---- fill_nan --------------------------------------------------------------------------------
+def test_fill_nan_marks_exactly_the_missing_rows_and_pixels():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(20, 30))
+    image[:4] = np.nan  # an aborted 'up' scan misses its top rows in the display frame
+    image[10, 7] = np.nan  # one dropped pixel
+    image[12, 3] = np.inf
+    filled, valid = fill_nan_rows(image)
+    expected = np.ones((20, 30), bool)
+    expected[:4] = False
+    expected[10, 7] = expected[12, 3] = False
+    assert np.array_equal(valid, expected)
+    assert np.isfinite(filled).all()
+    assert np.array_equal(filled[valid], image[valid])
+    good = np.isfinite(image)
+    assert filled[0, 0] == pytest.approx(np.median(image[good]))
+    row_ten = image[10][np.isfinite(image[10])]
+    assert filled[10, 7] == pytest.approx(np.median(row_ten))
+
+
+def test_all_nan_image_gives_zeros_and_no_valid_pixel():
+    filled, valid = fill_nan_rows(np.full((3, 4), np.nan))
+    assert not valid.any() and np.array_equal(filled, np.zeros((3, 4)))
+
+
+# ---- plane -----------------------------------------------------------------------------------
+def test_level_plane_removes_a_tilt_despite_defects_in_one_corner():
+    rng = np.random.default_rng(1)
+    shape = (100, 120)
+    rows, cols = np.mgrid[: shape[0], : shape[1]].astype(float)
+    slope_col, slope_row = 0.03, -0.02  # nm per pixel
+    surface = 0.01 * rng.normal(size=shape)
+    defects = _blobs(shape, [(15 + 12 * i, 95 + 8 * (i % 3)) for i in range(6)], height=2.0, sigma=3.0)
+    image = 5.0 + slope_col * cols + slope_row * rows + surface + defects
+    # the corner defects would tilt an ordinary least-squares fit: the test can tell the two apart
+    ols_tilt_col, _ = _slopes(surface + defects)
+    assert ols_tilt_col > 0.05 * slope_col
+
+    levelled = level_plane(image)
+    residual_plane = levelled - surface - defects  # what the fit left: a plane
+    tilt_col, tilt_row = _slopes(residual_plane)
+    assert abs(tilt_col) < 0.01 * slope_col and abs(tilt_row) < 0.01 * abs(slope_row)
+    assert abs(np.median(levelled - defects)) < 0.01
+
+
+def test_level_plane_ignores_masked_pixels():
+    rows, cols = np.mgrid[:40, :50].astype(float)
+    image = 0.1 * cols
+    mask = np.ones(image.shape, bool)
+    mask[:10] = False
+    image[:10] = 1000.0  # garbage where the mask says no data
+    levelled = level_plane(image, mask)
+    assert np.abs(levelled[10:]).max() < 1e-9
+
+
+def test_level_plane_of_a_constant_is_zero():
+    assert np.abs(level_plane(np.full((8, 9), 3.0))).max() < 1e-12
+
+
+# ---- align_rows ------------------------------------------------------------------------------
+def test_align_rows_median_diff_removes_offsets_and_keeps_a_diagonal_step():
+    rng = np.random.default_rng(2)
+    rows, cols = np.mgrid[:64, :128].astype(float)
+    truth = np.where(cols > 1.5 * rows + 10, 1.0, 0.0)  # a terrace step crossing the frame
+    offsets = rng.normal(scale=0.5, size=64)
+    exact = align_rows(truth + offsets[:, None], "median_diff") - truth  # step alone: exact
+    assert np.abs(exact - exact.mean()).max() < 1e-9
+    truth += 0.1 * np.cos(2 * np.pi * rows / 8) * np.cos(2 * np.pi * cols / 8)  # a lattice
+    truth += _blobs(truth.shape, [(20, 30), (40, 90), (41, 100)], height=1.5, sigma=3.0)
+    truth += 0.01 * rng.normal(size=truth.shape)
+    aligned = align_rows(truth + offsets[:, None], "median_diff")
+    error = aligned - truth  # lattice, defects and noise leave a small drift
+    assert (error - error.mean()).std() < 0.1 * offsets.std()
+    # row medians jump where the upper terrace passes half the row: the test can tell
+    by_median = align_rows(truth + offsets[:, None], "median") - truth
+    assert (by_median - by_median.mean()).std() > 0.5 * offsets.std()
+
+
+def test_align_rows_median_removes_known_offsets():
+    rng = np.random.default_rng(3)
+    truth = rng.normal(scale=0.05, size=(50, 80))
+    truth += _blobs(truth.shape, [(10, 10), (30, 60)], height=1.0, sigma=2.0)
+    offsets = np.linspace(-1, 1, 50) + rng.normal(scale=0.3, size=50)
+    aligned = align_rows(truth + offsets[:, None], "median")
+    error = aligned - truth
+    assert (error - error.mean()).std() < 0.05 * offsets.std()
+
+
+def test_align_rows_rejects_an_unknown_method():
+    with pytest.raises(ValueError, match="median_diff"):
+        align_rows(np.zeros((3, 3)), "mean")
+
+
+# ---- repair_scars ----------------------------------------------------------------------------
+def test_repair_scars_restores_known_scars_and_leaves_the_rest():
+    rng = np.random.default_rng(4)
+    rows, cols = np.mgrid[:80, :120].astype(float)
+    truth = np.sin(2 * np.pi * cols / 40) + 0.5 * np.sin(2 * np.pi * rows / 50) + 0.01 * rng.normal(size=rows.shape)
+    image = truth.copy()
+    image[30, 20:80] += 1.0  # a one-row scar
+    image[50:52, 10:60] -= 0.8  # a two-row scar
+    image[65, 40:48] += 1.0  # too short (8 < 16 columns): a feature, not a scar
+    expected = np.zeros(truth.shape, bool)
+    expected[30, 20:80] = True
+    expected[50:52, 10:60] = True
+    assert np.array_equal(find_scars(image, threshold=3.0, max_width=2, min_length=16), expected)
+
+    repaired = repair_scars(image, threshold=3.0, max_width=2, min_length=16)
+    assert np.abs(repaired[expected] - truth[expected]).max() < 0.05
+    assert np.array_equal(repaired[~expected], image[~expected])
+
+
+# ---- combine_directions ----------------------------------------------------------------------
+def test_combine_directions_aligns_and_falls_back_to_the_other_frame():
+    rng = np.random.default_rng(5)
+    forward = rng.normal(size=(10, 12))
+    backward = forward + 0.3
+    backward[:3] = np.nan
+    forward[8, 5] = np.nan
+    combined = combine_directions(forward, backward)
+    assert np.allclose(combined[:3], forward[:3])
+    assert combined[8, 5] == pytest.approx(backward[8, 5] - 0.3)
+    both = np.isfinite(forward) & np.isfinite(backward)
+    assert np.allclose(combined[both], forward[both])
+    assert np.array_equal(combine_directions(forward, None), forward, equal_nan=True)
+
+
+# ---- resample --------------------------------------------------------------------------------
+def test_resample_hand_computed_values():
+    # area average, 2 input pixels per output pixel
+    assert np.allclose(resample(np.array([[0.0, 1, 2, 3]]), 1, 2), [[0.5, 2.5]])
+    # area average, 3 per output pixel
+    assert np.allclose(resample(np.arange(6.0)[None, :], 1, 3), [[1.0, 4.0]])
+    # bilinear, 2x upsampling: centres at input -0.25, 0.25, 0.75, 1.25 (edges clamp)
+    assert np.allclose(resample(np.array([[0.0], [1.0]]), 0.5, 1), [[0], [0.25], [0.75], [1]])
+
+
+def test_resample_preserves_the_mean():
+    rng = np.random.default_rng(6)
+    image = rng.normal(size=(90, 60))
+    down = resample(image, 3, 2.5)
+    assert down.shape == (30, 24)
+    assert down.mean() == pytest.approx(image.mean(), abs=1e-12)
+    smooth = _blobs((30, 40), [(15, 20)], sigma=6.0)
+    up = resample(smooth, 0.25, 0.5)
+    assert up.shape == (120, 80)
+    assert up.mean() == pytest.approx(smooth.mean(), rel=0.01)
+
+
+def test_prepare_puts_a_blob_at_its_physical_position():
+    """A blob at a known scanner position must land on the model pixel computed by hand, both
+    ways through to_scan/from_scan. The scan's pixels are 0.05 nm wide and 0.2 nm tall, so one
+    axis is area-averaged (2 → 1) and the other interpolated (1 → 2)."""
+    width_nm, height_nm = 8.0, 6.0
+    rows, cols = 30, 160
+    scan = _scan(np.zeros((rows, cols)), (width_nm, height_nm))
+    x_m, y_m = 5e-9 + 1.23e-9, -3e-9 - 0.87e-9  # blob position, scanner frame (offset 5, -3 nm)
+    blob_row, blob_col = scan.scanner_to_pixel(x_m, y_m)
+    sigma_nm = 0.4
+    r, c = np.mgrid[:rows, :cols].astype(float)
+    z_nm = 0.2 * np.exp(-(((r - blob_row) * 0.2) ** 2 + ((c - blob_col) * 0.05) ** 2) / (2 * sigma_nm**2))
+    scan = _scan(z_nm, (width_nm, height_nm), backward=z_nm)
+
+    settings = PreprocessSettings(steps=["fill_nan", "resample"])  # heights kept in nm
+    prepared = prepare(scan, "si001h", settings)
+    assert prepared.image.shape == (2, 60, 80)
+    assert prepared.scale == pytest.approx((0.5, 2.0))
+
+    # by hand: the frame's top-left corner is at (offset - size/2); 0.1 nm model pixels
+    expected_col = (1.23 + width_nm / 2) / 0.1 - 0.5
+    expected_row = (height_nm / 2 + 0.87) / 0.1 - 0.5
+    image = prepared.image[0].astype(float)
+    weight = np.clip(image - 0.5 * image.max(), 0, None)
+    mr, mc = np.mgrid[: image.shape[0], : image.shape[1]]
+    found_row, found_col = (weight * mr).sum() / weight.sum(), (weight * mc).sum() / weight.sum()
+    assert found_row == pytest.approx(expected_row, abs=0.15)
+    assert found_col == pytest.approx(expected_col, abs=0.15)
+
+    back_row, back_col = prepared.to_scan(expected_row, expected_col)
+    assert float(back_row) == pytest.approx(float(blob_row), abs=1e-9)
+    assert float(back_col) == pytest.approx(float(blob_col), abs=1e-9)
+    model_row, model_col = prepared.from_scan(np.array([blob_row, 0.0]), np.array([blob_col, 0.0]))
+    assert model_row[0] == pytest.approx(expected_row, abs=1e-9)
+    assert model_col[0] == pytest.approx(expected_col, abs=1e-9)
+    assert np.allclose(prepared.to_scan(model_row, model_col), ([blob_row, 0.0], [blob_col, 0.0]))
+
+
+# ---- normalise -------------------------------------------------------------------------------
+def test_normalise_hand_computed():
+    image = np.array([[1.0, 2, 3, 4, 100]])
+    # median 3, MAD 1 → sigma 1.4826; 100 → 65 sigmas, clipped to 6
+    assert np.allclose(normalise(image, clip=6.0), [[-2 / 1.4826, -1 / 1.4826, 0, 1 / 1.4826, 6.0]])
+    valid = np.array([[True, True, True, True, False]])
+    out = normalise(np.array([[1.0, 2, 3, 4, 5]]), valid)
+    assert out[0, 4] == 0.0 and out[0, 1] == pytest.approx(-0.5 / (1.4826 * 1.0))
+    assert np.array_equal(normalise(np.full((4, 4), 7.0)), np.zeros((4, 4)))
+
+
+# ---- settings --------------------------------------------------------------------------------
+def test_settings_reject_unknown_or_misplaced_steps():
+    PreprocessSettings().check()
+    with pytest.raises(ValueError, match="blur"):
+        PreprocessSettings(steps=["fill_nan", "blur", "resample"]).check()
+    with pytest.raises(ValueError, match="first"):
+        PreprocessSettings(steps=["plane", "fill_nan", "resample"]).check()
+    with pytest.raises(ValueError, match="resample"):
+        PreprocessSettings(steps=["fill_nan", "plane"]).check()
+    with pytest.raises(ConfigError, match="blur"):
+        config_from_dict({"preprocess": {"steps": ["fill_nan", "blur", "resample"]}})
+
+
+# ---- the chain on scans ----------------------------------------------------------------------
+def test_prepare_marks_the_missing_top_rows_of_an_aborted_up_scan():
+    """An 'up' scan is acquired bottom first: stopped early, its stored trailing rows are NaN,
+    which the display frame puts at the top."""
+    rng = np.random.default_rng(7)
+    stored = rng.normal(scale=0.05, size=(40, 40))
+    stored[30:] = np.nan  # the last 10 lines acquired never came
+    display = stored_to_display(stored, "up", backward=False)
+    scan = _scan(display, (4.0, 4.0), direction="up")  # 0.1 nm pixels: model = scan
+    prepared = prepare(scan, get_surface("si001h"))
+    expected = np.ones((40, 40), bool)
+    expected[:10] = False
+    assert np.array_equal(prepared.valid, expected)
+    assert np.isfinite(prepared.image).all()
+    assert np.array_equal(prepared.image[:, :10], np.zeros((2, 10, 40)))
+
+
+@pytest.mark.parametrize("path", real_files(), ids=lambda p: p.name)
+def test_prepare_every_real_file(path, manifest):
+    facts = next(f for f in manifest["files"] if f["file"] == path.name)
+    scan = read_sxm(path)
+    surface = get_surface("si001h")
+    prepared = prepare(scan, surface)
+    width_nm, height_nm = (r * 1e9 for r in facts["range_m"])
+    expected = (round(height_nm / surface.nm_per_px), round(width_nm / surface.nm_per_px))
+    assert prepared.image.shape == (2, *expected)
+    assert prepared.image.dtype == np.float32
+    assert prepared.valid.shape == expected
+    assert np.isfinite(prepared.image).all()
+    assert prepared.surface == "si001h"
+    nan_rows = facts["channels"][0]["nan_rows"]
+    assert prepared.valid.mean() == pytest.approx(1 - nan_rows / facts["pixels"][1], abs=0.02)
+    # the model frame spans the scan frame exactly
+    top_left = prepared.to_scan(-0.5, -0.5)
+    bottom_right = prepared.to_scan(expected[0] - 0.5, expected[1] - 0.5)
+    assert np.allclose(top_left, (-0.5, -0.5))
+    assert np.allclose(bottom_right, (facts["pixels"][1] - 0.5, facts["pixels"][0] - 0.5))
+
+
+def test_prepare_aborted_real_file_valid_rows():
+    scan = read_sxm(REAL / "stm_moire_10nm_aborted.sxm")  # rows 96..159 of 160 missing, 10 nm
+    prepared = prepare(scan, "si001h")
+    # model rows of 1.6 scan rows: row 59 spans scan rows 94.4-96.0 (valid), row 60 96.0-97.6
+    assert np.array_equal(np.flatnonzero(prepared.valid.all(axis=1)), np.arange(60))
+    assert not prepared.valid[60:].any()
