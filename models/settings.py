@@ -16,12 +16,20 @@ class ModelSettings:
     threshold: float = 0.5  # defect probability above which a pixel is defect
     min_area_px: int = 6  # smaller components (in model pixels) are noise
     unknown_distance: float = 0.0  # above this embedding distance a defect is 'unknown'; 0 = shipped
-    engine_cache: str = "~/.cache/stmwatch/engines"  # TensorRT engines, keyed by model hash/shape/GPU
-    tile_px: int = 256  # UNet tile size (model pixels)
-    tile_overlap_px: int = 32  # overlap between tiles
+    engine_cache: str = "~/.cache/stmwatch/engines"  # TensorRT engines and ONNX exports, keyed by model hash/shape(/GPU)
+    tile_px: int = 256  # UNet tile size (model pixels); a multiple of 8
+    tile_overlap_px: int = 32  # overlap between tiles (model pixels)
+    batch_tiles: int = 8  # tiles per UNet forward pass (memory grows with it)
+    threads: int = 0  # ONNX Runtime intra-op threads; 0 = one per CPU core
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {self.backend!r}")
         if not 0 < self.threshold < 1:
             raise ValueError("threshold must be between 0 and 1")
+        if self.tile_px <= 0 or self.tile_px % 8:
+            raise ValueError(f"tile_px must be a positive multiple of 8, not {self.tile_px}")
+        if not 0 <= self.tile_overlap_px < self.tile_px:
+            raise ValueError("tile_overlap_px must be at least 0 and smaller than tile_px")
+        if self.batch_tiles < 1 or self.min_area_px < 1 or self.threads < 0:
+            raise ValueError("batch_tiles and min_area_px must be at least 1, threads at least 0")

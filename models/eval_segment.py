@@ -1,0 +1,183 @@
+"""``stmwatch eval segment``: detection F1 and position error of the segmenter on simulated scans.
+
+A detection matches a true defect when their scanner-frame positions are within ``radius`` of
+each other; matching is greedy, closest pairs first, each defect used at most once. Per surface:
+precision, recall, F1 (over all scans pooled) and the median absolute error of ``x_m`` and of
+``y_m`` over the matched pairs. True defects in lines the scan never acquired are not counted.
+
+The held-out scans come from the simulator with seeds never used in training
+(:data:`HELD_OUT_SEED`), all artefacts on, random direction, angle, offset and 256–512 pixels.
+``scripts/eval_segmentation.py`` runs the same code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+HELP = "detection F1 and position error of the UNet on held-out simulated scans"
+HELD_OUT_SEED = 7_000_000  # held-out scans use seeds HELD_OUT_SEED + i; training uses seeds < 1_000_000
+MATCH_RADIUS_NM = 0.5
+
+
+def match_points(pred: np.ndarray, truth: np.ndarray, radius: float) -> list[tuple[int, int, float]]:
+    """Greedy one-to-one matching of ``pred`` ``(n, 2)`` to ``truth`` ``(m, 2)`` (same units):
+    pairs ``(i, j, distance)`` with distance ≤ ``radius``, closest first."""
+    pred = np.asarray(pred, dtype=float).reshape(-1, 2)
+    truth = np.asarray(truth, dtype=float).reshape(-1, 2)
+    if len(pred) == 0 or len(truth) == 0:
+        return []
+    dist = np.hypot(pred[:, None, 0] - truth[None, :, 0], pred[:, None, 1] - truth[None, :, 1])
+    i_idx, j_idx = np.nonzero(dist <= radius)
+    order = np.argsort(dist[i_idx, j_idx], kind="stable")
+    used_i, used_j, pairs = set(), set(), []
+    for k in order:
+        i, j = int(i_idx[k]), int(j_idx[k])
+        if i not in used_i and j not in used_j:
+            used_i.add(i)
+            used_j.add(j)
+            pairs.append((i, j, float(dist[i, j])))
+    return pairs
+
+
+@dataclasses.dataclass
+class DetectionScore:
+    """Counts and matched-pair errors accumulated over scans (errors in the units given)."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    dx: list[float] = dataclasses.field(default_factory=list)
+    dy: list[float] = dataclasses.field(default_factory=list)
+
+    def add(self, pred: np.ndarray, truth: np.ndarray, radius: float) -> None:
+        pred = np.asarray(pred, dtype=float).reshape(-1, 2)
+        truth = np.asarray(truth, dtype=float).reshape(-1, 2)
+        pairs = match_points(pred, truth, radius)
+        self.tp += len(pairs)
+        self.fp += len(pred) - len(pairs)
+        self.fn += len(truth) - len(pairs)
+        for i, j, _ in pairs:
+            self.dx.append(abs(pred[i, 0] - truth[j, 0]))
+            self.dy.append(abs(pred[i, 1] - truth[j, 1]))
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    @property
+    def median_dx(self) -> float:
+        return float(np.median(self.dx)) if self.dx else float("nan")
+
+    @property
+    def median_dy(self) -> float:
+        return float(np.median(self.dy)) if self.dy else float("nan")
+
+
+def truth_points_m(scan, truth) -> np.ndarray:
+    """``(m, 2)`` scanner-frame metres of the true defects that lie in acquired lines."""
+    frame = scan.topography().frames()[0]
+    acquired = ~np.isnan(frame).all(axis=1)
+    points = []
+    for d in truth.defects:
+        r = int(np.clip(round(d.row), 0, len(acquired) - 1))
+        if acquired[r]:
+            points.append((d.x_m, d.y_m))
+    return np.array(points, dtype=float).reshape(-1, 2)
+
+
+def held_out_scan(surface: str, index: int, seed: int = HELD_OUT_SEED, pixels: tuple[int, int] = (256, 512)):
+    """One held-out simulated scan → ``(Scan, Truth)``: all artefacts, random direction, angle,
+    offset and size (``pixels`` range), from seed ``seed + index`` (also seeding the choices)."""
+    from .simulate import Artefacts, simulate_scan
+
+    rng = np.random.default_rng(seed + index)
+    n = int(rng.integers(pixels[0], pixels[1] + 1))
+    return simulate_scan(surface, seed + index, pixels=n, range_nm=float(rng.uniform(0.06, 0.1) * n),
+                         offset_m=tuple(rng.uniform(-200e-9, 200e-9, 2)), angle_deg=float(rng.uniform(-180, 180)),
+                         direction=str(rng.choice(["up", "down"])), artefacts=Artefacts.all())
+
+
+def evaluate_segmenter(segmenter, scans, radius_m: float = MATCH_RADIUS_NM * 1e-9) -> DetectionScore:
+    """Score ``segmenter.segment`` over ``scans`` (an iterable of ``(Scan, Truth)``), in metres."""
+    score = DetectionScore()
+    for scan, truth in scans:
+        defects = segmenter.segment(scan)
+        pred = np.array([(d.x_m, d.y_m) for d in defects], dtype=float).reshape(-1, 2)
+        score.add(pred, truth_points_m(scan, truth), radius_m)
+    return score
+
+
+def evaluate_surfaces(surfaces: list[str], n_scans: int, *, config=None, backend: str | None = None,
+                      weights: str | None = None, seed: int = HELD_OUT_SEED, pixels=(256, 512),
+                      radius_nm: float = MATCH_RADIUS_NM) -> dict[str, dict]:
+    """F1 and median position errors (nm) per surface on ``n_scans`` held-out scans each."""
+    from stmwatch.daemon.config import load_config
+
+    from .load import load_segmenter
+    from .surfaces import get_surface
+
+    config = config or load_config(None)
+    if weights:
+        config.models.segmenter_weights = weights
+    results = {}
+    for key in surfaces:
+        segmenter = load_segmenter(config.models, get_surface(key), config.preprocess, backend)
+        t0 = time.perf_counter()
+        scans = (held_out_scan(key, i, seed, pixels) for i in range(n_scans))
+        score = evaluate_segmenter(segmenter, scans, radius_nm * 1e-9)
+        results[key] = {
+            "scans": n_scans, "true": score.tp + score.fn, "found": score.tp + score.fp, "tp": score.tp,
+            "precision": round(score.precision, 4), "recall": round(score.recall, 4), "f1": round(score.f1, 4),
+            "median_dx_nm": round(score.median_dx * 1e9, 4), "median_dy_nm": round(score.median_dy * 1e9, 4),
+            "seconds": round(time.perf_counter() - t0, 1), "weights": segmenter.version,
+        }
+        log.info("%s: %s", key, results[key])
+    return results
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--surfaces", nargs="+", default=["si001h", "ge001", "tio2110"], help="surfaces to score")
+    parser.add_argument("--scans", type=int, default=20, help="held-out scans per surface (default 20)")
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="first held-out seed")
+    parser.add_argument("--weights", help="UNet checkpoint (default: the shipped weights)")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), help="inference backend")
+    parser.add_argument("--radius-nm", type=float, default=MATCH_RADIUS_NM, help="match radius (nm)")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+
+
+def print_table(results: dict[str, dict], radius_nm: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"segmentation on held-out simulated scans (match radius {radius_nm} nm)", title_justify="left")
+    for name in ("surface", "scans", "true", "found", "precision", "recall", "F1", "median |dx| nm", "median |dy| nm"):
+        table.add_column(name, justify="left" if name == "surface" else "right")
+    for key, r in results.items():
+        table.add_row(key, str(r["scans"]), str(r["true"]), str(r["found"]), f"{r['precision']:.3f}",
+                      f"{r['recall']:.3f}", f"{r['f1']:.3f}", f"{r['median_dx_nm']:.3f}", f"{r['median_dy_nm']:.3f}")
+    Console().print(table)
+
+
+def run(args) -> int:
+    results = evaluate_surfaces(args.surfaces, args.scans, backend=args.backend, weights=args.weights,
+                                seed=args.seed, radius_nm=args.radius_nm)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print_table(results, args.radius_nm)
+    return 0

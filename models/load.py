@@ -1,0 +1,93 @@
+"""Build the analyser that ``stmwatch process`` and the daemon use, from the ``[models]`` config.
+
+``load_analyser(config)`` = the UNet segmenter (shipped weights unless ``segmenter_weights`` is
+set, run by the configured backend) + the few-shot classifier when one can be built: the
+classifier module ``stmwatch.models.fewshot.classifier`` must exist and provide
+``load_classifier(settings: ModelSettings, surface: Surface, support: Path) -> Classifier``, and a
+support set must be found (the ``support`` argument, else ``[models] support``, else the shipped
+set ``models/support/<surface>/``). Otherwise the analyser is segment-only and every defect is
+labelled ``defect``.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+
+from .analyse import Analyser, Classifier
+from .backends import make_backend
+from .segment import UNetSegmenter
+from .settings import ModelSettings
+from .surfaces import Surface, get_surface
+from .unet import load_checkpoint, model_hash
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+WEIGHTS_DIR = PACKAGE_DIR / "weights"
+SUPPORT_DIR = PACKAGE_DIR / "support"
+CLASSIFIER_MODULE = "stmwatch.models.fewshot.classifier"
+
+
+def shipped_weights(surface: str) -> Path:
+    """The shipped UNet checkpoint for ``surface``: ``weights/unet-<surface>.pt`` if there is one,
+    else the multi-surface ``weights/unet.pt``."""
+    specific = WEIGHTS_DIR / f"unet-{surface}.pt"
+    return specific if specific.exists() else WEIGHTS_DIR / "unet.pt"
+
+
+def load_segmenter(settings: ModelSettings, surface: Surface, preprocess=None,
+                   backend: str | None = None) -> UNetSegmenter:
+    """The UNet segmenter for ``surface`` with ``settings`` (backend overridden by ``backend``)."""
+    path = Path(settings.segmenter_weights).expanduser() if settings.segmenter_weights else shipped_weights(surface.key)
+    if not path.exists():
+        raise FileNotFoundError(f"UNet weights {path} not found (set [models] segmenter_weights, "
+                                "or train them: stmwatch train unet)")
+    model, checkpoint = load_checkpoint(path)
+    digest = model_hash(model)
+    runner = make_backend(backend or settings.backend, model, settings.tile_px, settings.batch_tiles,
+                          settings.engine_cache, settings.threads or None)
+    log.info("segmenter: %s (%s), backend %s", path.name, digest[:12], runner.name)
+    return UNetSegmenter(model, runner, surface, version=digest[:12], preprocess=preprocess,
+                         threshold=settings.threshold, min_area_px=settings.min_area_px,
+                         tile_px=settings.tile_px, tile_overlap_px=settings.tile_overlap_px,
+                         batch_size=settings.batch_tiles, name=checkpoint.get("meta", {}).get("name", "unet"))
+
+
+def find_support(settings: ModelSettings, surface: Surface, support: str | Path | None) -> Path | None:
+    """The support-set folder to use: ``support``, else the configured one, else the shipped one
+    for the surface (None when there is none). An explicit folder that does not exist is an error."""
+    chosen = support or settings.support
+    if chosen:
+        path = Path(chosen).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"support set {path} is not a folder of class folders")
+        return path
+    shipped = SUPPORT_DIR / surface.key
+    return shipped if shipped.is_dir() else None
+
+
+def load_classifier(settings: ModelSettings, surface: Surface, support: Path | None) -> Classifier | None:
+    """The few-shot classifier on ``support``, or None (logged) when it cannot be built here."""
+    if support is None:
+        log.info("no support set: segment only (every defect is labelled 'defect')")
+        return None
+    try:
+        module = importlib.import_module(CLASSIFIER_MODULE)
+    except ModuleNotFoundError as exc:
+        if not CLASSIFIER_MODULE.startswith(str(exc.name)):
+            raise
+        log.warning("support set %s given but the few-shot classifier is not installed: segment only", support)
+        return None
+    return module.load_classifier(settings, surface, support)
+
+
+def load_analyser(config, surface: str | None = None, backend: str | None = None,
+                  support: str | Path | None = None) -> Analyser:
+    """The analyser for ``config`` (a :class:`~stmwatch.daemon.config.Config`); ``surface``,
+    ``backend`` and ``support`` override ``[models] surface``, ``backend`` and ``support``."""
+    settings: ModelSettings = config.models
+    chosen = get_surface(surface or settings.surface)
+    segmenter = load_segmenter(settings, chosen, getattr(config, "preprocess", None), backend)
+    classifier = load_classifier(settings, chosen, find_support(settings, chosen, support))
+    return Analyser(segmenter, classifier)

@@ -1,0 +1,315 @@
+"""``stmwatch train unet``: train the UNet segmenter on simulated scans with known defect positions.
+
+Data: for each surface, ``--scans`` scans are simulated (seeds ``surface_index * 100_000 + i``,
+all below :data:`~stmwatch.models.eval_segment.HELD_OUT_SEED`), random size, direction, angle,
+offset, and each experimental artefact on at random; each is preprocessed exactly as at inference
+(``preprocess.prepare``) and cut into ``--patch``-pixel model-scale patches kept in memory (and
+cached in ``OUT/data.npz``). The target is a disc of ``--disc-nm`` radius at each true defect
+centre, which makes the component centroid the defect position.
+
+Augmentation, per batch: the four flips that keep scan lines horizontal (identity, left-right with
+the forward/backward channels swapped, up-down, both) -- the lattice appears at every angle in the
+data already, and a transposition would turn scan-line artefacts into columns, which no microscope
+makes -- and extra experimental noise (``simulate.apply_noise``: line offsets, scars, tip changes,
+1/f noise, drift) on the image, the labels left clean.
+
+Loss: binary cross-entropy + soft Dice. Each epoch prints loss and validation detection F1
+(match radius 0.5 nm) and writes ``OUT/last.pt`` (weights, optimiser, epoch; ``--resume`` goes on
+from it) and ``OUT/best.pt`` (best validation F1, weights only: what ships).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .eval_segment import DetectionScore
+from .segment import find_components
+from .unet import UNet, UNetConfig, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+HELP = "train the UNet segmenter on simulated scans (CPU in minutes; GPU with the same command)"
+SURFACE_KEYS = ("si001h", "ge001", "tio2110")
+
+
+@dataclasses.dataclass
+class Patches:
+    """Training patches: ``images`` ``(N, C, P, P)`` float32, ``targets`` ``(N, P, P)`` float32
+    (1 inside a disc around each defect), ``centres`` a list of ``(k, 2)`` arrays of true centres
+    (model px, row/col) per patch, for the F1."""
+
+    images: np.ndarray
+    targets: np.ndarray
+    centres: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def disc_target(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, radius: float) -> np.ndarray:
+    """``(H, W)`` float32: 1 within ``radius`` pixels of any ``(rows[i], cols[i])``, else 0."""
+    target = np.zeros(shape, dtype=np.float32)
+    r_int = int(np.ceil(radius)) + 1
+    for r, c in zip(rows, cols):
+        r0, r1 = max(0, int(r) - r_int), min(shape[0], int(r) + r_int + 2)
+        c0, c1 = max(0, int(c) - r_int), min(shape[1], int(c) + r_int + 2)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        rr, cc = np.mgrid[r0:r1, c0:c1]
+        target[r0:r1, c0:c1] = np.maximum(target[r0:r1, c0:c1], ((rr - r) ** 2 + (cc - c) ** 2 <= radius**2))
+    return target
+
+
+def cut_patches(image: np.ndarray, centres: np.ndarray, patch: int, count: int, radius: float,
+                rng: np.random.Generator) -> Patches:
+    """``count`` random ``patch``-pixel squares of ``image`` ``(C, H, W)`` (zero-padded if smaller)
+    with their disc targets; ``centres`` ``(k, 2)`` model-pixel row/col of the defects."""
+    c, h, w = image.shape
+    ph, pw = max(h, patch), max(w, patch)
+    image = np.pad(image, ((0, 0), (0, ph - h), (0, pw - w)))
+    target = disc_target((ph, pw), centres[:, 0], centres[:, 1], radius)
+    images, targets, kept = [], [], []
+    for _ in range(count):
+        r0, c0 = int(rng.integers(0, ph - patch + 1)), int(rng.integers(0, pw - patch + 1))
+        images.append(image[:, r0:r0 + patch, c0:c0 + patch])
+        targets.append(target[r0:r0 + patch, c0:c0 + patch])
+        inside = ((centres[:, 0] >= r0 - 0.5) & (centres[:, 0] < r0 + patch - 0.5)
+                  & (centres[:, 1] >= c0 - 0.5) & (centres[:, 1] < c0 + patch - 0.5))
+        kept.append(centres[inside] - (r0, c0))
+    return Patches(np.stack(images).astype(np.float32), np.stack(targets), kept)
+
+
+def join(parts: list[Patches]) -> Patches:
+    return Patches(np.concatenate([p.images for p in parts]), np.concatenate([p.targets for p in parts]),
+                   [c for p in parts for c in p.centres])
+
+
+def training_scan(surface: str, seed: int):
+    """One simulated training scan: random size, geometry and a random subset of artefacts."""
+    from .simulate import Artefacts, simulate_scan
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(128, 513))
+    fields = [f.name for f in dataclasses.fields(Artefacts) if isinstance(getattr(Artefacts.all(), f.name), bool)]
+    artefacts = Artefacts.all() if rng.random() < 0.6 else dataclasses.replace(
+        Artefacts.none(), **{name: bool(rng.random() < 0.5) for name in fields})
+    return simulate_scan(surface, seed, pixels=n, range_nm=float(rng.uniform(0.05, 0.11) * n),
+                         offset_m=tuple(rng.uniform(-200e-9, 200e-9, 2)), angle_deg=float(rng.uniform(-180, 180)),
+                         direction=str(rng.choice(["up", "down"])), artefacts=artefacts)
+
+
+def simulated_patches(surfaces: list[str], scans: int, patch: int, radius_px: float, seed_base: int,
+                      per_scan: int = 6) -> Patches:
+    """Patches from ``scans`` simulated scans per surface (seeds ``seed_base + k*100_000 + i``)."""
+    from .preprocess import prepare
+
+    parts = []
+    for key in surfaces:
+        k = SURFACE_KEYS.index(key)
+        for i in range(scans):
+            seed = seed_base + k * 100_000 + i
+            scan, truth = training_scan(key, seed)
+            prepared = prepare(scan, key)
+            rows, cols = prepared.from_scan(np.array([d.row for d in truth.defects], dtype=float),
+                                            np.array([d.col for d in truth.defects], dtype=float))
+            centres = np.stack([rows, cols], axis=1) if len(rows) else np.zeros((0, 2))
+            image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
+            if len(centres):  # defects in lines never acquired are not targets
+                ok = prepared.valid[np.clip(np.rint(centres[:, 0]).astype(int), 0, image.shape[1] - 1),
+                                    np.clip(np.rint(centres[:, 1]).astype(int), 0, image.shape[2] - 1)]
+                centres = centres[ok]
+            parts.append(cut_patches(image, centres, patch, per_scan, radius_px, np.random.default_rng(seed)))
+    return join(parts)
+
+
+# ---- augmentation --------------------------------------------------------------------------------
+def augment(images: np.ndarray, targets: np.ndarray, rng: np.random.Generator,
+            noise: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Random scan-line-preserving flips per sample, and extra experimental noise on a fraction
+    ``noise`` of the images (labels untouched)."""
+    images, targets = images.copy(), targets.copy()
+    for i in range(len(images)):
+        if rng.random() < 0.5:  # left-right: a forward trace becomes a backward one
+            images[i] = images[i][::-1, :, ::-1]
+            targets[i] = targets[i][:, ::-1]
+        if rng.random() < 0.5:
+            images[i] = images[i][:, ::-1, :]
+            targets[i] = targets[i][::-1, :]
+        if noise > 0 and rng.random() < noise:
+            images[i] = extra_noise(images[i], rng)
+    return np.ascontiguousarray(images), np.ascontiguousarray(targets)
+
+
+def extra_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The simulator's experimental noise on a normalised ``(C, H, W)`` patch (one random kind
+    or two), falling back to line offsets + white noise if the simulator has no ``apply_noise``."""
+    try:
+        from .simulate import NOISE_KINDS, apply_noise
+    except ImportError:
+        out = image + rng.normal(0, 0.3, (image.shape[0], image.shape[1], 1)).astype(np.float32)
+        return out + rng.normal(0, 0.1, image.shape).astype(np.float32)
+    kinds = list(rng.choice(NOISE_KINDS, size=int(rng.integers(1, 3)), replace=False))
+    return np.stack([apply_noise(ch, rng, kinds) for ch in image]).astype(np.float32)
+
+
+# ---- training --------------------------------------------------------------------------------------
+def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice; ``logits`` ``(B, 1, H, W)``, ``target`` ``(B, H, W)``."""
+    logits = logits[:, 0]
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).sum()
+    dice = 1 - (2 * inter + 1) / (prob.sum() + target.sum() + 1)
+    return bce + dice
+
+
+def validate(model: UNet, val: Patches, device: torch.device, radius_px: float = 5.0, threshold: float = 0.5,
+             min_area: int = 6, batch: int = 16) -> DetectionScore:
+    """Detection score on the validation patches (model in eval mode; units model pixels)."""
+    model.eval()
+    score = DetectionScore()
+    with torch.inference_mode():
+        for i in range(0, len(val), batch):
+            x = torch.from_numpy(val.images[i:i + batch]).to(device)
+            probs = torch.sigmoid(model(x))[:, 0].cpu().numpy()
+            for prob, centres in zip(probs, val.centres[i:i + batch]):
+                comps, _ = find_components(prob, threshold, min_area)
+                score.add(np.array([(c.row, c.col) for c in comps]).reshape(-1, 2), centres, radius_px)
+    return score
+
+
+def train(model: UNet, data: Patches, val: Patches, out: Path, *, epochs: int, steps: int, batch: int,
+          lr: float, seed: int, device: str = "cpu", resume: bool = False, noise: float = 0.5,
+          meta: dict | None = None, progress: bool = True) -> list[dict]:
+    """Train ``model`` in place; returns one record per epoch (loss, precision, recall, f1)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
+    model.to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.15)
+    history: list[dict] = []
+    start, best = 0, -1.0
+    if resume and (out / "last.pt").exists():
+        state = torch.load(out / "last.pt", map_location=dev, weights_only=False)
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, best, history = state["epoch"], state["best_f1"], state["history"]
+        log.info("resuming from %s after epoch %d", out / "last.pt", start)
+    columns = [TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        for epoch in range(start, epochs):
+            rng = np.random.default_rng([seed, epoch])
+            torch.manual_seed(seed * 1000 + epoch)
+            model.train()
+            task = bar.add_task("train", total=steps, epoch=epoch + 1, loss=0.0)
+            losses = []
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                idx = rng.integers(0, len(data), batch)
+                x, y = augment(data.images[idx], data.targets[idx], rng, noise)
+                loss = loss_fn(model(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss))
+                bar.update(task, advance=1, loss=float(np.mean(losses[-20:])))
+            bar.remove_task(task)
+            score = validate(model, val, dev)
+            record = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 5), "precision": round(score.precision, 4),
+                      "recall": round(score.recall, 4), "f1": round(score.f1, 4),
+                      "seconds": round(time.perf_counter() - t0, 1)}
+            history.append(record)
+            log.info("epoch %d: %s", epoch + 1, record)
+            if progress:
+                bar.console.print(f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.4f}  val P {record['precision']:.3f}"
+                                  f"  R {record['recall']:.3f}  F1 {record['f1']:.3f}  ({record['seconds']} s)")
+            model.cpu()
+            if score.f1 > best:
+                best = score.f1
+                save_checkpoint(model, out / "best.pt", meta={**(meta or {}), "epoch": epoch + 1, "val": record})
+            save_checkpoint(model, out / "last.pt", meta=meta, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                            epoch=epoch + 1, best_f1=best, history=history)
+            model.to(dev)
+    model.cpu().eval()
+    return history
+
+
+# ---- command -----------------------------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default="runs/unet", help="output folder: data.npz, last.pt, best.pt (default runs/unet)")
+    parser.add_argument("--surfaces", nargs="+", default=list(SURFACE_KEYS), help="surfaces to train on (one model)")
+    parser.add_argument("--scans", type=int, default=60, help="simulated training scans per surface (default 60)")
+    parser.add_argument("--val-scans", type=int, default=8, help="validation scans per surface (default 8)")
+    parser.add_argument("--patch", type=int, default=128, help="patch size, model pixels (default 128)")
+    parser.add_argument("--disc-nm", type=float, default=0.4, help="target disc radius, nm (default 0.4)")
+    parser.add_argument("--width", type=int, default=12, help="UNet channels at full resolution (default 12)")
+    parser.add_argument("--depth", type=int, default=3, help="UNet down-sampling steps (default 3)")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=100, help="optimiser steps per epoch")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--noise", type=float, default=0.5, help="fraction of patches given extra noise")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the data (training scans), the order and the weights")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    parser.add_argument("--resume", action="store_true", help="go on from OUT/last.pt")
+    parser.add_argument("--weights", help="also copy the best weights here (e.g. models/weights/unet.pt)")
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    console = Console()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    radius_px = args.disc_nm / 0.1  # every surface is seen at 0.1 nm per model pixel
+    cache = out / "data.npz"
+    key = json.dumps({"surfaces": args.surfaces, "scans": args.scans, "val": args.val_scans, "patch": args.patch,
+                      "disc": args.disc_nm, "seed": args.seed})
+    if cache.exists() and str(np.load(cache)["key"]) == key:
+        z = np.load(cache, allow_pickle=True)
+        data = Patches(z["images"], z["targets"], list(z["centres"]))
+        val = Patches(z["val_images"], z["val_targets"], list(z["val_centres"]))
+        console.print(f"data from {cache}: {len(data)} training, {len(val)} validation patches")
+    else:
+        t0 = time.perf_counter()
+        with console.status("simulating training scans"):
+            data = simulated_patches(args.surfaces, args.scans, args.patch, radius_px, seed_base=args.seed * 10_000)
+            val = simulated_patches(args.surfaces, args.val_scans, args.patch, radius_px,
+                                    seed_base=args.seed * 10_000 + 50_000, per_scan=4)
+        obj = np.empty(len(data.centres), dtype=object)
+        obj[:] = data.centres
+        vobj = np.empty(len(val.centres), dtype=object)
+        vobj[:] = val.centres
+        np.savez(cache, key=key, images=data.images, targets=data.targets, centres=obj,
+                 val_images=val.images, val_targets=val.targets, val_centres=vobj)
+        console.print(f"simulated {len(data)} training and {len(val)} validation patches "
+                      f"in {time.perf_counter() - t0:.0f} s")
+    model = UNet(UNetConfig(width=args.width, depth=args.depth))
+    meta = {"name": "unet-multi" if len(args.surfaces) > 1 else f"unet-{args.surfaces[0]}",
+            "surfaces": args.surfaces, "train_args": {k: v for k, v in vars(args).items()
+                                                      if isinstance(v, (int, float, str, list)) and k != "command"}}
+    history = train(model, data, val, out, epochs=args.epochs, steps=args.steps, batch=args.batch, lr=args.lr,
+                    seed=args.seed, device=device, resume=args.resume, noise=args.noise, meta=meta)
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    if args.weights:
+        best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+        Path(args.weights).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(best, args.weights)
+        console.print(f"best weights (epoch {best['meta'].get('epoch')}) copied to {args.weights}")
+    return 0
