@@ -1,0 +1,119 @@
+"""The classifier the daemon uses: a trained prototypical network and a labelled support set.
+
+Each defect crop gets the label of the nearest class prototype and a score (the softmax of minus
+the squared distances), or ``"unknown"`` when even the nearest prototype is farther than the
+unknown distance: a defect unlike every support class is not forced into one. The distance is
+calibrated on the training data (:func:`calibrate_unknown_distance`) and stored with the weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .crops import CropSet, load_surface, to_model_input
+from .episodes import sample_episode
+from .proto import ProtoNet
+
+log = logging.getLogger(__name__)
+
+PACKAGE = Path(__file__).resolve().parents[1]  # stmwatch.models
+WEIGHTS = PACKAGE / "weights" / "fewshot_proto_conv4.pt"
+SUPPORT = PACKAGE / "support"
+UNKNOWN = "unknown"
+
+
+class PrototypicalClassifier:
+    """Implements ``stmwatch.models.analyse.Classifier``.
+
+    ``net`` is a trained :class:`ProtoNet`, ``support`` the labelled crops (one class per label),
+    ``unknown_distance`` the squared embedding distance above which a crop is ``"unknown"``
+    (``inf``: never).
+    """
+
+    name = "proto-conv4"
+
+    def __init__(self, net: ProtoNet, support: CropSet, unknown_distance: float, version: str = "untracked"):
+        self.net = net.eval()
+        self.unknown_distance = float(unknown_distance)
+        self.version = version
+        self.set_support(support)
+
+    def set_support(self, support: CropSet) -> None:
+        """Compute the prototypes of ``support`` (once; every later crop is compared with them)."""
+        self.labels = support.labels
+        x = np.concatenate([support.crops[k] for k in self.labels])
+        y = np.concatenate([np.full(len(support.crops[k]), i) for i, k in enumerate(self.labels)])
+        with torch.no_grad():
+            self.net.fit(torch.from_numpy(x), torch.from_numpy(y).long())
+
+    @torch.no_grad()
+    def distances(self, crops: np.ndarray) -> np.ndarray:
+        """Squared embedding distance ``(n, classes)`` of each crop to each prototype; one forward pass."""
+        return self.net.distances(torch.from_numpy(to_model_input(crops))).numpy()
+
+    def classify(self, crops: np.ndarray) -> list[tuple[str, float]]:
+        """``crops`` ``(n, C, h, w)`` → ``(label, score)`` each; score = softmax probability of the
+        nearest class (for ``"unknown"``: of the nearest class it was not given)."""
+        if len(crops) == 0:
+            return []
+        d = self.distances(crops)
+        p = torch.softmax(torch.from_numpy(-d), dim=1).numpy()
+        best = d.argmin(axis=1)
+        out = []
+        for i, k in enumerate(best):
+            label = self.labels[k] if d[i, k] <= self.unknown_distance else UNKNOWN
+            out.append((label, float(p[i, k])))
+        return out
+
+
+@torch.no_grad()
+def calibrate_unknown_distance(net: ProtoNet, crop_sets: list[CropSet], percentile: float = 99.0,
+                               episodes: int = 50, way: int = 4, query: int = 10, seed: int = 0) -> float:
+    """The ``percentile`` of the squared distances of query crops to their *own* class prototype
+    in 1-shot episodes of ``crop_sets`` (the training data). 1-shot prototypes are the noisiest, so
+    the threshold errs towards naming a defect rather than calling it unknown."""
+    rng = np.random.default_rng(seed)
+    net.eval()
+    inclass = []
+    for s in crop_sets:
+        w = min(way, len(s.crops))
+        for _ in range(episodes):
+            ep = sample_episode(s, w, 1, query, rng)
+            net.fit(torch.from_numpy(ep.support), torch.from_numpy(ep.support_labels))
+            d = net.distances(torch.from_numpy(ep.query)).numpy()
+            inclass.append(d[np.arange(len(d)), ep.query_labels])
+    return float(np.percentile(np.concatenate(inclass), percentile))
+
+
+def file_version(path: Path) -> str:
+    """The first 12 hex digits of the sha256 of ``path``."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def load_classifier(surface: str, support_dir: Path | str | None = None, weights: Path | str | None = None,
+                    unknown_distance: float | None = None) -> PrototypicalClassifier:
+    """The shipped (or given) prototypical network with the support set of ``surface``.
+
+    ``support_dir`` is a folder ``<class>/*.npy`` (or ``<surface>/<class>/*.npy``); default the
+    shipped ``models/support/<surface>``. ``weights`` default ``models/weights/fewshot_proto_conv4.pt``.
+    ``unknown_distance`` (None or 0: the calibrated one stored with the weights).
+    """
+    from .training import load  # avoid a cycle at import time
+
+    weights = Path(weights) if weights else WEIGHTS
+    net, config, meta = load(weights)
+    if not isinstance(net, ProtoNet):
+        raise ValueError(f"{weights} holds a {config.method} network, not a prototypical one")
+    root = Path(support_dir) if support_dir else SUPPORT / surface
+    if (root / surface).is_dir():
+        root = root / surface
+    support = load_surface(root)
+    support.surface = surface
+    threshold = unknown_distance or meta.get("unknown_distance", float("inf"))
+    log.info("classifier %s: %d support classes for %s, unknown above %.3g", weights.name, len(support.crops),
+             surface, threshold)
+    return PrototypicalClassifier(net, support, threshold, version=file_version(weights))

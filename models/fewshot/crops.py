@@ -1,0 +1,126 @@
+"""Loading defect crops from disk into the classifier's input form.
+
+A crop set on disk is ``<dir>/<surface>/<class>/*.npy`` (PNG and TIFF are accepted too). Every
+crop, whatever its source, goes through :func:`to_model_input`: it becomes a float32
+``(channels, size, size)`` array (``channels`` = 2: forward and backward topography; a 1-channel
+crop is used twice) resized with bilinear interpolation to ``size`` pixels square. This is the one
+crop loader of the project: training, evaluation, the shipped classifier and ``support add`` all
+use it.
+
+Units: ``.npy`` crops are taken as they are (the model's normalised units: median 0, robust spread
+1, see docs/design.md). Images (PNG/TIFF) carry arbitrary grey levels, so they are normalised per
+crop to median 0 and robust spread 1.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+INPUT_SIZE = 32  # pixels; 3.2 nm at the model scale of 0.1 nm/px
+INPUT_CHANNELS = 2
+CROP_SUFFIXES = (".npy", ".png", ".tif", ".tiff")
+
+
+def robust_normalise(image: np.ndarray) -> np.ndarray:
+    """``image`` minus its median, divided by its robust spread (1.4826 × median absolute deviation,
+    or the standard deviation if that is zero; unchanged spread if the image is flat)."""
+    image = image.astype(np.float32)
+    centred = image - np.median(image)
+    spread = 1.4826 * float(np.median(np.abs(centred)))
+    if spread <= 1e-12:
+        spread = float(centred.std())
+    return centred / spread if spread > 1e-12 else centred
+
+
+def to_model_input(crops: np.ndarray, size: int = INPUT_SIZE, channels: int = INPUT_CHANNELS) -> np.ndarray:
+    """Crops of any size and 1 or 2 channels → float32 ``(n, channels, size, size)``.
+
+    ``crops`` is ``(h, w)``, ``(c, h, w)`` or ``(n, c, h, w)``; a 1-channel crop is repeated to
+    ``channels``, extra channels are dropped, and a crop that is not ``size`` square is resized
+    with bilinear interpolation (so crops from any source and scale are accepted).
+    """
+    x = np.asarray(crops, dtype=np.float32)
+    if x.ndim == 2:
+        x = x[None, None]
+    elif x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"crops must be (h, w), (c, h, w) or (n, c, h, w), not shape {x.shape}")
+    if x.shape[1] == 1 and channels > 1:
+        x = np.repeat(x, channels, axis=1)
+    x = x[:, :channels]
+    if x.shape[1] != channels:
+        raise ValueError(f"crops have {x.shape[1]} channels, the model needs {channels}")
+    if x.shape[2:] != (size, size):
+        t = F.interpolate(torch.from_numpy(np.ascontiguousarray(x)), size=(size, size), mode="bilinear",
+                          align_corners=False)
+        x = t.numpy()
+    return np.ascontiguousarray(np.nan_to_num(x), dtype=np.float32)
+
+
+def load_crop(path: Path | str) -> np.ndarray:
+    """One crop file as float32 ``(c, h, w)``, not yet resized (see :func:`to_model_input`)."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        x = np.load(path).astype(np.float32)
+        return x[None] if x.ndim == 2 else x
+    from PIL import Image  # images only
+
+    with Image.open(path) as img:
+        frames = []
+        for i in range(getattr(img, "n_frames", 1)):  # a multi-page TIFF: one page per channel
+            img.seek(i)
+            a = np.asarray(img.convert("F") if img.mode not in ("F", "I;16", "I") else img, dtype=np.float32)
+            frames.append(a)
+    x = np.stack(frames)
+    return np.stack([robust_normalise(f) for f in x])
+
+
+@dataclasses.dataclass
+class CropSet:
+    """The crops of one surface: ``crops[label]`` is float32 ``(n, C, size, size)``."""
+
+    surface: str
+    crops: dict[str, np.ndarray]
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted(self.crops)
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in sorted(self.crops.items())}
+
+
+def load_class_folder(folder: Path | str, size: int = INPUT_SIZE) -> np.ndarray:
+    """Every crop file in ``folder`` as float32 ``(n, C, size, size)``, in file-name order."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in CROP_SUFFIXES)
+    if not files:
+        return np.zeros((0, INPUT_CHANNELS, size, size), np.float32)
+    return np.concatenate([to_model_input(load_crop(p), size) for p in files])
+
+
+def load_surface(root: Path | str, surface: str | None = None, size: int = INPUT_SIZE,
+                 min_per_class: int = 1) -> CropSet:
+    """The crop set ``root/surface/<class>/*`` (or ``root/<class>/*`` when ``surface`` is None).
+
+    Classes with fewer than ``min_per_class`` crops are left out (with a log line)."""
+    folder = Path(root) / surface if surface else Path(root)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no crop folder {folder}")
+    crops = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        x = load_class_folder(sub, size)
+        if len(x) < min_per_class:
+            log.info("class %s of %s has %d crops (< %d): left out", sub.name, folder, len(x), min_per_class)
+            continue
+        crops[sub.name] = x
+    if not crops:
+        raise FileNotFoundError(f"no crops in {folder} (expected <class>/*.npy|png|tif)")
+    return CropSet(surface or folder.name, crops)

@@ -1,0 +1,98 @@
+"""N-way K-shot episodes, training augmentation and the method's class-generation ablation.
+
+An episode draws ``way`` classes of one surface, then ``shot`` support and ``query`` query crops
+of each, all distinct. Labels inside an episode are 0..way-1 in the order the classes were drawn.
+This is the one episode sampler of the project: training and evaluation both use it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .crops import CropSet
+
+# the data manipulations that make a new class out of an existing one (the method's ablation)
+TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "rot90": lambda x: np.rot90(x, 1, axes=(-2, -1)),
+    "rot180": lambda x: np.rot90(x, 2, axes=(-2, -1)),
+    "rot270": lambda x: np.rot90(x, 3, axes=(-2, -1)),
+    "flip_h": lambda x: x[..., ::-1],
+    "flip_v": lambda x: x[..., ::-1, :],
+    "invert": lambda x: -x,
+}
+DEFAULT_GENERATE = ("rot90", "flip_v", "invert")
+
+
+@dataclasses.dataclass
+class Episode:
+    """Support ``(way*shot, C, H, W)`` and query ``(way*query, C, H, W)`` float32 crops with int64
+    labels 0..way-1; ``classes[i]`` is the class name of label ``i``."""
+
+    support: np.ndarray
+    support_labels: np.ndarray
+    query: np.ndarray
+    query_labels: np.ndarray
+    classes: list[str]
+
+
+def sample_episode(crop_set: CropSet, way: int, shot: int, query: int, rng: np.random.Generator,
+                   classes: Sequence[str] | None = None) -> Episode:
+    """One episode from ``crop_set`` (classes drawn from ``classes``, default all of them).
+
+    Raises ``ValueError`` when there are fewer than ``way`` classes with ``shot + query`` crops."""
+    pool = [c for c in (classes if classes is not None else crop_set.labels)
+            if len(crop_set.crops[c]) >= shot + query]
+    if len(pool) < way:
+        raise ValueError(f"{crop_set.surface}: only {len(pool)} classes have {shot + query} crops; "
+                         f"a {way}-way episode needs {way}")
+    chosen = [pool[i] for i in rng.choice(len(pool), size=way, replace=False)]
+    sup, qry = [], []
+    for c in chosen:
+        x = crop_set.crops[c]
+        idx = rng.choice(len(x), size=shot + query, replace=False)
+        sup.append(x[idx[:shot]])
+        qry.append(x[idx[shot:]])
+    labels = np.arange(way, dtype=np.int64)
+    return Episode(np.concatenate(sup), np.repeat(labels, shot), np.concatenate(qry), np.repeat(labels, query),
+                   chosen)
+
+
+def augment(x: np.ndarray, rng: np.random.Generator, shift_px: int = 2, noise: float = 0.1,
+            gain: tuple[float, float] = (0.8, 1.25)) -> np.ndarray:
+    """Training augmentation of crops ``(n, C, H, W)``: a random shift of up to ``shift_px`` pixels
+    (edges repeated), a random gain, and Gaussian noise of standard deviation ``noise`` (model
+    units). Orientation and contrast sign are kept: they are what generated classes change."""
+    out = np.empty_like(x)
+    n, _, h, w = x.shape
+    pad = np.pad(x, ((0, 0), (0, 0), (shift_px, shift_px), (shift_px, shift_px)), mode="edge")
+    dy = rng.integers(0, 2 * shift_px + 1, n)
+    dx = rng.integers(0, 2 * shift_px + 1, n)
+    for i in range(n):
+        out[i] = pad[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+    out *= rng.uniform(*gain, size=(n, 1, 1, 1)).astype(np.float32)
+    out += rng.normal(0.0, noise, size=out.shape).astype(np.float32)
+    return out
+
+
+def generate_classes(crop_set: CropSet, transforms: Sequence[str] = DEFAULT_GENERATE,
+                     min_difference: float = 0.3) -> CropSet:
+    """``crop_set`` plus, for each class and transform, a new class ``"<class>~<transform>"``.
+
+    A generated class whose mean crop differs from its source's by less than ``min_difference``
+    (L2 norm of the difference over the L2 norm of the source mean) is dropped: the rotation of a
+    round defect is the defect itself, not a new class.
+    """
+    unknown = set(transforms) - set(TRANSFORMS)
+    if unknown:
+        raise ValueError(f"unknown transforms {sorted(unknown)}; known: {sorted(TRANSFORMS)}")
+    crops = dict(crop_set.crops)
+    for label, x in crop_set.crops.items():
+        mean = x.mean(axis=0)
+        scale = float(np.linalg.norm(mean)) or 1.0
+        for name in transforms:
+            y = np.ascontiguousarray(TRANSFORMS[name](x))
+            if float(np.linalg.norm(y.mean(axis=0) - mean)) / scale >= min_difference:
+                crops[f"{label}~{name}"] = y
+    return CropSet(crop_set.surface, crops)

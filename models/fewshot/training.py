@@ -1,0 +1,147 @@
+"""Training a few-shot method on crop sets, and saving/loading what was trained.
+
+Episodic methods (prototypical, matching, relation) learn from N-way K-shot episodes, each drawn
+from one surface; SimpleShot learns as a plain classifier over every training class (a linear head
+that is thrown away afterwards). With ``generate`` set, every class also gives new classes made by
+data manipulation (the method's ablation, see :func:`episodes.generate_classes`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .crops import CropSet
+from .episodes import augment, generate_classes, sample_episode
+from .method import FewShotMethod
+from .methods import build_method
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """What a training run does; saved with the weights."""
+
+    method: str = "proto"
+    backbone: str = "conv4"
+    way: int = 8  # classes per training episode (capped at the classes a surface has)
+    shot: int = 1
+    query: int = 8  # query crops per class per episode
+    episodes: int = 1000  # training episodes (SimpleShot: batches)
+    batch_size: int = 64  # SimpleShot batch size
+    lr: float = 1e-3
+    seed: int = 0
+    augment: bool = True
+    generate: tuple[str, ...] = ()  # class-generation transforms; () = off
+    surfaces: tuple[str, ...] = ()  # for the record
+
+
+def _tensor(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def train(crop_sets: list[CropSet], config: TrainConfig,
+          on_step: Callable[[int, float, FewShotMethod], None] | None = None) -> FewShotMethod:
+    """A method trained on ``crop_sets`` as ``config`` says; ``on_step(step, loss, method)`` after each
+    step (for progress and checkpoints).
+
+    Deterministic for a given seed (on one thread)."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    method = build_method(config.method, config.backbone)
+    if method.trained_by == "none":
+        return method.eval()
+    if config.generate:
+        crop_sets = [generate_classes(s, config.generate) for s in crop_sets]
+        log.info("with generated classes: %s", {s.surface: len(s.crops) for s in crop_sets})
+    params = list(method.parameters())
+    if method.trained_by == "supervised":
+        x, y = _pool(crop_sets)
+        head = nn.Linear(method.feature_mean.numel(), int(y.max()) + 1)  # thrown away after training
+        params += list(head.parameters())
+        step_fn = _supervised_steps(method, head, x, y, config, rng)
+    else:
+        step_fn = _episode_steps(method, crop_sets, config, rng)
+    opt = torch.optim.Adam(params, lr=config.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(
+        opt, [int(config.episodes * 0.5), int(config.episodes * 0.75)], gamma=0.3)
+    method.train()
+    for step in range(config.episodes):
+        loss = next(step_fn)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if on_step is not None:
+            on_step(step, float(loss.detach()), method)
+    method.eval()
+    if method.trained_by == "supervised":
+        _set_feature_mean(method, crop_sets)
+    return method
+
+
+def _episode_steps(method: FewShotMethod, crop_sets: list[CropSet], config: TrainConfig, rng: np.random.Generator):
+    """Yields the loss of one episode after another; each episode from one surface, drawn at random
+    with probability proportional to its number of classes."""
+    weights = np.array([len(s.crops) for s in crop_sets], float)
+    while True:
+        s = crop_sets[rng.choice(len(crop_sets), p=weights / weights.sum())]
+        way = min(config.way, sum(len(x) >= config.shot + config.query for x in s.crops.values()))
+        ep = sample_episode(s, way, config.shot, config.query, rng)
+        sup, qry = ep.support, ep.query
+        if config.augment:
+            sup, qry = augment(sup, rng), augment(qry, rng)
+        yield method.episode_loss(_tensor(sup), torch.from_numpy(ep.support_labels), _tensor(qry),
+                                  torch.from_numpy(ep.query_labels))
+
+
+def _pool(crop_sets: list[CropSet]) -> tuple[np.ndarray, np.ndarray]:
+    """Every crop of every class of every surface ``(n, C, H, W)`` with a class index ``(n,)``."""
+    xs, ys = [], []
+    for s in crop_sets:
+        for label in s.labels:
+            xs.append(s.crops[label])
+            ys.append(np.full(len(s.crops[label]), len(ys), dtype=np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _supervised_steps(method: FewShotMethod, head: nn.Module, x: np.ndarray, y: np.ndarray, config: TrainConfig,
+                      rng: np.random.Generator):
+    """Yields the cross-entropy of one batch after another, drawn from ``x``/``y`` (SimpleShot)."""
+    while True:
+        idx = rng.choice(len(x), size=min(config.batch_size, len(x)), replace=False)
+        batch = augment(x[idx], rng) if config.augment else x[idx]
+        yield F.cross_entropy(head(method.backbone(_tensor(batch))), torch.from_numpy(y[idx]))
+
+
+@torch.no_grad()
+def _set_feature_mean(method: FewShotMethod, crop_sets: list[CropSet]) -> None:
+    """SimpleShot's centring: the mean feature of every training crop."""
+    feats = [method.backbone(_tensor(x)) for s in crop_sets for x in s.crops.values()]
+    method.feature_mean.copy_(torch.cat(feats).mean(dim=0))
+
+
+def save(path: Path | str, method: FewShotMethod, config: TrainConfig, meta: dict | None = None) -> Path:
+    """Write ``method``'s weights, ``config`` and ``meta`` (plain JSON-like values) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": dataclasses.asdict(config), "meta": meta or {},
+                "state_dict": method.state_dict()}, path)
+    return path
+
+
+def load(path: Path | str) -> tuple[FewShotMethod, TrainConfig, dict]:
+    """A method saved by :func:`save`, in eval mode, with its config and meta."""
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    config = TrainConfig(**{**ckpt["config"], "generate": tuple(ckpt["config"]["generate"]),
+                            "surfaces": tuple(ckpt["config"]["surfaces"])})
+    method = build_method(config.method, config.backbone)
+    method.load_state_dict(ckpt["state_dict"])
+    return method.eval(), config, ckpt["meta"]

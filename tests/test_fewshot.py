@@ -1,0 +1,153 @@
+"""Few-shot classification: CI arithmetic, episodes, crop loading, training, the unknown label."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stmwatch.models.fewshot.classifier import PrototypicalClassifier, calibrate_unknown_distance
+from stmwatch.models.fewshot.crops import CropSet, load_surface, to_model_input
+from stmwatch.models.fewshot.episodes import generate_classes, sample_episode
+from stmwatch.models.fewshot.evaluation import evaluate
+from stmwatch.models.fewshot.methods import build_method
+from stmwatch.models.fewshot.stats import mean_ci95
+from stmwatch.models.fewshot.synthetic import shape_crop, shape_set, write_set
+from stmwatch.models.fewshot.training import TrainConfig, load, save, train
+
+EASY = ("blob", "pit", "ring", "bar")
+
+
+@pytest.fixture(scope="module")
+def tiny_proto():
+    """A conv4 prototypical network trained for 40 episodes on four toy shapes (seed 1)."""
+    torch.set_num_threads(1)
+    return train([shape_set(EASY, per_class=20, seed=1)],
+                 TrainConfig(method="proto", way=4, query=5, episodes=40, seed=0))
+
+
+def test_ci95_matches_hand_computation():
+    # accuracies 0.5, 0.75, 1.0, 0.75: mean 0.75, sample variance (0.0625 + 0 + 0.0625 + 0) / 3,
+    # half-width 1.96 * sqrt(0.0416667 / 4) = 1.96 * 0.1020621 = 0.2000417
+    mean, half = mean_ci95([0.5, 0.75, 1.0, 0.75])
+    assert mean == pytest.approx(0.75)
+    assert half == pytest.approx(0.2000417, abs=1e-6)
+    assert mean_ci95([0.9]) == (0.9, 0.0)
+    assert mean_ci95([0.5] * 10) == (0.5, 0.0)
+
+
+def test_episode_has_distinct_support_and_query_of_the_drawn_classes():
+    # crop i of class k is filled with the value 100 k + i, so every crop is identifiable
+    crops = {f"c{k}": np.stack([np.full((2, 32, 32), 100 * k + i, np.float32) for i in range(6)]) for k in range(5)}
+    ep = sample_episode(CropSet("toy", crops), way=3, shot=2, query=4, rng=np.random.default_rng(0))
+    assert ep.support.shape == (6, 2, 32, 32) and ep.query.shape == (12, 2, 32, 32)
+    assert list(ep.support_labels) == [0, 0, 1, 1, 2, 2] and list(ep.query_labels) == [0] * 4 + [1] * 4 + [2] * 4
+    assert len(set(ep.classes)) == 3
+    for x, labels in ((ep.support, ep.support_labels), (ep.query, ep.query_labels)):
+        for crop, label in zip(x, labels):  # every crop belongs to the class its label names
+            assert int(crop[0, 0, 0]) // 100 == int(ep.classes[label][1:])
+    ids = [int(c[0, 0, 0]) for c in np.concatenate([ep.support, ep.query])]
+    assert len(set(ids)) == len(ids)
+    with pytest.raises(ValueError):
+        sample_episode(CropSet("toy", crops), way=6, shot=1, query=1, rng=np.random.default_rng(0))
+
+
+def test_crops_of_any_size_and_channels_become_model_input(tmp_path):
+    one = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    x = to_model_input(one)
+    assert x.shape == (1, 2, 32, 32)
+    assert np.array_equal(x[0, 0], x[0, 1])  # one channel used twice
+    # bilinear 2x downsampling of a linear ramp averages neighbouring pixels
+    assert x[0, 0, 0, 0] == pytest.approx((0 + 1 + 64 + 65) / 4)
+    # a class folder of .npy and .png crops of different sizes loads as one (n, 2, 32, 32) array
+    from PIL import Image
+
+    folder = tmp_path / "surf" / "blob"
+    folder.mkdir(parents=True)
+    np.save(folder / "a.npy", shape_crop("blob", np.random.default_rng(0)))
+    img = (shape_crop("blob", np.random.default_rng(1), size=48)[0] * 60 + 100).clip(0, 255).astype(np.uint8)
+    Image.fromarray(img).save(folder / "b.png")
+    s = load_surface(tmp_path, "surf")
+    assert s.crops["blob"].shape == (2, 2, 32, 32)
+    png = s.crops["blob"][1]
+    assert abs(float(np.median(png))) < 0.1  # images are normalised per crop
+    assert png[:, 14:18, 14:18].mean() > 1.0  # the blob stays bright at the centre
+
+
+def test_generated_classes_skip_symmetric_copies():
+    s = shape_set(("blob", "bar"), per_class=8, seed=0, noise=0.0)
+    g = generate_classes(s, ("rot90", "invert"))
+    # a round blob turned by 90 degrees is the same blob: no new class; a bar turned is a new one
+    assert set(g.crops) == {"blob", "bar", "blob~invert", "bar~invert", "bar~rot90"}
+    assert np.allclose(g.crops["bar~invert"], -s.crops["bar"])
+
+
+def test_tiny_proto_beats_chance_on_unseen_crops(tiny_proto):
+    result = evaluate(tiny_proto, shape_set(EASY, per_class=20, seed=7), way=4, shot=1, episodes=30, seed=3)
+    assert result["accuracy"] > 0.7  # chance is 0.25
+    assert 0 < result["ci95"] < 0.1
+    # the untrained network of the same architecture is clearly worse on the same episodes
+    torch.manual_seed(0)
+    untrained = evaluate(build_method("proto").eval(), shape_set(EASY, per_class=20, seed=7), episodes=30, seed=3)
+    assert result["accuracy"] > untrained["accuracy"]
+
+
+def test_unknown_for_an_out_of_distribution_crop(tiny_proto):
+    threshold = calibrate_unknown_distance(tiny_proto, [shape_set(EASY, per_class=20, seed=1)], episodes=20)
+    clf = PrototypicalClassifier(tiny_proto, shape_set(EASY, per_class=3, seed=11), threshold)
+    queries = shape_set(EASY, per_class=10, seed=12)
+    rng = np.random.default_rng(5)
+    stripes = np.tile(np.where(np.arange(32) % 4 < 2, 4.0, -4.0).astype(np.float32), (2, 32, 1))
+    ood = np.stack([stripes, rng.normal(0, 3, (2, 32, 32)).astype(np.float32)])
+    batch = np.concatenate([queries.crops[k] for k in EASY] + [ood])
+    answers = clf.classify(batch)
+    assert len(answers) == len(batch)
+    assert [a[0] for a in answers[-2:]] == ["unknown", "unknown"]
+    labels = [a[0] for a in answers[:-2]]
+    truth = [k for k in EASY for _ in range(10)]
+    assert np.mean([a == t for a, t in zip(labels, truth)]) >= 0.8  # in-distribution crops keep their names
+    assert all(0 < s <= 1 for _, s in answers)
+
+
+def test_save_load_round_trip(tiny_proto, tmp_path):
+    path = save(tmp_path / "w.pt", tiny_proto, TrainConfig(episodes=40), {"unknown_distance": 1.5})
+    net, config, meta = load(path)
+    x = torch.from_numpy(shape_set(EASY, per_class=2, seed=4).crops["ring"])
+    with torch.no_grad():
+        assert torch.allclose(net.backbone(x), tiny_proto.backbone(x), atol=1e-6)
+    assert config.episodes == 40 and meta["unknown_distance"] == 1.5
+
+
+@pytest.mark.parametrize("method,backbone", [("matching", "conv4"), ("relation", "conv4"),
+                                             ("simpleshot", "resnet18"), ("pixel_nn", "none")])
+def test_every_method_fits_and_predicts(method, backbone):
+    torch.manual_seed(0)
+    m = train([shape_set(EASY, per_class=10, seed=1)],
+              TrainConfig(method=method, backbone=backbone, way=4, query=3, episodes=2, batch_size=8))
+    r = evaluate(m, shape_set(EASY, per_class=6, seed=2), way=4, shot=1, query=5, episodes=3)
+    assert 0 <= r["accuracy"] <= 1 and r["query"] == 5
+
+
+def test_pixel_nn_is_exact_on_noise_free_copies():
+    s = shape_set(EASY, per_class=2, seed=0, noise=0.0)
+    m = build_method("pixel_nn")
+    m.fit(torch.from_numpy(np.stack([s.crops[k][0] for k in EASY])), torch.arange(4))
+    assert m.predict(torch.from_numpy(np.stack([s.crops[k][0] for k in EASY]))).tolist() == [0, 1, 2, 3]
+
+
+def test_train_and_eval_commands(tmp_path, capsys):
+    from stmwatch.daemon.cli import main
+
+    write_set(shape_set(EASY, per_class=12, seed=1, surface="toy"), tmp_path / "crops")
+    weights = tmp_path / "proto.pt"
+    assert main(["train", "fewshot", "--data", str(tmp_path / "crops"), "--surfaces", "toy", "--episodes", "3",
+                 "--way", "4", "--query", "4", "--threads", "1", "--out", str(weights)]) == 0
+    _, _, meta = load(weights)
+    assert math.isfinite(meta["unknown_distance"]) and meta["unknown_distance"] > 0
+    capsys.readouterr()
+    assert main(["eval", "fewshot", "--data", str(tmp_path / "crops"), "--surface", "toy", "--method", "proto",
+                 "--weights", str(weights), "--episodes", "5", "--json", "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 <= out["accuracy"] <= 1 and out["ci95"] >= 0 and out["episodes"] == 5 and out["way"] == 4
