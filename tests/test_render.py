@@ -1,0 +1,138 @@
+"""Rendering: colour maps by hand, and overlays decoded with Pillow to find the drawn outline."""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stmwatch.drivers.scan import Channel, Scan
+from stmwatch.drivers.sxm import read_sxm
+from stmwatch.models.defects import Defect
+from stmwatch.models.render import (
+    BACKGROUND,
+    INVALID_GREY,
+    LABEL_COLOURS,
+    grid_png,
+    label_colours,
+    overlay_png,
+    to_rgb,
+)
+
+from .conftest import REAL
+
+
+def _decode(png: bytes) -> np.ndarray:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _defect(row: float, col: float, label: str, area_px: float = 20.0) -> Defect:
+    return Defect(row=row, col=col, x_m=0.0, y_m=0.0, area_px=area_px, score=0.9, label=label)
+
+
+def test_to_rgb_afmhot_by_hand():
+    image = np.array([[0.0, 0.5, 1.0, np.nan]])
+    rgb = to_rgb(image, percentiles=(0, 100))
+    assert rgb.dtype == np.uint8 and rgb.shape == (1, 4, 3)
+    # afmhot: r = 2t, g = 2t - 0.5, b = 2t - 1, clipped to [0, 1]
+    assert rgb[0, 0].tolist() == [0, 0, 0]
+    assert rgb[0, 1].tolist() == [255, 128, 0]
+    assert rgb[0, 2].tolist() == [255, 255, 255]
+    assert rgb[0, 3].tolist() == list(INVALID_GREY)
+
+
+def test_to_rgb_robust_contrast_and_invalid_mask():
+    image = np.linspace(0, 1, 1000).reshape(10, 100)
+    image[0, 0] = 1e6  # one spike must not wash out the rest
+    valid = np.ones(image.shape, bool)
+    valid[5] = False
+    rgb = to_rgb(image, valid, colormap="gray")
+    assert rgb[9, 99].tolist() == [255, 255, 255]  # above the 99th percentile: white
+    assert rgb[0, 1].tolist() == [0, 0, 0]  # below the 1st percentile: black
+    middle = rgb[4, 50, 0]
+    assert 100 < middle < 155
+    assert (rgb[5] == INVALID_GREY).all()
+    assert (to_rgb(np.full((3, 3), 2.0)) == [255, 128, 0]).all()  # constant: middle of the map
+    with pytest.raises(ValueError, match="colormap"):
+        to_rgb(image, colormap="jet")
+
+
+def test_overlay_outlines_a_defect_at_the_right_place():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(64, 64))
+    defect = _defect(16, 48, "vacancy", area_px=20.0)
+    png = overlay_png(image, [defect], None, labels=False, scale_to=512)
+    rgb = _decode(png)
+    header = rgb.shape[0] - 512
+    assert rgb.shape[1] == 512 and 0 < header < 120
+    cyan = LABEL_COLOURS[0]
+    body = rgb[header:]
+    ys, xs = np.nonzero((body == cyan).all(axis=2))
+    assert len(xs) > 50
+    # 8 screen pixels per image pixel; the pixel centre is at (index + 0.5)
+    centre_x, centre_y = (48 + 0.5) * 8, (16 + 0.5) * 8
+    radius = 1.5 * math.sqrt(20 / math.pi) * 8
+    distance = np.hypot(xs - centre_x, ys - centre_y)
+    assert distance.min() > radius - 4 and distance.max() < radius + 2
+    assert xs.mean() == pytest.approx(centre_x, abs=2) and ys.mean() == pytest.approx(centre_y, abs=2)
+    # the header holds the title (text colour) and the legend swatch (the label's colour)
+    top = rgb[:header]
+    assert (top.min(axis=2) > 150).sum() > 30  # antialiased text: light grey pixels
+    assert (top == cyan).all(axis=2).sum() > 50
+    assert (top == BACKGROUND).all(axis=2).mean() > 0.5
+
+
+def test_overlay_labels_colours_and_file(tmp_path):
+    image = np.zeros((40, 40))
+    defects = [_defect(10, 10, "vacancy"), _defect(30, 30, "adatom"), _defect(30, 10, "adatom")]
+    path = tmp_path / "overlay.png"
+    png = overlay_png(image, defects, path, labels=True, scale_to=400)
+    assert path.read_bytes() == png
+    colours = label_colours(["vacancy", "adatom"])
+    assert colours == {"adatom": LABEL_COLOURS[0], "vacancy": LABEL_COLOURS[1]}
+    rgb = _decode(png)
+    header = rgb.shape[0] - 400
+    body = rgb[header:]
+    green = (body == colours["vacancy"]).all(axis=2)
+    ys, xs = np.nonzero(green)
+    assert ys.mean() < 200 and xs.min() < 105  # near (10, 10) → (105, 105) on screen, text to the right
+    without_text = _decode(overlay_png(image, defects, None, labels=False, scale_to=400))
+    assert (without_text[header:] == colours["vacancy"]).all(axis=2).sum() < green.sum()
+
+
+def test_overlay_of_a_scan_keeps_its_physical_aspect():
+    frame = np.random.default_rng(1).normal(size=(30, 160)).astype(np.float32) * 1e-10
+    scan = Scan([Channel("Z", "m", forward=frame)], pixels=(160, 30), range_m=(8e-9, 4e-9))
+    rgb = _decode(overlay_png(scan, [_defect(15, 80, "dangling_bond")], None, scale_to=600))
+    header = rgb.shape[0] - 300
+    assert rgb.shape[1] == 600 and 0 < header < 120  # 8 × 4 nm → 600 × 300 screen pixels
+
+
+def test_overlay_of_a_real_aborted_scan(tmp_path):
+    scan = read_sxm(REAL / "stm_moire_10nm_aborted.sxm")  # rows 96..159 of 160 never measured
+    rgb = _decode(overlay_png(scan, [], tmp_path / "o.png", scale_to=320))
+    header = rgb.shape[0] - 320
+    body = rgb[header:]
+    assert (body[-20:] == INVALID_GREY).all()  # the missing bottom is grey
+    assert not (body[:150] == INVALID_GREY).all(axis=2).any()
+
+
+def test_grid_png_layout(tmp_path):
+    images = [np.random.default_rng(i).normal(size=(32, 48)) for i in range(3)]
+    png = grid_png(images, ["a", "b", "c"], tmp_path / "grid.png", tile=100)
+    rgb = _decode(png)
+    assert (tmp_path / "grid.png").read_bytes() == png
+    font_size, gap = 10, 6
+    caption = font_size + 8
+    assert rgb.shape[:2] == (2 * (100 + caption + gap) + gap, 2 * (100 + gap) + gap)  # 2 × 2 tiles
+    # each of the three tiles has picture in it, the fourth place is empty
+    for index in range(4):
+        left = gap + (index % 2) * (100 + gap)
+        top = gap + (index // 2) * (100 + caption + gap) + caption
+        centre = rgb[top + 30, left + 50]
+        assert (centre.tolist() != list(BACKGROUND)) == (index < 3)
+    with pytest.raises(ValueError):
+        grid_png(images, ["a"], None)
