@@ -178,7 +178,11 @@ def overlay_png(scan_image: Scan | np.ndarray, defects: list[Defect], path: str 
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=colour,
                      width=max(2, scale_to // 384))
         if labels:
-            draw.text((cx + radius + 3, cy - font_size / 2), defect.label, fill=colour, font=font,
+            text_x = cx + radius + 3
+            text_width = draw.textlength(defect.label, font=font)
+            if text_x + text_width > canvas.width:  # no room on the right: put it on the left
+                text_x = cx - radius - 3 - text_width
+            draw.text((text_x, cy - font_size / 2), defect.label, fill=colour, font=font,
                       stroke_width=2, stroke_fill=(0, 0, 0))
     return _png_bytes(canvas, path)
 
