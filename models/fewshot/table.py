@@ -1,0 +1,154 @@
+"""``stmwatch eval fewshot --table``: the method's two tables, reproduced on simulator crops.
+
+Crops are simulated twice with different seeds: the *train* set (seed ``TRAIN_SEED``) is all any
+network ever sees in training; the *test* set (seed ``TEST_SEED``, never used in training) gives
+the episodes. Every row is 4-way 1-shot, 100 episodes, 15 queries per class, episode seed 0.
+
+- Same surface: trained on Si(001):H train crops, tested on Si(001):H test crops.
+- New surface: trained on Si(001):H + TiO2(110) train crops, tested on Ge(001) test crops.
+- SimpleShot (ResNet18): no ImageNet weights can be downloaded here, so this row's backbone is
+  trained from scratch on surfaces *other than the test surface* (a generic embedding, as
+  ImageNet's was for the method): Ge + TiO2 for the same-surface table, Si + TiO2 for the other.
+- 1-NN on bare pixels learns nothing: it sees only each episode's support crops.
+- Ablation: the prototypical row again with class generation (``GENERATE``), same seeds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+from .crops import CropSet, load_surface
+from .episodes import DEFAULT_GENERATE
+from .evaluation import evaluate
+from .methods import ROWS
+from .training import TrainConfig, save, train
+
+log = logging.getLogger(__name__)
+
+TRAIN_SEED, TEST_SEED, EPISODE_SEED = 1, 2, 0
+SURFACES = ("si001h", "ge001", "tio2110")
+GENERATE = DEFAULT_GENERATE
+
+# the method's published figures (percent, ± 95 % CI), row title -> (trained on, figure)
+PUBLISHED = {
+    "same": {"Prototypical": ("Si defects", "95.57 ± 0.01 %"), "Matching": ("Si defects", "94.95 ± 0.01 %"),
+             "Relation": ("Si defects", "93.40 ± 0.01 %"), "SimpleShot (conv4)": ("Si defects", "92.93 ± 0.01 %"),
+             "SimpleShot (ResNet18)": ("ImageNet", "66.87 ± 0.03 %"),
+             "1-NN on bare pixels": ("Si defects", "76.57 ± 0.02 %")},
+    "new": {"Prototypical": ("Si defects", "61.25 ± 0.02 %"), "Matching": ("Si defects", "61.61 ± 0.02 %"),
+            "Relation": ("Si defects", "25.07 ± 0.01 % (overfits)"),
+            "SimpleShot (conv4)": ("Si defects", "48.18 ± 0.01 %"), "SimpleShot (ResNet18)": ("ImageNet", "43.00 ± 0.02 %"),
+            "1-NN on bare pixels": ("Ge defects", "46.64 ± 0.02 %")},
+}
+
+
+@dataclasses.dataclass
+class Setting:
+    """One table: test surface, training surfaces (and those of the ResNet18 row)."""
+
+    key: str
+    title: str
+    test: str
+    train: tuple[str, ...]
+    train_resnet: tuple[str, ...]
+
+
+SETTINGS = (
+    Setting("same", "Same surface: Si(001):H, 4-way 1-shot", "si001h", ("si001h",), ("ge001", "tio2110")),
+    Setting("new", "New surface: Ge(001), 4-way 1-shot", "ge001", ("si001h", "tio2110"), ("si001h", "tio2110")),
+)
+
+
+def simulate_crops(work: Path, per_class: int) -> tuple[Path, Path]:
+    """The train and test crop folders under ``work`` (simulated unless already there)."""
+    from stmwatch.models.simulate import make_crops
+
+    folders = []
+    for name, seed in (("train", TRAIN_SEED), ("test", TEST_SEED)):
+        folder = work / f"crops-{name}-seed{seed}"
+        if not all((folder / s).is_dir() for s in SURFACES):
+            log.info("simulating %d crops per class (seed %d) into %s", per_class, seed, folder)
+            make_crops(folder, list(SURFACES), per_class, seed)
+        folders.append(folder)
+    return folders[0], folders[1]
+
+
+def run_rows(train_dir: Path, test_dir: Path, work: Path, episodes: int, train_episodes: int,
+             console=None) -> dict:
+    """Train and evaluate every row of both tables and the ablation; returns the results by table."""
+    sets: dict[str, CropSet] = {s: load_surface(train_dir, s) for s in SURFACES}
+    tests: dict[str, CropSet] = {s: load_surface(test_dir, s) for s in SURFACES}
+    results: dict = {}
+    for setting in SETTINGS:
+        rows = []
+        plan = [(title, method, backbone, ()) for title, method, backbone in ROWS]
+        plan.append(("Prototypical + generated classes", "proto", "conv4", GENERATE))
+        for title, method, backbone, generate in plan:
+            surfaces = setting.train_resnet if backbone == "resnet18" else setting.train
+            config = TrainConfig(method=method, backbone=backbone, episodes=train_episodes, seed=TRAIN_SEED,
+                                 generate=tuple(generate), surfaces=surfaces)
+            t0 = time.perf_counter()
+            net = train([sets[s] for s in surfaces], config)
+            if method != "pixel_nn":
+                tag = f"{setting.key}-{method}-{backbone}" + ("-gen" if generate else "")
+                save(work / "weights" / f"{tag}.pt", net, config)
+            r = evaluate(net, tests[setting.test], way=4, shot=1, query=15, episodes=episodes, seed=EPISODE_SEED)
+            r.update(title=title, method=method, backbone=backbone,
+                     trained_on=[] if method == "pixel_nn" else list(surfaces), generate=list(generate),
+                     train_s=round(time.perf_counter() - t0, 1))
+            rows.append(r)
+            line = f"{setting.key}: {title}: {100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} %"
+            console.print(line) if console else log.info(line)
+        results[setting.key] = rows
+    return results
+
+
+TITLES = {"si001h": "Si", "ge001": "Ge", "tio2110": "TiO2"}
+
+
+def markdown(results: dict, command: str) -> str:
+    """Both tables as Markdown, the method's figures beside stmwatch's."""
+    out = ["# Few-shot classification: the method's tables on simulator crops", "",
+           "Generated by (CPU; see docs/fewshot.md for the discussion):", "", "```", command, "```", "",
+           f"Train crops: simulator seed {TRAIN_SEED}; test crops: seed {TEST_SEED} (never used in training). "
+           f"4-way 1-shot, 15 queries per class, {results['same'][0]['episodes']} episodes (episode seed "
+           f"{EPISODE_SEED}); accuracy is the mean over episodes ± the half-width of its 95 % confidence interval.",
+           "The method's ± figures are as printed on the poster.", ""]
+    for setting in SETTINGS:
+        out += [f"## {setting.title}", "",
+                "| model | stmwatch: trained on | stmwatch accuracy | method: trained on | method accuracy |",
+                "|---|---|---|---|---|"]
+        for r in results[setting.key]:
+            trained = " + ".join(TITLES[s] for s in r["trained_on"]) + " crops" if r["trained_on"] else \
+                "nothing (support crops only)"
+            if r["backbone"] == "resnet18":
+                trained += ", from scratch (no ImageNet weights available)"
+            if r["generate"]:
+                trained += f", + classes generated by {'/'.join(r['generate'])}"
+            pub_on, pub = PUBLISHED[setting.key].get(r["title"], ("—", "—"))
+            out.append(f"| {r['title']} | {trained} | {100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} % | "
+                       f"{pub_on} | {pub} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def run_table(args) -> int:
+    """Entry point of ``stmwatch eval fewshot --table``."""
+    from rich.console import Console
+
+    console = Console()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    train_dir, test_dir = simulate_crops(work, args.per_class)
+    results = run_rows(train_dir, test_dir, work, args.episodes, args.train_episodes, console)
+    command = (f"stmwatch eval fewshot --table --work {args.work} --per-class {args.per_class} "
+               f"--train-episodes {args.train_episodes} --episodes {args.episodes} --threads {args.threads}")
+    out = Path(args.out_md)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown(results, command))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    console.print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
