@@ -92,14 +92,13 @@ def join(parts: list[Patches]) -> Patches:
 
 
 def training_scan(surface: str, seed: int):
-    """One simulated training scan: random size, geometry and a random subset of artefacts."""
+    """One simulated training scan: random size, geometry, and either every artefact (at a random
+    level) or the simulator's realistic random mix."""
     from .simulate import Artefacts, simulate_scan
 
     rng = np.random.default_rng(seed)
     n = int(rng.integers(128, 513))
-    fields = [f.name for f in dataclasses.fields(Artefacts) if isinstance(getattr(Artefacts.all(), f.name), bool)]
-    artefacts = Artefacts.all() if rng.random() < 0.6 else dataclasses.replace(
-        Artefacts.none(), **{name: bool(rng.random() < 0.5) for name in fields})
+    artefacts = Artefacts.all(float(rng.uniform(0.5, 1.5))) if rng.random() < 0.5 else Artefacts.random(rng)
     return simulate_scan(surface, seed, pixels=n, range_nm=float(rng.uniform(0.05, 0.11) * n),
                          offset_m=tuple(rng.uniform(-200e-9, 200e-9, 2)), angle_deg=float(rng.uniform(-180, 180)),
                          direction=str(rng.choice(["up", "down"])), artefacts=artefacts)
@@ -148,15 +147,12 @@ def augment(images: np.ndarray, targets: np.ndarray, rng: np.random.Generator,
 
 
 def extra_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The simulator's experimental noise on a normalised ``(C, H, W)`` patch (one random kind
-    or two), falling back to line offsets + white noise if the simulator has no ``apply_noise``."""
-    try:
-        from .simulate import NOISE_KINDS, apply_noise
-    except ImportError:
-        out = image + rng.normal(0, 0.3, (image.shape[0], image.shape[1], 1)).astype(np.float32)
-        return out + rng.normal(0, 0.1, image.shape).astype(np.float32)
-    kinds = list(rng.choice(NOISE_KINDS, size=int(rng.integers(1, 3)), replace=False))
-    return np.stack([apply_noise(ch, rng, kinds) for ch in image]).astype(np.float32)
+    """The simulator's experimental noise (``simulate.apply_noise``: one or two random kinds of
+    line offsets, scars, tip change, 1/f noise, white noise) on a normalised ``(C, H, W)`` patch."""
+    from .simulate import NOISE_KINDS, apply_noise
+
+    kinds = [str(k) for k in rng.choice(NOISE_KINDS, size=int(rng.integers(1, 3)), replace=False)]
+    return apply_noise(image, rng, kinds, strength=float(rng.uniform(0.3, 1.2)))
 
 
 # ---- training --------------------------------------------------------------------------------------
@@ -185,6 +181,16 @@ def validate(model: UNet, val: Patches, device: torch.device, radius_px: float =
     return score
 
 
+def learning_rate(step: int, total: int, peak: float, warmup: float = 0.1) -> float:
+    """Linear warm-up over the first ``warmup`` of the ``total`` steps, then cosine decay to 1 % of
+    ``peak``; a function of the step alone, so a resumed run (even a longer one) follows it."""
+    w = max(1, int(warmup * total))
+    if step < w:
+        return peak * (step + 1) / w
+    t = min(1.0, (step - w) / max(1, total - w))
+    return peak * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * t)))
+
+
 def train(model: UNet, data: Patches, val: Patches, out: Path, *, epochs: int, steps: int, batch: int,
           lr: float, seed: int, device: str = "cpu", resume: bool = False, noise: float = 0.5,
           meta: dict | None = None, progress: bool = True) -> list[dict]:
@@ -195,14 +201,12 @@ def train(model: UNet, data: Patches, val: Patches, out: Path, *, epochs: int, s
     dev = torch.device(device)
     model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.15)
     history: list[dict] = []
     start, best = 0, -1.0
     if resume and (out / "last.pt").exists():
         state = torch.load(out / "last.pt", map_location=dev, weights_only=False)
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         start, best, history = state["epoch"], state["best_f1"], state["history"]
         log.info("resuming from %s after epoch %d", out / "last.pt", start)
     columns = [TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -215,15 +219,16 @@ def train(model: UNet, data: Patches, val: Patches, out: Path, *, epochs: int, s
             task = bar.add_task("train", total=steps, epoch=epoch + 1, loss=0.0)
             losses = []
             t0 = time.perf_counter()
-            for _ in range(steps):
+            for step in range(steps):
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(epoch * steps + step, epochs * steps, lr)
                 idx = rng.integers(0, len(data), batch)
                 x, y = augment(data.images[idx], data.targets[idx], rng, noise)
                 loss = loss_fn(model(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sched.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 bar.update(task, advance=1, loss=float(np.mean(losses[-20:])))
             bar.remove_task(task)
             score = validate(model, val, dev)
@@ -239,7 +244,7 @@ def train(model: UNet, data: Patches, val: Patches, out: Path, *, epochs: int, s
             if score.f1 > best:
                 best = score.f1
                 save_checkpoint(model, out / "best.pt", meta={**(meta or {}), "epoch": epoch + 1, "val": record})
-            save_checkpoint(model, out / "last.pt", meta=meta, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+            save_checkpoint(model, out / "last.pt", meta=meta, optimizer=opt.state_dict(),
                             epoch=epoch + 1, best_f1=best, history=history)
             model.to(dev)
     model.cpu().eval()

@@ -137,14 +137,14 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
 
 
 def _window(tile: int, margin: int, first: bool, last: bool) -> np.ndarray:
-    """1-D blending weight: 1 inside, a small weight in the ``margin`` at each side that has a
-    neighbour (tile edges see less context), 1 up to an image border."""
+    """1-D blending weight: 0 in the ``margin`` at each side that has a neighbouring tile (tile
+    edges see less context; the neighbour's inside covers them), 1 elsewhere."""
     w = np.ones(tile, dtype=np.float32)
     if margin > 0:
         if not first:
-            w[:margin] = 1e-3
+            w[:margin] = 0.0
         if not last:
-            w[tile - margin:] = 1e-3
+            w[tile - margin:] = 0.0
     return w
 
 
@@ -154,9 +154,9 @@ def tiled_predict(image: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]
 
     ``image`` is ``(C, H, W)`` float32 (NaN is read as 0, the normalised median); ``predict`` maps
     a ``(B, C, tile, tile)`` batch to ``(B, tile, tile)`` probabilities (a backend). Images smaller
-    than a tile are zero-padded. Overlapping tiles are blended so that each pixel's value comes
-    from the tile in which it lies furthest from an edge (the outer ``overlap // 2`` pixels of a
-    tile are used only at the image border). Memory: ``batch_size`` tiles plus two ``(H, W)``
+    than a tile are zero-padded. Of each tile only the inside is used: the outer ``overlap // 2``
+    pixels are dropped where a neighbouring tile covers them (its inside does, since tiles advance
+    by ``tile - overlap``); pixels covered by two insides get their mean. Memory: ``batch_size`` tiles plus two ``(H, W)``
     accumulators. Returns ``(H, W)`` float32.
     """
     if overlap >= tile:
@@ -180,4 +180,5 @@ def tiled_predict(image: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]
             w = np.outer(_window(tile, margin, r == 0, r == rows[-1]), _window(tile, margin, c == 0, c == cols[-1]))
             total[r:r + tile, c:c + tile] += w * p
             weight[r:r + tile, c:c + tile] += w
+    assert weight.min() > 0, "tiles leave a pixel uncovered"
     return (total / weight)[:height, :width]

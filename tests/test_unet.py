@@ -1,0 +1,154 @@
+"""The UNet, its tiled inference, checkpoints, the backends, and a tiny training run."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from stmwatch.models.backends import BackendUnavailable, TorchBackend, make_backend, tensorrt_unavailable
+from stmwatch.models.train_unet import Patches, cut_patches, disc_target, train, validate
+from stmwatch.models.unet import UNet, UNetConfig, load_checkpoint, model_hash, save_checkpoint, tiled_predict
+
+
+def small_unet(seed: int = 0, width: int = 4) -> UNet:
+    torch.manual_seed(seed)
+    model = UNet(UNetConfig(width=width, depth=2, dropout=0.5))
+    # give BatchNorm non-trivial running statistics, so that train/eval mode would differ
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 2, 32, 32) * 3 + 1)
+    return model.eval()
+
+
+def test_unet_shape_and_eval_mode_is_deterministic_and_per_sample():
+    model = small_unet()
+    x = torch.randn(3, 2, 48, 64)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+        alone = model(x[:1])
+    assert a.shape == (3, 1, 48, 64)
+    assert torch.equal(a, b)  # dropout off in eval mode
+    assert torch.allclose(a[:1], alone, atol=1e-5)  # BatchNorm uses running stats, not the batch's
+    model.train()
+    with torch.no_grad():
+        assert not torch.allclose(model(x), a)  # the same weights behave differently in training
+
+
+def box_blur_predict(batch: np.ndarray) -> np.ndarray:
+    """A local 'network': 3x3 mean of channel 0 with zero padding, squashed to (0, 1)."""
+    p = np.pad(batch[:, 0], ((0, 0), (1, 1), (1, 1)))
+    h, w = batch.shape[2:]
+    s = sum(p[:, i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9
+    return 1 / (1 + np.exp(-s))
+
+
+@pytest.mark.parametrize("shape", [(2, 300, 200), (2, 64, 640), (2, 40, 30), (2, 129, 257)])
+def test_tiled_prediction_equals_whole_image(shape):
+    image = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    whole = box_blur_predict(image[None])[0]
+    tiled = tiled_predict(image, box_blur_predict, tile=64, overlap=16, batch_size=3)
+    assert tiled.shape == shape[1:]
+    # the outer 8 px of a tile (where its zero padding shows) are never used inside the image
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_tiled_unet_close_to_whole_image_inference():
+    model = small_unet()
+    image = np.random.default_rng(2).normal(size=(2, 96, 160)).astype(np.float32)
+    backend = TorchBackend(model)
+    whole = backend(image[None])[0]
+    tiled = tiled_predict(image, backend, tile=64, overlap=32, batch_size=4)
+    assert np.abs(tiled - whole).max() < 0.05
+    assert np.median(np.abs(tiled - whole)) < 1e-3
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = small_unet(3)
+    path = save_checkpoint(model, tmp_path / "w.pt", meta={"name": "test"})
+    loaded, state = load_checkpoint(path)
+    assert state["meta"]["name"] == "test" and not loaded.training
+    assert model_hash(loaded) == model_hash(model)
+    x = torch.randn(1, 2, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert model_hash(small_unet(4)) != model_hash(model)
+
+
+def test_onnxruntime_agrees_with_torch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = small_unet(5, width=8)
+    batch = np.random.default_rng(3).normal(size=(3, 2, 64, 64)).astype(np.float32)
+    eager = make_backend("torch", model, 64)(batch)
+    ort = make_backend("onnxruntime", model, 64, cache_dir=tmp_path, threads=1)
+    assert ort.name == "onnxruntime" and ort.path.exists() and ort.path.parent == tmp_path
+    assert np.abs(ort(batch) - eager).max() < 1e-3
+    again = make_backend("onnxruntime", model, 64, cache_dir=tmp_path, threads=1)  # from the cache
+    assert again.path == ort.path and np.abs(again(batch[:1]) - eager[:1]).max() < 1e-3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on a machine without a GPU")
+def test_tensorrt_unavailable_is_clear_and_auto_falls_back(tmp_path, caplog):
+    model = small_unet()
+    assert "stmwatch[gpu]" in tensorrt_unavailable()
+    with pytest.raises(BackendUnavailable, match=r"stmwatch\[gpu\]"):
+        make_backend("tensorrt", model, 64, cache_dir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="stmwatch.models.backends"):
+        backend = make_backend("auto", model, 64, cache_dir=tmp_path)
+    expected = "onnxruntime" if _has("onnxruntime") else "torch"
+    assert backend.name == expected
+    assert any(f"backend auto: {expected}" in r.message and "CUDA" in r.message for r in caplog.records)
+    with pytest.raises(ValueError, match="multiple"):
+        make_backend("torch", model, 30)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def test_disc_target_and_patches():
+    target = disc_target((20, 20), np.array([5.0]), np.array([10.0]), 2.0)
+    assert target[5, 10] == 1 and target[5, 12] == 1 and target[5, 13] == 0 and target[7, 10] == 1
+    assert target.sum() == 13  # lattice points within radius 2 of a point
+    image = np.zeros((2, 50, 40), np.float32)
+    p = cut_patches(image, np.array([[10.0, 10.0], [45.0, 35.0]]), 32, 5, 2.0, np.random.default_rng(0))
+    assert p.images.shape == (5, 2, 32, 32) and p.targets.shape == (5, 32, 32)
+    for t, centres in zip(p.targets, p.centres):  # each listed centre sits on its disc in the patch
+        for r, c in centres:
+            assert t[int(round(r)), int(round(c))] == 1
+
+
+def blob_patches(n: int, seed: int, size: int = 48) -> Patches:
+    """Gaussian bumps (sigma 2 px, height 3) on white noise, both channels alike."""
+    rng = np.random.default_rng(seed)
+    images, targets, centres = [], [], []
+    rr, cc = np.mgrid[0:size, 0:size]
+    for _ in range(n):
+        pts = rng.uniform(6, size - 6, (int(rng.integers(1, 4)), 2))
+        img = rng.normal(0, 0.5, (size, size))
+        for r, c in pts:
+            img += 3 * np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / 8)
+        images.append(np.stack([img, img]).astype(np.float32))
+        targets.append(disc_target((size, size), pts[:, 0], pts[:, 1], 3.0))
+        centres.append(pts)
+    return Patches(np.stack(images), np.stack(targets), centres)
+
+
+def test_tiny_training_learns_blobs_and_resumes(tmp_path):
+    torch.manual_seed(0)
+    data, val = blob_patches(64, 0), blob_patches(16, 1)
+    model = UNet(UNetConfig(width=6, depth=2, dropout=0.0))
+    before = validate(model, val, torch.device("cpu"), radius_px=3.0).f1
+    history = train(model, data, val, tmp_path, epochs=2, steps=30, batch=8, lr=1e-2, seed=0, noise=0.0, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[-1]["f1"] > 0.8 > before
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
+    # resume: epoch 3 continues from the checkpoint rather than starting over
+    again = UNet(UNetConfig(width=6, depth=2, dropout=0.0))
+    history = train(again, data, val, tmp_path, epochs=3, steps=5, batch=8, lr=1e-2, seed=0, noise=0.0,
+                    resume=True, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
