@@ -20,6 +20,8 @@ from stmwatch.models.preprocess import PreprocessSettings
 from stmwatch.models.settings import ModelSettings
 
 DRIVERS = ("folder", "stream", "nanonis")
+ANALYSERS = ("shipped", "standin")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(ValueError):
@@ -34,6 +36,7 @@ class DaemonSettings:
     database: str = "sqlite:///stmwatch.db"  # any SQLAlchemy URL
     publish: str = "tcp://127.0.0.1:5556"  # ZeroMQ PUB endpoint for overlays ("" = off)
     publish_png: bool = False  # attach a PNG of the overlay to each message
+    analyser: str = "shipped"  # shipped (UNet + few-shot classifier) | standin (classical blobs, no weights)
     queue_size: int = 8  # scans waiting between driver and pipeline (back-pressure above this)
     log_level: str = "INFO"
     watchdog_s: float = 0.0  # systemd watchdog ping period; 0 = from WATCHDOG_USEC, or off
@@ -43,6 +46,17 @@ class DaemonSettings:
             raise ConfigError(f"daemon.driver must be one of {DRIVERS}, not {self.driver!r}")
         if self.queue_size < 1:
             raise ConfigError("daemon.queue_size must be at least 1")
+        if self.analyser not in ANALYSERS:
+            raise ConfigError(f"daemon.analyser must be one of {ANALYSERS}, not {self.analyser!r}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"daemon.log_level must be one of {LOG_LEVELS}, not {self.log_level!r}")
+        if not self.database:
+            raise ConfigError("daemon.database must be an SQLAlchemy URL, e.g. sqlite:///stmwatch.db")
+        if self.publish and "://" not in self.publish:
+            raise ConfigError(f"daemon.publish must be a ZeroMQ endpoint like tcp://127.0.0.1:5556, "
+                              f"not {self.publish!r}")
+        if self.watchdog_s < 0:
+            raise ConfigError("daemon.watchdog_s must be at least 0")
 
 
 @dataclasses.dataclass

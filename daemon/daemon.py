@@ -1,0 +1,194 @@
+"""The daemon: one driver feeding the pipeline, whose sinks are the database and the publisher.
+
+    daemon = Daemon(config)          # analyser = load_analyser(config) unless given
+    daemon.start()                   # opens db, publisher, driver; raises at once if any is wrong
+    ...                              # scans flow: driver thread → pipeline worker → sinks
+    daemon.stop(drain=True)          # finish what is queued, close everything
+
+Extension points: ``sinks`` (extra sinks after the database and publisher, e.g. a dashboard),
+``partial_hooks`` (called with each :class:`~stmwatch.daemon.documents.PartialScan` of a stream
+driver, for live segmentation), :meth:`reload` (a new config: stop, drain, start again), and
+``on_state`` (called with "starting", "ready", "stopping", "stopped": systemd notify hooks here).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+from typing import Callable
+
+from stmwatch.models.analyse import Analyser
+
+from .config import Config, ConfigError
+from .db import Database
+from .documents import PartialScan
+from .pipeline import Pipeline, Sink, config_version
+from .publisher import OverlayPublisher
+
+log = logging.getLogger(__name__)
+
+
+def make_analyser(config: Config) -> Analyser:
+    """The analyser ``[daemon] analyser`` names: the shipped models, or the classical stand-in."""
+    if config.daemon.analyser == "standin":
+        from stmwatch.models.standin import standin_analyser
+
+        log.warning("using the stand-in blob detector, not the shipped UNet ([daemon] analyser = 'standin')")
+        return standin_analyser(config.models.surface, config.preprocess)
+    from stmwatch.models.load import load_analyser
+
+    return load_analyser(config)
+
+
+def open_driver(config: Config):
+    """The connection (a context manager, not entered) of ``[daemon] driver``."""
+    driver = config.daemon.driver
+    if driver == "folder":
+        from stmwatch.drivers.folder.connection import FolderConnection
+
+        path = Path(config.folder.path).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"folder.path {str(path)!r} is not a folder (set [folder] path or --watch)")
+        return FolderConnection(config.folder)
+    if driver == "stream":
+        from stmwatch.drivers.stream.connection import StreamConnection
+
+        return StreamConnection(config.stream)
+    if driver == "nanonis":
+        try:
+            from stmwatch.drivers.nanonis.connection import NanonisConnection
+        except ImportError as exc:
+            raise ConfigError(f"the nanonis driver is not available: {exc}") from None
+        return NanonisConnection(config.nanonis)
+    raise ConfigError(f"unknown driver {driver!r}")
+
+
+class Daemon:
+    """Runs one driver → pipeline → sinks until :meth:`stop`; see the module docstring."""
+
+    def __init__(self, config: Config, *, analyser: Analyser | None = None, sinks: list[Sink] | None = None,
+                 partial_hooks: list[Callable[[PartialScan], None]] | None = None,
+                 on_state: Callable[[str], None] | None = None):
+        self.config = config
+        self.analyser = analyser
+        self.extra_sinks = list(sinks or [])
+        self.partial_hooks = list(partial_hooks or [])
+        self.on_state = on_state
+        self.db: Database | None = None
+        self.publisher: OverlayPublisher | None = None
+        self.pipeline: Pipeline | None = None
+        self.connection = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.driver_error: BaseException | None = None
+
+    def _state(self, state: str) -> None:
+        log.info("daemon %s", state)
+        if self.on_state is not None:
+            try:
+                self.on_state(state)
+            except Exception:
+                log.exception("on_state hook failed")
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Open everything (errors raise here, before any scan is taken) and start the threads."""
+        self._state("starting")
+        config = self.config
+        config.check()
+        opened: list = []
+        try:
+            self.db = Database(config.daemon.database)
+            opened.append(self.db)
+            if self.analyser is None:
+                self.analyser = make_analyser(config)
+            sinks: list[Sink] = [self.db.record]
+            if config.daemon.publish:
+                self.publisher = OverlayPublisher(config.daemon.publish, png=config.daemon.publish_png)
+                opened.append(self.publisher)
+                sinks.append(self.publisher)
+            sinks.extend(self.extra_sinks)
+            self.pipeline = Pipeline(
+                self.analyser, sinks, surface=config.models.surface, config_version=config_version(config),
+                queue_size=config.daemon.queue_size, is_known=self.db.seen, partial_hooks=self.partial_hooks)
+            connection = open_driver(config)
+            self.connection = connection.__enter__()
+        except BaseException:
+            for thing in reversed(opened):
+                with contextlib.suppress(Exception):
+                    thing.close()
+            self.db = self.publisher = self.pipeline = None
+            raise
+        log.info("config %s, models %s", config_version(config), self.analyser.model_versions)
+        self.pipeline.start()
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._drive, name="stmwatch-driver", daemon=True)
+        self._thread.start()
+        self._state("ready")
+
+    def _drive(self) -> None:
+        """The driver thread: events from the connection into the pipeline (blocking when full)."""
+        conn, pipeline = self.connection, self.pipeline
+        try:
+            while not self._stopping.is_set():
+                event = conn.wait_for_acquisition(timeout=0.2)
+                if event is None:
+                    continue
+                if isinstance(event, PartialScan):
+                    pipeline.partial(event)
+                    continue
+                while not pipeline.submit(event, timeout=0.5):
+                    if self._stopping.is_set():
+                        log.info("%s: not queued before stop; it will be taken again on start", event.path)
+                        return
+        except Exception as exc:
+            self.driver_error = exc
+            log.exception("driver stopped with an error")
+
+    def stop(self, drain: bool = True, timeout: float | None = 60.0) -> None:
+        """Stop taking scans; finish the queued ones (``drain``) or only the one in hand; close all."""
+        if self.pipeline is None:
+            return
+        self._state("stopping")
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        with contextlib.suppress(Exception):
+            self.connection.__exit__(None, None, None)
+        self.connection = None
+        self.pipeline.stop(drain=drain, timeout=timeout)
+        for thing in (self.publisher, self.db):
+            if thing is not None:
+                with contextlib.suppress(Exception):
+                    thing.close()
+        self.pipeline = self.publisher = self.db = None
+        self._state("stopped")
+
+    def reload(self, config: Config) -> None:
+        """Carry on with ``config``: drain and stop, then start again (models reloaded if they changed)."""
+        config.check()
+        models_changed = (dataclasses.asdict(config.models) != dataclasses.asdict(self.config.models)
+                          or config.preprocess != self.config.preprocess
+                          or config.daemon.analyser != self.config.daemon.analyser)
+        self.stop(drain=True)
+        if models_changed:
+            self.analyser = None
+        self.config = config
+        self.start()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every scan submitted so far went through the sinks (tests, the demo)."""
+        return self.pipeline.wait_idle(timeout) if self.pipeline else True
+
+    def __enter__(self) -> "Daemon":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop(drain=True)

@@ -1,0 +1,272 @@
+"""The defect database: SQLAlchemy 2 ORM tables ``scans`` and ``defects``, and their queries.
+
+Any SQLAlchemy URL works (``sqlite:///stmwatch.db`` by default, ``postgresql://…``); a SQLite file
+is opened in WAL mode so the dashboard and ``stmwatch query`` can read while the daemon writes.
+The schema carries a version (table ``meta``); :meth:`Database.upgrade` brings an older database
+up to date on start and refuses a newer one.
+
+Ingest is idempotent: a scan is recorded once per content hash (a failed file once per path and
+content hash, so a bad file is not retried endlessly but a fixed file with new content is).
+Times are naive UTC.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from typing import Any
+
+from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, func,
+                        select, text)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from .documents import ResultDocument
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+# version n -> list of SQL statements taking a database from version n-1 to n
+MIGRATIONS: dict[int, list[str]] = {}
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be used (newer schema, unreachable URL)."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class ScanRow(Base):
+    """One scan: where it came from, its geometry, what happened to it and with which models."""
+
+    __tablename__ = "scans"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)
+    dedup_key: Mapped[str] = mapped_column(String(2048), unique=True)  # content hash (+ path if failed)
+    path: Mapped[str] = mapped_column(String(1024), index=True)
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # ok | partial | failed
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    surface: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    acquired: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+    received: Mapped[dt.datetime] = mapped_column(DateTime)
+    processed: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    range_x_m: Mapped[float | None] = mapped_column(Float, nullable=True)
+    range_y_m: Mapped[float | None] = mapped_column(Float, nullable=True)
+    offset_x_m: Mapped[float | None] = mapped_column(Float, nullable=True)
+    offset_y_m: Mapped[float | None] = mapped_column(Float, nullable=True)
+    angle_deg: Mapped[float | None] = mapped_column(Float, nullable=True)
+    direction: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    nan_rows: Mapped[int] = mapped_column(Integer, default=0)
+    n_defects: Mapped[int] = mapped_column(Integer, default=0)
+    timing_ms: Mapped[dict] = mapped_column(JSON, default=dict)
+    model_versions: Mapped[dict] = mapped_column(JSON, default=dict)
+    config_version: Mapped[str] = mapped_column(String(64), default="")
+    defects: Mapped[list["DefectRow"]] = relationship(back_populates="scan", cascade="all, delete-orphan")
+
+
+class DefectRow(Base):
+    """One defect: display-frame pixels of its scan and scanner-frame metres."""
+
+    __tablename__ = "defects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    x_px: Mapped[float] = mapped_column(Float)
+    y_px: Mapped[float] = mapped_column(Float)
+    x_m: Mapped[float] = mapped_column(Float)
+    y_m: Mapped[float] = mapped_column(Float)
+    label: Mapped[str] = mapped_column(String(64), index=True)
+    score: Mapped[float] = mapped_column(Float)
+    area_px: Mapped[float] = mapped_column(Float)
+    scan: Mapped[ScanRow] = relationship(back_populates="defects")
+
+
+SCAN_COLUMNS = ("id", "uid", "path", "status", "error", "n_defects", "surface", "source", "acquired",
+                "processed", "columns", "rows", "range_x_m", "range_y_m", "offset_x_m", "offset_y_m",
+                "angle_deg", "nan_rows", "content_hash", "config_version", "model_versions", "timing_ms")
+DEFECT_COLUMNS = ("id", "scan_id", "path", "surface", "label", "score", "x_px", "y_px", "x_m", "y_m",
+                  "area_px", "processed")
+
+
+def dedup_key(content_hash: str, status: str, path: str) -> str:
+    return f"{content_hash}@{path}" if status == "failed" else content_hash
+
+
+@dataclasses.dataclass
+class Filters:
+    """Query filters: ``since``/``until`` bound the processing time (UTC), the rest match exactly."""
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    label: str | None = None
+    surface: str | None = None
+    status: str | None = None
+
+
+def _sqlite_wal(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class Database:
+    """The database at ``url``; :meth:`upgrade` is called on open unless ``upgrade=False``."""
+
+    def __init__(self, url: str, upgrade: bool = True):
+        self.url = url
+        try:
+            self.engine = create_engine(url, future=True)
+        except Exception as exc:  # bad URL, missing driver
+            raise DatabaseError(f"cannot open database {url!r}: {exc}") from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_wal)
+        if upgrade:
+            self.upgrade()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- schema ------------------------------------------------------------------------------
+    def schema_version(self) -> int | None:
+        with Session(self.engine) as s:
+            try:
+                row = s.get(Meta, "schema_version")
+            except Exception:
+                return None
+            return int(row.value) if row else None
+
+    def upgrade(self) -> int:
+        """Create missing tables, apply migrations up to :data:`SCHEMA_VERSION`; the version now."""
+        try:
+            Base.metadata.create_all(self.engine)
+        except Exception as exc:
+            raise DatabaseError(f"cannot open database {self.url!r}: {exc}") from None
+        with Session(self.engine) as s, s.begin():
+            row = s.get(Meta, "schema_version")
+            current = int(row.value) if row else None
+            if current is None:
+                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                return SCHEMA_VERSION
+            if current > SCHEMA_VERSION:
+                raise DatabaseError(f"database {self.url!r} has schema version {current}, newer than this "
+                                    f"stmwatch's {SCHEMA_VERSION}; upgrade stmwatch")
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                log.info("upgrading database schema %d -> %d", version - 1, version)
+                for statement in MIGRATIONS.get(version, []):
+                    s.execute(text(statement))
+            row.value = str(SCHEMA_VERSION)
+        return SCHEMA_VERSION
+
+    # ---- ingest ------------------------------------------------------------------------------
+    def seen(self, path: str, content_hash: str) -> bool:
+        """True when this content is recorded (as a scan, or as this path failing)."""
+        keys = [content_hash, dedup_key(content_hash, "failed", path)]
+        with Session(self.engine) as s:
+            return s.scalar(select(func.count()).select_from(ScanRow).where(ScanRow.dedup_key.in_(keys))) > 0
+
+    def record(self, doc: ResultDocument) -> int | None:
+        """Store a result with its defects in one transaction; its row id, or None if already there."""
+        g = doc.geometry or {}
+        pixels = g.get("pixels") or [None, None]
+        range_m = g.get("range_m") or [None, None]
+        offset_m = g.get("offset_m") or [None, None]
+        row = ScanRow(
+            uid=doc.uid, dedup_key=dedup_key(doc.content_hash, doc.status, doc.path), path=doc.path,
+            content_hash=doc.content_hash, source=doc.source, status=doc.status, error=doc.error,
+            surface=doc.surface, acquired=doc.acquired, received=doc.received, processed=doc.processed,
+            columns=pixels[0], rows=pixels[1], range_x_m=range_m[0], range_y_m=range_m[1],
+            offset_x_m=offset_m[0], offset_y_m=offset_m[1], angle_deg=g.get("angle_deg"),
+            direction=g.get("direction"), nan_rows=doc.nan_rows, n_defects=len(doc.defects),
+            timing_ms=doc.timing_ms, model_versions=doc.model_versions, config_version=doc.config_version,
+            defects=[DefectRow(x_px=d["x_px"], y_px=d["y_px"], x_m=d["x_m"], y_m=d["y_m"], label=d["label"],
+                               score=d["score"], area_px=d["area_px"]) for d in doc.defects])
+        try:
+            with Session(self.engine) as s, s.begin():
+                s.add(row)
+                s.flush()
+                return row.id
+        except IntegrityError:
+            log.info("%s: already in the database (content %s)", doc.path, doc.content_hash[:12])
+            return None
+
+    # ---- queries -----------------------------------------------------------------------------
+    def _scan_filter(self, stmt, f: Filters):
+        if f.since:
+            stmt = stmt.where(ScanRow.processed >= f.since)
+        if f.until:
+            stmt = stmt.where(ScanRow.processed < f.until)
+        if f.surface:
+            stmt = stmt.where(ScanRow.surface == f.surface)
+        if f.status:
+            stmt = stmt.where(ScanRow.status == f.status)
+        return stmt
+
+    def scans(self, filters: Filters | None = None) -> list[dict[str, Any]]:
+        """Scans in processing order as dicts keyed by :data:`SCAN_COLUMNS`; with ``label``, only
+        scans with at least one defect of that label."""
+        f = filters or Filters()
+        stmt = self._scan_filter(select(ScanRow), f).order_by(ScanRow.id)
+        if f.label:
+            stmt = stmt.where(ScanRow.id.in_(select(DefectRow.scan_id).where(DefectRow.label == f.label)))
+        with Session(self.engine) as s:
+            return [{c: _plain(getattr(r, c)) for c in SCAN_COLUMNS} for r in s.scalars(stmt)]
+
+    def defects(self, filters: Filters | None = None) -> list[dict[str, Any]]:
+        """Defects with their scan's path, surface and processing time, keyed by :data:`DEFECT_COLUMNS`."""
+        f = filters or Filters()
+        stmt = self._scan_filter(select(DefectRow, ScanRow).join(ScanRow), f).order_by(DefectRow.id)
+        if f.label:
+            stmt = stmt.where(DefectRow.label == f.label)
+        out = []
+        with Session(self.engine) as s:
+            for d, sc in s.execute(stmt):
+                values = {c: getattr(d, c) for c in DEFECT_COLUMNS if hasattr(DefectRow, c)}
+                values.update(path=sc.path, surface=sc.surface, processed=sc.processed)
+                out.append({c: _plain(values[c]) for c in DEFECT_COLUMNS})
+        return out
+
+    def counts(self, filters: Filters | None = None) -> list[dict[str, Any]]:
+        """Defects per label: ``[{"label", "n"}]``, most frequent first."""
+        f = filters or Filters()
+        n = func.count(DefectRow.id)
+        stmt = self._scan_filter(select(DefectRow.label, n).join(ScanRow), f).group_by(DefectRow.label)
+        if f.label:
+            stmt = stmt.where(DefectRow.label == f.label)
+        with Session(self.engine) as s:
+            rows = s.execute(stmt.order_by(n.desc(), DefectRow.label)).all()
+        return [{"label": label, "n": int(count)} for label, count in rows]
+
+    def summary(self) -> dict[str, int]:
+        """Scans by status and the number of defects: ``{"ok": …, "partial": …, "failed": …, "defects": …}``."""
+        with Session(self.engine) as s:
+            by_status = dict(s.execute(select(ScanRow.status, func.count()).group_by(ScanRow.status)).all())
+            n_defects = s.scalar(select(func.count()).select_from(DefectRow))
+        return {"ok": by_status.get("ok", 0), "partial": by_status.get("partial", 0),
+                "failed": by_status.get("failed", 0), "defects": int(n_defects or 0)}
+
+
+def _plain(value):
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
+

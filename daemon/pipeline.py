@@ -1,0 +1,188 @@
+"""The pipeline: acquisitions in, result documents out to every sink, in one direction.
+
+    driver ─ Acquisition ─► [bounded queue] ─► worker: read → Analyser.analyse → ResultDocument ─► sinks
+
+:meth:`Pipeline.submit` blocks while the queue is full (back-pressure on the driver). A scan
+that fails -- unreadable, or the analysis raised -- becomes a ``failed`` document with the reason;
+the worker goes on with the next. A sink that raises is logged and the other sinks still run.
+Scans already known (``is_known(path, content_hash)``, the database) are skipped before reading,
+so ingest is idempotent. :meth:`Pipeline.partial` hands running stream scans to ``partial_hooks``
+(live segmentation hooks in there); they never reach the sinks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Callable, Protocol
+
+from stmwatch.models.analyse import Analyser
+
+from .documents import Acquisition, PartialScan, ResultDocument, new_uid, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Anything called with each result document; ``close()`` is optional."""
+
+    def __call__(self, doc: ResultDocument) -> None: ...
+
+
+def config_version(config) -> str:
+    """First 12 hex digits of the sha256 of the effective config (its values, not its file name)."""
+    values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    values.pop("source", None)
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclasses.dataclass
+class PipelineStats:
+    submitted: int = 0
+    skipped: int = 0
+    ok: int = 0
+    partial: int = 0
+    failed: int = 0
+
+
+_STOP = object()
+
+
+class Pipeline:
+    """One worker thread between a bounded queue of acquisitions and the sinks.
+
+    ``surface`` is recorded for scans whose source does not name one; ``config_version`` is
+    recorded with every result.
+    """
+
+    def __init__(self, analyser: Analyser, sinks: list[Sink], *, surface: str | None, config_version: str,
+                 queue_size: int = 8, is_known: Callable[[str, str], bool] | None = None,
+                 partial_hooks: list[Callable[[PartialScan], None]] | None = None):
+        self.analyser = analyser
+        self.sinks = list(sinks)
+        self.surface = surface
+        self.config_version = config_version
+        self.is_known = is_known
+        self.partial_hooks = list(partial_hooks or [])
+        self.stats = PipelineStats()
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Condition()
+        self._busy = 0
+
+    # ---- the driver's side -------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="stmwatch-pipeline", daemon=True)
+            self._thread.start()
+
+    def submit(self, acq: Acquisition, timeout: float | None = None) -> bool:
+        """Queue ``acq``; blocks while the queue is full. False if still full after ``timeout`` s."""
+        with self._idle:
+            self._busy += 1
+        try:
+            self._queue.put(acq, timeout=timeout)
+        except queue.Full:
+            with self._idle:
+                self._busy -= 1
+            return False
+        self.stats.submitted += 1
+        return True
+
+    def partial(self, event: PartialScan) -> None:
+        """A running scan got new lines: call every partial hook (errors logged)."""
+        for hook in self.partial_hooks:
+            try:
+                hook(event)
+            except Exception:
+                log.exception("partial-scan hook %r failed", hook)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted has been through the sinks; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+    def stop(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop the worker: after the queued scans (``drain``), or after the scan in hand."""
+        if self._thread is None:
+            return
+        if not drain:
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._thread = None
+
+    # ---- the worker --------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            try:
+                self.process(item)
+            except Exception:  # process() records failures itself; this is a last resort
+                log.exception("%s: unexpected error in the pipeline", item.path)
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+    def process(self, acq: Acquisition) -> ResultDocument | None:
+        """Read, analyse and hand ``acq`` to the sinks; the document, or None if already known."""
+        if self.is_known is not None and self.is_known(acq.path, acq.content_hash):
+            log.info("%s: already in the database, skipped", acq.path)
+            self.stats.skipped += 1
+            return None
+        t0 = time.perf_counter()
+        scan, analysis, error = None, None, None
+        try:
+            scan = acq.read()
+            if scan.nan_rows >= scan.shape[0]:
+                raise ValueError("no data: every line is NaN")
+        except Exception as exc:  # ScanReadError, or a stream scan without a line
+            error = str(exc)
+        read_ms = (time.perf_counter() - t0) * 1e3
+        if scan is not None and error is None:
+            try:
+                analysis = self.analyser.analyse(scan, read_ms)
+            except Exception as exc:
+                log.exception("%s: analysis failed", acq.path)
+                error = f"analysis failed: {type(exc).__name__}: {exc}"
+        if error is not None:
+            status = "failed"
+            log.warning("%s: failed: %s", acq.path, error)
+        else:
+            status = "partial" if (scan.partial or not acq.complete) else "ok"
+        doc = ResultDocument(
+            uid=new_uid(), path=acq.path, content_hash=acq.content_hash, source=acq.source, status=status,
+            error=error, surface=acq.surface or self.surface,
+            geometry=scan.geometry() if scan is not None else None,
+            acquired=scan.acquired if scan is not None else None, received=acq.received, processed=utcnow(),
+            defects=[d.as_dict() for d in analysis.defects] if analysis else [],
+            counts=dict(analysis.counts) if analysis else {},
+            timing_ms=dict(analysis.timing_ms) if analysis else {"read": round(read_ms, 2)},
+            model_versions=dict(analysis.model_versions if analysis else self.analyser.model_versions),
+            config_version=self.config_version, nan_rows=int(scan.nan_rows) if scan is not None else 0,
+            scan=scan)
+        setattr(self.stats, status, getattr(self.stats, status) + 1)
+        if status != "failed":
+            log.info("%s: %s, %d defect(s) %s in %.0f ms", acq.path, status, len(doc.defects), doc.counts,
+                     doc.timing_ms.get("total", 0.0))
+        for sink in self.sinks:
+            try:
+                sink(doc)
+            except Exception:
+                log.exception("%s: sink %r failed", acq.path, sink)
+        return doc
+

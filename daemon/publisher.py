@@ -1,0 +1,82 @@
+"""The overlay publisher: one ZeroMQ PUB message per processed scan.
+
+Message: multipart ``[b"overlay", JSON, PNG]`` (the PNG frame only with ``publish_png``). The JSON
+is :func:`stmwatch.daemon.documents.overlay_message`: schema ``version``, ``scan_uid``, ``file``,
+``status``, ``geometry`` and ``defects`` with ``x_m``/``y_m`` in the scanner frame (metres,
+honouring the scan's offset and clockwise angle) beside ``x_px``/``y_px`` display pixels, and
+``counts``. Bound to ``tcp://127.0.0.1:5556`` by default: local only unless the config says so.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import zmq
+
+from .documents import ResultDocument, overlay_message
+
+log = logging.getLogger(__name__)
+
+TOPIC = b"overlay"
+
+
+def overlay_png_bytes(doc: ResultDocument) -> bytes:
+    """A PNG of the scan with its defects marked (empty when there is no scan)."""
+    if doc.scan is None:
+        return b""
+    from stmwatch.models.defects import Defect
+    from stmwatch.models.render import overlay_png
+
+    defects = [Defect(row=d["y_px"], col=d["x_px"], x_m=d["x_m"], y_m=d["y_m"], area_px=d["area_px"],
+                      score=d["score"], label=d["label"]) for d in doc.defects]
+    return overlay_png(doc.scan, defects)
+
+
+class OverlayPublisher:
+    """A sink: publishes each result document; ``endpoint`` is the address actually bound."""
+
+    def __init__(self, endpoint: str, png: bool = False, context: zmq.Context | None = None):
+        self.png = png
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._socket = self._context.socket(zmq.PUB)
+        self._socket.setsockopt(zmq.LINGER, 500)
+        self._socket.setsockopt(zmq.SNDHWM, 10_000)
+        try:
+            self._socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise ValueError(f"cannot publish on {endpoint!r}: {exc}") from None
+        self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.published = 0
+        log.info("publishing overlays on %s", self.endpoint)
+
+    def __call__(self, doc: ResultDocument) -> None:
+        frames = [TOPIC, json.dumps(overlay_message(doc)).encode()]
+        if self.png:
+            try:
+                frames.append(overlay_png_bytes(doc))
+            except Exception:
+                log.exception("%s: overlay PNG failed; published without it", doc.path)
+        self._socket.send_multipart(frames)
+        self.published += 1
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._own_context and self._context is not None:
+            self._context.term()
+            self._context = None
+
+    def __repr__(self) -> str:
+        return f"OverlayPublisher({getattr(self, 'endpoint', '?')!r})"
+
+
+def decode_overlay(frames: list[bytes]) -> tuple[dict, bytes | None]:
+    """``[b"overlay", JSON, PNG?]`` → ``(message, png or None)``; ValueError for anything else."""
+    if len(frames) < 2 or bytes(frames[0]) != TOPIC:
+        raise ValueError("not an overlay message")
+    message = json.loads(bytes(frames[1]))
+    png = bytes(frames[2]) if len(frames) > 2 and frames[2] else None
+    return message, png

@@ -1,0 +1,94 @@
+"""The watched-folder driver: a watchdog observer on the folder the microscope writes into.
+
+    with FolderConnection(settings) as conn:
+        while True:
+            acq = conn.wait_for_acquisition(timeout=1.0)  # None on timeout
+            if acq is not None:
+                pipeline.submit(acq)
+
+On entering, files already in the folder are queued first (the backlog, oldest first); the
+pipeline skips those already in the database by content hash. Use ``polling = true`` on SMB/NFS
+shares, where inotify does not see writes made by another machine.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from stmwatch.daemon.documents import Acquisition
+
+from .acquisition import FileTracker, existing_files, matches
+from .settings import FolderSettings
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.1  # how often candidates are re-checked while waiting (s)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, connection: "FolderConnection"):
+        self.connection = connection
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type in ("deleted", "opened", "closed_no_write"):
+            return
+        path = getattr(event, "dest_path", "") or event.src_path
+        self.connection._notice(path)
+
+
+class FolderConnection:
+    """Watches ``settings.path`` (or ``path``); :meth:`wait_for_acquisition` yields complete files."""
+
+    def __init__(self, settings: FolderSettings, path: str | Path | None = None):
+        self.settings = settings
+        self.root = Path(path if path is not None else settings.path).expanduser()
+        self.tracker = FileTracker(settings.stable_s)
+        self._wake = threading.Event()
+        self._observer = None
+
+    def _notice(self, path) -> None:
+        if matches(path, self.settings.patterns):
+            self.tracker.touch(path)
+            self._wake.set()
+
+    def __enter__(self) -> "FolderConnection":
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"watched folder {self.root} does not exist")
+        observer = (PollingObserver(timeout=self.settings.poll_interval_s) if self.settings.polling
+                    else Observer())
+        observer.schedule(_Handler(self), str(self.root), recursive=self.settings.recursive)
+        observer.start()  # before the backlog listing, so no file falls between the two
+        self._observer = observer
+        if self.settings.backlog:
+            backlog = existing_files(self.root, self.settings.patterns, self.settings.recursive)
+            for p in backlog:
+                self.tracker.touch(p)
+            log.info("watching %s (%s); %d file(s) already there", self.root,
+                     "polling" if self.settings.polling else "inotify", len(backlog))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    def wait_for_acquisition(self, timeout: float) -> Acquisition | None:
+        """The next complete (or stable) file, read; ``None`` when none is ready within ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._wake.clear()
+            for path, complete in self.tracker.ready():
+                acq = self.tracker.take(path, complete)
+                if acq is not None:
+                    return acq
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._wake.wait(min(TICK_S, left))

@@ -1,0 +1,122 @@
+"""The ZeroMQ stream driver: scans arriving line by line (or whole) from a microscope.
+
+    with StreamConnection(settings) as conn:
+        while True:
+            event = conn.wait_for_acquisition(timeout=1.0)  # None on timeout
+            if isinstance(event, PartialScan): ...   # a running scan after new lines
+            elif event is not None: pipeline.submit(event)  # a finished (or timed-out) scan
+
+The socket is SUB (subscribed to ``[stream] topic``) or PULL, connecting to the microscope's
+endpoint (or binding, with ``bind = true``). ZeroMQ reconnects on its own when the sender
+restarts. Messages that break the protocol are logged and dropped, never fatal; a scan with no
+message for ``timeout_s`` seconds is closed as a partial scan.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import time
+
+import zmq
+
+from stmwatch.daemon.documents import Acquisition, PartialScan, ProtocolError, parse_message
+
+from .acquisition import StreamAssembler
+from .settings import StreamSettings
+
+log = logging.getLogger(__name__)
+
+
+class StreamConnection:
+    """A SUB/PULL socket and a :class:`StreamAssembler`; ``dropped`` counts rejected messages."""
+
+    def __init__(self, settings: StreamSettings, endpoint: str | None = None, *,
+                 context: zmq.Context | None = None, emit_partial: bool = True):
+        self.settings = settings
+        self.endpoint = endpoint or settings.endpoint
+        self.emit_partial = emit_partial
+        self.assembler = StreamAssembler(settings.timeout_s, where="stream")
+        self.dropped = 0
+        self._context = context
+        self._own_context = context is None
+        self._socket: zmq.Socket | None = None
+        self._events: collections.deque = collections.deque()
+
+    def __enter__(self) -> "StreamConnection":
+        ctx = self._context or zmq.Context()
+        self._context = ctx
+        kind = zmq.SUB if self.settings.socket == "sub" else zmq.PULL
+        sock = ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        sock.setsockopt(zmq.MAXMSGSIZE, 1 << 30)
+        if kind == zmq.SUB:
+            sock.setsockopt(zmq.SUBSCRIBE, self.settings.topic.encode())
+        try:
+            if self.settings.bind:
+                sock.bind(self.endpoint)
+                self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            else:
+                sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise ValueError(f"stream endpoint {self.endpoint!r}: {exc}") from None
+        self._socket = sock
+        log.info("stream: %s %s %s (topic %r)", self.settings.socket.upper(),
+                 "bound to" if self.settings.bind else "connected to", self.endpoint, self.settings.topic)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        if self._own_context and self._context is not None:
+            self._context.term()
+            self._context = None
+
+    def _handle(self, frames: list[bytes], now: float) -> None:
+        try:
+            if frames and not bytes(frames[0]).startswith(self.settings.topic.encode()):
+                raise ProtocolError(f"topic {bytes(frames[0])[:40]!r} is not {self.settings.topic!r}")
+            msg = parse_message(frames)
+            events = self.assembler.feed(msg, now)
+        except ProtocolError as exc:
+            self.dropped += 1
+            log.warning("stream: dropped a message: %s", exc)
+            return
+        except Exception as exc:  # never fatal
+            self.dropped += 1
+            log.warning("stream: dropped a message (%s: %s)", type(exc).__name__, exc)
+            return
+        for event in events:
+            if isinstance(event, PartialScan) and not self.emit_partial:
+                continue
+            self._events.append(event)
+
+    def wait_for_acquisition(self, timeout: float) -> Acquisition | PartialScan | None:
+        """The next event: a finished scan (:class:`Acquisition`) or, with ``emit_partial``, a
+        running one after new lines (:class:`PartialScan`); ``None`` if none within ``timeout`` s."""
+        assert self._socket is not None, "use StreamConnection as a context manager"
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            self._events.extend(self.assembler.expire(now))
+            if self._events:
+                return self._events.popleft()
+            left = deadline - now
+            if left <= 0:
+                return None
+            # wake in time to expire an open scan
+            if self.assembler.current is not None:
+                left = min(left, max(0.0, self.assembler.current.last_message + self.settings.timeout_s - now) + 0.01)
+            if self._socket.poll(max(1, int(left * 1000)), zmq.POLLIN):
+                while True:
+                    try:
+                        frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=True)
+                    except zmq.Again:
+                        break
+                    self._handle(frames, time.monotonic())
+                    if len(self._events) > 64:
+                        break
