@@ -1,0 +1,93 @@
+"""``stmwatch bench classify``: crops per second of the classifier, torch against ONNX Runtime.
+
+Both run the same embedding network (the shipped prototypical conv4, or ``--weights``) on a batch
+of ``--batch`` crops on the CPU, and the prototype distances in the same way; the ratio is
+measured in one run, so it holds for this machine only.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import time
+import warnings
+
+import numpy as np
+
+HELP = "benchmark the few-shot classifier: crops/s for a batch on CPU, torch vs ONNX Runtime"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", help="prototypical weights (default: the shipped ones)")
+    parser.add_argument("--batch", type=int, default=64, help="crops per forward pass")
+    parser.add_argument("--repeats", type=int, default=30, help="timed batches per backend")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for both backends")
+    parser.add_argument("--json", action="store_true")
+
+
+def onnx_embedder(net, threads: int):
+    """The embedding network exported to ONNX (batch dynamic) in an ONNX Runtime CPU session:
+    a function ``(n, 2, 32, 32)`` float32 → ``(n, features)``."""
+    import onnxruntime as ort
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.backbone.eval(), torch.zeros(1, 2, 32, 32), buf, dynamo=False, opset_version=17,
+                          input_names=["crops"], output_names=["features"], do_constant_folding=True,
+                          dynamic_axes={"crops": {0: "batch"}, "features": {0: "batch"}})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"crops": x})[0]
+
+
+def _time(fn, x: np.ndarray, repeats: int) -> float:
+    """Median seconds of ``fn(x)`` over ``repeats`` calls after three warm-up calls."""
+    for _ in range(3):
+        fn(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run(args) -> int:
+    import torch
+
+    from .classifier import WEIGHTS
+    from .synthetic import SHAPES, shape_crop
+    from .training import load
+
+    torch.set_num_threads(args.threads)
+    net, _, _ = load(args.weights or WEIGHTS)
+    rng = np.random.default_rng(0)
+    crops = np.stack([shape_crop(SHAPES[i % len(SHAPES)], rng) for i in range(args.batch)])
+    prototypes = net.backbone(torch.from_numpy(crops[:4])).detach().numpy()
+
+    def distances(features: np.ndarray) -> np.ndarray:
+        return ((features[:, None, :] - prototypes[None]) ** 2).sum(-1)
+
+    def with_torch(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return distances(net.backbone(torch.from_numpy(x)).numpy())
+
+    embed = onnx_embedder(net, args.threads)
+    agree = float(np.abs(with_torch(crops) - distances(embed(crops))).max())
+    t_torch = _time(with_torch, crops, args.repeats)
+    t_onnx = _time(lambda x: distances(embed(x)), crops, args.repeats)
+    result = {"batch": args.batch, "threads": args.threads, "torch_crops_per_s": args.batch / t_torch,
+              "onnxruntime_crops_per_s": args.batch / t_onnx, "onnx_over_torch": t_torch / t_onnx,
+              "max_distance_difference": agree}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"batch {args.batch}, {args.threads} threads: torch {result['torch_crops_per_s']:.0f} crops/s, "
+              f"ONNX Runtime {result['onnxruntime_crops_per_s']:.0f} crops/s, ratio ONNX/torch "
+              f"{result['onnx_over_torch']:.2f} (distances agree to {agree:.2g})")
+    return 0
