@@ -58,10 +58,10 @@ def open_driver(config: Config):
         return StreamConnection(config.stream)
     if driver == "nanonis":
         try:
-            from stmwatch.drivers.nanonis.connection import NanonisConnection
+            from stmwatch.drivers.nanonis.acquisition import NanonisDriver
         except ImportError as exc:
             raise ConfigError(f"the nanonis driver is not available: {exc}") from None
-        return NanonisConnection(config.nanonis)
+        return NanonisDriver(config.nanonis)
     raise ConfigError(f"unknown driver {driver!r}")
 
 
