@@ -261,3 +261,42 @@ def test_settings_reject_bad_slots():
     with pytest.raises(ValueError):
         NanonisSettings(channel_indexes=[30]).check()
     assert math.isfinite(NanonisSettings().timeout_s)
+
+
+def test_daemon_driver_reports_lines_and_frames_even_a_missed_end_of_scan():
+    from stmwatch.daemon.documents import Acquisition, PartialScan
+    from stmwatch.drivers.nanonis.acquisition import NanonisDriver
+
+    up = SCANS[1]
+    ny = up.shape[0]
+    with FakeNanonisServer([up, SCANS[0]]) as server, cf.ThreadPoolExecutor(1) as pool:
+        settings = NanonisSettings(port=server.port, poll_interval_s=0.05, timeout_s=5.0)
+        with NanonisDriver(settings) as driver:
+            server.start_scan()
+            server.advance(4)
+            event = driver.wait_for_acquisition(30)
+            assert isinstance(event, PartialScan) and event.rows_done == 4
+            assert event.new_rows == [ny - 1, ny - 2, ny - 3, ny - 4]  # an up scan fills from the bottom
+            assert event.scan.nan_rows == ny - 4
+            server.advance(ny)  # the frame ends while the driver is not in WaitEndOfScan
+            event = driver.wait_for_acquisition(30)
+            assert isinstance(event, Acquisition) and event.complete and event.source == "nanonis"
+            assert_same_scan(event.scan, up)
+            future = pool.submit(driver.wait_for_acquisition, 30)
+            assert server.wait_for_waiter(10)
+            server.complete_scan()
+            event = future.result(timeout=30)
+            assert isinstance(event, Acquisition) and event.path.endswith(SCANS[0].name)
+            assert_same_scan(event.scan, SCANS[0])
+            assert driver.wait_for_acquisition(0.1) is None
+
+
+def test_daemon_driver_survives_a_missing_server():
+    from stmwatch.drivers.nanonis.acquisition import NanonisDriver
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    with NanonisDriver(NanonisSettings(port=port, poll_interval_s=0.05)) as driver:
+        assert driver.wait_for_acquisition(0.2) is None
+        assert not driver.connected and driver.last_error
