@@ -66,7 +66,8 @@ class FolderSimulator:
         from stmwatch.models.simulate import simulate_scan
 
         index = self._count if index is None else index
-        return simulate_scan(self.surface, self.seed + index, pixels=self.pixels, **self.simulate_kwargs)
+        pixels = (self.pixels, self.pixels) if isinstance(self.pixels, int) else tuple(self.pixels)
+        return simulate_scan(self.surface, self.seed + index, pixels=pixels, **self.simulate_kwargs)
 
     def write_scan(self, chunks: int = 1, pause_s: float = 0.0, name: str | None = None,
                    stop: threading.Event | None = None) -> Written:

@@ -1,0 +1,106 @@
+"""``stmwatch query scans|defects|counts``: what the daemon has stored."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sys
+
+HELP = "list scans, defects or defect counts from the database"
+DESCRIPTION = """Query the database the daemon writes (--db, else [daemon] database of --config).
+
+  scans    one row per scan: id, path, status, error, n_defects, surface, times, geometry ...
+  defects  one row per defect: its scan, label, score, pixels and scanner-frame metres
+  counts   defects per label: label, n
+
+--since/--until bound the processing time: ISO dates or times (UTC; '2026-11-25',
+'2026-11-25T10:00') or an age ('30m', '2h', '1d'). --label keeps scans with at least one defect of
+that label (scans) or defects of that label. --format json prints a list of objects keyed by
+column name; csv has a header row."""
+
+KINDS = ("scans", "defects", "counts")
+TABLE_COLUMNS = {
+    "scans": ("id", "path", "status", "n_defects", "surface", "processed", "error"),
+    "defects": ("id", "scan_id", "label", "score", "x_px", "y_px", "x_m", "y_m", "path"),
+    "counts": ("label", "n"),
+}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("kind", choices=KINDS, help="what to list")
+    parser.add_argument("--since", metavar="WHEN", help="processed at or after (ISO time UTC, or age: 2h)")
+    parser.add_argument("--until", metavar="WHEN", help="processed before (ISO time UTC, or age)")
+    parser.add_argument("--label", help="defect label")
+    parser.add_argument("--surface", help="surface key (si001h, ge001, tio2110)")
+    parser.add_argument("--status", choices=("ok", "partial", "failed"), help="scan status")
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.add_argument("--db", metavar="URL", help="SQLAlchemy URL (default: [daemon] database)")
+    parser.add_argument("--config", metavar="FILE", help="config.toml for [daemon] database")
+
+
+def parse_when(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """An ISO date/time (naive = UTC) or an age ``N[smhd]`` before ``now`` → naive UTC datetime."""
+    now = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if m:
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return now - dt.timedelta(seconds=seconds)
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is neither an ISO date/time nor an age like 30m, 2h, 1d") from None
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return when
+
+
+def rows_for(kind: str, db, filters) -> list[dict]:
+    return {"scans": db.scans, "defects": db.defects, "counts": db.counts}[kind](filters)
+
+
+def run(args) -> int:
+    import csv
+    import json
+
+    from stmwatch.daemon.config import ConfigError, load_config
+    from stmwatch.daemon.db import Database, DatabaseError, Filters
+
+    try:
+        url = args.db or load_config(args.config).daemon.database
+        filters = Filters(since=parse_when(args.since) if args.since else None,
+                          until=parse_when(args.until) if args.until else None,
+                          label=args.label, surface=args.surface, status=args.status)
+        db = Database(url)
+    except (ConfigError, DatabaseError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rows = rows_for(args.kind, db, filters)
+    finally:
+        db.close()
+    if args.format == "json":
+        print(json.dumps(rows, indent=1))
+    elif args.format == "csv":
+        columns = list(rows[0]) if rows else list(TABLE_COLUMNS[args.kind])
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()})
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{args.kind} ({len(rows)})", title_justify="left")
+        for column in TABLE_COLUMNS[args.kind]:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*(_cell(row.get(c)) for c in TABLE_COLUMNS[args.kind]))
+        Console().print(table)
+    return 0
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

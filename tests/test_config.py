@@ -1,0 +1,78 @@
+"""config.toml at the top of the repository documents every key with its default; bad configs fail early."""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+
+import pytest
+
+from stmwatch.daemon.commands.run import effective_config
+from stmwatch.daemon.config import Config, ConfigError, load_config
+
+from .conftest import REPO
+
+CONFIG = REPO / "config.toml"
+
+
+def _sections(config: Config) -> dict:
+    values = dataclasses.asdict(config)
+    values.pop("source")
+    return values
+
+
+def test_config_toml_lists_every_key_with_its_default():
+    data = tomllib.loads(CONFIG.read_text())
+    defaults = _sections(Config())
+    assert sorted(data) == sorted(defaults), "config.toml sections differ from the Config dataclass"
+    for section, values in defaults.items():
+        missing = sorted(set(values) - set(data[section]))
+        extra = sorted(set(data[section]) - set(values))
+        assert not missing, f"[{section}] keys missing from config.toml: {missing}"
+        assert not extra, f"[{section}] keys in config.toml that the dataclass does not have: {extra}"
+        for key, value in values.items():
+            assert data[section][key] == value, f"config.toml [{section}] {key} = {data[section][key]!r}, default {value!r}"
+
+
+def test_every_key_in_config_toml_has_a_comment_above_it():
+    lines = CONFIG.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "=" in line and not line.lstrip().startswith("#"):
+            assert lines[i - 1].lstrip().startswith("#"), f"config.toml line {i + 1} ({line!r}) is not documented"
+
+
+def test_loading_config_toml_gives_the_defaults():
+    assert _sections(load_config(CONFIG)) == _sections(Config())
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[daemon]\nqueue_sise = 3\n", ["queue_sise", "unknown"]),
+    ("[deamon]\n", ["deamon", "unknown section"]),
+    ("[daemon]\nqueue_size = 'many'\n", ["daemon.queue_size", "integer"]),
+    ("[daemon]\nqueue_size = 0\n", ["queue_size", "at least 1"]),
+    ("[daemon]\ndriver = 'ftp'\n", ["driver", "ftp"]),
+    ("[daemon]\nanalyser = 'magic'\n", ["analyser", "magic"]),
+    ("[folder]\npatterns = '*.sxm'\n", ["folder.patterns", "list"]),
+    ("[stream]\nsocket = 'dealer'\n", ["socket", "dealer"]),
+    ("[daemon\n", ["not valid TOML"]),
+])
+def test_bad_configs_are_clear_errors(tmp_path, text, words):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_command_line_overrides_the_config(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[daemon]\ndriver = 'stream'\ndatabase = 'sqlite:///a.db'\n[folder]\npath = '/nowhere'\n")
+    ns = dataclasses.make_dataclass("Args", ["config", "watch", "stream", "db", "publish"])
+    config = effective_config(ns(str(path), str(tmp_path), None, "sqlite:///b.db", "tcp://127.0.0.1:7001"))
+    assert config.daemon.driver == "folder" and config.folder.path == str(tmp_path)
+    assert config.daemon.database == "sqlite:///b.db" and config.daemon.publish == "tcp://127.0.0.1:7001"
+    config = effective_config(ns(str(path), None, "tcp://10.0.0.2:9000", None, None))
+    assert config.daemon.driver == "stream" and config.stream.endpoint == "tcp://10.0.0.2:9000"
+    assert config.daemon.database == "sqlite:///a.db"  # from the file
+    with pytest.raises(ConfigError):
+        effective_config(ns(None, str(tmp_path), "tcp://x:1", None, None))
