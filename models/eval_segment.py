@@ -103,13 +103,11 @@ def truth_points_m(scan, truth) -> np.ndarray:
 def held_out_scan(surface: str, index: int, seed: int = HELD_OUT_SEED, pixels: tuple[int, int] = (256, 512)):
     """One held-out simulated scan → ``(Scan, Truth)``: all artefacts, random direction, angle,
     offset and size (``pixels`` range), from seed ``seed + index`` (also seeding the choices)."""
-    from .simulate import Artefacts, simulate_scan
+    from .simulate import Artefacts, draw_geometry, simulate_scan
 
-    rng = np.random.default_rng(seed + index)
-    n = int(rng.integers(pixels[0], pixels[1] + 1))
-    return simulate_scan(surface, seed + index, pixels=n, range_nm=float(rng.uniform(0.06, 0.1) * n),
-                         offset_m=tuple(rng.uniform(-200e-9, 200e-9, 2)), angle_deg=float(rng.uniform(-180, 180)),
-                         direction=str(rng.choice(["up", "down"])), artefacts=Artefacts.all())
+    rng = np.random.default_rng([seed + index, 13])
+    geometry = draw_geometry(rng, pixels)  # size, 0.06-0.2 nm/px, angle, offset, direction
+    return simulate_scan(surface, seed + index, artefacts=Artefacts.all(), **geometry)
 
 
 def evaluate_segmenter(segmenter, scans, radius_m: float = MATCH_RADIUS_NM * 1e-9) -> DetectionScore:

@@ -94,14 +94,12 @@ def join(parts: list[Patches]) -> Patches:
 def training_scan(surface: str, seed: int):
     """One simulated training scan: random size, geometry, and either every artefact (at a random
     level) or the simulator's realistic random mix."""
-    from .simulate import Artefacts, simulate_scan
+    from .simulate import Artefacts, draw_geometry, simulate_scan
 
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(128, 513))
+    rng = np.random.default_rng([seed, 11])
+    geometry = draw_geometry(rng, (128, 384))
     artefacts = Artefacts.all(float(rng.uniform(0.5, 1.5))) if rng.random() < 0.5 else Artefacts.random(rng)
-    return simulate_scan(surface, seed, pixels=n, range_nm=float(rng.uniform(0.05, 0.11) * n),
-                         offset_m=tuple(rng.uniform(-200e-9, 200e-9, 2)), angle_deg=float(rng.uniform(-180, 180)),
-                         direction=str(rng.choice(["up", "down"])), artefacts=artefacts)
+    return simulate_scan(surface, seed, artefacts=artefacts, **geometry)
 
 
 def simulated_patches(surfaces: list[str], scans: int, patch: int, radius_px: float, seed_base: int,
@@ -149,7 +147,8 @@ def augment(images: np.ndarray, targets: np.ndarray, rng: np.random.Generator,
 def extra_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The simulator's experimental noise (``simulate.apply_noise``: one or two random kinds of
     line offsets, scars, tip change, 1/f noise, white noise) on a normalised ``(C, H, W)`` patch."""
-    from .simulate import NOISE_KINDS, apply_noise
+    from .sim_artefacts import NOISE_KINDS
+    from .simulate import apply_noise
 
     kinds = [str(k) for k in rng.choice(NOISE_KINDS, size=int(rng.integers(1, 3)), replace=False)]
     return apply_noise(image, rng, kinds, strength=float(rng.uniform(0.3, 1.2)))
