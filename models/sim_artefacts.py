@@ -163,15 +163,18 @@ def draw_motion(artefacts: Artefacts, seed: int, frame_nm: float) -> Motion:
     tau = 0.1
     if artefacts.drift > 0:
         rng = artefact_rng(seed, "drift")
-        speed = artefacts.drift * rng.uniform(0.02, 0.07) * frame_nm
+        speed = min(artefacts.drift * rng.uniform(0.02, 0.07), 0.5) * frame_nm  # nm per frame
         a = rng.uniform(0, 2 * math.pi)
         velocity = (speed * math.cos(a), speed * math.sin(a))
         acceleration = tuple(rng.normal(0, 0.3 * speed, 2))
     if artefacts.creep > 0:
         rng = artefact_rng(seed, "creep")
-        size = artefacts.creep * rng.uniform(0.04, 0.12) * frame_nm
+        fraction = artefacts.creep * rng.uniform(0.02, 0.06)  # of the frame size
+        # The creep's initial speed fraction / tau stays below 0.8 frames per frame: the image is
+        # compressed or stretched near its start but never folds over itself.
+        tau = float(max(rng.uniform(0.05, 0.2), fraction / 0.8))
         a = rng.uniform(0, 2 * math.pi)
-        creep, tau = (size * math.cos(a), size * math.sin(a)), float(rng.uniform(0.04, 0.15))
+        creep = (fraction * frame_nm * math.cos(a), fraction * frame_nm * math.sin(a))
     return Motion(velocity, acceleration, creep, tau)
 
 

@@ -284,7 +284,7 @@ def _ge_dv_shape(du, dv, p, filled, blur):
 
 
 def _ge_as_draw(rng):
-    return {"side": _side(rng), "h": rng.uniform(0.1, 0.14), "d": rng.uniform(0.04, 0.06),
+    return {"side": _side(rng), "h": rng.uniform(0.13, 0.17), "d": rng.uniform(0.05, 0.07),
             "e": rng.uniform(0.07, 0.1), "radius": 0.75}
 
 
@@ -296,7 +296,7 @@ def _ge_as_shape(du, dv, p, filled, blur):
 
 
 def _ge_c_draw(rng):
-    return {"dir": _side(rng), "h": rng.uniform(0.08, 0.11), "he": rng.uniform(0.14, 0.2),
+    return {"dir": _side(rng), "h": rng.uniform(0.1, 0.13), "he": rng.uniform(0.14, 0.2),
             "s": rng.uniform(0.3, 0.4), "radius": 0.9}
 
 
@@ -323,7 +323,7 @@ def _ads_shape(du, dv, p, filled, blur):
 
 # TiO2(110) (filled states only) ---------------------------------------------------------------------
 def _ti_ov_draw(rng):
-    return {"h": rng.uniform(0.045, 0.065), "su": rng.uniform(0.22, 0.28), "radius": 0.5}
+    return {"h": rng.uniform(0.05, 0.07), "su": rng.uniform(0.22, 0.28), "radius": 0.5}
 
 
 def _ti_ov_shape(du, dv, p, filled, blur):
@@ -331,7 +331,7 @@ def _ti_ov_shape(du, dv, p, filled, blur):
 
 
 def _ti_oh_draw(rng):
-    return {"h": rng.uniform(0.08, 0.11), "s": rng.uniform(0.25, 0.31), "radius": 0.6}
+    return {"h": rng.uniform(0.1, 0.13), "s": rng.uniform(0.25, 0.31), "radius": 0.6}
 
 
 def _ti_oh_shape(du, dv, p, filled, blur):

@@ -204,10 +204,9 @@ def simulate_scan(surface: str, seed: int, *, pixels: tuple[int, int] = (256, 25
     sfx, sfy, sbx, sby = px - dfx, py - dfy, bx - dbx, by - dby
 
     # The sample: big enough for everything the tip visits.
+    # (It must not depend on the artefacts: they are switched on and off over the same sample.)
     centre = (geometry.offset_m[0] * 1e9, geometry.offset_m[1] * 1e9)
-    reach = float(np.max(np.hypot(np.concatenate([sfx.ravel(), sbx.ravel()]) - centre[0],
-                                  np.concatenate([sfy.ravel(), sby.ravel()]) - centre[1])))
-    model = draw_surface(surf, rng, centre, reach + 3.0)
+    model = draw_surface(surf, rng, centre, 0.5 * math.hypot(width, height) + 0.5 * max(width, height) + 3.0)
     def_rng = np.random.default_rng([seed, 2])
     if n_defects is None:
         n_defects = int(def_rng.poisson(def_rng.uniform(0.008, 0.03) * width * height))
@@ -284,13 +283,17 @@ def _truth(model: SurfaceModel, scan: Scan, motion: art.Motion, sfx: np.ndarray,
     defects = []
     for d in model.defects:
         # The pixel that sees sample point s was at scanner position s + displacement(t), and t
-        # depends on that pixel: a few fixed-point steps converge (the motion is slow).
+        # depends on that pixel: iterate to the fixed point.
+        # (The motion is slower than the scan, so the steps contract.)
         row, col = scan.scanner_to_pixel(d.x * 1e-9, d.y * 1e-9)
-        for _ in range(6):
+        for _ in range(100):
             line = row if scan.direction == "down" else ny - 1 - row
             t = (2 * line * nx + col + 0.5) / (2 * nx * ny)
             dx, dy = motion.shift(t)
+            previous = row, col
             row, col = scan.scanner_to_pixel((d.x + dx) * 1e-9, (d.y + dy) * 1e-9)
+            if abs(row - previous[0]) + abs(col - previous[1]) < 1e-6:
+                break
         row, col = float(row), float(col)
         if not (-0.5 <= row < ny - 0.5 and -0.5 <= col < nx - 0.5):
             continue

@@ -1,0 +1,247 @@
+"""The STM simulator: determinism, geometry of the truth, files, artefacts, lattice facts, CLI."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from stmwatch.daemon.cli import main
+from stmwatch.drivers.sxm import read_sxm
+from stmwatch.models.sim_artefacts import ARTEFACTS, NOISE_KINDS, Artefacts, apply_noise
+from stmwatch.models.simulate import make_crops, read_truth, simulate_scan, write_example
+from stmwatch.models.surfaces import SURFACES, get_surface
+
+SMALL = (96, 96)  # pixels: big enough for a few defects, small enough to be quick
+
+
+def _z(scan):
+    z = scan.topography()
+    return z.forward, z.backward
+
+
+def test_same_seed_same_scan_and_different_seed_different_scan():
+    a_scan, a_truth = simulate_scan("ge001", 5, pixels=SMALL, artefacts=Artefacts.all())
+    b_scan, b_truth = simulate_scan("ge001", 5, pixels=SMALL, artefacts=Artefacts.all())
+    c_scan, _ = simulate_scan("ge001", 6, pixels=SMALL, artefacts=Artefacts.all())
+    for fa, fb, fc in zip(_z(a_scan), _z(b_scan), _z(c_scan)):
+        np.testing.assert_array_equal(fa, fb)
+        assert not np.array_equal(fa, fc, equal_nan=True)
+    np.testing.assert_array_equal(a_truth.mask, b_truth.mask)
+    assert a_truth.defects == b_truth.defects
+
+
+def test_written_files_are_byte_identical_for_the_same_seed(tmp_path):
+    for name in ("a", "b"):
+        scan, truth = simulate_scan("si001h", 11, pixels=(64, 48), artefacts=Artefacts.all())
+        write_example(scan, truth, tmp_path / name / "ex")
+    for ext in (".sxm", ".mask.npy", ".truth.json"):
+        assert (tmp_path / "a" / f"ex{ext}").read_bytes() == (tmp_path / "b" / f"ex{ext}").read_bytes()
+
+
+GEOMETRIES = [
+    dict(angle_deg=0.0, direction="down", offset_m=(0.0, 0.0)),
+    dict(angle_deg=30.0, direction="up", offset_m=(120e-9, -45e-9)),
+    dict(angle_deg=-75.0, direction="down", offset_m=(-3e-7, 2e-7)),
+    dict(angle_deg=90.0, direction="up", offset_m=(5e-9, 5e-9), range_nm=(12.0, 6.0)),
+]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("motion", [Artefacts.none(), Artefacts.only("drift", "creep", level=2.0)])
+def test_truth_positions_round_trip_and_land_on_the_defects(geometry, motion):
+    """Truth pixel → pixel_to_scanner → the truth's metres → scanner_to_pixel → the truth pixel,
+    and the defect really is there: the scan minus the same scan without defects (an independent
+    render) is large within a pixel or two of every truth position."""
+    pixels = (120, 60) if "range_nm" in geometry else (96, 96)
+    kw = dict(pixels=pixels, bias_v=-2.0, artefacts=motion, **geometry)
+    scan, truth = simulate_scan("si001h", 21, n_defects=12, **kw)
+    bare, bare_truth = simulate_scan("si001h", 21, n_defects=0, **kw)
+    assert bare_truth.defects == [] and truth.defects
+    diff = np.abs(scan.topography().forward - bare.topography().forward) * 1e9  # nm
+    assert np.all(diff[truth.mask == 0 & (diff > 0)] < 0.2)
+    px_nm = scan.pixel_size_m[0] * 1e9
+    reach = max(1, int(math.ceil(0.3 / px_nm)))  # the brightest/darkest part is within 0.3 nm
+    ny, nx = scan.shape
+    for d in truth.defects:
+        x, y = scan.pixel_to_scanner(d.row, d.col)
+        assert (x, y) == pytest.approx((d.x_m, d.y_m), abs=1e-15)
+        row, col = scan.scanner_to_pixel(d.x_m, d.y_m)
+        assert (row, col) == pytest.approx((d.row, d.col), abs=1e-6)
+        r, c = int(round(d.row)), int(round(d.col))
+        window = diff[max(r - reach, 0):r + reach + 1, max(c - reach, 0):c + reach + 1]
+        assert window.max() > 0.03, f"{d.cls} at ({d.row:.1f}, {d.col:.1f}): no defect there"
+        assert truth.mask[r, c] == truth.classes.index(d.cls) + 1
+    # and far from every defect there is nothing
+    far = np.ones(scan.shape, bool)
+    rows, cols = np.mgrid[0:ny, 0:nx]
+    for d in truth.defects:
+        far &= np.hypot(rows - d.row, cols - d.col) * px_nm > 3 * d.radius_nm + 0.5
+    edge = int(3 * 1.3 / px_nm) + 1  # the tails of defects just outside the frame
+    far[:edge], far[-edge:], far[:, :edge], far[:, -edge:] = False, False, False, False
+    assert np.all(diff[far] < 1e-3)
+
+
+def test_sxm_and_truth_read_back(tmp_path):
+    scan, truth = simulate_scan("tio2110", 3, pixels=(80, 64), angle_deg=12.5, direction="up",
+                                offset_m=(1e-7, 2e-8), artefacts=Artefacts.all())
+    path = write_example(scan, truth, tmp_path / "ex")
+    back = read_sxm(path)
+    assert back.geometry() == {**scan.geometry(), "pixels": [80, 64]}
+    assert back.bias_v == scan.bias_v
+    assert [c.name for c in back.channels] == ["Z", "Current"]
+    assert back.topography().unit == "m" and back.channel("Current").unit == "A"
+    for a, b in zip(back.channels, scan.channels):
+        np.testing.assert_array_equal(a.forward, b.forward)
+        np.testing.assert_array_equal(a.backward, b.backward)
+    t = read_truth(path)
+    assert t.surface == "tio2110" and t.defects == truth.defects
+    np.testing.assert_array_equal(t.mask, truth.mask)
+    doc = json.loads((tmp_path / "ex.truth.json").read_text())
+    assert {"cls", "row", "col", "x_m", "y_m"} <= set(doc["defects"][0])
+
+
+@pytest.mark.parametrize("surface", sorted(SURFACES))
+def test_mask_classes_match_the_truth(surface):
+    scan, truth = simulate_scan(surface, 8, pixels=SMALL, n_defects=15)
+    classes = get_surface(surface).classes
+    assert len(truth.defects) >= 8
+    assert truth.mask.dtype == np.uint8 and truth.mask.shape == scan.shape
+    assert set(np.unique(truth.mask)) <= set(range(len(classes) + 1))
+    px_nm = scan.pixel_size_m[0] * 1e9
+    rows, cols = np.mgrid[0:scan.shape[0], 0:scan.shape[1]]
+    for d in truth.defects:
+        near = np.hypot(rows - d.row, cols - d.col) * px_nm <= 0.8 * d.radius_nm
+        assert np.all(truth.mask[near] == classes.index(d.cls) + 1)
+    # footprints do not overlap: each class's pixel count is at most its defects' disc areas
+    for k, cls in enumerate(classes):
+        area = sum(math.pi * (d.radius_nm / px_nm + 1) ** 2 for d in truth.defects if d.cls == cls)
+        edge = 4 * sum(math.pi * (0.7 ** 2) / px_nm ** 2 for _ in range(3))  # defects cut by the frame
+        assert (truth.mask == k + 1).sum() <= area + edge
+
+
+@pytest.mark.parametrize("name", ARTEFACTS)
+def test_each_artefact_changes_the_scan_only_when_on(name):
+    base, _ = simulate_scan("si001h", 4, pixels=(64, 64))
+    again, _ = simulate_scan("si001h", 4, pixels=(64, 64), artefacts=Artefacts.only(name, level=0.0))
+    on, _ = simulate_scan("si001h", 4, pixels=(64, 64), artefacts=Artefacts.only(name))
+    for b, a in zip(_z(base), _z(again)):
+        np.testing.assert_array_equal(b, a)
+    changed = [not np.array_equal(b, o, equal_nan=True) for b, o in zip(_z(base), _z(on))]
+    if name == "hysteresis":
+        assert changed == [False, True]  # only the backward trace lags
+    else:
+        assert any(changed)
+
+
+@pytest.mark.parametrize("direction", ["down", "up"])
+def test_aborted_scan_leaves_the_last_acquired_lines_nan(direction, tmp_path):
+    scan, truth = simulate_scan("ge001", 9, pixels=(64, 64), direction=direction, n_defects=25,
+                                artefacts=Artefacts.only("aborted"))
+    fwd, bwd = _z(scan)
+    missing = np.isnan(fwd).all(axis=1)
+    assert 0 < missing.sum() < 64
+    np.testing.assert_array_equal(missing, np.isnan(bwd).all(axis=1))
+    assert not np.isnan(fwd[~missing]).any()
+    k = missing.sum()
+    expected = np.zeros(64, bool)
+    if direction == "down":  # acquired top to bottom: the bottom rows are missing
+        expected[64 - k:] = True
+    else:
+        expected[:k] = True
+    np.testing.assert_array_equal(missing, expected)
+    assert not truth.mask[missing].any()
+    assert all(not missing[int(round(d.row))] for d in truth.defects)
+    assert read_sxm(write_example(scan, truth, tmp_path / "ab")).nan_rows == k
+
+
+def test_clean_si001_rows_are_0768_nm_apart():
+    """The strongest non-trivial Fourier peak of a clean filled-state Si(001):H image is the
+    dimer-row period, 2 x 0.384 nm."""
+    for seed in (1, 2):
+        scan, _ = simulate_scan("si001h", seed, pixels=(256, 256), bias_v=-2.0, n_defects=0)
+        z = scan.topography().forward.astype(float)
+        z = z - z.mean()
+        power = np.abs(np.fft.fft2(z * np.outer(np.hanning(256), np.hanning(256)))) ** 2
+        k = np.fft.fftfreq(256, d=0.1)  # cycles per nm
+        kk = np.hypot(*np.meshgrid(k, k, indexing="ij"))
+        power[kk < 0.5] = 0  # steps and tilt
+        peak = kk.flat[np.argmax(power)]
+        assert 1 / peak == pytest.approx(0.768, rel=0.03)
+
+
+def test_filled_and_empty_states_look_different_but_tio2_is_filled_only():
+    f, _ = simulate_scan("si001h", 2, pixels=SMALL, bias_v=-2.0)
+    e, _ = simulate_scan("si001h", 2, pixels=SMALL, bias_v=+2.0)
+    assert np.abs(_z(f)[0] - _z(e)[0]).max() > 0.02e-9
+    _, t = simulate_scan("tio2110", 2, pixels=SMALL)
+    assert t.bias_v < 0
+
+
+def test_simulation_is_fast():
+    import time
+
+    t0 = time.perf_counter()
+    simulate_scan("si001h", 1, pixels=(256, 256), artefacts=Artefacts.all())
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_crops_layout_shape_and_normalisation(tmp_path):
+    counts = make_crops(tmp_path / "a", ["si001h", "tio2110"], 2, seed=3)
+    assert counts["si001h"] == {c: 2 for c in get_surface("si001h").classes}
+    files = sorted((tmp_path / "a").glob("*/*/*.npy"))
+    assert len(files) == 16
+    for f in files:
+        crop = np.load(f)
+        assert crop.shape == (2, 32, 32) and crop.dtype == np.float32
+        assert abs(np.median(crop)) < 1e-5
+        mad = np.median(np.abs(crop - np.median(crop)))
+        assert mad * 1.4826 == pytest.approx(1.0, rel=1e-3)
+    # the defect is at the centre: averaged over crops (random lattice orientations and phases)
+    # the centre stands out from the corners
+    mean_abs = np.mean([np.abs(np.load(f)).mean(axis=0) for f in files], axis=0)
+    corners = np.mean([mean_abs[r:r + 8, c:c + 8].mean() for r in (0, 24) for c in (0, 24)])
+    assert mean_abs[12:20, 12:20].mean() > 1.5 * corners
+    make_crops(tmp_path / "b", ["si001h", "tio2110"], 2, seed=3)
+    for f in files:
+        assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes()
+
+
+@pytest.mark.parametrize("kind", NOISE_KINDS)
+def test_apply_noise_kinds(kind):
+    image = np.random.default_rng(0).normal(size=(2, 64, 64)).astype(np.float32)
+    a = apply_noise(image, np.random.default_rng(1), kinds=[kind])
+    b = apply_noise(image, np.random.default_rng(1), kinds=[kind])
+    assert a.shape == image.shape and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, image)
+    np.testing.assert_array_equal(apply_noise(image, np.random.default_rng(1), kinds=[]), image)
+    with pytest.raises(ValueError):
+        apply_noise(image, np.random.default_rng(1), kinds=["bogus"])
+
+
+def test_cli_writes_files_that_info_reads(tmp_path, capsys):
+    out = tmp_path / "sim"
+    assert main(["simulate", "--surface", "si001h", "--n", "3", "--out", str(out), "--pixels", "64",
+                 "--artefacts", "tilt,drift"]) == 0
+    files = sorted(out.glob("*.sxm"))
+    assert len(files) == 3
+    capsys.readouterr()
+    assert main(["info", "--json", *map(str, files)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["pixels"] for line in lines] == [[64, 64]] * 3
+    for f in files:
+        t = read_truth(f)
+        assert t.surface == "si001h" and t.mask.shape == (64, 64)
+        assert t.artefacts == {"tilt": 1.0, "drift": 1.0}
+
+
+def test_artefacts_parse():
+    assert Artefacts.parse("none") == Artefacts.none()
+    assert Artefacts.parse("all") == Artefacts.all()
+    assert Artefacts.parse("tilt, drift=2").on() == ["tilt", "drift"]
+    assert dataclasses.asdict(Artefacts.parse("drift=2"))["drift"] == 2.0
+    with pytest.raises(ValueError):
+        Artefacts.parse("wobble")
