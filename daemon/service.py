@@ -150,3 +150,85 @@ def install(dest: str | Path = "/etc/systemd/system", config: str = DEFAULT_CONF
         cfg.write_text(SERVICE_CONFIG)
         written.append(cfg)
     return written
+
+
+# ---- the daemon under systemd ------------------------------------------------------------------
+def daemon_status(daemon) -> dict:
+    """Counts for STATUS lines and the dashboard: done/ok/partial/failed/skipped, queued, driver."""
+    pipeline = getattr(daemon, "pipeline", None)
+    stats = getattr(pipeline, "stats", None)
+    out = {k: int(getattr(stats, k, 0)) for k in ("submitted", "ok", "partial", "failed", "skipped")}
+    out["done"] = out["ok"] + out["partial"] + out["failed"]
+    out["queued"] = int(getattr(pipeline, "_busy", 0)) if pipeline is not None else 0
+    out["driver"] = getattr(getattr(daemon, "config", None), "daemon", None) and daemon.config.daemon.driver
+    return out
+
+
+def status_line(daemon) -> str:
+    s = daemon_status(daemon)
+    return (f"{s['done']} scans done ({s['ok']} ok, {s['partial']} partial, {s['failed']} failed), "
+            f"{s['queued']} queued, driver {s['driver']}")
+
+
+def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_s: float = 80.0) -> int:
+    """Run a started ``daemon`` under systemd's eyes until SIGTERM/SIGINT; the exit code.
+
+    Sends READY (with a STATUS line) at once, WATCHDOG pings from this loop while the driver and
+    pipeline threads live, a STATUS line when the counts change. SIGHUP reloads the config
+    (``load_config()``; RELOADING=1 ... READY=1; a bad new config is logged and the old one kept).
+    SIGTERM sends STOPPING=1, drains the queue and returns 0 (within ``stop_timeout_s``, below the
+    unit's TimeoutStopSec). A driver that died returns 1, so that ``Restart=on-failure`` restarts.
+    """
+    import logging
+    import signal
+    import threading
+
+    from .notify import Notifier
+
+    log = logging.getLogger("stmwatch.daemon.service")
+    notifier = notifier or Notifier(watchdog_s=daemon.config.daemon.watchdog_s)
+    stop, reload = threading.Event(), threading.Event()
+    handlers = {signal.SIGTERM: lambda *_: stop.set(), signal.SIGINT: lambda *_: stop.set(),
+                signal.SIGHUP: lambda *_: reload.set()}
+    previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+    code = 0
+    try:
+        last = status_line(daemon)
+        notifier.ready(last)
+        if notifier.watchdog_period_s:
+            tick_s = min(tick_s, notifier.watchdog_period_s / 2)
+        while not stop.wait(tick_s):
+            if reload.is_set():
+                reload.clear()
+                notifier.reloading()
+                old = daemon.config
+                try:
+                    daemon.reload(load_config())
+                    log.info("config reloaded")
+                except Exception as exc:
+                    log.error("reload failed, keeping the previous config: %s", exc)
+                    if not daemon.running:
+                        daemon.reload(old)
+                notifier.ready(status_line(daemon))
+            error = getattr(daemon, "driver_error", None)
+            if error is not None or not daemon.running:
+                notifier.status(f"driver stopped: {error}")
+                log.error("the driver stopped (%s); exiting for a restart", error)
+                code = 1
+                break
+            thread = getattr(getattr(daemon, "pipeline", None), "_thread", None)
+            if thread is None or thread.is_alive():
+                notifier.watchdog_due()
+            line = status_line(daemon)
+            if line != last:
+                notifier.status(line)
+                last = line
+    except KeyboardInterrupt:
+        pass
+    finally:
+        notifier.stopping(f"stopping: draining {daemon_status(daemon)['queued']} queued scan(s)")
+        daemon.stop(drain=True, timeout=stop_timeout_s)
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+        notifier.close()
+    return code
