@@ -60,7 +60,7 @@ class Steps:
 
     normal: float
     edges: np.ndarray  # (K,) nm
-    amplitude: np.ndarray  # (K,) meander amplitude, nm
+    amplitude: np.ndarray  # (K, M) meander amplitude of each wave, nm
     waves: np.ndarray  # (K, M) wavenumbers, rad/nm
     phases: np.ndarray  # (K, M) rad
     height: float  # nm per step
@@ -72,8 +72,7 @@ class Steps:
         return x * c + y * s, -x * s + y * c
 
     def _edge_distance(self, k: int, p: np.ndarray, q: np.ndarray) -> np.ndarray:
-        meander = (np.sin(q[..., None] * self.waves[k] + self.phases[k]).sum(axis=-1)
-                   * self.amplitude[k] / math.sqrt(self.waves.shape[1]))
+        meander = (np.sin(q[..., None] * self.waves[k] + self.phases[k]) * self.amplitude[k]).sum(axis=-1)
         return p - self.edges[k] - meander
 
     def terrace(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -102,7 +101,7 @@ def draw_steps(surface: Surface, rng: np.random.Generator, centre: tuple[float, 
     n_waves = 4
     if rng.random() < 0.33 or radius < 3:
         empty = np.zeros((0, n_waves))
-        return Steps(normal, np.zeros(0), np.zeros(0), empty, empty, surface.step_nm, first=first)
+        return Steps(normal, np.zeros(0), empty, empty, empty, surface.step_nm, first=first)
     spacing = rng.uniform(6.0, 40.0)
     p0 = centre[0] * math.cos(normal) + centre[1] * math.sin(normal)
     start = p0 - radius - rng.uniform(0, spacing)
@@ -112,10 +111,13 @@ def draw_steps(surface: Surface, rng: np.random.Generator, centre: tuple[float, 
     if surface.rotates_at_steps:
         # Upper terrace k+1 has rows along the edge when (first + k + 1) is even: smooth S_A.
         smooth = (first + k + 1) % 2 == 0
-        amplitude = np.where(smooth, rng.uniform(0.2, 0.8, len(k)), rng.uniform(1.0, 3.0, len(k)))
+        amplitude = np.where(smooth, rng.uniform(0.1, 0.5, len(k)), rng.uniform(0.8, 2.0, len(k)))
     else:
-        amplitude = rng.uniform(0.2, 1.5, len(k))
-    waves = 2 * math.pi / rng.uniform(2.0, 25.0, (len(k), n_waves))
+        amplitude = rng.uniform(0.2, 1.0, len(k))
+    # Long waves meander more than short ones (amplitude proportional to wavelength).
+    wavelength = rng.uniform(3.0, 40.0, (len(k), n_waves))
+    amplitude = amplitude[:, None] * wavelength / 40.0
+    waves = 2 * math.pi / wavelength
     phases = rng.uniform(0, 2 * math.pi, (len(k), n_waves))
     return Steps(normal, edges, amplitude, waves, phases, surface.step_nm, first=first)
 
@@ -125,7 +127,8 @@ def draw_steps(surface: Surface, rng: np.random.Generator, centre: tuple[float, 
 
 @dataclasses.dataclass
 class Domains:
-    """A smooth random field whose sign splits the surface into two kinds of domain."""
+    """A smooth random field (in a terrace's lattice coordinates, nm) whose sign splits the
+    surface into two kinds of domain."""
 
     kx: np.ndarray
     ky: np.ndarray
@@ -146,8 +149,8 @@ def draw_domains(rng: np.random.Generator) -> Domains:
 
 
 # ---- lattices ----------------------------------------------------------------------------------
-# Each takes local lattice coordinates u (along the rows), v (across), the tip blur (nm), the
-# bias polarity and (for Ge) the c(4x2) domain map, and returns the corrugation in nm.
+# Each takes local lattice coordinates u (along the rows), v (across), the bias polarity, the tip
+# blur (nm) and (for Ge) the c(4x2)/p(2x2) domains, and returns the corrugation in nm.
 
 
 def _g1(d: np.ndarray, sigma: float, blur: float) -> np.ndarray:
@@ -156,7 +159,7 @@ def _g1(d: np.ndarray, sigma: float, blur: float) -> np.ndarray:
     return (sigma / e) * np.exp(-0.5 * (d / e) ** 2)
 
 
-def lattice_si001h(u, v, filled: bool, blur: float, c4x2=None) -> np.ndarray:
+def lattice_si001h(u, v, filled: bool, blur: float, domains=None) -> np.ndarray:
     """Si(001):H 2x1: rows of H-terminated dimers 0.768 nm apart, dimers 0.384 nm apart along the
     row. Filled states: one oval per dimer (the Si-H bonding states); empty states: the two atoms
     of each dimer (0.23 nm apart) as a pair of lobes, rows lower and broader."""
@@ -168,21 +171,20 @@ def lattice_si001h(u, v, filled: bool, blur: float, c4x2=None) -> np.ndarray:
     return 0.05 * (0.45 * _g1(dv, 0.24, blur) + 0.55 * pair * _g1(du, 0.12, blur))
 
 
-def lattice_ge001(u, v, filled: bool, blur: float, c4x2=None) -> np.ndarray:
+def lattice_ge001(u, v, filled: bool, blur: float, domains=None) -> np.ndarray:
     """Ge(001): rows of buckled dimers (0.800 nm apart, 0.400 nm along the row). The up atom of
     each dimer alternates along the row (zig-zag); neighbouring rows are out of phase in c(4x2)
-    domains and in phase in p(2x2). Filled states show the up atoms; empty states the down atoms,
-    broader and weaker."""
+    domains and in phase in p(2x2) (``domains.inside`` at each dimer's site says c(4x2))."""
     i, dv = _nearest(v, 0.800)
     j, du = _nearest(u, 0.400)
-    phase = i if c4x2 is None else np.where(c4x2, i, 0)
+    phase = i if domains is None else np.where(domains.inside(j * 0.400, i * 0.800), i, 0)
     side = np.where((j + phase) % 2 == 0, 1.0, -1.0)
     if filled:
         return 0.025 * _g1(dv, 0.25, blur) + 0.07 * _g1(du, 0.14, blur) * _g1(dv - 0.125 * side, 0.13, blur)
     return 0.03 * _g1(dv, 0.28, blur) + 0.035 * _g1(du, 0.17, blur) * _g1(dv + 0.125 * side, 0.16, blur)
 
 
-def lattice_tio2110(u, v, filled: bool, blur: float, c4x2=None) -> np.ndarray:
+def lattice_tio2110(u, v, filled: bool, blur: float, domains=None) -> np.ndarray:
     """TiO2(110) 1x1: bright rows 0.649 nm apart along [001] (u), dark bridging-oxygen rows
     between them, and a faint 0.296 nm modulation along the rows (one Ti per cell)."""
     _, dv = _nearest(v, 0.649)
@@ -511,8 +513,7 @@ def render(model: SurfaceModel, x: np.ndarray, y: np.ndarray, filled: bool, blur
     terrace = model.steps.terrace(x, y)
     z = model.steps.topography(x, y)
     u, v = model.local(x, y, terrace)
-    c4x2 = model.domains.inside(x, y) if model.domains is not None else None
-    z += LATTICES[model.surface.key](u, v, filled, blur, c4x2)
+    z += LATTICES[model.surface.key](u, v, filled, blur, model.domains)
     if model.defects:
         index = index or PointIndex(x, y)
         flat_x, flat_y, flat_z = x.ravel(), y.ravel(), z.ravel()  # z.ravel() is a view: z is contiguous
