@@ -462,12 +462,21 @@ def make_crops(out_dir: str | Path, surfaces: Sequence[str] | str, per_class: in
 # ---- pictures ----------------------------------------------------------------------------------
 
 
-def to_png(image: np.ndarray, path: str | Path | None = None, clip: float = 0.5):
-    """A grey-scale Pillow image of a ``(rows, cols)`` array (plane removed, robust contrast, NaN
-    black, row 0 at the top); saved to ``path`` when given."""
+def to_png(image: np.ndarray, path: str | Path | None = None, clip: float = 0.5, plane: bool = True,
+           flatten: bool = False):
+    """A grey-scale Pillow image of a ``(rows, cols)`` array (robust contrast: ``clip`` percent
+    saturated at each end; NaN black; row 0 at the top); saved to ``path`` when given.
+
+    ``plane`` removes the least-squares plane first, ``flatten`` each line's median (the usual
+    first steps of an STM viewer)."""
     from PIL import Image
 
-    img = _plane(np.asarray(image, float))
+    img = np.asarray(image, float)
+    if plane and np.isfinite(img).any():
+        img = _plane(img)
+    if flatten and np.isfinite(img).any():
+        acquired = np.isfinite(img).any(axis=1)
+        img[acquired] -= np.nanmedian(img[acquired], axis=1, keepdims=True)
     lo, hi = np.nanpercentile(img, [clip, 100 - clip]) if np.isfinite(img).any() else (0.0, 1.0)
     scaled = np.clip((img - lo) / ((hi - lo) or 1.0), 0, 1)
     picture = Image.fromarray((np.nan_to_num(scaled, nan=0.0) * 255).astype(np.uint8))
@@ -482,3 +491,55 @@ def known_surfaces() -> list[str]:
 
 def defect_classes(surface: str) -> list[str]:
     return list(DEFECTS[surface])
+
+
+def write_previews(out_dir: str | Path, seed: int = 1, tile: int = 256) -> list[Path]:
+    """Montages for a quick look (``docs/img/sim_<surface>_{clean,artefacts}.png``): clean scans
+    in filled and empty states at 25.6 nm, 8 nm and 60 nm; then each artefact alone (level 1.5,
+    forward frame; hysteresis shows the backward one) and all together."""
+    from PIL import Image, ImageDraw
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def sheet(tiles: list[tuple], columns: int, path: Path) -> None:
+        rows = -(-len(tiles) // columns)
+        page = Image.new("L", (columns * (tile + 4), rows * (tile + 4)), 255)
+        for k, (label, frame, *options) in enumerate(tiles):
+            picture = to_png(frame, clip=1.0, **(options[0] if options else {})).resize((tile, tile))
+            draw = ImageDraw.Draw(picture)
+            draw.rectangle([0, 0, 7 * len(label) + 6, 14], fill=0)
+            draw.text((3, 1), label, fill=255)
+            page.paste(picture, ((k % columns) * (tile + 4), (k // columns) * (tile + 4)))
+        page.save(path)
+        written.append(path)
+
+    for key, surf in SURFACES.items():
+        biases = [-2.0] if surf.filled_only else [-2.0, 1.8]
+        tiles = []
+        for size in (25.6, 8.0, 60.0):
+            for bias in biases:
+                n = 256 if size < 50 else 400
+                scan, _ = simulate_scan(key, seed if size < 50 else seed + 10, pixels=(n, n), range_nm=size,
+                                        bias_v=bias)
+                state = "filled" if bias < 0 else "empty"
+                tiles.append((f"{surf.title} {state} {bias:+g} V, {size:g} nm", scan.topography().forward))
+        sheet(tiles, 3 if surf.filled_only else 2, out / f"sim_{key}_clean.png")
+        tiles = []
+        for name in art.ARTEFACTS:
+            scan, _ = simulate_scan(key, seed, range_nm=25.6, bias_v=-2.0,
+                                    artefacts=Artefacts.only(name, level=1.5))
+            z = scan.topography()
+            if name == "hysteresis":
+                tiles.append(("hysteresis: backward", z.backward, {}))
+            elif name == "tilt":
+                tiles.append(("tilt (no plane removed)", z.forward, {"plane": False}))
+            elif name == "tip_change":
+                tiles.append(("tip_change (lines flattened)", z.forward, {"flatten": True}))
+            else:
+                tiles.append((name, z.forward, {}))
+        scan, _ = simulate_scan(key, seed, range_nm=25.6, bias_v=-2.0, artefacts=Artefacts.all())
+        tiles.append(("all (lines flattened)", scan.topography().forward, {"flatten": True}))
+        sheet(tiles, 4, out / f"sim_{key}_artefacts.png")
+    return written
