@@ -423,6 +423,9 @@ class SurfaceModel:
     origin: tuple[float, float]  # nm: a lattice site on terrace 0
     domains: Domains | None
     defects: list[Defect]
+    # (N, 4): x, y, width, height (nm) of shallow electronic bumps and dips from charges below
+    # the surface (subsurface dopants): part of a real surface's look, not defects to find.
+    bumps: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 4)))
 
     def orientation(self, terrace: np.ndarray) -> np.ndarray:
         """Row direction (rad) on each terrace."""
@@ -466,6 +469,16 @@ def draw_surface(surface: Surface, rng: np.random.Generator, centre: tuple[float
     origin = (float(rng.uniform(0, 2)), float(rng.uniform(0, 2)))
     domains = draw_domains(rng) if surface.key == "ge001" else None
     return SurfaceModel(surface, steps, theta0, origin, domains, [])
+
+
+def draw_bumps(rng: np.random.Generator, centre: tuple[float, float], radius: float) -> np.ndarray:
+    """Subsurface charges over a disc (nm): 0-0.01 per nm^2, 0.8-2.5 nm wide, +-5-25 pm high."""
+    n = int(rng.poisson(rng.uniform(0.0, 0.01) * math.pi * radius ** 2))
+    r = radius * np.sqrt(rng.random(n))
+    a = rng.uniform(0, 2 * math.pi, n)
+    height = rng.uniform(0.005, 0.025, n) * rng.choice([-1.0, 1.0], n, p=[0.3, 0.7])
+    return np.column_stack([centre[0] + r * np.cos(a), centre[1] + r * np.sin(a),
+                            rng.uniform(0.8, 2.5, n), height])
 
 
 def place_defect(model: SurfaceModel, cls: str, x: float, y: float, rng: np.random.Generator) -> Defect | None:
@@ -529,9 +542,13 @@ def render(model: SurfaceModel, x: np.ndarray, y: np.ndarray, filled: bool, blur
     terrace, z = model.steps.evaluate(x, y)
     u, v = model.local(x, y, terrace)
     z += LATTICES[model.surface.key](u, v, filled, blur, model.domains)
-    if model.defects:
+    if model.defects or len(model.bumps):
         index = index or PointIndex(x, y)
         flat_x, flat_y, flat_z = x.ravel(), y.ravel(), z.ravel()  # z.ravel() is a view: z is contiguous
+        for bx, by, width, height in model.bumps:
+            near = index.near(bx, by, 3 * width)
+            if near.size:
+                flat_z[near] += height * np.exp(-0.5 * ((flat_x[near] - bx) ** 2 + (flat_y[near] - by) ** 2) / width ** 2)
         shapes = DEFECTS[model.surface.key]
         for d in model.defects:
             near = index.near(d.x, d.y, 3.0 * d.radius + 3 * blur)

@@ -37,7 +37,7 @@ from stmwatch.drivers.sxm import write_sxm
 
 from . import sim_artefacts as art
 from .sim_artefacts import Acquisition, Artefacts, Tip
-from .sim_surfaces import DEFECTS, PointIndex, SurfaceModel, defect_mask, draw_surface, place_defect, render
+from .sim_surfaces import DEFECTS, PointIndex, SurfaceModel, defect_mask, draw_bumps, draw_surface, place_defect, render
 from .surfaces import SURFACES, get_surface
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,9 @@ def simulate_scan(surface: str, seed: int, *, pixels: tuple[int, int] = (256, 25
     # The sample: big enough for everything the tip visits.
     # (It must not depend on the artefacts: they are switched on and off over the same sample.)
     centre = (geometry.offset_m[0] * 1e9, geometry.offset_m[1] * 1e9)
-    model = draw_surface(surf, rng, centre, 0.5 * math.hypot(width, height) + 0.5 * max(width, height) + 3.0)
+    extent = 0.5 * math.hypot(width, height) + 0.5 * max(width, height) + 3.0
+    model = draw_surface(surf, rng, centre, extent)
+    model.bumps = draw_bumps(np.random.default_rng([seed, 3]), centre, 0.5 * math.hypot(width, height) + 3.0)
     def_rng = np.random.default_rng([seed, 2])
     if n_defects is None:
         n_defects = int(def_rng.poisson(def_rng.uniform(0.008, 0.03) * width * height))

@@ -11,7 +11,7 @@ import pytest
 from stmwatch.daemon.cli import main
 from stmwatch.drivers.sxm import read_sxm
 from stmwatch.models.sim_artefacts import ARTEFACTS, NOISE_KINDS, Artefacts, apply_noise
-from stmwatch.models.simulate import make_crops, read_truth, simulate_scan, write_example
+from stmwatch.models.simulate import make_crops, make_dataset, read_truth, simulate_scan, write_example
 from stmwatch.models.surfaces import SURFACES, get_surface
 
 SMALL = (96, 96)  # pixels: big enough for a few defects, small enough to be quick
@@ -245,3 +245,23 @@ def test_artefacts_parse():
     assert dataclasses.asdict(Artefacts.parse("drift=2"))["drift"] == 2.0
     with pytest.raises(ValueError):
         Artefacts.parse("wobble")
+
+
+def test_make_dataset_random_geometry(tmp_path):
+    paths = make_dataset(tmp_path, "ge001", 2, seed=4, pixel_range=(64, 96))
+    assert [p.name for p in paths] == ["ge001_4_0000.sxm", "ge001_4_0001.sxm"]
+    for p in paths:
+        scan = read_sxm(p)
+        truth = read_truth(p)
+        assert 64 <= scan.pixels[0] <= 96 and truth.mask.shape == scan.shape
+        for d in truth.defects:  # the truth's metres are the scan's own coordinates of the pixel
+            assert scan.pixel_to_scanner(d.row, d.col) == pytest.approx((d.x_m, d.y_m), abs=1e-15)
+
+
+def test_placed_defect_sits_at_the_requested_position():
+    scan, truth = simulate_scan("tio2110", 2, pixels=(64, 64), n_defects=0, offset_m=(3e-8, 0),
+                                place=[("hydroxyl", 30.0, 0.5)])
+    (d,) = truth.defects
+    assert d.cls == "hydroxyl"
+    # snapped to the nearest O-row site: within half a cell of where it was asked for
+    assert math.hypot(d.x_m * 1e9 - 30.0, d.y_m * 1e9 - 0.5) < 0.5
