@@ -47,16 +47,33 @@ class StreamSimulator:
         sock = ctx.socket(zmq.XPUB if self.kind == "pub" else zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.SNDHWM, 100_000)
-        if self.bind:
-            sock.bind(self.endpoint)
-            self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        else:
-            sock.connect(self.endpoint)
+        try:
+            if self.bind:
+                deadline = time.monotonic() + 5.0
+                while True:  # a restarted sender may find its port still held for a moment
+                    try:
+                        sock.bind(self.endpoint)
+                        break
+                    except zmq.ZMQError as exc:
+                        if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
+                self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            else:
+                sock.connect(self.endpoint)
+        except BaseException:
+            sock.close(linger=0)
+            raise
         self._socket = sock
         return self
 
     def __exit__(self, *exc) -> None:
         if self._socket is not None:
+            if self.bind:
+                try:
+                    self._socket.unbind(self.endpoint)
+                except zmq.ZMQError:
+                    pass
             self._socket.close()
             self._socket = None
         if self._own_context and self._context is not None:
