@@ -458,9 +458,15 @@ class SurfaceModel:
         return float(ox + u * c - v * s), float(oy + u * s + v * c)
 
 
-def draw_surface(surface: Surface, rng: np.random.Generator, centre: tuple[float, float], radius: float) -> SurfaceModel:
-    """A random sample (without defects) around ``centre`` (nm), big enough for a disc of ``radius``."""
-    theta0 = float(rng.uniform(0, math.pi)) if rng.random() < 0.3 else float(rng.choice([0, math.pi / 2]) + rng.normal(0, 0.05))
+def draw_surface(surface: Surface, rng: np.random.Generator, centre: tuple[float, float],
+                 radius: float) -> SurfaceModel:
+    """A random sample (without defects) around ``centre`` (nm), big enough for a disc of ``radius``.
+
+    The rows run along x or y (within a few degrees) 70 % of the time, else at any angle."""
+    if rng.random() < 0.3:
+        theta0 = float(rng.uniform(0, math.pi))
+    else:
+        theta0 = float(rng.choice([0, math.pi / 2]) + rng.normal(0, 0.05))
     # Steps on (001) run roughly along one of the row directions; on TiO2(110) mostly along [001].
     normal = theta0 + math.pi / 2 + float(rng.normal(0, 0.15)) + (math.pi if rng.random() < 0.5 else 0.0)
     if surface.rotates_at_steps and rng.random() < 0.5:
@@ -548,7 +554,8 @@ def render(model: SurfaceModel, x: np.ndarray, y: np.ndarray, filled: bool, blur
         for bx, by, width, height in model.bumps:
             near = index.near(bx, by, 3 * width)
             if near.size:
-                flat_z[near] += height * np.exp(-0.5 * ((flat_x[near] - bx) ** 2 + (flat_y[near] - by) ** 2) / width ** 2)
+                r2 = (flat_x[near] - bx) ** 2 + (flat_y[near] - by) ** 2
+                flat_z[near] += height * np.exp(-0.5 * r2 / width ** 2)
         shapes = DEFECTS[model.surface.key]
         for d in model.defects:
             near = index.near(d.x, d.y, 3.0 * d.radius + 3 * blur)
