@@ -265,3 +265,10 @@ def test_placed_defect_sits_at_the_requested_position():
     assert d.cls == "hydroxyl"
     # snapped to the nearest O-row site: within half a cell of where it was asked for
     assert math.hypot(d.x_m * 1e9 - 30.0, d.y_m * 1e9 - 0.5) < 0.5
+
+
+def test_cli_rejects_unknown_names(tmp_path, capsys):
+    assert main(["simulate", "--surface", "si111", "--out", str(tmp_path)]) == 2
+    assert main(["simulate", "--artefacts", "wobble", "--out", str(tmp_path)]) == 2
+    assert "si111" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.sxm"))

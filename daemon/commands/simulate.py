@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 HELP = "write simulated .sxm scans with ground truth (and few-shot crop sets)"
 DESCRIPTION = """Simulate STM scans of Si(001):H, Ge(001) or TiO2(110) and write, for each, NAME.sxm (a real
@@ -45,10 +47,13 @@ def run(args) -> int:
     from stmwatch.models.surfaces import SURFACES, get_surface
 
     surfaces = list(SURFACES) if args.surface == "all" else [args.surface]
-    for key in surfaces:
-        get_surface(key)  # unknown names fail before anything is written
-    fixed = None if args.artefacts.strip().lower() == "random" else Artefacts.parse(args.artefacts)
-    from pathlib import Path
+    try:  # bad names fail before anything is written
+        for key in surfaces:
+            get_surface(key)
+        fixed = None if args.artefacts.strip().lower() == "random" else Artefacts.parse(args.artefacts)
+    except (KeyError, ValueError) as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
