@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Callable, Protocol
 
+import numpy as np
+
 from stmwatch.models.analyse import Analyser
 
 from .documents import Acquisition, PartialScan, ResultDocument, new_uid, utcnow
@@ -148,8 +150,8 @@ class Pipeline:
         scan, analysis, error = None, None, None
         try:
             scan = acq.read()
-            if scan.nan_rows >= scan.shape[0]:
-                raise ValueError("no data: every line is NaN")
+            if all(np.isnan(f).all() for f in scan.topography().frames()):
+                raise ValueError("no data: every line of the topography is NaN")
         except Exception as exc:  # ScanReadError, or a stream scan without a line
             error = str(exc)
         read_ms = (time.perf_counter() - t0) * 1e3

@@ -1,0 +1,169 @@
+"""The pipeline: one direction, failures recorded and passed over, back-pressure, idempotency."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from stmwatch.daemon.config import Config
+from stmwatch.daemon.documents import Acquisition, PartialScan, sha256
+from stmwatch.daemon.pipeline import Pipeline, config_version
+from stmwatch.drivers.sxm import read_sxm_bytes, sxm_bytes
+from stmwatch.models.analyse import Analyser
+from stmwatch.models.defects import Defect
+from stmwatch.models.simulate import simulate_scan
+
+from .conftest import BAD
+
+
+class TruthSegmenter:
+    """Finds exactly the simulator's defects (pixel positions from the truth); raises on request."""
+
+    name, version = "truth", "0"
+
+    def __init__(self, truths: dict[str, list], fail_on: set[str] = frozenset(), gate: threading.Event | None = None):
+        self.truths, self.fail_on, self.gate = truths, fail_on, gate
+
+    def segment(self, scan):
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if scan.name in self.fail_on:
+            raise RuntimeError("simulated model failure")
+        out = []
+        for t in self.truths.get(scan.name, []):
+            x, y = scan.pixel_to_scanner(t.row, t.col)
+            out.append(Defect(row=t.row, col=t.col, x_m=float(x), y_m=float(y), area_px=10.0, score=0.9, label=t.cls))
+        return out
+
+
+def simulated(name: str, seed: int):
+    scan, truth = simulate_scan("si001h", seed, pixels=(48, 40), offset_m=(3e-9, -2e-9), angle_deg=20.0,
+                                 n_defects=3)
+    raw = sxm_bytes(scan)
+    return Acquisition(path=name, content_hash=sha256(raw), source="folder", raw=raw), truth
+
+
+def pipeline_with(segmenter, sinks, **kw) -> Pipeline:
+    return Pipeline(Analyser(segmenter), sinks, surface="si001h", config_version="cfg", **kw)
+
+
+def test_results_follow_the_truth_and_failures_are_recorded_and_passed_over():
+    good, truth = simulated("good.sxm", 1)
+    broken_model, _ = simulated("model_fails.sxm", 2)
+    after, truth_after = simulated("after.sxm", 3)
+    bad_raw = (BAD / "truncated_half_data.sxm").read_bytes()
+    bad = Acquisition(path="bad.sxm", content_hash=sha256(bad_raw), source="folder", raw=bad_raw)
+    seg = TruthSegmenter({"good.sxm": truth.defects, "after.sxm": truth_after.defects}, fail_on={"model_fails.sxm"})
+    docs = []
+    p = pipeline_with(seg, [docs.append])
+    p.start()
+    for acq in (good, bad, broken_model, after):
+        assert p.submit(acq, timeout=5)
+    assert p.wait_idle(30)
+    p.stop()
+    assert [(d.path, d.status) for d in docs] == [
+        ("good.sxm", "ok"), ("bad.sxm", "failed"), ("model_fails.sxm", "failed"), ("after.sxm", "ok")]
+    assert "data truncated" in docs[1].error and docs[1].error.startswith("bad.sxm:")
+    assert docs[2].error == "analysis failed: RuntimeError: simulated model failure"
+    for doc, t in ((docs[0], truth), (docs[3], truth_after)):
+        assert len(doc.defects) == len(t.defects) > 0
+        for d, td in zip(doc.defects, t.defects):
+            assert d["label"] == td.cls
+            assert abs(d["x_m"] - td.x_m) < 1e-12 and abs(d["y_m"] - td.y_m) < 1e-12
+        assert doc.counts == t.counts()
+        assert doc.model_versions == {"segmenter": "truth@0"} and doc.config_version == "cfg"
+        assert doc.geometry["offset_m"] == [3e-9, -2e-9] and doc.geometry["angle_deg"] == 20.0
+    assert (p.stats.ok, p.stats.failed) == (2, 2)
+
+
+def test_known_scans_are_skipped_before_reading():
+    acq, _ = simulated("a.sxm", 1)
+    docs = []
+    p = pipeline_with(TruthSegmenter({}), [docs.append], is_known=lambda path, h: h == acq.content_hash)
+    assert p.process(acq) is None and docs == [] and p.stats.skipped == 1
+
+
+def test_a_short_file_or_missing_lines_is_partial():
+    acq, _ = simulated("cut.sxm", 4)
+    cut = Acquisition(path="cut.sxm", content_hash="c", source="folder", raw=acq.raw[: len(acq.raw) // 2],
+                      complete=False)
+    scan = read_sxm_bytes(acq.raw)
+    for ch in scan.channels:
+        for f in ch.frames():
+            f[30:] = np.nan
+    aborted = Acquisition(path="stream:x", content_hash="d", source="stream", scan=scan)
+    empty = read_sxm_bytes(acq.raw)
+    for ch in empty.channels:
+        for f in ch.frames():
+            f[:] = np.nan
+    nothing = Acquisition(path="stream:y", content_hash="e", source="stream", scan=empty)
+    p = pipeline_with(TruthSegmenter({}), [])
+    assert p.process(cut).status == "partial"
+    doc = p.process(aborted)
+    assert doc.status == "partial" and doc.nan_rows == 10
+    doc = p.process(nothing)
+    assert doc.status == "failed" and "no data" in doc.error
+
+
+def test_a_failing_sink_does_not_stop_the_others():
+    acq, _ = simulated("a.sxm", 1)
+    docs = []
+
+    def broken(doc):
+        raise OSError("disk full")
+
+    p = pipeline_with(TruthSegmenter({}), [broken, docs.append])
+    p.process(acq)
+    assert [d.path for d in docs] == ["a.sxm"]
+
+
+def test_a_full_queue_pushes_back_on_the_driver():
+    gate = threading.Event()
+    docs = []
+    p = pipeline_with(TruthSegmenter({}, gate=gate), [docs.append], queue_size=1)
+    p.start()
+    acqs = [simulated(f"{i}.sxm", i)[0] for i in range(3)]
+    assert p.submit(acqs[0], timeout=1)
+    # the worker holds scan 0 (gate closed), the queue holds scan 1, scan 2 must wait
+    assert p.submit(acqs[1], timeout=5)
+    assert not p.submit(acqs[2], timeout=0.2)
+    assert not p.wait_idle(0.1)
+    gate.set()
+    assert p.submit(acqs[2], timeout=10)
+    assert p.wait_idle(30)
+    p.stop()
+    assert [d.path for d in docs] == ["0.sxm", "1.sxm", "2.sxm"]
+
+
+def test_stop_without_drain_drops_the_queue_but_finishes_the_scan_in_hand():
+    gate = threading.Event()
+    docs = []
+    p = pipeline_with(TruthSegmenter({}, gate=gate), [docs.append], queue_size=4)
+    p.start()
+    for i in range(3):
+        p.submit(simulated(f"{i}.sxm", i)[0])
+    threading.Timer(0.3, gate.set).start()
+    p.stop(drain=False, timeout=30)
+    assert [d.path for d in docs] == ["0.sxm"]
+
+
+def test_partial_hooks_see_running_scans_and_errors_are_contained():
+    scan = read_sxm_bytes(simulated("a.sxm", 1)[0].raw)
+    seen = []
+
+    def bad_hook(event):
+        raise ValueError("hook bug")
+
+    p = pipeline_with(TruthSegmenter({}), [], partial_hooks=[bad_hook, seen.append])
+    event = PartialScan("s", scan, 3, [2])
+    p.partial(event)
+    assert seen == [event]
+
+
+def test_config_version_changes_with_any_value_but_not_the_file_name(tmp_path):
+    a, b = Config(), Config()
+    b.source = tmp_path / "x.toml"
+    assert config_version(a) == config_version(b) and len(config_version(a)) == 12
+    b.models.threshold = 0.6
+    assert config_version(a) != config_version(b)
