@@ -237,13 +237,12 @@ def _side(rng) -> float:
 
 # Si(001):H -----------------------------------------------------------------------------------------
 def _si_db_draw(rng):
-    return {"side": _side(rng), "h": rng.uniform(0.08, 0.13), "s": rng.uniform(0.26, 0.34),
+    return {"h": rng.uniform(0.08, 0.13), "s": rng.uniform(0.26, 0.34),
             "he": rng.uniform(0.16, 0.24), "se": rng.uniform(0.40, 0.52), "halo": rng.uniform(0.01, 0.03),
             "radius": 0.8}
 
 
-def _si_db_shape(du, dv, p, filled, blur):
-    dv = dv - 0.115 * p["side"]
+def _si_db_shape(du, dv, p, filled, blur):  # centred on the atom that lost its H
     if filled:
         return _gauss(du, dv, p["s"], p["s"], p["h"], blur)
     return _gauss(du, dv, p["se"], p["se"], p["he"], blur) + _ring(du, dv, 0.9, 0.2, p["halo"])
@@ -276,12 +275,11 @@ def _si_vac_shape(du, dv, p, filled, blur):
 
 
 def _si_ash_draw(rng):
-    return {"side": _side(rng), "dir": _side(rng), "h": rng.uniform(0.06, 0.09), "he": rng.uniform(0.1, 0.14),
+    return {"dir": _side(rng), "h": rng.uniform(0.06, 0.09), "he": rng.uniform(0.1, 0.14),
             "s": rng.uniform(0.2, 0.26), "radius": 0.9}
 
 
-def _si_ash_shape(du, dv, p, filled, blur):
-    dv = dv - 0.115 * p["side"]
+def _si_ash_shape(du, dv, p, filled, blur):  # centred on one side of the row, between two dimers
     if filled:  # two lobes along the row on one side: a fragment bridging two dimers
         return sum(_gauss(du - s * 0.192, dv, p["s"], p["s"] * 0.9, p["h"], blur) for s in (-1, 1))
     return (_gauss(du - p["dir"] * 0.192, dv, p["s"] * 1.3, p["s"] * 1.2, p["he"], blur)
@@ -374,6 +372,14 @@ def _at_dimer(rng):
     return 0.0, 0.0
 
 
+def _at_atom(rng):  # one atom of a dimer (Si: 0.115 nm off the row centre)
+    return 0.0, 0.115 * _side(rng)
+
+
+def _between_dimers_at_atom(rng):
+    return 0.192, 0.115 * _side(rng)
+
+
 def _on_o_row(rng):
     return float(rng.uniform(-0.05, 0.05)), 0.649 / 2
 
@@ -390,10 +396,10 @@ DefectKind = tuple[Callable, Callable, Callable]
 
 DEFECTS: dict[str, dict[str, DefectKind]] = {
     "si001h": {
-        "dangling_bond": (_at_dimer, _si_db_draw, _si_db_shape),
+        "dangling_bond": (_at_atom, _si_db_draw, _si_db_shape),
         "as_incorporated": (_at_dimer, _si_as_draw, _si_as_shape),
         "vacancy": (_at_dimer, _si_vac_draw, _si_vac_shape),
-        "ash3_fragment": (_at_dimer, _si_ash_draw, _si_ash_shape),
+        "ash3_fragment": (_between_dimers_at_atom, _si_ash_draw, _si_ash_shape),
     },
     "ge001": {
         "dimer_vacancy": (_at_dimer, _ge_dv_draw, _ge_dv_shape),
