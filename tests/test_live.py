@@ -1,0 +1,107 @@
+"""Live segmentation of a scan still being acquired, against the whole-frame segmentation of the
+same scan (the simulator's scan, fed line by line in acquisition order)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stmwatch.daemon.documents import PartialScan
+from stmwatch.daemon.live import LiveSegmenter, LiveSettings, band_scan, radius_px
+from stmwatch.drivers.scan import Channel, Scan
+from stmwatch.models.simulate import simulate_scan
+from stmwatch.models.standin import StandinSegmenter
+
+
+def empty_like(scan: Scan) -> Scan:
+    return Scan([Channel(c.name, c.unit, forward=np.full_like(c.forward, np.nan),
+                         backward=np.full_like(c.backward, np.nan)) for c in scan.channels],
+                pixels=scan.pixels, range_m=scan.range_m, offset_m=scan.offset_m, angle_deg=scan.angle_deg,
+                direction=scan.direction)
+
+
+def feed(scan: Scan, live: LiveSegmenter, scan_id: str = "s1") -> None:
+    """Acquire ``scan`` line by line (top first for down, bottom first for up) into the hook."""
+    running = empty_like(scan)
+    ny = scan.shape[0]
+    rows = range(ny) if scan.direction == "down" else range(ny - 1, -1, -1)
+    for k, r in enumerate(rows):
+        for dst, src in zip(running.channels, scan.channels):
+            dst.forward[r], dst.backward[r] = src.forward[r], src.backward[r]
+        live(PartialScan(scan_id, running, k + 1, [r]))
+
+
+def test_band_pixels_are_the_same_scanner_points():
+    scan, _ = simulate_scan("si001h", 1, pixels=(64, 48), angle_deg=25.0, offset_m=(3e-8, -1e-8), n_defects=0)
+    band = band_scan(scan, 10, 30)
+    assert band.shape == (20, 64)
+    rows, cols = np.mgrid[0:20, 0:64]
+    np.testing.assert_allclose(band.pixel_to_scanner(rows, cols), scan.pixel_to_scanner(rows + 10, cols),
+                               rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(band.channel("Z").forward, scan.channel("Z").forward[10:30])
+
+
+@pytest.mark.parametrize("direction", ["down", "up"])
+def test_live_defects_agree_with_the_whole_frame(direction):
+    scan, _ = simulate_scan("si001h", 3, pixels=(160, 160), n_defects=10, direction=direction, angle_deg=10.0,
+                            offset_m=(2e-8, 1e-8))
+    segmenter = StandinSegmenter("si001h")
+    whole = segmenter.segment(scan)
+    assert len(whole) >= 6
+    messages, published = [], []
+    live = LiveSegmenter(segmenter, LiveSettings(every_lines=1), messages.append, threaded=False,
+                         on_publish=lambda d, rows_done, t: published.append((d, rows_done)))
+    feed(scan, live)
+    nm = scan.pixel_size_m[0] * 1e9
+    ny = scan.shape[0]
+
+    # the final live overlay (scan_end) is the whole-frame result, every defect within 0.2 nm
+    end = messages[-1]
+    assert end["kind"] == "scan_end" and end["rows_done"] == ny
+    assert len(end["defects"]) == len(whole)
+    for w in whole:
+        assert min(math.hypot(d["y_px"] - w.row, d["x_px"] - w.col) for d in end["defects"]) * nm <= 0.2
+        x, y = scan.pixel_to_scanner(w.row, w.col)
+        d = min(end["defects"], key=lambda d: math.hypot(d["y_px"] - w.row, d["x_px"] - w.col))
+        assert math.hypot(d["x_m"] - x, d["y_m"] - y) <= 0.2e-9
+
+    # most defects were published while the scan ran, where the whole frame puts them
+    early, delays = 0, []
+    for w in whole:
+        r = radius_px(w.area_px)
+        last_line = (w.row + r - 0.5) if direction == "down" else (ny - 1 - (w.row - r + 0.5))  # in acquisition order
+        hits = [(d, rd) for d, rd in published if math.hypot(d["y_px"] - w.row, d["x_px"] - w.col) * nm <= 0.2]
+        if hits and hits[0][1] < ny:
+            early += 1
+            delays.append(hits[0][1] - (math.ceil(last_line - 1e-6) + 1))
+    assert early >= 0.75 * len(whole)
+    # published after the line that completes it had arrived (never before), median within 2 lines
+    assert min(delays) >= -1 and float(np.median(delays)) <= 2
+    # the ids of confirmed live defects are kept in the final list
+    live_ids = {d["id"] for d, _ in published}
+    assert end["confirmed"] == len(live_ids & {d["id"] for d in end["defects"]})
+    assert end["confirmed"] >= early
+    assert set(end["retracted"]) == live_ids - {d["id"] for d in end["defects"]}
+
+
+def test_threaded_hook_keeps_only_the_newest_state_and_finishes():
+    scan, _ = simulate_scan("si001h", 5, pixels=(96, 96), n_defects=6)
+    messages = []
+    live = LiveSegmenter(StandinSegmenter("si001h"), LiveSettings(every_lines=4), messages.append)
+    try:
+        feed(scan, live)
+        assert live.wait_idle(60)
+    finally:
+        live.close()
+    assert messages[-1]["kind"] == "scan_end"
+    rows = [m["rows_done"] for m in messages]
+    assert rows == sorted(rows) and rows[-1] == 96
+    assert live.passes <= 96 // 4 + 1
+
+
+def test_every_lines_sets_how_often_it_segments():
+    scan, _ = simulate_scan("si001h", 5, pixels=(64, 64), n_defects=3)
+    live = LiveSegmenter(StandinSegmenter("si001h"), LiveSettings(every_lines=8), threaded=False)
+    feed(scan, live)
+    assert live.passes == 64 // 8
