@@ -19,6 +19,8 @@ from stmwatch.drivers.stream.settings import StreamSettings
 from stmwatch.models.preprocess import PreprocessSettings
 from stmwatch.models.settings import ModelSettings
 
+from .live import LiveSettings
+
 DRIVERS = ("folder", "stream", "nanonis")
 ANALYSERS = ("shipped", "standin")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -69,6 +71,7 @@ class Config:
     nanonis: NanonisSettings = dataclasses.field(default_factory=NanonisSettings)
     preprocess: PreprocessSettings = dataclasses.field(default_factory=PreprocessSettings)
     models: ModelSettings = dataclasses.field(default_factory=ModelSettings)
+    live: LiveSettings = dataclasses.field(default_factory=LiveSettings)
     source: Path | None = None  # the file it was read from, if any
 
     def check(self) -> None:

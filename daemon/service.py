@@ -161,6 +161,11 @@ def daemon_status(daemon) -> dict:
     out["done"] = out["ok"] + out["partial"] + out["failed"]
     out["queued"] = int(getattr(pipeline, "_busy", 0)) if pipeline is not None else 0
     out["driver"] = getattr(getattr(daemon, "config", None), "daemon", None) and daemon.config.daemon.driver
+    segmenter = getattr(getattr(daemon, "analyser", None), "segmenter", None)
+    backend = getattr(segmenter, "backend", None)
+    backend_name = getattr(backend, "name", None) or (type(backend).__name__ if backend is not None else None)
+    versions = getattr(getattr(daemon, "analyser", None), "model_versions", {}) or {}
+    out["backend"] = " ".join(v for v in (versions.get("segmenter"), backend_name) if v) or None
     return out
 
 
@@ -170,7 +175,76 @@ def status_line(daemon) -> str:
             f"{s['queued']} queued, driver {s['driver']}")
 
 
-def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_s: float = 80.0) -> int:
+class LiveSide:
+    """The live publisher, the live segmentation hook and the status heartbeat of a running daemon
+    (``[live]``); every part is optional and a failure to set one up is logged, not fatal."""
+
+    def __init__(self, daemon) -> None:
+        import logging
+
+        self.log = logging.getLogger("stmwatch.daemon.service")
+        self.daemon = daemon
+        self.publisher = None
+        self.hook = None
+        self._next_beat = 0.0
+        settings = getattr(daemon.config, "live", None)
+        self.settings = settings
+        if settings is None:
+            return
+        if settings.publish:
+            from .live import LivePublisher
+
+            try:
+                self.publisher = LivePublisher(settings.publish)
+                self.log.info("publishing live defects and status on %s", self.publisher.endpoint)
+            except ValueError as exc:
+                self.log.warning("%s; live defects and the heartbeat are off", exc)
+        self.attach()
+
+    def attach(self) -> None:
+        """(Re)create the live hook for the daemon's current analyser and pipeline."""
+        from .live import LiveSegmenter
+
+        self.detach()
+        settings = self.daemon.config.live
+        if not settings.enabled or self.daemon.analyser is None:
+            return
+        self.hook = LiveSegmenter(self.daemon.analyser, settings, self.publisher)
+        self.daemon.partial_hooks.append(self.hook)
+        if self.daemon.pipeline is not None:
+            self.daemon.pipeline.partial_hooks.append(self.hook)
+
+    def detach(self) -> None:
+        if self.hook is None:
+            return
+        for hooks in (self.daemon.partial_hooks, getattr(self.daemon.pipeline, "partial_hooks", [])):
+            if self.hook in hooks:
+                hooks.remove(self.hook)
+        self.hook.close()
+        self.hook = None
+
+    def beat(self, now: float) -> None:
+        """Publish the status heartbeat if its period has passed."""
+        if self.publisher is None or now < self._next_beat:
+            return
+        self._next_beat = now + self.settings.heartbeat_s
+        status = daemon_status(self.daemon)
+        running = getattr(self.hook, "current", None)
+        status["current"] = running.scan_id if running is not None and not running.finished else None
+        try:
+            self.publisher({"kind": "status", **status})
+        except Exception as exc:
+            self.log.debug("heartbeat not sent: %s", exc)
+
+    def close(self) -> None:
+        self.detach()
+        if self.publisher is not None:
+            self.publisher.close()
+            self.publisher = None
+
+
+def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_s: float = 80.0,
+          dashboard: bool = False) -> int:
     """Run a started ``daemon`` under systemd's eyes until SIGTERM/SIGINT; the exit code.
 
     Sends READY (with a STATUS line) at once, WATCHDOG pings from this loop while the driver and
@@ -182,6 +256,7 @@ def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_
     import logging
     import signal
     import threading
+    import time
 
     from .notify import Notifier
 
@@ -192,6 +267,8 @@ def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_
                 signal.SIGHUP: lambda *_: reload.set()}
     previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
     code = 0
+    live = LiveSide(daemon)
+    board = _start_dashboard(daemon) if dashboard else None
     try:
         last = status_line(daemon)
         notifier.ready(last)
@@ -202,6 +279,7 @@ def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_
                 reload.clear()
                 notifier.reloading()
                 old = daemon.config
+                live.detach()
                 try:
                     daemon.reload(load_config())
                     log.info("config reloaded")
@@ -209,6 +287,7 @@ def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_
                     log.error("reload failed, keeping the previous config: %s", exc)
                     if not daemon.running:
                         daemon.reload(old)
+                live.attach()
                 notifier.ready(status_line(daemon))
             error = getattr(daemon, "driver_error", None)
             if error is not None or not daemon.running:
@@ -219,6 +298,7 @@ def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_
             thread = getattr(getattr(daemon, "pipeline", None), "_thread", None)
             if thread is None or thread.is_alive():
                 notifier.watchdog_due()
+            live.beat(time.monotonic())
             line = status_line(daemon)
             if line != last:
                 notifier.status(line)
@@ -228,7 +308,30 @@ def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_
     finally:
         notifier.stopping(f"stopping: draining {daemon_status(daemon)['queued']} queued scan(s)")
         daemon.stop(drain=True, timeout=stop_timeout_s)
+        live.close()
+        if board is not None:
+            board[1].set()
+            board[0].join(5)
         for sig, h in previous.items():
             signal.signal(sig, h)
         notifier.close()
     return code
+
+
+def _start_dashboard(daemon):
+    """``stmwatch run --dashboard``: the dashboard in this terminal, in a thread; log lines below
+    WARNING are held back so they do not tear the screen."""
+    import logging
+    import threading
+
+    from stmwatch.daemon.commands.dashboard import endpoints_of
+
+    from .dashboard import Dashboard
+
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(max(handler.level, logging.WARNING))
+    stop = threading.Event()
+    board = Dashboard(daemon.config.daemon.database, endpoints_of(daemon.config))
+    thread = threading.Thread(target=board.run, kwargs={"stop": stop}, name="stmwatch-dashboard", daemon=True)
+    thread.start()
+    return thread, stop

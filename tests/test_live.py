@@ -105,3 +105,84 @@ def test_every_lines_sets_how_often_it_segments():
     live = LiveSegmenter(StandinSegmenter("si001h"), LiveSettings(every_lines=8), threaded=False)
     feed(scan, live)
     assert live.passes == 64 // 8
+
+
+def test_daemon_streams_live_defects_and_the_final_list_is_the_overlay(tmp_path):
+    """End to end: a simulated microscope streams a scan line by line to the daemon; live defects
+    arrive on the live endpoint while the scan runs, and the final live list equals the pipeline's
+    overlay of the whole frame (scanner-frame metres, within 0.2 nm)."""
+    import json
+    import time
+
+    import zmq
+
+    from stmwatch.daemon.config import config_from_dict
+    from stmwatch.daemon.daemon import Daemon
+    from stmwatch.daemon.publisher import decode_overlay
+    from stmwatch.daemon.service import LiveSide
+    from stmwatch.drivers.stream.sim import StreamSimulator
+
+    scan, _ = simulate_scan("si001h", 7, pixels=(128, 128), n_defects=8, angle_deg=-20.0, offset_m=(5e-9, 0.0))
+    ny = scan.shape[0]
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    for topic in (b"overlay", b"live"):
+        sub.setsockopt(zmq.SUBSCRIBE, topic)
+    daemon = live = None
+    try:
+        with StreamSimulator(context=ctx) as sim:
+            config = config_from_dict({
+                "daemon": {"driver": "stream", "database": f"sqlite:///{tmp_path / 'live.db'}",
+                           "publish": "tcp://127.0.0.1:*", "analyser": "standin"},
+                "stream": {"endpoint": sim.endpoint},
+                "live": {"publish": "tcp://127.0.0.1:*", "every_lines": 1}})
+            daemon = Daemon(config)
+            daemon.start()
+            live = LiveSide(daemon)
+            sub.connect(daemon.publisher.endpoint)
+            sub.connect(live.publisher.endpoint)
+            deadline = time.monotonic() + 30
+            while not sub.poll(100):  # until our subscription reaches the live publisher
+                live._next_beat = 0.0
+                live.beat(time.monotonic())
+                assert time.monotonic() < deadline
+            assert sim.wait_for_subscriber(30)
+            sim.send_scan(scan, "s1", line_rate=200.0)
+            messages, overlay = [], None
+            deadline = time.monotonic() + 120
+            while overlay is None:
+                assert sub.poll(int(max(1, deadline - time.monotonic()) * 1000)), f"no overlay; got {messages[-3:]}"
+                frames = sub.recv_multipart()
+                if frames[0] == b"overlay":
+                    overlay, _ = decode_overlay(frames)
+                else:
+                    message = json.loads(frames[1])
+                    if message["kind"] != "status":
+                        messages.append(message)
+            assert live.hook.wait_idle(60)
+            while sub.poll(200):  # the scan_end message, if the overlay overtook it
+                frames = sub.recv_multipart()
+                if frames[0] == b"live" and json.loads(frames[1])["kind"] != "status":
+                    messages.append(json.loads(frames[1]))
+    finally:
+        if live is not None:
+            live.close()
+        if daemon is not None:
+            daemon.stop(drain=True)
+        sub.close()
+        ctx.term()
+
+    assert overlay["file"] == "stream:s1" and overlay["n_defects"] >= 5
+    early = [d for m in messages if m["kind"] == "defects" and m["rows_done"] < ny for d in m["defects"]]
+    assert early, "no defect was published while the scan was running"
+    end = [m for m in messages if m["kind"] == "scan_end"]
+    assert len(end) == 1
+    final = end[0]["defects"]
+    assert len(final) == overlay["n_defects"]
+    for d in overlay["defects"]:
+        nearest = min(math.hypot(f["x_m"] - d["x_m"], f["y_m"] - d["y_m"]) for f in final)
+        assert nearest <= 0.2e-9
+    confirmed = sum(1 for d in overlay["defects"]
+                    if any(math.hypot(e["x_m"] - d["x_m"], e["y_m"] - d["y_m"]) <= 0.2e-9 for e in early))
+    assert confirmed >= 0.6 * overlay["n_defects"]

@@ -102,6 +102,8 @@ database = "sqlite:///{db}"
 publish = ""
 analyser = "standin"
 queue_size = 16
+[live]
+publish = ""
 [folder]
 path = "{scans}"
 stable_s = 0.1
@@ -175,6 +177,8 @@ database = "sqlite:///{tmp_path / 'stmwatch.db'}"
 publish = ""
 analyser = "standin"
 log_level = "{{level}}"
+[live]
+publish = ""
 [folder]
 path = "{scans}"
 """
