@@ -19,6 +19,7 @@ def add_arguments(parser) -> None:
                         "(sets [daemon] driver = stream)")
     parser.add_argument("--db", metavar="URL", help="SQLAlchemy database URL, e.g. sqlite:///stmwatch.db")
     parser.add_argument("--publish", metavar="ENDPOINT", help="ZeroMQ PUB endpoint for overlays ('' = off)")
+    parser.add_argument("--dashboard", action="store_true", help="show the live dashboard in this terminal")
 
 
 def effective_config(args):
@@ -72,4 +73,4 @@ def run(args) -> int:
           + (f", overlays on {daemon.publisher.endpoint}" if daemon.publisher else ""), flush=True)
     from stmwatch.daemon.service import serve  # systemd: READY, WATCHDOG, STATUS, SIGHUP reload, SIGTERM drain
 
-    return serve(daemon, lambda: effective_config(args))
+    return serve(daemon, lambda: effective_config(args), dashboard=getattr(args, "dashboard", False))
