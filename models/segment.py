@@ -138,13 +138,15 @@ class UNetSegmenter:
 
     def __init__(self, model: UNet, backend: Backend, surface: Surface | str, *, version: str,
                  preprocess: PreprocessSettings | None = None, threshold: float = 0.5, min_area_px: int = 6,
-                 tile_px: int = 256, tile_overlap_px: int = 32, batch_size: int = 8, name: str = "unet"):
+                 tile_px: int = 256, tile_overlap_px: int = 32, batch_size: int = 8, max_nm_per_px: float = 0.25,
+                 name: str = "unet"):
         self.model = model.eval()
         self.backend = backend
         self.surface = get_surface(surface) if isinstance(surface, str) else surface
         self.preprocess = preprocess or PreprocessSettings()
         self.threshold, self.min_area_px = threshold, min_area_px
         self.tile_px, self.tile_overlap_px, self.batch_size = tile_px, tile_overlap_px, batch_size
+        self.max_nm_per_px = max_nm_per_px
         self.name, self.version = name, version
         self.last_timing_ms: dict[str, float] = {}
         self.last_probability: np.ndarray | None = None  # (H, W) model pixels, for overlays
@@ -170,8 +172,21 @@ class UNetSegmenter:
                        area_px=comp.area * scan_px_per_model_px, score=float(comp.score), crop=crop)
                 for r, c, x, y, comp, crop in zip(rows, cols, xs, ys, components, crops)]
 
+    def resolves(self, scan: Scan) -> bool:
+        """Whether ``scan``'s pixels are fine enough (``max_nm_per_px`` on both axes) for the UNet:
+        it was trained on 0.06-0.2 nm per pixel, and ~1 nm defects vanish in coarser survey scans."""
+        return max(scan.pixel_size_m) * 1e9 <= self.max_nm_per_px
+
     def segment(self, scan: Scan) -> list[Defect]:
-        """Every defect in ``scan`` (see the module docstring)."""
+        """Every defect in ``scan`` (see the module docstring); none, with a warning, for a scan
+        too coarse to resolve defects (:meth:`resolves`)."""
+        if not self.resolves(scan):
+            dx, dy = (v * 1e9 for v in scan.pixel_size_m)
+            log.warning("%s: pixels of %.3g x %.3g nm are coarser than max_nm_per_px = %g: defects are not "
+                        "resolved, none reported", scan.name, dx, dy, self.max_nm_per_px)
+            self.last_timing_ms = {"preprocess": 0.0}
+            self.last_probability = self.last_prepared = None
+            return []
         t0 = time.perf_counter()
         prepared = prepare(scan, self.surface, self.preprocess)
         t1 = time.perf_counter()

@@ -21,6 +21,7 @@ class ModelSettings:
     tile_overlap_px: int = 32  # overlap between tiles (model pixels)
     batch_tiles: int = 8  # tiles per UNet forward pass (memory grows with it)
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = one per CPU core
+    max_nm_per_px: float = 0.25  # coarser scans (either axis) are not segmented: ~1 nm defects are not resolved
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -31,5 +32,7 @@ class ModelSettings:
             raise ValueError(f"tile_px must be a positive multiple of 8, not {self.tile_px}")
         if not 0 <= self.tile_overlap_px < self.tile_px:
             raise ValueError("tile_overlap_px must be at least 0 and smaller than tile_px")
+        if self.max_nm_per_px <= 0:
+            raise ValueError("max_nm_per_px must be positive")
         if self.batch_tiles < 1 or self.min_area_px < 1 or self.threads < 0:
             raise ValueError("batch_tiles and min_area_px must be at least 1, threads at least 0")

@@ -92,19 +92,21 @@ def join(parts: list[Patches]) -> Patches:
 
 
 def training_scan(surface: str, seed: int):
-    """One simulated training scan: random size, geometry, and either every artefact (at a random
-    level) or the simulator's realistic random mix."""
+    """One simulated training scan: random size and geometry, and mostly every artefact at once (at
+    a random level: double tips, drift, tip changes ... all together, as in the held-out set),
+    else the simulator's realistic random mix."""
     from .simulate import Artefacts, draw_geometry, simulate_scan
 
     rng = np.random.default_rng([seed, 11])
     geometry = draw_geometry(rng, (128, 384))
-    artefacts = Artefacts.all(float(rng.uniform(0.5, 1.5))) if rng.random() < 0.5 else Artefacts.random(rng)
+    artefacts = Artefacts.all(float(rng.uniform(0.6, 1.4))) if rng.random() < 0.8 else Artefacts.random(rng)
     return simulate_scan(surface, seed, artefacts=artefacts, **geometry)
 
 
 def simulated_patches(surfaces: list[str], scans: int, patch: int, radius_px: float, seed_base: int,
-                      per_scan: int = 6) -> Patches:
-    """Patches from ``scans`` simulated scans per surface (seeds ``seed_base + k*100_000 + i``)."""
+                      max_per_scan: int = 10) -> Patches:
+    """Patches from ``scans`` simulated scans per surface (seeds ``seed_base + k*100_000 + i``):
+    about one per ``patch``² of model image, 2 to ``max_per_scan`` per scan."""
     from .preprocess import prepare
 
     parts = []
@@ -122,7 +124,8 @@ def simulated_patches(surfaces: list[str], scans: int, patch: int, radius_px: fl
                 ok = prepared.valid[np.clip(np.rint(centres[:, 0]).astype(int), 0, image.shape[1] - 1),
                                     np.clip(np.rint(centres[:, 1]).astype(int), 0, image.shape[2] - 1)]
                 centres = centres[ok]
-            parts.append(cut_patches(image, centres, patch, per_scan, radius_px, np.random.default_rng(seed)))
+            count = int(np.clip(round(image.shape[1] * image.shape[2] / patch**2), 2, max_per_scan))
+            parts.append(cut_patches(image, centres, patch, count, radius_px, np.random.default_rng(seed)))
     return join(parts)
 
 
@@ -295,7 +298,7 @@ def run(args) -> int:
         with console.status("simulating training scans"):
             data = simulated_patches(args.surfaces, args.scans, args.patch, radius_px, seed_base=args.seed * 10_000)
             val = simulated_patches(args.surfaces, args.val_scans, args.patch, radius_px,
-                                    seed_base=args.seed * 10_000 + 50_000, per_scan=4)
+                                    seed_base=args.seed * 10_000 + 50_000, max_per_scan=4)
         obj = np.empty(len(data.centres), dtype=object)
         obj[:] = data.centres
         vobj = np.empty(len(val.centres), dtype=object)
