@@ -260,23 +260,25 @@ def _counts_text(counts: dict[str, int]) -> str:
 
 def thumbnail(image: np.ndarray, defects: list[tuple[float, float, str]], width: int = 32) -> Text:
     """An image as half-block characters (``▀``: top pixel in the foreground colour, bottom in the
-    background), ``width`` characters wide and half as many lines tall per pixel row pair; defects
-    (display-frame ``(row, col, label)`` of ``image``) in their label colours."""
+    background), ``width`` characters wide, one line per two pixel rows. ``image`` is heights
+    ``(rows, cols)`` (drawn afmhot) or RGB ``(rows, cols, 3)``; defects (display-frame
+    ``(row, col, label)`` of ``image``) in their label colours."""
     from stmwatch.models.render import label_colours, to_rgb
 
-    rows, cols = image.shape
+    rows, cols = image.shape[:2]
     height = max(2, int(round(width * rows / cols)))
     height += height % 2
-    # area-average down to (height, width) pixels
+    # area-average down to (height, width) pixels (per colour channel for an RGB image)
     r_edges = np.linspace(0, rows, height + 1).astype(int)
     c_edges = np.linspace(0, cols, width + 1).astype(int)
-    small = np.full((height, width), np.nan)
+    small = np.full((height, width) + image.shape[2:], np.nan)
     for i in range(height):
         for j in range(width):
             block = image[r_edges[i]:max(r_edges[i + 1], r_edges[i] + 1), c_edges[j]:max(c_edges[j + 1], c_edges[j] + 1)]
-            if np.isfinite(block).any():
-                small[i, j] = np.nanmean(block)
-    rgb = to_rgb(small, colormap="afmhot").astype(int)
+            finite = np.isfinite(block)
+            if finite.any():
+                small[i, j] = np.nanmean(block.reshape(-1, *image.shape[2:]), axis=0)
+    rgb = to_rgb(small, colormap="afmhot").astype(int) if image.ndim == 2 else small.astype(int)
     colours = label_colours(label for _, _, label in defects)
     for row, col, label in defects:
         i = min(height - 1, max(0, int(row / rows * height)))
@@ -293,7 +295,17 @@ def thumbnail(image: np.ndarray, defects: list[tuple[float, float, str]], width:
 
 
 def scan_image(scan_path: str, png: bytes | None = None) -> np.ndarray | None:
-    """The image of the last scan: its ``.sxm`` if it is on this machine, else None."""
+    """The image of the last scan: its ``.sxm`` if it is on this machine, else the overlay's PNG
+    (``publish_png``) as RGB, else None."""
+    if png:
+        try:
+            import io
+
+            from PIL import Image
+
+            return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=float)
+        except Exception as exc:
+            log.debug("overlay PNG unreadable: %s", exc)
     path = Path(scan_path)
     if path.suffix.lower() == ".sxm" and path.is_file():
         try:
@@ -347,8 +359,10 @@ def render(snap: Snapshot, live: LiveState | None = None, view: View | None = No
         now_table.add_row("acquiring", Text(f"{progress.get('name') or progress.get('scan_id')}", style="bold"))
         now_table.add_row("", ProgressBar(total=rows, completed=done, width=30))
         now_table.add_row("", f"{done}/{rows} lines, {int(progress.get('n_defects', 0))} defects so far")
-    current = (status or {}).get("current")
-    now_table.add_row("processing", current or Text("idle", style="dim"))
+    elif (status or {}).get("current"):
+        now_table.add_row("acquiring", Text(str(status["current"]), style="bold"))
+    else:
+        now_table.add_row("acquiring", Text("nothing streamed now", style="dim"))
     last = snap.scans[0] if snap.scans else None
     backend = (status or {}).get("backend") or (last.segmenter if last else None)
     now_table.add_row("queue", str((status or {}).get("queued", "-")))
@@ -386,7 +400,7 @@ def render(snap: Snapshot, live: LiveState | None = None, view: View | None = No
     scans.add_column("surface", no_wrap=True)
     scans.add_column("status", no_wrap=True)
     scans.add_column("defects", justify="right")
-    scans.add_column("by label", overflow="fold")
+    scans.add_column("by label", overflow="fold", ratio=1)
     scans.add_column("analysis", justify="right", no_wrap=True)
     for s in snap.scans:
         scans.add_row(_ago(s.processed, now), s.name, s.surface or "-",
@@ -440,7 +454,12 @@ class Dashboard:
         snap = read_snapshot(self.engine)
         last = snap.scans[0] if snap.scans else None
         if last is not None and self.view.thumbnails and last.path != self._image_key:
-            self._image_key, self._image = last.path, scan_image(last.path)
+            overlay = self.live.last_overlay or {}
+            png = self.live.overlay_png if overlay.get("file") == last.path else None
+            if png or not last.path.startswith("stream:"):
+                self._image_key, self._image = last.path, scan_image(last.path, png)
+        if self._image is not None and self._image.ndim == 3 and last is not None:
+            last.defects = []  # the overlay PNG has its defects drawn already
         colour = self.console.color_system in ("truecolor", "256")
         return render(snap, self.live, self.view, image=self._image, colour=colour)
 
