@@ -3,7 +3,7 @@
 ``load_analyser(config)`` = the UNet segmenter (shipped weights unless ``segmenter_weights`` is
 set, run by the configured backend) + the few-shot classifier when one can be built: the
 classifier module ``stmwatch.models.fewshot.classifier`` must exist and provide
-``load_classifier(settings: ModelSettings, surface: Surface, support: Path) -> Classifier``, and a
+``load_classifier(surface_key, support_dir, weights, unknown_distance) -> Classifier``, and a
 support set must be found (the ``support`` argument, else ``[models] support``, else the shipped
 set ``models/support/<surface>/``). Otherwise the analyser is segment-only and every defect is
 labelled ``defect``.
@@ -79,7 +79,8 @@ def load_classifier(settings: ModelSettings, surface: Surface, support: Path | N
             raise
         log.warning("support set %s given but the few-shot classifier is not installed: segment only", support)
         return None
-    return module.load_classifier(settings, surface, support)
+    weights = Path(settings.classifier_weights).expanduser() if settings.classifier_weights else None
+    return module.load_classifier(surface.key, support, weights, settings.unknown_distance or None)
 
 
 def load_analyser(config, surface: str | None = None, backend: str | None = None,

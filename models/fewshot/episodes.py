@@ -21,8 +21,23 @@ TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "flip_h": lambda x: x[..., ::-1],
     "flip_v": lambda x: x[..., ::-1, :],
     "invert": lambda x: -x,
+    "zoom": lambda x: _zoom(x, 2.0),
 }
-DEFAULT_GENERATE = ("rot90", "flip_v", "invert")
+DEFAULT_GENERATE = ("invert", "zoom")
+
+
+def _zoom(x: np.ndarray, factor: float) -> np.ndarray:
+    """The centre of crops ``(..., H, W)`` magnified ``factor`` times (bilinear), same shape: at the
+    fixed model scale, a defect ``factor`` times as large."""
+    import torch
+    import torch.nn.functional as F
+
+    shape = x.shape
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(-1, 1, *shape[-2:])
+    h, w = shape[-2:]
+    dh, dw = int(round(h / factor)), int(round(w / factor))
+    t = t[..., (h - dh) // 2:(h - dh) // 2 + dh, (w - dw) // 2:(w - dw) // 2 + dw]
+    return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False).reshape(shape).numpy()
 
 
 @dataclasses.dataclass
@@ -60,17 +75,22 @@ def sample_episode(crop_set: CropSet, way: int, shot: int, query: int, rng: np.r
 
 
 def augment(x: np.ndarray, rng: np.random.Generator, shift_px: int = 2, noise: float = 0.1,
-            gain: tuple[float, float] = (0.8, 1.25)) -> np.ndarray:
-    """Training augmentation of crops ``(n, C, H, W)``: a random shift of up to ``shift_px`` pixels
-    (edges repeated), a random gain, and Gaussian noise of standard deviation ``noise`` (model
-    units). Orientation and contrast sign are kept: they are what generated classes change."""
+            gain: tuple[float, float] = (0.8, 1.25), dihedral: bool = False) -> np.ndarray:
+    """Training augmentation of square crops ``(n, C, H, W)``: a random shift of up to ``shift_px``
+    pixels (edges repeated), with ``dihedral`` a random turn by a multiple of 90 degrees and a
+    random mirror (off by default: it turns the fast-scan artefacts and the forward/backward
+    difference, which run along rows, into columns), a random gain, and Gaussian noise of standard deviation ``noise``
+    (model units). The contrast sign and size are kept: generated classes change those."""
     out = np.empty_like(x)
     n, _, h, w = x.shape
     pad = np.pad(x, ((0, 0), (0, 0), (shift_px, shift_px), (shift_px, shift_px)), mode="edge")
     dy = rng.integers(0, 2 * shift_px + 1, n)
     dx = rng.integers(0, 2 * shift_px + 1, n)
+    turns = rng.integers(0, 4, n) if dihedral else np.zeros(n, int)
+    mirror = rng.random(n) < 0.5 if dihedral else np.zeros(n, bool)
     for i in range(n):
-        out[i] = pad[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+        crop = np.rot90(pad[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w], turns[i], axes=(-2, -1))
+        out[i] = crop[..., ::-1] if mirror[i] else crop
     out *= rng.uniform(*gain, size=(n, 1, 1, 1)).astype(np.float32)
     out += rng.normal(0.0, noise, size=out.shape).astype(np.float32)
     return out

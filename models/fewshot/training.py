@@ -38,7 +38,8 @@ class TrainConfig:
     batch_size: int = 64  # SimpleShot batch size
     lr: float = 1e-3
     seed: int = 0
-    augment: bool = True
+    augment: bool = True  # shift, gain and noise (see episodes.augment)
+    dihedral: bool = False  # augmentation also turns/mirrors crops
     generate: tuple[str, ...] = ()  # class-generation transforms; () = off
     surfaces: tuple[str, ...] = ()  # for the record
 
@@ -97,7 +98,7 @@ def _episode_steps(method: FewShotMethod, crop_sets: list[CropSet], config: Trai
         ep = sample_episode(s, way, config.shot, config.query, rng)
         sup, qry = ep.support, ep.query
         if config.augment:
-            sup, qry = augment(sup, rng), augment(qry, rng)
+            sup, qry = augment(sup, rng, dihedral=config.dihedral), augment(qry, rng, dihedral=config.dihedral)
         yield method.episode_loss(_tensor(sup), torch.from_numpy(ep.support_labels), _tensor(qry),
                                   torch.from_numpy(ep.query_labels))
 
@@ -117,7 +118,7 @@ def _supervised_steps(method: FewShotMethod, head: nn.Module, x: np.ndarray, y: 
     """Yields the cross-entropy of one batch after another, drawn from ``x``/``y`` (SimpleShot)."""
     while True:
         idx = rng.choice(len(x), size=min(config.batch_size, len(x)), replace=False)
-        batch = augment(x[idx], rng) if config.augment else x[idx]
+        batch = augment(x[idx], rng, dihedral=config.dihedral) if config.augment else x[idx]
         yield F.cross_entropy(head(method.backbone(_tensor(batch))), torch.from_numpy(y[idx]))
 
 
