@@ -11,6 +11,7 @@ import math
 import socket
 import struct
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -300,3 +301,36 @@ def test_daemon_driver_survives_a_missing_server():
     with NanonisDriver(NanonisSettings(port=port, poll_interval_s=0.05)) as driver:
         assert driver.wait_for_acquisition(0.2) is None
         assert not driver.connected and driver.last_error
+
+
+def test_daemon_with_the_nanonis_driver_stores_each_frame(tmp_path):
+    from stmwatch.daemon.config import config_from_dict
+    from stmwatch.daemon.daemon import Daemon
+    from stmwatch.daemon.db import Database
+    from stmwatch.models.simulate import simulate_scan
+
+    scans = [simulate_scan("si001h", seed, pixels=(96, 96), n_defects=4, direction=d)[0]
+             for seed, d in ((1, "down"), (2, "up"))]
+    with FakeNanonisServer(scans) as server:
+        config = config_from_dict({
+            "daemon": {"driver": "nanonis", "database": f"sqlite:///{tmp_path / 'n.db'}", "publish": "",
+                       "analyser": "standin"},
+            "nanonis": {"port": server.port, "poll_interval_s": 0.1},
+            "live": {"publish": ""}})
+        with Daemon(config) as daemon:
+            for i, scan in enumerate(scans, 1):
+                server.start_scan()
+                # two requests later the driver has seen the scan running (StatusGet between them)
+                assert server.wait_for_waiter(30, after=server.waits + 1)
+                server.advance(scan.shape[0])  # the frame ends
+                deadline = time.monotonic() + 60
+                while daemon.pipeline.stats.submitted < i:  # grabbed and handed to the pipeline
+                    assert time.monotonic() < deadline, "the frame never reached the pipeline"
+                    time.sleep(0.02)
+            assert daemon.wait_idle(60)
+    with Database(config.daemon.database) as db:
+        rows = db.scans()
+    assert [r["source"] for r in rows] == ["nanonis", "nanonis"]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert [(r["columns"], r["rows"]) for r in rows] == [(96, 96), (96, 96)]
+    assert rows[0]["range_x_m"] == pytest.approx(scans[0].range_m[0], rel=1e-6)

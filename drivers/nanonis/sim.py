@@ -13,7 +13,8 @@ Two clocks:
 * ``line_time_s=None`` (tests): nothing moves until the test calls :meth:`FakeNanonisServer.start_scan`,
   :meth:`~FakeNanonisServer.advance` or :meth:`~FakeNanonisServer.complete_scan` (or a client sends
   ``Scan.Action`` start/stop); :meth:`~FakeNanonisServer.wait_for_waiter` tells when a client is
-  blocked in ``WaitEndOfScan``, so a test never depends on timing.
+  blocked in ``WaitEndOfScan`` (optionally: in a later request than a given count), so a test
+  never depends on timing.
 * ``line_time_s > 0`` (demos, benchmarks): a thread acquires one line every ``line_time_s``,
   pauses ``gap_s`` between scans, and cycles through the scans (``repeat``).
 
@@ -66,6 +67,7 @@ class FakeNanonisServer:
         self.ends = 0  # End-of-Scan events so far
         self.last_path = ""
         self.waiters = 0  # clients blocked in WaitEndOfScan now
+        self.waits = 0  # WaitEndOfScan requests so far
         self.commands: list[str] = []  # every command received, in order
         self._stop = threading.Event()
         self._server = _Server((host, port), _Handler)
@@ -152,10 +154,11 @@ class FakeNanonisServer:
         self.last_path = f"C:\\Data\\{self.scan.name}" if saved and self.scan.source else ""
         self._cond.notify_all()
 
-    def wait_for_waiter(self, timeout: float = 10.0) -> bool:
-        """Block until a client waits in ``Scan.WaitEndOfScan`` (False on timeout)."""
+    def wait_for_waiter(self, timeout: float = 10.0, after: int | None = None) -> bool:
+        """Block until a client waits in ``Scan.WaitEndOfScan`` -- with ``after``, in a request
+        later than the first ``after`` ones (see :attr:`waits`) -- False on timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: self.waiters > 0, timeout)
+            return self._cond.wait_for(lambda: self.waiters > 0 and (after is None or self.waits > after), timeout)
 
     def _clock(self) -> None:
         while not self._stop.is_set():
@@ -239,6 +242,7 @@ class _Handler(socketserver.BaseRequestHandler):
             with fake._cond:
                 seen = fake.ends
                 fake.waiters += 1
+                fake.waits += 1
                 fake._cond.notify_all()
                 try:
                     ended = fake._cond.wait_for(lambda: fake.ends > seen or fake._stop.is_set(), timeout)
