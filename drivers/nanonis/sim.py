@@ -284,3 +284,43 @@ def serve(scans: Sequence[Scan], port: int = 6501, line_time_s: float = 0.05, ga
           repeat: bool = True) -> FakeNanonisServer:
     """Start a free-running fake Nanonis on ``port`` (for demos); the caller stops it."""
     return FakeNanonisServer(scans, port=port, line_time_s=line_time_s, gap_s=gap_s, repeat=repeat).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m stmwatch.drivers.nanonis.sim``: a fake Nanonis serving simulated scans, for
+    trying ``driver = "nanonis"`` without a microscope."""
+    import argparse
+    import time
+
+    from stmwatch.models.simulate import simulate_scan
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=6501)
+    parser.add_argument("--surface", default="si001h")
+    parser.add_argument("--scans", type=int, default=4)
+    parser.add_argument("--pixels", type=int, default=256)
+    parser.add_argument("--lines-per-s", type=float, default=20.0)
+    args = parser.parse_args(argv)
+    scans = []
+    for i in range(args.scans):
+        scan, _ = simulate_scan(args.surface, i, pixels=(args.pixels, args.pixels),
+                                direction="down" if i % 2 == 0 else "up")
+        from pathlib import Path
+
+        scan.source = Path(f"sim_{args.surface}_{i:03d}.sxm")
+        scans.append(scan)
+    server = serve(scans, port=args.port, line_time_s=1.0 / args.lines_per_s)
+    print(f"fake Nanonis on 127.0.0.1:{server.port}: {args.scans} scans of {args.pixels} lines at "
+          f"{args.lines_per_s:g} lines/s, repeating; Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
