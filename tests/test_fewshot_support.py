@@ -1,0 +1,59 @@
+"""``stmwatch support add``: the crop is cut at the clicked defect, at the model's 0.1 nm/px."""
+from __future__ import annotations
+
+import numpy as np
+
+from stmwatch.daemon.cli import main
+from stmwatch.drivers.scan import Channel, Scan
+from stmwatch.drivers.sxm import write_sxm
+
+SIZE_NM = 16.0
+BUMP_NM = (5.0, 11.0)  # (down from the top, right from the left edge), nm
+SIGMA_NM = 0.4
+
+
+def bump_scan(px: int, seed: int = 0) -> Scan:
+    """A ``SIZE_NM`` square scan of ``px`` × ``px`` pixels: a Gaussian bump (height 0.025 nm, σ
+    0.4 nm) at ``BUMP_NM`` on 0.005 nm of white noise, Z in metres, forward and backward alike."""
+    rng = np.random.default_rng(seed)
+    centres = (np.arange(px) + 0.5) * SIZE_NM / px  # nm, pixel centres
+    yy, xx = np.meshgrid(centres, centres, indexing="ij")
+    z = 0.025 * np.exp(-((yy - BUMP_NM[0]) ** 2 + (xx - BUMP_NM[1]) ** 2) / (2 * SIGMA_NM ** 2))
+    z = (z + rng.normal(0, 0.005, z.shape)) * 1e-9
+    ch = Channel("Z", "m", forward=z.astype(np.float32), backward=z.astype(np.float32))
+    return Scan([ch], pixels=(px, px), range_m=(SIZE_NM * 1e-9, SIZE_NM * 1e-9))
+
+
+def bright_centre(crop: np.ndarray) -> tuple[float, float]:
+    """Centroid (row, col) of the pixels of ``crop[0]`` above half its maximum."""
+    mask = crop[0] > 0.5 * crop[0].max()
+    rows, cols = np.nonzero(mask)
+    return float(rows.mean()), float(cols.mean())
+
+
+def add(tmp_path, px: int, at_nm: tuple[float, float], label: str) -> np.ndarray:
+    path = write_sxm(bump_scan(px), tmp_path / f"scan{px}.sxm")
+    row, col = (at_nm[0] * px / SIZE_NM - 0.5, at_nm[1] * px / SIZE_NM - 0.5)  # nm -> scan pixel index
+    assert main(["support", "add", "--surface", "si001h", "--label", label, "--scan", str(path),
+                 "--at", f"{row},{col}", "--support", str(tmp_path / "support")]) == 0
+    (saved,) = (tmp_path / "support" / label).glob(f"scan{px}_*.npy")
+    return np.load(saved)
+
+
+def test_crop_is_centred_on_the_defect_at_model_scale_whatever_the_scan_pixels(tmp_path):
+    for px in (320, 80):  # 0.05 and 0.2 nm per scan pixel; the model sees 0.1 nm per pixel
+        crop = add(tmp_path, px, BUMP_NM, f"bump{px}")
+        assert crop.shape == (2, 32, 32) and crop.dtype == np.float32
+        r, c = bright_centre(crop)
+        assert abs(r - 16) <= 1.0 and abs(c - 16) <= 1.0  # crops_at centres pixel 16 (of 0..31)
+        # clicking 1 nm left of and 0.5 nm above the bump puts it 10 model px right, 5 px down
+        off = add(tmp_path, px, (BUMP_NM[0] - 0.5, BUMP_NM[1] - 1.0), f"off{px}")
+        r, c = bright_centre(off)
+        assert abs(r - 21) <= 1.0 and abs(c - 26) <= 1.0
+
+
+def test_support_list_counts_examples(tmp_path, capsys):
+    add(tmp_path, 80, BUMP_NM, "bump")
+    capsys.readouterr()
+    assert main(["support", "list", "--surface", "si001h", "--support", str(tmp_path / "support")]) == 0
+    assert capsys.readouterr().out.split() == ["bump", "1"]
