@@ -136,3 +136,34 @@ def test_thumbnail_half_blocks_and_defect_colour():
 def test_thumbnail_panel_drawn_with_the_last_scan(db_url):
     text = draw(db_url, image=np.random.default_rng(0).normal(size=(64, 64)))
     assert "last scan: a006.sxm" in text and "▀" in text
+
+
+def test_feed_hears_the_daemon_again_after_it_restarts():
+    """The live publisher goes away and comes back on the same endpoint (a daemon restart): the
+    dashboard's feed picks up its heartbeats again without being restarted itself."""
+    from stmwatch.daemon.dashboard import Feed
+    from stmwatch.daemon.live import LivePublisher
+
+    def heard(feed, publisher, state, queued) -> bool:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            publisher({"kind": "status", "queued": queued, "driver": "stream"})
+            feed.poll(state, timeout_s=0.1)
+            if state.status and state.status.get("queued") == queued:
+                return True
+        return False
+
+    first = LivePublisher("tcp://127.0.0.1:*")
+    endpoint = first.endpoint
+    feed = Feed([endpoint])
+    state = LiveState()
+    try:
+        assert heard(feed, first, state, 1)
+        first.close()
+        second = LivePublisher(endpoint)
+        try:
+            assert heard(feed, second, state, 2)
+        finally:
+            second.close()
+    finally:
+        feed.close()
