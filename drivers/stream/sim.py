@@ -45,7 +45,7 @@ class StreamSimulator:
         ctx = self._context or zmq.Context()
         self._context = ctx
         sock = ctx.socket(zmq.XPUB if self.kind == "pub" else zmq.PUSH)
-        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.LINGER, 10_000)  # on close, wait up to 10 s for queued messages to go out
         sock.setsockopt(zmq.SNDHWM, 100_000)
         try:
             if self.bind:
@@ -69,12 +69,7 @@ class StreamSimulator:
 
     def __exit__(self, *exc) -> None:
         if self._socket is not None:
-            if self.bind:
-                try:
-                    self._socket.unbind(self.endpoint)
-                except zmq.ZMQError:
-                    pass
-            self._socket.close()
+            self._socket.close()  # not unbind(): that would drop the messages still queued
             self._socket = None
         if self._own_context and self._context is not None:
             self._context.term()
