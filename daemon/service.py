@@ -280,13 +280,14 @@ def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_
                 notifier.reloading()
                 old = daemon.config
                 live.detach()
-                try:
-                    daemon.reload(load_config())
-                    log.info("config reloaded")
-                except Exception as exc:
-                    log.error("reload failed, keeping the previous config: %s", exc)
-                    if not daemon.running:
-                        daemon.reload(old)
+                with _keepalive(notifier):  # a reload drains the queue first: keep the watchdog fed
+                    try:
+                        daemon.reload(load_config())
+                        log.info("config reloaded")
+                    except Exception as exc:
+                        log.error("reload failed, keeping the previous config: %s", exc)
+                        if not daemon.running:
+                            daemon.reload(old)
                 live.attach()
                 notifier.ready(status_line(daemon))
             error = getattr(daemon, "driver_error", None)
@@ -307,7 +308,8 @@ def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_
         pass
     finally:
         notifier.stopping(f"stopping: draining {daemon_status(daemon)['queued']} queued scan(s)")
-        daemon.stop(drain=True, timeout=stop_timeout_s)
+        with _keepalive(notifier):  # TimeoutStopSec bounds the drain, not the watchdog
+            daemon.stop(drain=True, timeout=stop_timeout_s)
         live.close()
         if board is not None:
             board[1].set()
@@ -335,3 +337,29 @@ def _start_dashboard(daemon):
     thread = threading.Thread(target=board.run, kwargs={"stop": stop}, name="stmwatch-dashboard", daemon=True)
     thread.start()
     return thread, stop
+
+
+class _keepalive:
+    """Ping the watchdog from a thread while the main loop is blocked (reload, drain)."""
+
+    def __init__(self, notifier) -> None:
+        import threading
+
+        self.notifier = notifier
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="stmwatch-watchdog", daemon=True)
+
+    def _run(self) -> None:
+        period = self.notifier.watchdog_period_s
+        while not self.stop.wait(period / 2):
+            self.notifier.watchdog()
+
+    def __enter__(self):
+        if self.notifier.watchdog_period_s:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(5)
