@@ -16,7 +16,6 @@ import time
 import numpy as np
 import pytest
 
-from stmwatch.drivers.nanonis.acquisition import NanonisAcquisition
 from stmwatch.drivers.nanonis.connection import NanonisConnection, NanonisTimeout, split_channel_name
 from stmwatch.drivers.nanonis.protocol import Body, NanonisError, ProtocolError, request_header
 from stmwatch.drivers.nanonis.settings import NanonisSettings
@@ -241,21 +240,6 @@ def test_garbage_names_the_problem():
             NanonisConnection("127.0.0.1", server.port, timeout=1.0) as conn:
         with pytest.raises(ProtocolError, match="Bias.Get: not a Nanonis response"):
             conn.bias_get()
-
-
-def test_acquisition_loop_yields_each_frame_and_stops():
-    settings = NanonisSettings(poll_interval_s=0.2, timeout_s=5.0, channel_indexes=[14, 0])
-    stop = threading.Event()
-    with FakeNanonisServer(SCANS) as server, cf.ThreadPoolExecutor(1) as pool:
-        settings.port = server.port
-        scans = NanonisAcquisition(settings).scans(stop)
-        for want in SCANS[:2]:
-            future = pool.submit(next, scans)
-            assert server.wait_for_waiter(10)
-            server.complete_scan()
-            assert_same_scan(future.result(timeout=30), want)
-        stop.set()
-        assert pool.submit(list, scans).result(timeout=30) == []
 
 
 def test_settings_reject_bad_slots():
