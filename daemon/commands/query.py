@@ -94,7 +94,7 @@ def run(args) -> int:
             table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*(_cell(row.get(c)) for c in TABLE_COLUMNS[args.kind]))
-        Console().print(table)
+        Console(width=None if sys.stdout.isatty() else 240).print(table)
     return 0
 
 
@@ -103,4 +103,6 @@ def _cell(value) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, str) and len(value) > 19 and value[10:11] == "T":
+        return value[:19].replace("T", " ")  # an ISO time, to the second
     return str(value)

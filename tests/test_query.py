@@ -1,0 +1,84 @@
+"""``stmwatch query``: scans, defects and counts from the database, as table, JSON or CSV."""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+
+import pytest
+
+from stmwatch.daemon.cli import main
+from stmwatch.daemon.commands.query import parse_when
+from stmwatch.daemon.db import Database
+
+from .test_db import make_doc
+
+NOW = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+@pytest.fixture
+def url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    with Database(url) as db:
+        db.record(make_doc("old.sxm", "h1", defects=[("vacancy", 1, 2)], processed=NOW - dt.timedelta(hours=5)))
+        db.record(make_doc("new.sxm", "h2", defects=[("vacancy", 3, 4), ("adsorbate", 5, 6)], surface="ge001",
+                           processed=NOW - dt.timedelta(minutes=10)))
+        db.record(make_doc("bad.sxm", "h3", status="failed", error="bad.sxm: file is empty",
+                           processed=NOW - dt.timedelta(minutes=5)))
+    return url
+
+
+def query(capsys, *args) -> tuple[int, str]:
+    code = main(["query", *args])
+    return code, capsys.readouterr().out
+
+
+def test_json_scans_are_objects_keyed_by_column(capsys, url):
+    code, out = query(capsys, "scans", "--db", url, "--format", "json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["path"] for r in rows] == ["old.sxm", "new.sxm", "bad.sxm"]
+    assert {"id", "path", "status", "error", "n_defects"} <= set(rows[0])
+    assert [(r["status"], r["n_defects"], r["error"]) for r in rows] == [
+        ("ok", 1, None), ("ok", 2, None), ("failed", 0, "bad.sxm: file is empty")]
+
+
+def test_counts_and_filters(capsys, url):
+    assert json.loads(query(capsys, "counts", "--db", url, "--format", "json")[1]) == [
+        {"label": "vacancy", "n": 2}, {"label": "adsorbate", "n": 1}]
+    assert json.loads(query(capsys, "counts", "--db", url, "--format", "json", "--since", "1h")[1]) == [
+        {"label": "adsorbate", "n": 1}, {"label": "vacancy", "n": 1}]
+    rows = json.loads(query(capsys, "scans", "--db", url, "--format", "json", "--status", "failed")[1])
+    assert [r["path"] for r in rows] == ["bad.sxm"]
+    rows = json.loads(query(capsys, "scans", "--db", url, "--format", "json", "--label", "adsorbate")[1])
+    assert [r["path"] for r in rows] == ["new.sxm"]
+    rows = json.loads(query(capsys, "defects", "--db", url, "--format", "json", "--surface", "ge001")[1])
+    assert sorted(r["label"] for r in rows) == ["adsorbate", "vacancy"]
+    assert {(r["x_px"], r["y_px"]) for r in rows} == {(4.0, 3.0), (6.0, 5.0)}
+    until = (NOW - dt.timedelta(hours=1)).isoformat()
+    rows = json.loads(query(capsys, "scans", "--db", url, "--format", "json", "--until", until)[1])
+    assert [r["path"] for r in rows] == ["old.sxm"]
+
+
+def test_csv_and_table(capsys, url):
+    code, out = query(capsys, "defects", "--db", url, "--format", "csv", "--label", "vacancy")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and [r["path"] for r in rows] == ["old.sxm", "new.sxm"]
+    assert float(rows[1]["x_m"]) == pytest.approx(4e-10)
+    code, out = query(capsys, "scans", "--db", url)
+    assert code == 0 and "old.sxm" in out and "file is empty" in out and "scans (3)" in out
+
+
+def test_bad_arguments_are_errors(capsys, url):
+    assert main(["query", "scans", "--db", url, "--since", "yesterday-ish"]) == 2
+    assert "neither an ISO date" in capsys.readouterr().err
+    assert main(["query", "scans", "--db", "nosuchdialect://x"]) == 2
+
+
+def test_parse_when():
+    now = dt.datetime(2026, 11, 25, 12, 0)
+    assert parse_when("90m", now) == dt.datetime(2026, 11, 25, 10, 30)
+    assert parse_when("1d", now) == dt.datetime(2026, 11, 24, 12, 0)
+    assert parse_when("2026-11-25T11:00:00+01:00", now) == dt.datetime(2026, 11, 25, 10, 0)
+    assert parse_when("2026-11-20", now) == dt.datetime(2026, 11, 20)
