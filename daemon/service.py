@@ -209,7 +209,16 @@ class LiveSide:
         settings = self.daemon.config.live
         if not settings.enabled or self.daemon.analyser is None:
             return
-        self.hook = LiveSegmenter(self.daemon.analyser, settings, self.publisher)
+        # its own analyser: segmenters keep per-call state and some backends (TensorRT contexts)
+        # must not be shared between threads; the pipeline's worker segments at the same time
+        try:
+            from .daemon import make_analyser
+
+            analyser = make_analyser(self.daemon.config)
+        except Exception as exc:
+            self.log.warning("live segmentation off: cannot load a second analyser (%s)", exc)
+            return
+        self.hook = LiveSegmenter(analyser, settings, self.publisher)
         self.daemon.partial_hooks.append(self.hook)
         if self.daemon.pipeline is not None:
             self.daemon.pipeline.partial_hooks.append(self.hook)
