@@ -400,7 +400,7 @@ def render(snap: Snapshot, live: LiveState | None = None, view: View | None = No
     scans.add_column("surface", no_wrap=True)
     scans.add_column("status", no_wrap=True)
     scans.add_column("defects", justify="right")
-    scans.add_column("by label", overflow="fold", ratio=1)
+    scans.add_column("by label", overflow="ellipsis", no_wrap=True, ratio=1)
     scans.add_column("analysis", justify="right", no_wrap=True)
     for s in snap.scans:
         scans.add_row(_ago(s.processed, now), s.name, s.surface or "-",
