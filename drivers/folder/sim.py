@@ -61,18 +61,19 @@ class FolderSimulator:
         self.written: list[Written] = []
         self._count = 0
 
-    def make(self, index: int | None = None):
-        """``(scan, truth)`` of the simulator's next (or ``index``-th) scan."""
+    def make(self, index: int | None = None, **overrides):
+        """``(scan, truth)`` of the simulator's next (or ``index``-th) scan; ``overrides`` are
+        arguments of :func:`~stmwatch.models.simulate.simulate_scan` for this scan only."""
         from stmwatch.models.simulate import simulate_scan
 
         index = self._count if index is None else index
         pixels = (self.pixels, self.pixels) if isinstance(self.pixels, int) else tuple(self.pixels)
-        return simulate_scan(self.surface, self.seed + index, pixels=pixels, **self.simulate_kwargs)
+        return simulate_scan(self.surface, self.seed + index, pixels=pixels, **{**self.simulate_kwargs, **overrides})
 
     def write_scan(self, chunks: int = 1, pause_s: float = 0.0, name: str | None = None,
-                   stop: threading.Event | None = None) -> Written:
+                   stop: threading.Event | None = None, **overrides) -> Written:
         """Simulate one scan and write it (in ``chunks`` pieces ``pause_s`` apart)."""
-        scan, truth = self.make()
+        scan, truth = self.make(**overrides)
         name = name or f"{self.prefix}_{self._count:04d}.sxm"
         self._count += 1
         path = self.folder / name
