@@ -305,3 +305,36 @@ def test_stream_end_to_end_with_junk_and_a_publisher_restart(tmp_path):
         hits, total = hits + h, total + n
     print(f"e2e stream: {hits} of {total} true defects published within 0.2 nm")
     assert total > 0 and hits >= 0.5 * total, (hits, total)
+
+
+def test_demo_runs_and_ends_with_a_summary_that_matches_its_database(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "stmwatch.daemon", "demo", "--seconds", "4", "--interval", "1",
+                           "--pixels", "64", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Database(f"sqlite:///{tmp_path / 'demo.db'}") as db:
+        totals = db.summary()
+        scans = db.scans()
+    n = totals["ok"] + totals["partial"] + totals["failed"]
+    assert n >= 3 and len(scans) == n == len(list((tmp_path / "scans").glob("*.sxm")))
+    assert f"stmwatch demo: {n} scans ({totals['ok']} ok, {totals['partial']} partial, " \
+           f"{totals['failed']} failed), {totals['defects']} defects" in proc.stdout
+    assert "defects by label" in proc.stdout and "stmwatch query scans --db" in proc.stdout
+
+
+def test_retarget_example_orders_targets_as_a_tip_path():
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        from retarget import targets_from_overlay
+    finally:
+        sys.path.pop(0)
+    nm = 1e-9
+    message = {"status": "ok", "geometry": {"offset_m": [0.0, 0.0]}, "defects": [
+        {"x_m": 5 * nm, "y_m": 0.0, "label": "dangling_bond", "score": 0.9},
+        {"x_m": 1 * nm, "y_m": 0.0, "label": "dangling_bond", "score": 0.8},
+        {"x_m": 1.3 * nm, "y_m": 0.0, "label": "dangling_bond", "score": 0.95},  # too close to the 0.8 one
+        {"x_m": 3 * nm, "y_m": 0.0, "label": "vacancy", "score": 0.99},
+        {"x_m": -2 * nm, "y_m": 0.0, "label": "dangling_bond", "score": 0.2},  # low score
+    ]}
+    targets = targets_from_overlay(message, {"dangling_bond"}, min_score=0.5, keep_out_m=1 * nm)
+    assert [(t["order"], round(t["x_m"] / nm, 3)) for t in targets] == [(0, 1.3), (1, 5.0)]
+    assert targets_from_overlay({"status": "failed", "defects": []}) == []

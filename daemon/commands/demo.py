@@ -84,7 +84,7 @@ def print_summary(console, database: str) -> None:
     n = totals["ok"] + totals["partial"] + totals["failed"]
     console.print(f"\n[bold]stmwatch demo: {n} scans[/bold] ({totals['ok']} ok, {totals['partial']} partial, "
                   f"{totals['failed']} failed), {totals['defects']} defects")
-    table = Table(title="defects by label", title_justify="left")
+    table = Table(title="defects by label", title_justify="left", min_width=30)
     table.add_column("label")
     table.add_column("n", justify="right")
     for row in counts:
@@ -159,8 +159,12 @@ def run(args) -> int:
 
     def finish() -> None:
         microscope.join(args.interval * 2 + 30)
-        # the last file is complete: give the daemon time to take and finish it
-        time.sleep(0.5 if args.stream else 1.0)
+        # the last scan is complete: let the daemon take it (nothing pending) and finish it
+        time.sleep(0.5)
+        tracker = getattr(daemon.connection, "tracker", None)
+        deadline = time.monotonic() + config.folder.stable_s + 10
+        while tracker is not None and tracker.pending and time.monotonic() < deadline:
+            time.sleep(0.1)
         daemon.wait_idle(120)
         stop_view.set()
 
