@@ -102,6 +102,7 @@ class Daemon:
         config = self.config
         config.check()
         opened: list = []
+        connection = open_driver(config)  # checks the driver's settings (e.g. the folder exists)
         try:
             self.db = Database(config.daemon.database)
             opened.append(self.db)
@@ -116,7 +117,6 @@ class Daemon:
             self.pipeline = Pipeline(
                 self.analyser, sinks, surface=config.models.surface, config_version=config_version(config),
                 queue_size=config.daemon.queue_size, is_known=self.db.seen, partial_hooks=self.partial_hooks)
-            connection = open_driver(config)
             self.connection = connection.__enter__()
         except BaseException:
             for thing in reversed(opened):

@@ -76,3 +76,15 @@ def test_command_line_overrides_the_config(tmp_path):
     assert config.daemon.database == "sqlite:///a.db"  # from the file
     with pytest.raises(ConfigError):
         effective_config(ns(None, str(tmp_path), "tcp://x:1", None, None))
+
+
+def test_run_stops_at_start_with_a_clear_error(tmp_path, capsys):
+    from stmwatch.daemon.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[daemon]\nqueue_size = -1\n")
+    assert main(["run", "--config", str(bad)]) == 2
+    assert "queue_size" in capsys.readouterr().err
+    assert main(["run", "--watch", str(tmp_path / "missing"), "--db", f"sqlite:///{tmp_path / 'x.db'}",
+                 "--publish", ""]) == 2
+    assert "is not a folder" in capsys.readouterr().err
