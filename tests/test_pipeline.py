@@ -167,3 +167,56 @@ def test_config_version_changes_with_any_value_but_not_the_file_name(tmp_path):
     assert config_version(a) == config_version(b) and len(config_version(a)) == 12
     b.models.threshold = 0.6
     assert config_version(a) != config_version(b)
+
+
+def test_daemon_reload_switches_database_and_folder_and_publishes_pngs(tmp_path):
+    import dataclasses
+    import json
+
+    import zmq
+
+    from stmwatch.daemon.config import DaemonSettings
+    from stmwatch.daemon.daemon import Daemon
+    from stmwatch.daemon.db import Database
+    from stmwatch.drivers.folder.settings import FolderSettings
+    from stmwatch.drivers.sxm import write_sxm
+    from stmwatch.models.standin import standin_analyser
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    config = Config(daemon=DaemonSettings(database=f"sqlite:///{tmp_path / 'a.db'}", publish="tcp://127.0.0.1:*",
+                                          publish_png=True),
+                    folder=FolderSettings(path=str(a), stable_s=1.0))
+    states = []
+    daemon = Daemon(config, analyser=standin_analyser(), on_state=states.append)
+    daemon.start()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"overlay")
+    sub.connect(daemon.publisher.endpoint)
+    try:
+        scan, _ = simulate_scan("si001h", 5, pixels=(48, 48), n_defects=3)
+        import time
+
+        time.sleep(0.3)  # the SUB joins
+        write_sxm(scan, a / "one.sxm")
+        assert sub.poll(30_000), "no overlay"
+        frames = sub.recv_multipart()
+        assert json.loads(frames[1])["file"] == str(a / "one.sxm")
+        assert frames[2][:8] == b"\x89PNG\r\n\x1a\n"
+        new = dataclasses.replace(config, folder=FolderSettings(path=str(b), stable_s=1.0))
+        new.daemon = dataclasses.replace(config.daemon, database=f"sqlite:///{tmp_path / 'b.db'}", publish="")
+        daemon.reload(new)
+        write_sxm(scan, b / "two.sxm")
+        write_sxm(simulate_scan("si001h", 6, pixels=(48, 48))[0], a / "ignored_now.sxm")
+        deadline = time.monotonic() + 30
+        while not Database(new.daemon.database).scans() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        daemon.wait_idle(30)
+    finally:
+        daemon.stop()
+        sub.close()
+        ctx.term()
+    assert [r["path"] for r in Database(config.daemon.database).scans()] == [str(a / "one.sxm")]
+    assert [r["path"] for r in Database(new.daemon.database).scans()] == [str(b / "two.sxm")]
+    assert states == ["starting", "ready", "stopping", "stopped", "starting", "ready", "stopping", "stopped"]

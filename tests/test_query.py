@@ -82,3 +82,27 @@ def test_parse_when():
     assert parse_when("1d", now) == dt.datetime(2026, 11, 24, 12, 0)
     assert parse_when("2026-11-25T11:00:00+01:00", now) == dt.datetime(2026, 11, 25, 10, 0)
     assert parse_when("2026-11-20", now) == dt.datetime(2026, 11, 20)
+
+
+def test_listen_prints_what_is_published(capsys):
+    import threading
+    import time
+
+    from stmwatch.daemon.publisher import OverlayPublisher
+
+    doc = make_doc("pub.sxm", "h9", defects=[("vacancy", 3.0, 4.0)])
+    publisher = OverlayPublisher("tcp://127.0.0.1:*")
+    codes = []
+    listener = threading.Thread(target=lambda: codes.append(
+        main(["listen", "--endpoint", publisher.endpoint, "--count", "2", "--timeout", "20"])))
+    listener.start()
+    try:
+        while listener.is_alive():  # a PUB drops messages until the SUB has joined: keep publishing
+            publisher(doc)
+            time.sleep(0.05)
+    finally:
+        publisher.close()
+    out = capsys.readouterr().out
+    assert codes == [0]
+    assert out.count("pub.sxm: ok, vacancy 1") == 2
+    assert "vacancy (0.400, -0.300) nm" in out  # x_m = 4e-10, y_m = -3e-10 from make_doc
