@@ -39,17 +39,18 @@ def add_arguments(parser) -> None:
 
 
 def _analyser(config, choice: str):
-    from stmwatch.daemon.daemon import make_analyser
+    """The analyser the daemon's live hook would run (``live.live_analyser``)."""
+    from stmwatch.daemon.live import live_analyser
 
     config.daemon.analyser = choice
     try:
-        return make_analyser(config), choice
+        return live_analyser(config), choice
     except (FileNotFoundError, OSError) as exc:
         if choice != "shipped":
             raise
         print(f"note: shipped models not available ({exc}); using the stand-in segmenter", file=sys.stderr)
         config.daemon.analyser = "standin"
-        return make_analyser(config), "standin"
+        return live_analyser(config), "standin"
 
 
 def stream_one(segmenter, scan, settings, line_period_s: float, match_px: float) -> dict:

@@ -109,6 +109,21 @@ class LivePublisher:
             self._context = None
 
 
+def live_analyser(config):
+    """The analyser live segmentation runs: a second one beside the pipeline's (segmenters keep
+    per-call state, TensorRT contexts are per thread). The UNet runs on the torch backend unless
+    ``[models] backend`` names TensorRT: an ONNX export takes one tile shape only, while band
+    passes run faster on tiles just taller than the band."""
+    if config.daemon.analyser == "standin":
+        from .daemon import make_analyser
+
+        return make_analyser(config)
+    from stmwatch.models.load import load_analyser
+
+    backend = config.models.backend if config.models.backend == "tensorrt" else "torch"
+    return load_analyser(config, backend=backend)
+
+
 # ---- one band -------------------------------------------------------------------------------------
 def band_scan(scan: Scan, lo: int, hi: int) -> Scan:
     """Display rows ``lo .. hi-1`` of ``scan`` as a :class:`Scan` of their own: same pixel size,
@@ -195,6 +210,7 @@ class LiveSegmenter:
             return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
 
     _busy = False
+    _band_tiles = True  # False once the segmenter refused a band-sized tile
 
     def _work(self) -> None:
         while True:
@@ -297,6 +313,29 @@ class LiveSegmenter:
                 next_id += 1
         return {"n_defects": len(final), "defects": final, "retracted": sorted(free), "confirmed": confirmed}
 
+    def _segment_band(self, band: Scan):
+        """Segment a band; a tiled segmenter (``tile_px``, ``tile_overlap_px``, ``surface``) gets
+        tiles just taller than the band for it: a square tile of the whole-frame size would be
+        mostly zero padding below the newest line (same network, a quarter of the work)."""
+        seg = self.segmenter
+        full = getattr(seg, "tile_px", None)
+        surface = getattr(seg, "surface", None)
+        if not full or not hasattr(surface, "nm_per_px") or not self._band_tiles:
+            return seg.segment(band)
+        overlap = int(getattr(seg, "tile_overlap_px", 0))
+        model_rows = band.shape[0] * band.pixel_size_m[1] * 1e9 / surface.nm_per_px
+        tile = int(min(full, max(2 * overlap + 16, 16 * math.ceil((model_rows + overlap / 2) / 16))))
+        seg.tile_px = tile
+        try:
+            return seg.segment(band)
+        except Exception as exc:  # a backend built for one input shape (an ONNX/TensorRT export)
+            log.info("live: the segmenter takes only %d px tiles (%s); band passes use them", full,
+                     str(exc).splitlines()[0][:120])
+            self._band_tiles = False
+        finally:
+            seg.tile_px = full
+        return seg.segment(band)
+
     def _band_defects(self, scan: Scan, rows_done: int, new_lines: int, last: bool):
         """Segment the band of the newest lines: ``(defect in full-scan pixels, complete)`` for each
         defect not cut by the band's old edge."""
@@ -314,7 +353,7 @@ class LiveSegmenter:
             hi = lo + height
         if hi - lo < 4:
             return []
-        defects = self.segmenter.segment(band_scan(scan, lo, hi))
+        defects = self._segment_band(band_scan(scan, lo, hi))
         out = []
         for d in defects:
             r = radius_px(d.area_px)

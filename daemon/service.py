@@ -209,12 +209,10 @@ class LiveSide:
         settings = self.daemon.config.live
         if not settings.enabled or self.daemon.analyser is None:
             return
-        # its own analyser: segmenters keep per-call state and some backends (TensorRT contexts)
-        # must not be shared between threads; the pipeline's worker segments at the same time
         try:
-            from .daemon import make_analyser
+            from .live import live_analyser
 
-            analyser = make_analyser(self.daemon.config)
+            analyser = live_analyser(self.daemon.config)
         except Exception as exc:
             self.log.warning("live segmentation off: cannot load a second analyser (%s)", exc)
             return
