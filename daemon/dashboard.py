@@ -133,6 +133,7 @@ class LiveState:
     status: dict | None = None  # the last heartbeat: queue, done, driver, backend, current
     status_at: float | None = None  # time.monotonic() of that heartbeat
     progress: dict | None = None  # a scan being acquired: scan_id, name, rows_done, rows, defects
+    progress_at: float | None = None  # time.monotonic() of the last progress
     last_overlay: dict | None = None
     overlay_png: bytes | None = None
 
@@ -160,6 +161,7 @@ class LiveState:
             elif kind in ("progress", "defects"):
                 self.progress = {**(self.progress or {}), **message} if (
                     self.progress and self.progress.get("scan_id") == message.get("scan_id")) else message
+                self.progress_at = time.monotonic()
             elif kind == "scan_end":
                 self.progress = None
 
@@ -354,6 +356,8 @@ def render(snap: Snapshot, live: LiveState | None = None, view: View | None = No
     now_table.add_column(style="bold", no_wrap=True)
     now_table.add_column()
     progress = live.progress
+    if live.progress_at is not None and time.monotonic() - live.progress_at > 3 * DAEMON_SILENT_S:
+        progress = None  # no line for long: the scan was stopped, or its end was missed
     if progress and progress.get("rows"):
         done, rows = int(progress.get("rows_done", 0)), int(progress["rows"])
         now_table.add_row("acquiring", Text(f"{progress.get('name') or progress.get('scan_id')}", style="bold"))
