@@ -113,6 +113,8 @@ def test_live_heartbeat_and_progress_are_shown(db_url):
     assert "64/256 lines, 5 defects so far" in text
     live.status_at = time.monotonic() - 60  # the daemon went quiet (restarting)
     assert "daemon not answering" in draw(db_url, live)
+    live.progress_at = time.monotonic() - 60  # and the scan stopped sending lines long ago
+    assert "64/256" not in draw(db_url, live)
 
 
 def test_unreadable_database_is_shown_not_raised(tmp_path):
