@@ -29,6 +29,8 @@ from .publisher import OverlayPublisher
 
 log = logging.getLogger(__name__)
 
+RESTART_S = 2.0  # wait before reopening a driver that failed
+
 
 def make_analyser(config: Config) -> Analyser:
     """The analyser ``[daemon] analyser`` names: the shipped models, or the classical stand-in."""
@@ -132,11 +134,15 @@ class Daemon:
         self._state("ready")
 
     def _drive(self) -> None:
-        """The driver thread: events from the connection into the pipeline (blocking when full)."""
-        conn, pipeline = self.connection, self.pipeline
-        try:
-            while not self._stopping.is_set():
-                event = conn.wait_for_acquisition(timeout=0.2)
+        """The driver thread: events from the connection into the pipeline (blocking when full).
+        A driver that raises is logged, closed and opened again after ``RESTART_S`` seconds."""
+        pipeline = self.pipeline
+        while not self._stopping.is_set():
+            try:
+                if self.connection is None:
+                    self.connection = open_driver(self.config).__enter__()
+                    log.info("driver reopened")
+                event = self.connection.wait_for_acquisition(timeout=0.2)
                 if event is None:
                     continue
                 if isinstance(event, PartialScan):
@@ -146,9 +152,14 @@ class Daemon:
                     if self._stopping.is_set():
                         log.info("%s: not queued before stop; it will be taken again on start", event.path)
                         return
-        except Exception as exc:
-            self.driver_error = exc
-            log.exception("driver stopped with an error")
+            except Exception as exc:
+                self.driver_error = exc
+                log.exception("driver failed; reopening it in %g s", RESTART_S)
+                with contextlib.suppress(Exception):
+                    if self.connection is not None:
+                        self.connection.__exit__(None, None, None)
+                self.connection = None
+                self._stopping.wait(RESTART_S)
 
     def stop(self, drain: bool = True, timeout: float | None = 60.0) -> None:
         """Stop taking scans; finish the queued ones (``drain``) or only the one in hand; close all."""
@@ -160,7 +171,8 @@ class Daemon:
             self._thread.join(timeout)
             self._thread = None
         with contextlib.suppress(Exception):
-            self.connection.__exit__(None, None, None)
+            if self.connection is not None:
+                self.connection.__exit__(None, None, None)
         self.connection = None
         self.pipeline.stop(drain=drain, timeout=timeout)
         for thing in (self.publisher, self.db):

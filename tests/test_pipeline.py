@@ -220,3 +220,51 @@ def test_daemon_reload_switches_database_and_folder_and_publishes_pngs(tmp_path)
     assert [r["path"] for r in Database(config.daemon.database).scans()] == [str(a / "one.sxm")]
     assert [r["path"] for r in Database(new.daemon.database).scans()] == [str(b / "two.sxm")]
     assert states == ["starting", "ready", "stopping", "stopped", "starting", "ready", "stopping", "stopped"]
+
+
+def test_a_driver_that_fails_is_reopened(tmp_path, monkeypatch):
+    import stmwatch.daemon.daemon as daemon_module
+    from stmwatch.daemon.config import DaemonSettings
+
+    acq, truth = simulated("after_restart.sxm", 7)
+    opened = []
+
+    class Flaky:
+        """First connection: the share went away (OSError). Second: one scan."""
+
+        def __init__(self):
+            self.n = len(opened)
+            self.sent = False
+            opened.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def wait_for_acquisition(self, timeout):
+            if self.n == 0:
+                raise OSError("Stale file handle")
+            if not self.sent:
+                self.sent = True
+                return acq
+            return None
+
+    monkeypatch.setattr(daemon_module, "open_driver", lambda config: Flaky())
+    monkeypatch.setattr(daemon_module, "RESTART_S", 0.05)
+    docs = []
+    config = Config(daemon=DaemonSettings(database=f"sqlite:///{tmp_path / 'r.db'}", publish=""))
+    d = daemon_module.Daemon(config, analyser=Analyser(TruthSegmenter({"after_restart.sxm": truth.defects})),
+                             sinks=[docs.append])
+    d.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 20
+        while not docs and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        d.stop()
+    assert isinstance(d.driver_error, OSError) and len(opened) == 2  # opened in start() and failed; reopened
+    assert [doc.path for doc in docs] == ["after_restart.sxm"] and len(docs[0].defects) == len(truth.defects)

@@ -59,6 +59,7 @@ class _Candidate:
     size: int = -1
     mtime_ns: int = -1
     since: float = 0.0  # clock time when the size last changed
+    expected: int | None = None  # size its header implies, once the header is complete
 
 
 class FileTracker:
@@ -108,8 +109,12 @@ class FileTracker:
                 self.forget(path)  # an event for content already taken (e.g. a close after write)
                 continue
             if (st.st_size, st.st_mtime_ns) != (cand.size, cand.mtime_ns):
+                if st.st_size < cand.size:
+                    cand.expected = None  # rewritten from the start: read its header again
                 cand.size, cand.mtime_ns, cand.since = st.st_size, st.st_mtime_ns, now
-            expected = expected_size(path) if st.st_size > 0 else None
+            if cand.expected is None and st.st_size > 0:
+                cand.expected = expected_size(path)  # the header is read until it is complete
+            expected = cand.expected
             if expected is not None and st.st_size >= expected:
                 out.append((path, True))
             elif now - cand.since >= self.stable_s:
