@@ -30,6 +30,7 @@ from .publisher import OverlayPublisher
 log = logging.getLogger(__name__)
 
 RESTART_S = 2.0  # wait before reopening a driver that failed
+MAX_RESTARTS = 5  # failures in a row after which the driver thread gives up (driver_error set)
 
 
 def make_analyser(config: Config) -> Analyser:
@@ -84,7 +85,8 @@ class Daemon:
         self.connection = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self.driver_error: BaseException | None = None
+        self.driver_error: BaseException | None = None  # set when the driver thread gave up
+        self.last_driver_error: BaseException | None = None
 
     def _state(self, state: str) -> None:
         log.info("daemon %s", state)
@@ -135,14 +137,19 @@ class Daemon:
 
     def _drive(self) -> None:
         """The driver thread: events from the connection into the pipeline (blocking when full).
-        A driver that raises is logged, closed and opened again after ``RESTART_S`` seconds."""
+
+        A driver that raises is logged, closed and opened again after ``RESTART_S`` seconds; after
+        ``MAX_RESTARTS`` failures in a row the thread ends with ``driver_error`` set (a service
+        manager then restarts the daemon). ``last_driver_error`` keeps the latest failure."""
         pipeline = self.pipeline
+        failures = 0
         while not self._stopping.is_set():
             try:
                 if self.connection is None:
                     self.connection = open_driver(self.config).__enter__()
                     log.info("driver reopened")
                 event = self.connection.wait_for_acquisition(timeout=0.2)
+                failures = 0
                 if event is None:
                     continue
                 if isinstance(event, PartialScan):
@@ -153,12 +160,17 @@ class Daemon:
                         log.info("%s: not queued before stop; it will be taken again on start", event.path)
                         return
             except Exception as exc:
-                self.driver_error = exc
-                log.exception("driver failed; reopening it in %g s", RESTART_S)
+                failures += 1
+                self.last_driver_error = exc
                 with contextlib.suppress(Exception):
                     if self.connection is not None:
                         self.connection.__exit__(None, None, None)
                 self.connection = None
+                if failures > MAX_RESTARTS:
+                    log.exception("driver failed %d times in a row; giving up", failures)
+                    self.driver_error = exc
+                    return
+                log.exception("driver failed; reopening it in %g s", RESTART_S)
                 self._stopping.wait(RESTART_S)
 
     def stop(self, drain: bool = True, timeout: float | None = 60.0) -> None:

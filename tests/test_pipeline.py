@@ -253,6 +253,7 @@ def test_a_driver_that_fails_is_reopened(tmp_path, monkeypatch):
 
     monkeypatch.setattr(daemon_module, "open_driver", lambda config: Flaky())
     monkeypatch.setattr(daemon_module, "RESTART_S", 0.05)
+    monkeypatch.setattr(daemon_module, "MAX_RESTARTS", 1)
     docs = []
     config = Config(daemon=DaemonSettings(database=f"sqlite:///{tmp_path / 'r.db'}", publish=""))
     d = daemon_module.Daemon(config, analyser=Analyser(TruthSegmenter({"after_restart.sxm": truth.defects})),
@@ -266,5 +267,34 @@ def test_a_driver_that_fails_is_reopened(tmp_path, monkeypatch):
             time.sleep(0.05)
     finally:
         d.stop()
-    assert isinstance(d.driver_error, OSError) and len(opened) == 2  # opened in start() and failed; reopened
+    assert isinstance(d.last_driver_error, OSError) and d.driver_error is None
+    assert len(opened) == 2  # opened in start() and failed; reopened
     assert [doc.path for doc in docs] == ["after_restart.sxm"] and len(docs[0].defects) == len(truth.defects)
+
+
+def test_a_driver_that_keeps_failing_gives_up(tmp_path, monkeypatch):
+    import time
+
+    import stmwatch.daemon.daemon as daemon_module
+    from stmwatch.daemon.config import DaemonSettings
+
+    class Broken:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def wait_for_acquisition(self, timeout):
+            raise OSError("gone for good")
+
+    monkeypatch.setattr(daemon_module, "open_driver", lambda config: Broken())
+    monkeypatch.setattr(daemon_module, "RESTART_S", 0.01)
+    config = Config(daemon=DaemonSettings(database=f"sqlite:///{tmp_path / 'g.db'}", publish=""))
+    d = daemon_module.Daemon(config, analyser=Analyser(TruthSegmenter({})))
+    d.start()
+    deadline = time.monotonic() + 20
+    while d.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not d.running and isinstance(d.driver_error, OSError)
+    d.stop()
