@@ -29,11 +29,13 @@ Kinds:
     ``channels`` ``[{"name", "unit", "directions": ["forward", "backward"]}]``; optional
     ``bias_v``, ``acquired`` (ISO 8601), ``surface``. Payload empty.
 ``lines``
-    header: ``row`` (display-frame row index of the first line, row 0 at the top), optional
-    ``count`` (default 1). Payload: for each line, for each channel, for each of its directions,
-    one row of ``columns`` values **in display order** (left to right, a backward row already
-    mirrored). Lines arrive in acquisition order: increasing rows for ``down``, decreasing for
-    ``up``; a line behind one already received is out of order and dropped.
+    header: ``row`` (display-frame row index, row 0 at the top), optional ``count`` (default 1):
+    the message carries display rows ``row … row + count - 1``. Payload: for each of those rows
+    in that order, for each channel, for each of its directions (forward first), ``columns``
+    values **in display order** (left to right, a backward row already mirrored). Messages arrive
+    in acquisition order: rows increasing for ``down``, decreasing for ``up``; a message whose
+    first acquired row is not past the last one received is out of order and dropped (a gap --
+    lost lines -- is accepted; those rows stay NaN).
 ``scan_end``
     header: optional ``aborted`` (bool). Closes the scan; lines never received stay NaN.
 ``frame``
