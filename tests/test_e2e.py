@@ -74,6 +74,18 @@ def wait_until(predicate, timeout: float, what: str, step: float = 0.1):
     pytest.fail(f"gave up after {timeout:g} s waiting for {what}")
 
 
+def conventions_position(geometry: dict, row: float, col: float) -> tuple[float, float]:
+    """Scanner-frame metres of display pixel (row, col), written out from shared/docs/conventions.md
+    (independently of ``Scan.pixel_to_scanner``)."""
+    nx, ny = geometry["pixels"]
+    w, h = geometry["range_m"]
+    cx, cy = geometry["offset_m"]
+    theta = np.radians(geometry["angle_deg"])
+    u = ((col + 0.5) / nx - 0.5) * w
+    v = (0.5 - (row + 0.5) / ny) * h
+    return cx + u * np.cos(theta) + v * np.sin(theta), cy - u * np.sin(theta) + v * np.cos(theta)
+
+
 def matched_fraction(published: list[dict], truth_defects) -> tuple[int, int]:
     """(truth defects with a published defect within MATCH_M, truth defects)."""
     if not truth_defects:
@@ -172,6 +184,9 @@ def test_folder_end_to_end_against_simulator_truth(tmp_path):
         assert sorted((d["x_m"], d["y_m"]) for d in mine) == sorted((d["x_m"], d["y_m"]) for d in overlay["defects"])
         assert overlay["geometry"]["offset_m"] == list(GEOMETRY["offset_m"])
         assert overlay["geometry"]["angle_deg"] == GEOMETRY["angle_deg"]
+        for d in overlay["defects"]:  # pixels and metres agree, by the conventions' formula
+            x, y = conventions_position(overlay["geometry"], d["y_px"], d["x_px"])
+            assert abs(x - d["x_m"]) < 1e-13 and abs(y - d["y_m"]) < 1e-13  # px are rounded to 1e-3 px
         h, n = matched_fraction(overlay["defects"], w.truth.defects)
         hits, total = hits + h, total + n
     print(f"e2e folder: {hits} of {total} true defects published within 0.2 nm")
