@@ -8,10 +8,8 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess

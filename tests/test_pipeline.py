@@ -4,7 +4,6 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import pytest
 
 from stmwatch.daemon.config import Config
 from stmwatch.daemon.documents import Acquisition, PartialScan, sha256

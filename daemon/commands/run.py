@@ -5,7 +5,8 @@ import dataclasses
 import sys
 
 HELP = "run the daemon: watch a folder or a stream, analyse each scan, store and publish defects"
-DESCRIPTION = """Run the daemon until Ctrl-C or SIGTERM (it finishes the scans already queued).
+DESCRIPTION = """Run the daemon until Ctrl-C or SIGTERM (it finishes the scans already queued); SIGHUP
+reloads the config file.
 
 Settings come from --config (config.toml; every key is documented there); the flags below override
 it. A wrong key or value in the config, a missing folder, an unusable database URL or a taken
@@ -47,8 +48,6 @@ def effective_config(args):
 
 def run(args) -> int:
     import logging
-    import signal
-    import threading
 
     from stmwatch.daemon.config import ConfigError
     from stmwatch.daemon.daemon import Daemon
@@ -61,7 +60,6 @@ def run(args) -> int:
         return 2
     if not getattr(args, "verbose", 0):
         logging.getLogger().setLevel(config.daemon.log_level.upper())
-    stop = threading.Event()
     daemon = Daemon(config)
     try:
         daemon.start()
