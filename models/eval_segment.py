@@ -100,14 +100,16 @@ def truth_points_m(scan, truth) -> np.ndarray:
     return np.array(points, dtype=float).reshape(-1, 2)
 
 
-def held_out_scan(surface: str, index: int, seed: int = HELD_OUT_SEED, pixels: tuple[int, int] = (256, 512)):
-    """One held-out simulated scan → ``(Scan, Truth)``: all artefacts, random direction, angle,
-    offset and size (``pixels`` range), from seed ``seed + index`` (also seeding the choices)."""
+def held_out_scan(surface: str, index: int, seed: int = HELD_OUT_SEED, pixels: tuple[int, int] = (256, 512),
+                  artefacts: str = "all"):
+    """One held-out simulated scan → ``(Scan, Truth)``: ``artefacts`` (``Artefacts.parse``: "all",
+    "none", "drift,scars=2" ...), random direction, angle, offset and size (``pixels`` range), from
+    seed ``seed + index`` (also seeding the choices)."""
     from .simulate import Artefacts, draw_geometry, simulate_scan
 
     rng = np.random.default_rng([seed + index, 13])
     geometry = draw_geometry(rng, pixels)  # size, 0.06-0.2 nm/px, angle, offset, direction
-    return simulate_scan(surface, seed + index, artefacts=Artefacts.all(), **geometry)
+    return simulate_scan(surface, seed + index, artefacts=Artefacts.parse(artefacts), **geometry)
 
 
 def evaluate_segmenter(segmenter, scans, radius_m: float = MATCH_RADIUS_NM * 1e-9) -> DetectionScore:
@@ -122,7 +124,7 @@ def evaluate_segmenter(segmenter, scans, radius_m: float = MATCH_RADIUS_NM * 1e-
 
 def evaluate_surfaces(surfaces: list[str], n_scans: int, *, config=None, backend: str | None = None,
                       weights: str | None = None, seed: int = HELD_OUT_SEED, pixels=(256, 512),
-                      radius_nm: float = MATCH_RADIUS_NM) -> dict[str, dict]:
+                      radius_nm: float = MATCH_RADIUS_NM, artefacts: str = "all") -> dict[str, dict]:
     """F1 and median position errors (nm) per surface on ``n_scans`` held-out scans each."""
     from stmwatch.daemon.config import load_config
 
@@ -136,7 +138,7 @@ def evaluate_surfaces(surfaces: list[str], n_scans: int, *, config=None, backend
     for key in surfaces:
         segmenter = load_segmenter(config.models, get_surface(key), config.preprocess, backend)
         t0 = time.perf_counter()
-        scans = (held_out_scan(key, i, seed, pixels) for i in range(n_scans))
+        scans = (held_out_scan(key, i, seed, pixels, artefacts) for i in range(n_scans))
         score = evaluate_segmenter(segmenter, scans, radius_nm * 1e-9)
         results[key] = {
             "scans": n_scans, "true": score.tp + score.fn, "found": score.tp + score.fp, "tp": score.tp,
@@ -154,15 +156,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="first held-out seed")
     parser.add_argument("--weights", help="UNet checkpoint (default: the shipped weights)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), help="inference backend")
+    parser.add_argument("--artefacts", default="all", help='simulated artefacts: "all" (default), "none", '
+                        'or a list such as "drift,scars=2" (names of simulate.Artefacts)')
     parser.add_argument("--radius-nm", type=float, default=MATCH_RADIUS_NM, help="match radius (nm)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
 
-def print_table(results: dict[str, dict], radius_nm: float) -> None:
+def print_table(results: dict[str, dict], radius_nm: float, artefacts: str = "all") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"segmentation on held-out simulated scans (match radius {radius_nm} nm)", title_justify="left")
+    table = Table(title=f"segmentation on held-out simulated scans (artefacts: {artefacts}; match radius "
+                        f"{radius_nm} nm)", title_justify="left")
     for name in ("surface", "scans", "true", "found", "precision", "recall", "F1", "median |dx| nm", "median |dy| nm"):
         table.add_column(name, justify="left" if name == "surface" else "right")
     for key, r in results.items():
@@ -173,9 +178,9 @@ def print_table(results: dict[str, dict], radius_nm: float) -> None:
 
 def run(args) -> int:
     results = evaluate_surfaces(args.surfaces, args.scans, backend=args.backend, weights=args.weights,
-                                seed=args.seed, radius_nm=args.radius_nm)
+                                seed=args.seed, radius_nm=args.radius_nm, artefacts=args.artefacts)
     if args.json:
         print(json.dumps(results))
     else:
-        print_table(results, args.radius_nm)
+        print_table(results, args.radius_nm, args.artefacts)
     return 0

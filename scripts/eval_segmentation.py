@@ -29,11 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     results = eval_segment.evaluate_surfaces(args.surfaces, args.scans, backend=args.backend, weights=args.weights,
-                                             seed=args.seed, radius_nm=args.radius_nm)
+                                             seed=args.seed, radius_nm=args.radius_nm, artefacts=args.artefacts)
     if args.json:
         print(json.dumps(results, indent=1))
     else:
-        eval_segment.print_table(results, args.radius_nm)
+        eval_segment.print_table(results, args.radius_nm, args.artefacts)
     passed = all(r["f1"] >= 0.90 and max(r["median_dx_nm"], r["median_dy_nm"]) < 0.1 for r in results.values())
     print("target (F1 >= 0.90, median error < 0.1 nm on every surface):", "met" if passed else "NOT met",
           file=sys.stderr)
