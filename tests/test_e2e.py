@@ -62,6 +62,18 @@ def e2e_analyser(config: Config):
         return standin_analyser(config.models.surface, config.preprocess)
 
 
+class Gated:
+    """An analyser that waits for ``gate`` before its first scan."""
+
+    def __init__(self, analyser, gate: threading.Event):
+        self.analyser, self.gate = analyser, gate
+        self.model_versions = analyser.model_versions
+
+    def analyse(self, scan, read_ms: float = 0.0):
+        assert self.gate.wait(60)
+        return self.analyser.analyse(scan, read_ms)
+
+
 def wait_until(predicate, timeout: float, what: str, step: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -138,11 +150,13 @@ def test_folder_end_to_end_against_simulator_truth(tmp_path):
     # two scans already there before the daemon starts (backlog)
     sim.write_scan()
     sim.write_scan()
-    daemon = Daemon(config, analyser=analyser)
+    gate = threading.Event()
+    daemon = Daemon(config, analyser=Gated(analyser, gate))
     daemon.start()
     listener = Listener(daemon.publisher.endpoint)
     try:
-        time.sleep(0.3)  # let the SUB join (a PUB drops messages for a subscriber not yet connected)
+        time.sleep(0.5)  # let the SUB join (a PUB drops messages for a subscriber not yet connected)
+        gate.set()  # only now may the backlog go through
         for i in range(10):
             if i % 3 == 0:
                 sim.write_scan(chunks=6, pause_s=0.15)  # written slowly, in place
