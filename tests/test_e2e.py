@@ -262,23 +262,34 @@ def test_kill_9_in_the_middle_then_restart_loses_and_duplicates_nothing(tmp_path
         f'[daemon]\ndriver = "folder"\ndatabase = "sqlite:///{db_path}"\npublish = ""\nanalyser = "standin"\n'
         f'[folder]\npath = "{watch}"\nstable_s = 1.0\n')
     sim = FolderSimulator(watch, pixels=64, seed=300, n_defects=3)
-    for _ in range(4):
+    for _ in range(3):  # the backlog
         sim.write_scan()
+    stop = threading.Event()
+
+    def microscope():  # one scan about every 0.4 s, each written in pieces
+        for _ in range(14):
+            if stop.is_set():
+                return
+            sim.write_scan(chunks=3, pause_s=0.1)
+            time.sleep(0.1)
+
+    writer = threading.Thread(target=microscope, daemon=True)
     log = tmp_path / "daemon.log"
     proc = _daemon_process(config_path, log)
     try:
-        for _ in range(4):
-            sim.write_scan(chunks=3, pause_s=0.05)
-        wait_until(lambda: _count(db_path) >= 3, 60, "the first scans in the database")
-        proc.send_signal(signal.SIGKILL)  # no drain, no cleanup
+        writer.start()
+        wait_until(lambda: _count(db_path) >= 4, 60, "the first scans in the database")
+        proc.send_signal(signal.SIGKILL)  # in the middle of the stream of scans: no drain, no cleanup
         proc.wait(10)
-        for _ in range(4):  # the microscope goes on while the daemon is down
-            sim.write_scan()
+        print(f"killed with {_count(db_path)} scans recorded, {len(sim.written)} written, "
+              f"the microscope {'still writing' if writer.is_alive() else 'done'}")
+        time.sleep(0.5)  # the microscope goes on while the daemon is down
         proc = _daemon_process(config_path, log)
-        sim.write_scan()
-        wait_until(lambda: _count(db_path) >= 13, 60, "all 13 scans after the restart")
+        writer.join(60)
+        wait_until(lambda: _count(db_path) >= len(sim.written), 60, f"all {len(sim.written)} scans after the restart")
         time.sleep(1.0)  # anything more would be a duplicate
     finally:
+        stop.set()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(20)
