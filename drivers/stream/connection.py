@@ -41,6 +41,7 @@ class StreamConnection:
         self._own_context = context is None
         self._socket: zmq.Socket | None = None
         self._events: collections.deque = collections.deque()
+        self._warned: list[str] = []  # scans whose lines were dropped as not open (warned once)
 
     def __enter__(self) -> "StreamConnection":
         ctx = self._context or zmq.Context()
@@ -84,7 +85,15 @@ class StreamConnection:
             events = self.assembler.feed(msg, now)
         except ProtocolError as exc:
             self.dropped += 1
-            log.warning("stream: dropped a message: %s", exc)
+            # a daemon that joins mid-scan sees every remaining line of it: warn once per scan
+            key = str(exc).split(",")[0] if "which is not open" in str(exc) else None
+            if key is not None and key in self._warned:
+                log.debug("stream: dropped a message: %s", exc)
+            else:
+                log.warning("stream: dropped a message: %s", exc)
+                if key is not None:
+                    self._warned.append(key)
+                    del self._warned[:-16]
             return
         except Exception as exc:  # never fatal
             self.dropped += 1
