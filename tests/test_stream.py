@@ -174,3 +174,14 @@ def test_pull_connection_binds_and_yields_partial_events():
     assert [e.rows_done for e in events[:-1]] == [4, 8, 12, 16]
     assert events[-1].complete
     assert_same_frames(events[-1].read(), scan)
+
+
+def test_joining_mid_scan_drops_its_lines_with_one_warning(caplog):
+    scan = sim_scan()
+    conn = StreamConnection(StreamSettings())
+    with caplog.at_level("WARNING", logger="stmwatch.drivers.stream.connection"):
+        for r in range(5):
+            conn._handle(encode_lines(scan, "joined-late", r), 0.0)
+        conn._handle(encode_scan_end("joined-late"), 0.0)
+    assert conn.dropped == 6 and list(conn._events) == []
+    assert len(caplog.records) == 1 and "joined-late" in caplog.records[0].getMessage()
