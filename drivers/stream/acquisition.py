@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 Event = PartialScan | Acquisition
 
 
+class NotOpenError(ProtocolError):
+    """A ``lines``/``scan_end`` for a scan that is not open (e.g. the daemon joined mid-scan)."""
+
+    def __init__(self, scan_id: str, message: str):
+        self.scan_id = scan_id
+        super().__init__(message)
+
+
 @dataclasses.dataclass
 class _Open:
     scan_id: str
@@ -92,7 +100,7 @@ class StreamAssembler:
 
         o = self.current
         if o is None or o.scan_id != msg.scan_id:
-            raise ProtocolError(f"{msg.kind} for scan {msg.scan_id!r}, which is not open "
+            raise NotOpenError(msg.scan_id, f"{msg.kind} for scan {msg.scan_id!r}, which is not open "
                                 f"(open: {o.scan_id if o else None!r})")
         if msg.kind == "scan_end":
             aborted = bool(msg.header.get("aborted", False))

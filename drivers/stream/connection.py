@@ -21,7 +21,7 @@ import zmq
 
 from stmwatch.daemon.documents import Acquisition, PartialScan, ProtocolError, parse_message
 
-from .acquisition import StreamAssembler
+from .acquisition import NotOpenError, StreamAssembler
 from .settings import StreamSettings
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class StreamConnection:
         except ProtocolError as exc:
             self.dropped += 1
             # a daemon that joins mid-scan sees every remaining line of it: warn once per scan
-            key = str(exc).split(",")[0] if "which is not open" in str(exc) else None
+            key = exc.scan_id if isinstance(exc, NotOpenError) else None
             if key is not None and key in self._warned:
                 log.debug("stream: dropped a message: %s", exc)
             else:
