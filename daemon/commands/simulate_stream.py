@@ -22,6 +22,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--surface", default="si001h", help="si001h | ge001 | tio2110")
     parser.add_argument("--pixels", type=int, default=128, help="pixels per side")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first scan")
+    parser.add_argument("--defects", type=int, default=None, help="defects per scan (default: a random density)")
     parser.add_argument("--frames", action="store_true", help="send whole frames instead of lines")
     parser.add_argument("--junk", type=int, default=0, metavar="N", help="a junk message after every N lines")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between scans")
@@ -48,7 +49,8 @@ def run(args) -> int:
             return 1
         counter = range(args.scans) if args.scans else itertools.count()
         for i in counter:
-            scan, truth = simulate_scan(args.surface, args.seed + i, pixels=(args.pixels, args.pixels))
+            scan, truth = simulate_scan(args.surface, args.seed + i, pixels=(args.pixels, args.pixels),
+                                        n_defects=args.defects)
             scan_id = f"sim-{args.seed + i:05d}"
             if args.frames:
                 sim.send_frame(scan, scan_id, surface=args.surface)
