@@ -7,10 +7,12 @@ offset, and each experimental artefact on at random; each is preprocessed exactl
 cached in ``OUT/data.npz``). The target is a disc of ``--disc-nm`` radius at each true defect
 centre, which makes the component centroid the defect position.
 
-Augmentation, per batch: the four flips that keep scan lines horizontal (identity, left-right with
-the forward/backward channels swapped, up-down, both) -- the lattice appears at every angle in the
-data already, and a transposition would turn scan-line artefacts into columns, which no microscope
-makes -- and extra experimental noise (``simulate.apply_noise``: line offsets, scars, tip changes,
+Augmentation, per batch: the four flips that keep scan lines horizontal (identity, left-right,
+up-down, both) -- the lattice appears at every angle in the data already, and a transposition
+would turn scan-line artefacts into columns, which no microscope makes. The channels are never
+swapped: the truth is where a defect appears in the *forward* frame (channel 0), and the backward
+frame is shifted against it along the line (hysteresis); swapping would teach the network to sit
+between the two. Then extra experimental noise (``simulate.apply_noise``: line offsets, scars, tip changes,
 1/f noise, drift) on the image, the labels left clean.
 
 Loss: binary cross-entropy + soft Dice. Each epoch prints loss and validation detection F1
@@ -132,12 +134,12 @@ def simulated_patches(surfaces: list[str], scans: int, patch: int, radius_px: fl
 # ---- augmentation --------------------------------------------------------------------------------
 def augment(images: np.ndarray, targets: np.ndarray, rng: np.random.Generator,
             noise: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Random scan-line-preserving flips per sample, and extra experimental noise on a fraction
-    ``noise`` of the images (labels untouched)."""
+    """Random scan-line-preserving flips per sample (both channels and the target alike), and
+    extra experimental noise on a fraction ``noise`` of the images (labels untouched)."""
     images, targets = images.copy(), targets.copy()
     for i in range(len(images)):
-        if rng.random() < 0.5:  # left-right: a forward trace becomes a backward one
-            images[i] = images[i][::-1, :, ::-1]
+        if rng.random() < 0.5:  # left-right; channels not swapped: the target stays on channel 0
+            images[i] = images[i][:, :, ::-1]
             targets[i] = targets[i][:, ::-1]
         if rng.random() < 0.5:
             images[i] = images[i][:, ::-1, :]

@@ -152,3 +152,17 @@ def test_tiny_training_learns_blobs_and_resumes(tmp_path):
     history = train(again, data, val, tmp_path, epochs=3, steps=5, batch=8, lr=1e-2, seed=0, noise=0.0,
                     resume=True, progress=False)
     assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_augmentation_keeps_the_target_on_the_forward_channel():
+    from stmwatch.models.train_unet import augment
+
+    images = np.zeros((64, 2, 16, 16), np.float32)
+    images[:, 0, 3, 5] = 1.0  # forward frame: the defect
+    images[:, 1, 3, 7] = 1.0  # backward frame: the same defect, shifted along the line
+    targets = np.zeros((64, 16, 16), np.float32)
+    targets[:, 3, 5] = 1.0
+    out, tgt = augment(images, targets, np.random.default_rng(0), noise=0.0)
+    assert len({(int(np.argmax(t)) // 16, int(np.argmax(t)) % 16) for t in tgt}) == 4  # all four flips occur
+    for x, t in zip(out, tgt):
+        assert np.array_equal(x[0] == 1.0, t == 1.0)
