@@ -80,7 +80,11 @@ def load_classifier(settings: ModelSettings, surface: Surface, support: Path | N
         log.warning("support set %s given but the few-shot classifier is not installed: segment only", support)
         return None
     weights = Path(settings.classifier_weights).expanduser() if settings.classifier_weights else None
-    return module.load_classifier(surface.key, support, weights, settings.unknown_distance or None)
+    try:
+        return module.load_classifier(surface.key, support, weights, settings.unknown_distance or None)
+    except FileNotFoundError as exc:  # e.g. classifier weights not trained/shipped yet
+        log.warning("few-shot classifier not available (%s): segment only", exc)
+        return None
 
 
 def load_analyser(config, surface: str | None = None, backend: str | None = None,
