@@ -3,8 +3,8 @@
 The input is one model-scale scan of ``--size``² pixels and 2 channels (default 512², what a 51.2 nm
 frame becomes), random normal values (the UNet's cost does not depend on them). Every backend runs
 the same tiled inference (:func:`~stmwatch.models.unet.tiled_predict`, ``[models]`` tile, overlap
-and batch) on it: one warm-up, then ``--repeat`` timed runs, median reported with its ratio to
-eager torch (> 1 = faster). A backend that cannot run here is listed with the reason. The outputs
+and batch) on it: one warm-up, then ``--repeat`` timed runs taken in turns across the backends,
+median reported with its ratio to eager torch (> 1 = faster). A backend that cannot run here is listed with the reason. The outputs
 are also compared with eager torch (max |Δprob|).
 """
 from __future__ import annotations
@@ -29,39 +29,39 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
 
-def time_backend(backend, image: np.ndarray, tile: int, overlap: int, batch: int, repeat: int) -> tuple[float, np.ndarray]:
-    """Median ms of ``repeat`` runs of tiled inference on ``image`` after one warm-up; and the output."""
-    from .unet import tiled_predict
-
-    prob = tiled_predict(image, backend, tile, overlap, batch)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        tiled_predict(image, backend, tile, overlap, batch)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times)), prob
-
-
 def bench(model, image: np.ndarray, tile: int, overlap: int, batch: int, repeat: int, threads: int,
           cache_dir: str | None = None) -> list[dict]:
-    """One row per backend: name, ms (median), ratio to eager torch, max |Δprob| to torch, note."""
-    from .backends import BackendUnavailable, make_backend
+    """One row per backend: name, ms (median), ratio to eager torch, max |Δprob| to torch, note.
 
-    rows, reference, torch_ms = [], None, None
+    Each backend runs once to warm up; then the timed runs go round the backends in turn
+    (torch, onnxruntime, ..., torch, onnxruntime, ...), so that a change in the machine's load
+    during the run falls on all of them alike.
+    """
+    from .backends import BackendUnavailable, make_backend
+    from .unet import tiled_predict
+
+    rows, backends, outputs = {}, {}, {}
     for name in ("torch", "onnxruntime", "tensorrt"):
         try:
-            backend = make_backend(name, model, tile, batch, cache_dir, threads)
+            backends[name] = make_backend(name, model, tile, batch, cache_dir, threads)
+            outputs[name] = tiled_predict(image, backends[name], tile, overlap, batch)  # warm-up
         except BackendUnavailable as exc:
-            rows.append({"backend": name, "ms": None, "ratio": None, "max_abs_diff": None, "note": f"not available: {exc}"})
-            continue
-        ms, prob = time_backend(backend, image, tile, overlap, batch, repeat)
-        if name == "torch":
-            reference, torch_ms = prob, ms
-        note = "eager, eval mode" if name == "torch" else ("fp16 engine" if name == "tensorrt" else
-                                                            "graph optimisation ALL, BatchNorm folded")
-        rows.append({"backend": name, "ms": round(ms, 2), "ratio": round(torch_ms / ms, 2),
-                     "max_abs_diff": float(np.abs(prob - reference).max()), "note": note})
-    return rows
+            rows[name] = {"backend": name, "ms": None, "ratio": None, "max_abs_diff": None,
+                          "note": f"not available: {exc}"}
+    times: dict[str, list[float]] = {name: [] for name in backends}
+    for _ in range(repeat):
+        for name, backend in backends.items():
+            t0 = time.perf_counter()
+            tiled_predict(image, backend, tile, overlap, batch)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    notes = {"torch": "eager, eval mode", "onnxruntime": "graph optimisation ALL, BatchNorm folded",
+             "tensorrt": "fp16 engine"}
+    torch_ms = float(np.median(times["torch"]))
+    for name in backends:
+        ms = float(np.median(times[name]))
+        rows[name] = {"backend": name, "ms": round(ms, 2), "ratio": round(torch_ms / ms, 2),
+                      "max_abs_diff": float(np.abs(outputs[name] - outputs["torch"]).max()), "note": notes[name]}
+    return [rows[name] for name in ("torch", "onnxruntime", "tensorrt")]
 
 
 def run(args) -> int:
@@ -69,6 +69,7 @@ def run(args) -> int:
 
     import torch
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from stmwatch.daemon.config import load_config
@@ -94,6 +95,6 @@ def run(args) -> int:
     for r in rows:
         table.add_row(r["backend"], "-" if r["ms"] is None else f"{r['ms']:.1f}",
                       "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
-                      "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}", r["note"])
+                      "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}", escape(r["note"]))
     Console().print(table)
     return 0

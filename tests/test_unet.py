@@ -166,3 +166,19 @@ def test_augmentation_keeps_the_target_on_the_forward_channel():
     assert len({(int(np.argmax(t)) // 16, int(np.argmax(t)) % 16) for t in tgt}) == 4  # all four flips occur
     for x, t in zip(out, tgt):
         assert np.array_equal(x[0] == 1.0, t == 1.0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the TensorRT row on a machine without a GPU")
+def test_bench_rows(tmp_path):
+    from stmwatch.models.bench_segment import bench
+
+    image = np.random.default_rng(4).normal(size=(2, 100, 100)).astype(np.float32)
+    rows = bench(small_unet(), image, tile=64, overlap=16, batch=4, repeat=2, threads=1, cache_dir=str(tmp_path))
+    by_name = {r["backend"]: r for r in rows}
+    assert list(by_name) == ["torch", "onnxruntime", "tensorrt"]
+    assert by_name["torch"]["ratio"] == 1.0 and by_name["torch"]["ms"] > 0
+    assert by_name["tensorrt"]["ms"] is None and "stmwatch[gpu]" in by_name["tensorrt"]["note"]
+    if _has("onnxruntime"):
+        assert by_name["onnxruntime"]["max_abs_diff"] < 1e-3
+        ratio = by_name["torch"]["ms"] / by_name["onnxruntime"]["ms"]
+        assert by_name["onnxruntime"]["ratio"] == pytest.approx(ratio, rel=0.01)
