@@ -50,16 +50,18 @@ BAD_REASONS = {
 
 
 def e2e_analyser(config: Config):
-    """The shipped UNet analyser when its weights are installed, else the stand-in blob detector."""
+    """``(analyser, least fraction of true defects to find within 0.2 nm)``: the shipped UNet
+    analyser when its weights are installed (interim weights: ~0.8), else the stand-in blob
+    detector (~0.6)."""
     try:
         from stmwatch.models.load import load_analyser
 
-        return load_analyser(config)
+        return load_analyser(config), 0.65
     except (FileNotFoundError, ImportError) as exc:
         from stmwatch.models.standin import standin_analyser
 
         print(f"e2e: shipped models not available ({exc}); using the stand-in segmenter")
-        return standin_analyser(config.models.surface, config.preprocess)
+        return standin_analyser(config.models.surface, config.preprocess), 0.5
 
 
 class Gated:
@@ -145,7 +147,7 @@ def test_folder_end_to_end_against_simulator_truth(tmp_path):
     watch = tmp_path / "scans"
     watch.mkdir()
     config = folder_config(tmp_path, watch)
-    analyser = e2e_analyser(config)
+    analyser, least = e2e_analyser(config)
     sim = FolderSimulator(watch, pixels=PIXELS, seed=100, **GEOMETRY)
     # two scans already there before the daemon starts (backlog)
     sim.write_scan()
@@ -203,7 +205,7 @@ def test_folder_end_to_end_against_simulator_truth(tmp_path):
         hits, total = hits + h, total + n
     print(f"e2e folder: {hits} of {total} true defects published within 0.2 nm")
     assert total >= 30
-    assert hits >= 0.5 * total, f"only {hits} of {total} true defects published within 0.2 nm"
+    assert hits >= least * total, f"only {hits} of {total} true defects published within 0.2 nm"
     for name, words in BAD_REASONS.items():
         row = by_path[str(watch / name)]
         assert row["status"] == "failed" and words in row["error"], row
@@ -312,7 +314,7 @@ def test_stream_end_to_end_with_junk_and_a_publisher_restart(tmp_path):
     config = Config(daemon=DaemonSettings(driver="stream", database=f"sqlite:///{tmp_path / 's.db'}",
                                           publish="tcp://127.0.0.1:*"),
                     stream=StreamSettings(endpoint=endpoint, timeout_s=30))
-    analyser = e2e_analyser(config)
+    analyser, least = e2e_analyser(config)
     command = [sys.executable, "-m", "stmwatch.daemon", "simulate-stream", "--endpoint", endpoint,
                "--line-rate", "0", "--lines-per-message", "2", "--pixels", "64", "--pause", "0", "--junk", "5", "--defects", "3"]
     with Daemon(config, analyser=analyser) as daemon:
@@ -342,7 +344,7 @@ def test_stream_end_to_end_with_junk_and_a_publisher_restart(tmp_path):
         h, n = matched_fraction(message["defects"], truth.defects)
         hits, total = hits + h, total + n
     print(f"e2e stream: {hits} of {total} true defects published within 0.2 nm")
-    assert total >= 9 and hits >= 0.5 * total, (hits, total)
+    assert total >= 9 and hits >= least * total, (hits, total)
 
 
 def test_demo_runs_and_ends_with_a_summary_that_matches_its_database(tmp_path):
