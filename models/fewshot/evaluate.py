@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     table.add_argument("--table", action="store_true", help="train and evaluate all six rows, write Markdown")
     table.add_argument("--work", default="fewshot-table", help="--table: folder for crops and weights")
     table.add_argument("--out-md", default="docs/fewshot_table.md", help="--table: Markdown file to write")
-    table.add_argument("--train-episodes", type=int, default=600, help="--table: training episodes per model")
-    table.add_argument("--per-class", type=int, default=60, help="--table: simulated crops per class")
+    table.add_argument("--train-episodes", type=int, default=1500, help="--table: training episodes per model")
+    table.add_argument("--per-class", type=int, default=1200, help="--table: simulated training crops per class")
+    table.add_argument("--jobs", type=int, default=1, help="--table: processes (one per table, 1 thread each)")
 
 
 def run(args) -> int:

@@ -29,6 +29,7 @@ from .training import TrainConfig, save, train
 log = logging.getLogger(__name__)
 
 TRAIN_SEED, TEST_SEED, EPISODE_SEED = 1, 2, 0
+TEST_PER_CLASS = 60  # 1 support + 15 queries per episode, drawn from 60
 SURFACES = ("si001h", "ge001", "tio2110")
 GENERATE = DEFAULT_GENERATE
 
@@ -63,47 +64,60 @@ SETTINGS = (
 
 
 def simulate_crops(work: Path, per_class: int) -> tuple[Path, Path]:
-    """The train and test crop folders under ``work`` (simulated unless already there)."""
+    """The train (``per_class`` crops per class) and test (``TEST_PER_CLASS``) crop folders under
+    ``work``, simulated unless already there."""
     from stmwatch.models.simulate import make_crops
 
     folders = []
-    for name, seed in (("train", TRAIN_SEED), ("test", TEST_SEED)):
+    for name, seed, n in (("train", TRAIN_SEED, per_class), ("test", TEST_SEED, TEST_PER_CLASS)):
         folder = work / f"crops-{name}-seed{seed}"
         if not all((folder / s).is_dir() for s in SURFACES):
-            log.info("simulating %d crops per class (seed %d) into %s", per_class, seed, folder)
-            make_crops(folder, list(SURFACES), per_class, seed)
+            log.warning("simulating %d crops per class (seed %d) into %s", n, seed, folder)
+            make_crops(folder, list(SURFACES), n, seed)
         folders.append(folder)
     return folders[0], folders[1]
 
 
+def run_setting(setting: Setting, train_dir: Path, test_dir: Path, work: Path, episodes: int,
+                train_episodes: int, threads: int = 1) -> list[dict]:
+    """Train and evaluate every row of one table and the ablation row; one dict per row."""
+    import torch
+
+    torch.set_num_threads(threads)
+    rows = []
+    plan = [(title, method, backbone, ()) for title, method, backbone in ROWS]
+    plan.append(("Prototypical + generated classes", "proto", "conv4", GENERATE))
+    tests = load_surface(test_dir, setting.test)
+    for title, method, backbone, generate in plan:
+        surfaces = setting.train_resnet if backbone == "resnet18" else setting.train
+        config = TrainConfig(method=method, backbone=backbone, episodes=train_episodes, seed=TRAIN_SEED,
+                             generate=tuple(generate), surfaces=surfaces)
+        t0 = time.perf_counter()
+        net = train([load_surface(train_dir, s) for s in surfaces], config)
+        if method != "pixel_nn":
+            tag = f"{setting.key}-{method}-{backbone}" + ("-gen" if generate else "")
+            save(work / "weights" / f"{tag}.pt", net, config)
+        r = evaluate(net, tests, way=4, shot=1, query=15, episodes=episodes, seed=EPISODE_SEED)
+        r.update(title=title, method=method, backbone=backbone,
+                 trained_on=[] if method == "pixel_nn" else list(surfaces), generate=list(generate),
+                 train_s=round(time.perf_counter() - t0, 1))
+        rows.append(r)
+        log.warning("%s: %s: %.2f ± %.2f %% (%.0f s)", setting.key, title, 100 * r["accuracy"], 100 * r["ci95"],
+                    r["train_s"])
+    return rows
+
+
 def run_rows(train_dir: Path, test_dir: Path, work: Path, episodes: int, train_episodes: int,
-             console=None) -> dict:
-    """Train and evaluate every row of both tables and the ablation; returns the results by table."""
-    sets: dict[str, CropSet] = {s: load_surface(train_dir, s) for s in SURFACES}
-    tests: dict[str, CropSet] = {s: load_surface(test_dir, s) for s in SURFACES}
-    results: dict = {}
-    for setting in SETTINGS:
-        rows = []
-        plan = [(title, method, backbone, ()) for title, method, backbone in ROWS]
-        plan.append(("Prototypical + generated classes", "proto", "conv4", GENERATE))
-        for title, method, backbone, generate in plan:
-            surfaces = setting.train_resnet if backbone == "resnet18" else setting.train
-            config = TrainConfig(method=method, backbone=backbone, episodes=train_episodes, seed=TRAIN_SEED,
-                                 generate=tuple(generate), surfaces=surfaces)
-            t0 = time.perf_counter()
-            net = train([sets[s] for s in surfaces], config)
-            if method != "pixel_nn":
-                tag = f"{setting.key}-{method}-{backbone}" + ("-gen" if generate else "")
-                save(work / "weights" / f"{tag}.pt", net, config)
-            r = evaluate(net, tests[setting.test], way=4, shot=1, query=15, episodes=episodes, seed=EPISODE_SEED)
-            r.update(title=title, method=method, backbone=backbone,
-                     trained_on=[] if method == "pixel_nn" else list(surfaces), generate=list(generate),
-                     train_s=round(time.perf_counter() - t0, 1))
-            rows.append(r)
-            line = f"{setting.key}: {title}: {100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} %"
-            console.print(line) if console else log.info(line)
-        results[setting.key] = rows
-    return results
+             jobs: int = 1) -> dict:
+    """Both tables (one process per table when ``jobs`` > 1); returns the rows by table key."""
+    if jobs <= 1:
+        return {s.key: run_setting(s, train_dir, test_dir, work, episodes, train_episodes) for s in SETTINGS}
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(jobs, len(SETTINGS))) as pool:
+        futures = {s.key: pool.submit(run_setting, s, train_dir, test_dir, work, episodes, train_episodes)
+                   for s in SETTINGS}
+        return {k: f.result() for k, f in futures.items()}
 
 
 TITLES = {"si001h": "Si", "ge001": "Ge", "tio2110": "TiO2"}
@@ -143,9 +157,11 @@ def run_table(args) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     train_dir, test_dir = simulate_crops(work, args.per_class)
-    results = run_rows(train_dir, test_dir, work, args.episodes, args.train_episodes, console)
+    t0 = time.perf_counter()
+    results = run_rows(train_dir, test_dir, work, args.episodes, args.train_episodes, args.jobs)
     command = (f"stmwatch eval fewshot --table --work {args.work} --per-class {args.per_class} "
-               f"--train-episodes {args.train_episodes} --episodes {args.episodes} --threads {args.threads}")
+               f"--train-episodes {args.train_episodes} --episodes {args.episodes} --jobs {args.jobs}")
+    console.print(f"both tables in {time.perf_counter() - t0:.0f} s")
     out = Path(args.out_md)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(results, command))

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="conv4", choices=("conv4", "resnet18"))
     parser.add_argument("--episodes", type=int, default=1000, help="training episodes (SimpleShot: batches)")
     parser.add_argument("--way", type=int, default=8, help="classes per training episode")
-    parser.add_argument("--shot", type=int, default=1)
+    parser.add_argument("--shot", type=int, default=5, help="support crops per class in training episodes")
     parser.add_argument("--query", type=int, default=8, help="query crops per class per episode")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)

@@ -32,7 +32,7 @@ class TrainConfig:
     method: str = "proto"
     backbone: str = "conv4"
     way: int = 8  # classes per training episode (capped at the classes a surface has)
-    shot: int = 1
+    shot: int = 5  # support crops per class in training episodes (tests are 1-shot; see docs/fewshot.md)
     query: int = 8  # query crops per class per episode
     episodes: int = 1000  # training episodes (SimpleShot: batches)
     batch_size: int = 64  # SimpleShot batch size
