@@ -5,5 +5,5 @@
 # Usage: scripts/fewshot_table.sh [WORK_DIR]   (crops and weights go to WORK_DIR, default fewshot-table)
 set -euo pipefail
 work="${1:-fewshot-table}"
-stmwatch eval fewshot --table --work "$work" --per-class 400 --train-episodes 1500 --episodes 100 \
-    --threads 2 --out-md docs/fewshot_table.md
+stmwatch eval fewshot --table --work "$work" --per-class 1200 --train-episodes 1000 --episodes 100 \
+    --jobs 2 --threads 1 --out-md docs/fewshot_table.md

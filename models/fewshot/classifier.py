@@ -1,7 +1,7 @@
 """The classifier the daemon uses: a trained prototypical network and a labelled support set.
 
 Each defect crop gets the label of the nearest class prototype and a score (the softmax of minus
-the squared distances), or ``"unknown"`` when even the nearest prototype is farther than the
+the scaled squared distances), or ``"unknown"`` when even the nearest prototype is farther than the
 unknown distance: a defect unlike every support class is not forced into one. The distance is
 calibrated on the training data (:func:`calibrate_unknown_distance`) and stored with the weights.
 """
@@ -56,12 +56,12 @@ class PrototypicalClassifier:
         return self.net.distances(torch.from_numpy(to_model_input(crops))).numpy()
 
     def classify(self, crops: np.ndarray) -> list[tuple[str, float]]:
-        """``crops`` ``(n, C, h, w)`` → ``(label, score)`` each; score = softmax probability of the
-        nearest class (for ``"unknown"``: of the nearest class it was not given)."""
+        """``crops`` ``(n, C, h, w)`` → ``(label, score)`` each; score = the network's softmax
+        probability of the nearest class (for ``"unknown"``: of the nearest class it was not given)."""
         if len(crops) == 0:
             return []
         d = self.distances(crops)
-        p = torch.softmax(torch.from_numpy(-d), dim=1).numpy()
+        p = torch.softmax(torch.from_numpy(-self.net.temperature * d), dim=1).numpy()
         best = d.argmin(axis=1)
         out = []
         for i, k in enumerate(best):

@@ -78,27 +78,36 @@ def simulate_crops(work: Path, per_class: int) -> tuple[Path, Path]:
     return folders[0], folders[1]
 
 
+# every row: (title, method, backbone, prototypical metric, class-generation transforms)
+PLAN = [(title, method, backbone, "euclidean", ()) for title, method, backbone in ROWS] + [
+    ("Prototypical + generated classes", "proto", "conv4", "euclidean", GENERATE),
+    ("Prototypical, cosine metric (shipped)", "proto", "conv4", "cosine", ()),
+    ("Prototypical, cosine + generated classes", "proto", "conv4", "cosine", GENERATE),
+]
+
+
 def run_setting(setting: Setting, train_dir: Path, test_dir: Path, work: Path, episodes: int,
-                train_episodes: int, threads: int = 1) -> list[dict]:
-    """Train and evaluate every row of one table and the ablation row; one dict per row."""
+                train_episodes: int, threads: int = 1, only: tuple[str, ...] = ()) -> list[dict]:
+    """Train and evaluate every row of ``PLAN`` (or those titled in ``only``) for one table."""
     import torch
 
     torch.set_num_threads(threads)
     rows = []
-    plan = [(title, method, backbone, ()) for title, method, backbone in ROWS]
-    plan.append(("Prototypical + generated classes", "proto", "conv4", GENERATE))
     tests = load_surface(test_dir, setting.test)
-    for title, method, backbone, generate in plan:
+    for title, method, backbone, metric, generate in PLAN:
+        if only and title not in only:
+            continue
         surfaces = setting.train_resnet if backbone == "resnet18" else setting.train
-        config = TrainConfig(method=method, backbone=backbone, episodes=train_episodes, seed=TRAIN_SEED,
-                             generate=tuple(generate), surfaces=surfaces)
+        config = TrainConfig(method=method, backbone=backbone, metric=metric, episodes=train_episodes,
+                             seed=TRAIN_SEED, generate=tuple(generate), surfaces=surfaces)
         t0 = time.perf_counter()
         net = train([load_surface(train_dir, s) for s in surfaces], config)
         if method != "pixel_nn":
-            tag = f"{setting.key}-{method}-{backbone}" + ("-gen" if generate else "")
+            tag = f"{setting.key}-{method}-{backbone}" + ("-cos" if metric == "cosine" else "") + \
+                ("-gen" if generate else "")
             save(work / "weights" / f"{tag}.pt", net, config)
         r = evaluate(net, tests, way=4, shot=1, query=15, episodes=episodes, seed=EPISODE_SEED)
-        r.update(title=title, method=method, backbone=backbone,
+        r.update(title=title, method=method, backbone=backbone, metric=metric,
                  trained_on=[] if method == "pixel_nn" else list(surfaces), generate=list(generate),
                  train_s=round(time.perf_counter() - t0, 1))
         rows.append(r)

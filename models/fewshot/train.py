@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--surfaces", default="si001h", help="comma-separated surfaces to train on")
     parser.add_argument("--method", default="proto", choices=METHOD_CHOICES)
     parser.add_argument("--backbone", default="conv4", choices=("conv4", "resnet18"))
+    parser.add_argument("--metric", default="euclidean", choices=("euclidean", "cosine"),
+                        help="prototypical network: distance on raw or on L2-normalised embeddings")
     parser.add_argument("--episodes", type=int, default=1000, help="training episodes (SimpleShot: batches)")
     parser.add_argument("--way", type=int, default=8, help="classes per training episode")
     parser.add_argument("--shot", type=int, default=5, help="support crops per class in training episodes")
@@ -46,7 +48,7 @@ def run(args) -> int:
 
     torch.set_num_threads(args.threads)
     surfaces = tuple(s for s in args.surfaces.split(",") if s)
-    config = TrainConfig(method=args.method, backbone=args.backbone, way=args.way, shot=args.shot, query=args.query,
+    config = TrainConfig(method=args.method, backbone=args.backbone, metric=args.metric, way=args.way, shot=args.shot, query=args.query,
                          episodes=args.episodes, lr=args.lr, seed=args.seed, augment=not args.no_augment,
                          generate=tuple(t for t in args.generate.split(",") if t), surfaces=surfaces)
     sets = [load_surface(args.data, s, min_per_class=args.shot + args.query) for s in surfaces]

@@ -31,6 +31,7 @@ class TrainConfig:
 
     method: str = "proto"
     backbone: str = "conv4"
+    metric: str = "euclidean"  # prototypical network only: euclidean | cosine
     way: int = 8  # classes per training episode (capped at the classes a surface has)
     shot: int = 5  # support crops per class in training episodes (tests are 1-shot; see docs/fewshot.md)
     query: int = 8  # query crops per class per episode
@@ -56,7 +57,7 @@ def train(crop_sets: list[CropSet], config: TrainConfig,
     Deterministic for a given seed (on one thread)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    method = build_method(config.method, config.backbone)
+    method = build_method(config.method, config.backbone, config.metric)
     if method.trained_by == "none":
         return method.eval()
     if config.generate:
@@ -143,6 +144,6 @@ def load(path: Path | str) -> tuple[FewShotMethod, TrainConfig, dict]:
     ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
     config = TrainConfig(**{**ckpt["config"], "generate": tuple(ckpt["config"]["generate"]),
                             "surfaces": tuple(ckpt["config"]["surfaces"])})
-    method = build_method(config.method, config.backbone)
+    method = build_method(config.method, config.backbone, config.metric)
     method.load_state_dict(ckpt["state_dict"])
     return method.eval(), config, ckpt["meta"]
