@@ -151,3 +151,20 @@ def test_train_and_eval_commands(tmp_path, capsys):
                  "--weights", str(weights), "--episodes", "5", "--json", "--threads", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert 0 <= out["accuracy"] <= 1 and out["ci95"] >= 0 and out["episodes"] == 5 and out["way"] == 4
+
+
+def test_cosine_prototypes_ignore_amplitude():
+    from torch import nn
+
+    from stmwatch.models.fewshot.proto import ProtoNet
+
+    s = shape_set(EASY, per_class=1, seed=0, noise=0.0)
+    support = torch.from_numpy(np.concatenate([s.crops[k] for k in EASY]))
+    cos, euc = ProtoNet(nn.Flatten(), "cosine"), ProtoNet(nn.Flatten(), "euclidean")
+    for net in (cos, euc):
+        net.fit(support, torch.arange(4))
+    query = 5.0 * support  # the same shapes, five times as high
+    d = cos.distances(query)
+    assert torch.allclose(d.diagonal(), torch.zeros(4), atol=1e-5) and float(d.max()) <= 4.0 + 1e-5
+    assert cos.predict(query).tolist() == [0, 1, 2, 3]
+    assert float(euc.distances(query).diagonal().min()) > 1.0  # the raw metric sees the amplitude
