@@ -31,6 +31,16 @@ def test_shipped_classifier_names_fresh_simulator_crops(surface, tmp_path):
     assert clf.classify(stripes[None])[0][0] == "unknown"
 
 
+def test_cosine_weights_name_fresh_simulator_crops(tmp_path):
+    """The alternative shipped checkpoint (cosine metric): more accurate, weaker 'unknown'."""
+    simulate = pytest.importorskip("stmwatch.models.simulate")
+    simulate.make_crops(tmp_path, ["ge001"], per_class=6, seed=78)
+    clf = load_classifier("ge001", weights=WEIGHTS.with_name("fewshot_proto_conv4_cosine.pt"))
+    crops = np.stack([np.load(f) for c in clf.labels for f in sorted((tmp_path / "ge001" / c).glob("*.npy"))])
+    truth = [c for c in clf.labels for _ in range(6)]
+    assert np.mean([a == t for (a, _), t in zip(clf.classify(crops), truth)]) >= 0.6
+
+
 def test_load_hook_and_one_forward_pass_per_scan():
     from stmwatch.models.load import load_classifier as hook
     from stmwatch.models.settings import ModelSettings

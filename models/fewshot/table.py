@@ -81,7 +81,7 @@ def simulate_crops(work: Path, per_class: int) -> tuple[Path, Path]:
 # every row: (title, method, backbone, prototypical metric, class-generation transforms)
 PLAN = [(title, method, backbone, "euclidean", ()) for title, method, backbone in ROWS] + [
     ("Prototypical + generated classes", "proto", "conv4", "euclidean", GENERATE),
-    ("Prototypical, cosine metric (shipped)", "proto", "conv4", "cosine", ()),
+    ("Prototypical, cosine metric (as shipped)", "proto", "conv4", "cosine", ()),
     ("Prototypical, cosine + generated classes", "proto", "conv4", "cosine", GENERATE),
 ]
 
