@@ -99,3 +99,17 @@ def test_real_files_process_without_error(config, capsys):
         for d in line["defects"]:
             assert -0.5 <= d["x_px"] <= nx - 0.5 and -0.5 <= d["y_px"] <= ny - 0.5
             assert acquired[int(round(d["y_px"]))]  # nothing found in lines never acquired (partial scans)
+
+
+def test_support_folder_option(simulated, config, tmp_path, capsys):
+    from stmwatch.models.load import SUPPORT_DIR
+
+    assert main(["process", "--json", "--config", config, "--support", str(tmp_path / "missing"), str(simulated[0])]) == 1
+    assert "support set" in capsys.readouterr().err
+    support = SUPPORT_DIR / "si001h"
+    if not support.is_dir():
+        pytest.skip("no shipped support set")
+    assert main(["process", "--json", "--config", config, "--support", str(support), str(simulated[0])]) == 0
+    line = json.loads(capsys.readouterr().out)
+    classes = {p.name for p in support.iterdir() if p.is_dir()}
+    assert {d["label"] for d in line["defects"]} <= classes | {"unknown", "defect"}
