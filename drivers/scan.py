@@ -47,6 +47,12 @@ class Channel:
         return [getattr(self, d) for d in self.directions]
 
 
+def _is_flat(channel: Channel) -> bool:
+    """True when every acquired value of every frame of ``channel`` is the same."""
+    values = np.concatenate([f[np.isfinite(f)] for f in channel.frames()])
+    return values.size == 0 or bool(values.min() == values.max())
+
+
 @dataclasses.dataclass
 class Scan:
     """A scan's channels and geometry.
@@ -87,11 +93,15 @@ class Scan:
         raise KeyError(f"no channel {name!r}; channels are {[c.name for c in self.channels]}")
 
     def topography(self) -> Channel:
-        """The Z (height) channel, else the first channel."""
-        try:
-            return self.channel("Z")
-        except KeyError:
-            return self.channels[0]
+        """The channel that carries the surface's image: Z in a constant-current scan; Current
+        when Z did not move (a constant-height scan, feedback off); else the first channel."""
+        names = [c.name.lower() for c in self.channels]
+        if "z" in names:
+            z = self.channels[names.index("z")]
+            if "current" not in names or not _is_flat(z):
+                return z
+            return self.channels[names.index("current")]
+        return self.channels[0]
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -37,6 +37,18 @@ MAD_TO_SIGMA = 1.4826  # median absolute deviation × this = standard deviation 
 UNIT_TO_NM = {"m": 1e9, "nm": 1.0}  # Z channel units we know how to turn into nanometres
 
 
+def apparent_height(frame: np.ndarray, unit: str) -> np.ndarray:
+    """A frame as an apparent height (float64, same shape): Z in nm; a tunnelling current (unit
+    ``A``, a constant-height scan) as ln|I|, which grows linearly as the gap closes (I ∝ e^{-2κd}),
+    so protrusions are bright whatever the bias sign; other units unchanged."""
+    values = np.asarray(frame, dtype=float)
+    if unit == "A":
+        magnitude = np.abs(values)
+        floor = np.nanmin(magnitude[magnitude > 0]) if np.any(magnitude > 0) else 1e-15
+        return np.log(np.maximum(magnitude, floor))
+    return values * UNIT_TO_NM.get(unit, 1.0)
+
+
 @dataclasses.dataclass
 class PreprocessSettings:
     """The ``[preprocess]`` section of config.toml."""
@@ -446,11 +458,10 @@ def prepare(scan: Scan, surface: Surface | str, settings: PreprocessSettings | N
         raise ValueError(f"{scan.name}: channel {channel.name} has no frames")
     if len(frames) == 1:
         frames = frames * 2
-    unit_factor = UNIT_TO_NM.get(channel.unit, 1.0)
 
     filled_frames, valid = [], np.ones(scan.shape, dtype=bool)
     for frame in frames:
-        image = np.asarray(frame, dtype=float) * unit_factor
+        image = apparent_height(frame, channel.unit)
         finite = np.isfinite(image)
         if finite.any():
             image = image - np.median(image[finite])  # remove the big absolute Z before any fit

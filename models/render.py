@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from stmwatch.drivers.scan import Scan
 
 from .defects import Defect, count_labels
-from .preprocess import align_rows, fill_nan_rows, level_plane
+from .preprocess import align_rows, apparent_height, fill_nan_rows, level_plane
 
 INVALID_GREY = (128, 128, 128)
 BACKGROUND = (24, 24, 24)
@@ -108,9 +108,10 @@ def display_size(aspect: float, longest: int) -> tuple[int, int]:
 
 
 def viewing_image(scan: Scan) -> np.ndarray:
-    """The topography's first frame, levelled for viewing: NaN kept, plane and row offsets
-    removed. ``(rows, columns)`` float, display frame, heights in the channel's unit."""
-    frame = scan.topography().frames()[0]
+    """The topography's first frame as an apparent height, levelled for viewing: NaN kept, plane
+    and row offsets removed. ``(rows, columns)`` float, display frame."""
+    channel = scan.topography()
+    frame = apparent_height(channel.frames()[0], channel.unit)
     filled, valid = fill_nan_rows(frame)
     levelled = align_rows(level_plane(filled, valid), "median", valid)
     levelled[~valid] = np.nan

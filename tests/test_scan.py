@@ -51,3 +51,14 @@ def test_round_trip(angle):
 def test_frame_shape_is_checked():
     with pytest.raises(ValueError, match="rows, columns"):
         Scan(channels=[Channel("Z", "m", forward=np.zeros((4, 2), np.float32))], pixels=(4, 2), range_m=(1e-9, 1e-9))
+
+
+def test_constant_height_scan_images_the_current():
+    """stm_gen5_au_mica_molecules.sxm was taken at constant height: Z is one value (manifest:
+    nanmin == nanmax), the image is in the Current channel."""
+    from stmwatch.drivers.sxm import read_sxm
+
+    from .conftest import REAL
+
+    assert read_sxm(REAL / "stm_gen5_au_mica_molecules.sxm").topography().name == "Current"
+    assert read_sxm(REAL / "stm_moire_10nm.sxm").topography().name == "Z"
