@@ -129,6 +129,22 @@ def crops_at(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int = 
 
 
 # ---- the segmenter -----------------------------------------------------------------------------
+def defects_at(scan: Scan, prepared: Prepared, components: list[Component]) -> list[Defect]:
+    """One :class:`Defect` per component (found on ``prepared``'s model grid): its centroid in
+    ``scan``'s display pixels and scanner metres, its area in scan pixels, and its crop."""
+    if not components:
+        return []
+    model_rows = np.array([c.row for c in components])
+    model_cols = np.array([c.col for c in components])
+    rows, cols = prepared.to_scan(model_rows, model_cols)
+    xs, ys = scan.pixel_to_scanner(rows, cols)
+    crops = crops_at(prepared.image, model_rows, model_cols)
+    scan_px_per_model_px = prepared.scale[0] * prepared.scale[1]
+    return [Defect(row=float(r), col=float(c), x_m=float(x), y_m=float(y),
+                   area_px=comp.area * scan_px_per_model_px, score=float(min(1.0, comp.score)), crop=crop)
+            for r, c, x, y, comp, crop in zip(rows, cols, xs, ys, components, crops)]
+
+
 class UNetSegmenter:
     """The :class:`~stmwatch.models.analyse.Segmenter` of stmwatch: a UNet run by a backend.
 
@@ -160,17 +176,7 @@ class UNetSegmenter:
     def defects_from(self, scan: Scan, prepared: Prepared, prob: np.ndarray) -> list[Defect]:
         """Post-processing: components of ``prob`` → defects in ``scan``'s pixels and metres."""
         components, _ = find_components(prob, self.threshold, self.min_area_px, prepared.valid)
-        if not components:
-            return []
-        model_rows = np.array([c.row for c in components])
-        model_cols = np.array([c.col for c in components])
-        rows, cols = prepared.to_scan(model_rows, model_cols)
-        xs, ys = scan.pixel_to_scanner(rows, cols)
-        crops = crops_at(prepared.image, model_rows, model_cols)
-        scan_px_per_model_px = prepared.scale[0] * prepared.scale[1]
-        return [Defect(row=float(r), col=float(c), x_m=float(x), y_m=float(y),
-                       area_px=comp.area * scan_px_per_model_px, score=float(comp.score), crop=crop)
-                for r, c, x, y, comp, crop in zip(rows, cols, xs, ys, components, crops)]
+        return defects_at(scan, prepared, components)
 
     def resolves(self, scan: Scan) -> bool:
         """Whether ``scan``'s pixels are fine enough (``max_nm_per_px`` on both axes) for the UNet:

@@ -21,7 +21,7 @@ from stmwatch.drivers.scan import Scan
 
 from .defects import Defect
 from .preprocess import PreprocessSettings, prepare, robust_sigma
-from .segment import crops_at, find_components
+from .segment import defects_at, find_components
 from .surfaces import Surface, get_surface
 
 
@@ -67,17 +67,7 @@ class StandinSegmenter:
         # find_components thresholds at 0.5 a "probability": map score 1 (= threshold) to 0.5+
         components, _ = find_components(np.clip(score / 2, 0, 1), 0.5, self.min_area_px, prepared.valid)
         self.last_timing_ms = {"preprocess": (t1 - t0) * 1e3}
-        if not components:
-            return []
-        model_rows = np.array([c.row for c in components])
-        model_cols = np.array([c.col for c in components])
-        rows, cols = prepared.to_scan(model_rows, model_cols)
-        xs, ys = scan.pixel_to_scanner(rows, cols)
-        crops = crops_at(prepared.image, model_rows, model_cols)
-        per = prepared.scale[0] * prepared.scale[1]
-        return [Defect(row=float(r), col=float(c), x_m=float(x), y_m=float(y), area_px=comp.area * per,
-                       score=float(min(1.0, comp.score)), crop=crop)
-                for r, c, x, y, comp, crop in zip(rows, cols, xs, ys, components, crops)]
+        return defects_at(scan, prepared, components)
 
 
 def standin_analyser(surface: str = "si001h", preprocess: PreprocessSettings | None = None, **kwargs):
