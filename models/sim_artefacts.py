@@ -140,10 +140,18 @@ class Acquisition:
 # ---- motion of the sample under the tip (drift, creep) and hysteresis ---------------------------
 
 
+T_RANGE = (-1.0, 2.0)  # frames: times where Motion.shift follows its formula (constant outside)
+
+
 @dataclasses.dataclass(frozen=True)
 class Motion:
     """Displacement (nm) of the sample against the scanner at time ``t`` (frames): steady drift
-    with a little acceleration, plus piezo creep ``A (1 - exp(-t / tau))``. Zero at ``t = 0``."""
+    with a little acceleration, plus piezo creep ``A (1 - exp(-t / tau))``. Zero at ``t = 0``.
+
+    The formula is followed from one frame before the acquisition to one frame after it
+    (:data:`T_RANGE`) and held constant beyond: the fixed-point search for where a defect is seen
+    (``simulate._truth``) may try times far outside the frame for defects near its edges, and the
+    creep's exponential, extrapolated backwards, would overflow there (then NaN positions)."""
 
     velocity: tuple[float, float] = (0.0, 0.0)  # nm per frame
     acceleration: tuple[float, float] = (0.0, 0.0)  # nm per frame^2
@@ -151,7 +159,7 @@ class Motion:
     tau: float = 0.1  # frames
 
     def shift(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        t = np.asarray(t, float)
+        t = np.clip(np.asarray(t, float), *T_RANGE)
         creep = 1.0 - np.exp(-t / self.tau)
         return tuple(self.velocity[i] * t + 0.5 * self.acceleration[i] * t ** 2 + self.creep[i] * creep
                      for i in range(2))

@@ -272,3 +272,31 @@ def test_cli_rejects_unknown_names(tmp_path, capsys):
     assert main(["simulate", "--artefacts", "wobble", "--out", str(tmp_path)]) == 2
     assert "si111" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.sxm"))
+
+
+def test_creep_far_outside_the_frame_does_not_overflow():
+    """Regression: seed 10007 (a training scan) sent the truth's fixed-point search to times far
+    before the frame, where the creep's exp(-t/tau) overflowed ("overflow encountered in exp",
+    then NaN in Scan.scanner_to_pixel). The motion is now held constant outside T_RANGE."""
+    import warnings
+
+    from stmwatch.models.sim_artefacts import T_RANGE, Motion
+
+    geometry = dict(pixels=(320, 320), range_nm=55.52499974818552, angle_deg=-47.0, direction="down",
+                    offset_m=(1.1101549239907148e-08, -1.2609975513228594e-07))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning fails the test
+        scan, truth = simulate_scan("si001h", 10007, artefacts=Artefacts.all(1.387273863828139), **geometry)
+        motion = Motion((0.5, -0.2), (0.1, 0.1), (3.0, 1.0), tau=0.05)
+        far = motion.shift(np.array([-1e6, -50.0, 1e6]))
+    assert len(truth.defects) == 36
+    positions = np.array([(d.row, d.col, d.x_m, d.y_m) for d in truth.defects])
+    assert np.isfinite(positions).all()
+    assert np.isfinite(far).all()
+    # inside T_RANGE the formula is unchanged; beyond it the motion is held at its edge value
+    t = np.array([-0.01, 0.0, 0.3, 1.0])
+    expected = [motion.velocity[i] * t + 0.5 * motion.acceleration[i] * t ** 2
+                + motion.creep[i] * (1 - np.exp(-t / motion.tau)) for i in range(2)]
+    np.testing.assert_array_equal(motion.shift(t), expected)
+    np.testing.assert_array_equal(np.array(motion.shift(np.array([-1e6])))[:, 0],
+                                  np.array(motion.shift(np.array([T_RANGE[0]])))[:, 0])
