@@ -39,13 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"stmwatch.daemon.commands.{module_name}")
-        except ModuleNotFoundError as exc:
-            if not f"stmwatch.daemon.commands.{module_name}".startswith(str(exc.name)):
-                raise
-            continue  # command not built yet
-        command = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
+        module = importlib.import_module(f"stmwatch.daemon.commands.{module_name}")
+        command = sub.add_parser(name, help=module.HELP.replace("%", "%%"), description=getattr(module, "DESCRIPTION", module.HELP),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
         command.set_defaults(handler=module.run)

@@ -20,6 +20,20 @@ def test_help_lists_every_command_with_an_explanation():
         assert command in out.stdout
 
 
+def test_every_command_and_target_explains_itself():
+    """``--help`` works for every command and every sub-target (argparse %-formats help texts)."""
+    from stmwatch.daemon.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, command in commands.items():
+        assert command.format_help(), name
+        for action in command._actions:
+            if isinstance(action.choices, dict):  # a sub-parser per target
+                for target in action.choices.values():
+                    assert target.format_help(), name
+
+
 def test_info_json_matches_manifest_and_bad_file_gives_one_error_line(manifest):
     truth = {e["file"]: e for e in manifest["files"]}
     files = [str(p) for p in real_files()]
@@ -46,3 +60,18 @@ def test_info_table_shows_the_geometry():
     out = stmwatch("info", str(REAL / "stm_gen5_au_mica_molecules.sxm"))
     assert out.returncode == 0
     assert "256 x 256" in out.stdout and "135.1" in out.stdout and "4 x 4 nm" in out.stdout
+
+
+def test_wheel_lists_every_package_the_source_has():
+    """A non-editable ``pip install .`` installs only the packages pyproject names: every folder
+    with an ``__init__.py`` must be one of them (a missing one loses commands silently)."""
+    import tomllib
+
+    from .conftest import REPO
+
+    names = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"daemon": "stmwatch.daemon", "drivers": "stmwatch.drivers", "models": "stmwatch.models"}
+    for top, package in folders.items():
+        for init in (REPO / top).rglob("__init__.py"):
+            parts = init.parent.relative_to(REPO / top).parts
+            assert ".".join((package, *parts)) in names, init

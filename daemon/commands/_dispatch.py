@@ -13,13 +13,8 @@ def add_targets(parser, targets: dict[str, str], dest: str) -> None:
     """Add one sub-parser per importable module in ``targets`` (name -> dotted module)."""
     sub = parser.add_subparsers(dest=dest, metavar=dest.upper(), required=True)
     for name, module_name in targets.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if not module_name.startswith(str(exc.name)):
-                raise
-            continue
-        target = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
+        module = importlib.import_module(module_name)
+        target = sub.add_parser(name, help=module.HELP.replace("%", "%%"), description=getattr(module, "DESCRIPTION", module.HELP),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(target)
         target.set_defaults(target_run=module.run)

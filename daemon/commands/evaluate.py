@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ._dispatch import add_targets, run_target
 
-HELP = "evaluate the few-shot classifier (accuracy ± 95 %% CI over episodes) or the segmenter"
+HELP = "evaluate the few-shot classifier (accuracy ± 95 % CI over episodes) or the segmenter"
 TARGETS = {"fewshot": "stmwatch.models.fewshot.evaluate", "segment": "stmwatch.models.eval_segment"}
 
 
