@@ -168,3 +168,29 @@ def test_cosine_prototypes_ignore_amplitude():
     assert torch.allclose(d.diagonal(), torch.zeros(4), atol=1e-5) and float(d.max()) <= 4.0 + 1e-5
     assert cos.predict(query).tolist() == [0, 1, 2, 3]
     assert float(euc.distances(query).diagonal().min()) > 1.0  # the raw metric sees the amplitude
+
+
+def test_strong_augmentation_keeps_shape_and_is_finite():
+    from stmwatch.models.fewshot.episodes import augment
+
+    x = shape_set(EASY, per_class=4, seed=0).crops["ring"]
+    y = augment(x, np.random.default_rng(0), strong=True)
+    assert y.shape == x.shape and y.dtype == np.float32 and np.isfinite(y).all()
+    assert not np.allclose(y, augment(x, np.random.default_rng(1), strong=True))
+
+
+def test_mixed_surface_episodes_and_learnt_temperature_round_trip(tmp_path):
+    """--mix-surfaces draws 8-way episodes from two 4-class surfaces; a learnt temperature moves
+    and survives save/load."""
+    torch.manual_seed(0)
+    a, b = shape_set(EASY, per_class=8, seed=1, surface="a"), shape_set(EASY, per_class=8, seed=2, surface="b")
+    b = CropSet("b", {f"{k}_b": -x for k, x in b.crops.items()})
+    config = TrainConfig(method="proto", metric="cosine", way=8, shot=1, query=2, episodes=3, seed=0,
+                         mix_surfaces=True, strong_augment=True, learn_temperature=True)
+    net = train([a, b], config)
+    assert net.temperature != 10.0
+    net2, config2, _ = load(save(tmp_path / "w.pt", net, config))
+    assert config2.learn_temperature and config2.mix_surfaces and net2.temperature == pytest.approx(net.temperature)
+    # an old checkpoint (fixed temperature) still loads: no log_temperature in its state dict
+    old, _, _ = load(save(tmp_path / "old.pt", build_method("proto", metric="cosine"), TrainConfig(metric="cosine")))
+    assert old.temperature == 10.0

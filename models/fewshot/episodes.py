@@ -75,12 +75,18 @@ def sample_episode(crop_set: CropSet, way: int, shot: int, query: int, rng: np.r
 
 
 def augment(x: np.ndarray, rng: np.random.Generator, shift_px: int = 2, noise: float = 0.1,
-            gain: tuple[float, float] = (0.8, 1.25), dihedral: bool = False) -> np.ndarray:
+            gain: tuple[float, float] = (0.8, 1.25), dihedral: bool = False, strong: bool = False) -> np.ndarray:
     """Training augmentation of square crops ``(n, C, H, W)``: a random shift of up to ``shift_px``
     pixels (edges repeated), with ``dihedral`` a random turn by a multiple of 90 degrees and a
     random mirror (off by default: it turns the fast-scan artefacts and the forward/backward
     difference, which run along rows, into columns), a random gain, and Gaussian noise of standard deviation ``noise``
-    (model units). The contrast sign and size are kept: generated classes change those."""
+    (model units). The contrast sign and size are kept: generated classes change those.
+
+    ``strong`` varies what differs between surfaces as well (see :func:`_vary_surface`): a scale
+    jitter of ±15 %, a blur, a lattice-like periodic background, and a noise level drawn per crop
+    (up to 3× ``noise``)."""
+    if strong:
+        x = _vary_surface(x, rng)
     out = np.empty_like(x)
     n, _, h, w = x.shape
     pad = np.pad(x, ((0, 0), (0, 0), (shift_px, shift_px), (shift_px, shift_px)), mode="edge")
@@ -92,7 +98,36 @@ def augment(x: np.ndarray, rng: np.random.Generator, shift_px: int = 2, noise: f
         crop = np.rot90(pad[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w], turns[i], axes=(-2, -1))
         out[i] = crop[..., ::-1] if mirror[i] else crop
     out *= rng.uniform(*gain, size=(n, 1, 1, 1)).astype(np.float32)
-    out += rng.normal(0.0, noise, size=out.shape).astype(np.float32)
+    sigma = rng.uniform(0.0, 3.0 * noise, size=(n, 1, 1, 1)) if strong else noise
+    out += (rng.normal(0.0, 1.0, size=out.shape) * sigma).astype(np.float32)
+    return out
+
+
+def _vary_surface(x: np.ndarray, rng: np.random.Generator, scale: float = 0.15, blur: float = 1.0,
+                  background: float = 0.5) -> np.ndarray:
+    """Crops ``(n, C, H, W)`` changed the way one surface's images differ from another's: each crop
+    magnified by a factor in [1 − ``scale``, 1 + ``scale``] about its centre, half of them blurred
+    (Gaussian, sigma up to ``blur`` px: a blunter tip), and half given a periodic background of
+    random period (3-10 px), direction and amplitude (up to ``background``): another lattice."""
+    import torch
+    import torch.nn.functional as F
+    from scipy.ndimage import gaussian_filter
+
+    n, c, h, w = x.shape
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    s = torch.from_numpy(rng.uniform(1 - scale, 1 + scale, n).astype(np.float32))
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / s  # output pixel -> input pixel: 1/s magnifies by s
+    grid = F.affine_grid(theta, list(t.shape), align_corners=False)
+    out = F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False).numpy()
+    for i in np.flatnonzero(rng.random(n) < 0.5):
+        out[i] = gaussian_filter(out[i], sigma=(0, *(2 * [rng.uniform(0.3, blur)])))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for i in np.flatnonzero(rng.random(n) < 0.5):
+        angle, period = rng.uniform(0, np.pi), rng.uniform(3.0, 10.0)
+        phase = rng.uniform(0, 2 * np.pi)
+        wave = np.cos(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + phase)
+        out[i] += (rng.uniform(0.0, background) * wave).astype(np.float32)
     return out
 
 

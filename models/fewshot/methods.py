@@ -22,11 +22,12 @@ ROWS = (
 FEATURES = {"conv4": 256, "resnet18": 512}  # embedding size for (2, 32, 32) crops
 
 
-def build_method(method: str, backbone: str = "conv4", metric: str = "euclidean") -> FewShotMethod:
+def build_method(method: str, backbone: str = "conv4", metric: str = "euclidean",
+                 learn_temperature: bool = False) -> FewShotMethod:
     """A fresh (untrained) method; ``backbone`` is ignored by relation (its own conv4) and pixel_nn,
-    ``metric`` (euclidean | cosine) is the prototypical network's."""
+    ``metric`` (euclidean | cosine) and ``learn_temperature`` are the prototypical network's."""
     if method == "proto":
-        return ProtoNet(build_backbone(backbone), metric)
+        return ProtoNet(build_backbone(backbone), metric, learn_temperature=learn_temperature)
     if method == "matching":
         return MatchingNet(build_backbone(backbone))
     if method == "relation":

@@ -31,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-augment", action="store_true", help="no shift/gain/noise augmentation")
+    parser.add_argument("--strong-augment", action="store_true",
+                        help="also scale jitter, blur, lattice-like background, variable noise (helps on new surfaces)")
+    parser.add_argument("--mix-surfaces", action="store_true",
+                        help="episodes draw classes from all --surfaces together (then --way may reach all classes)")
+    parser.add_argument("--learn-temperature", action="store_true",
+                        help="prototypical network, cosine metric: train the temperature (starts at 10)")
     parser.add_argument("--generate", default="", metavar="T,T", help="class-generation transforms, e.g. "
                         "rot90,flip_v,invert (known: rot90,rot180,rot270,flip_h,flip_v,invert); empty = off")
     parser.add_argument("--out", default="fewshot.pt", help="weights file to write")
@@ -50,6 +56,8 @@ def run(args) -> int:
     surfaces = tuple(s for s in args.surfaces.split(",") if s)
     config = TrainConfig(method=args.method, backbone=args.backbone, metric=args.metric, way=args.way, shot=args.shot, query=args.query,
                          episodes=args.episodes, lr=args.lr, seed=args.seed, augment=not args.no_augment,
+                         strong_augment=args.strong_augment, mix_surfaces=args.mix_surfaces,
+                         learn_temperature=args.learn_temperature,
                          generate=tuple(t for t in args.generate.split(",") if t), surfaces=surfaces)
     sets = [load_surface(args.data, s, min_per_class=args.shot + args.query) for s in surfaces]
     meta = {"data": str(Path(args.data).resolve()), "classes": {s.surface: s.labels for s in sets}}

@@ -40,6 +40,9 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     augment: bool = True  # shift, gain and noise (see episodes.augment)
+    strong_augment: bool = False  # also blur, scale jitter, random lattice-like background (episodes.augment)
+    mix_surfaces: bool = False  # episodes draw their classes from all surfaces together (way up to all classes)
+    learn_temperature: bool = False  # prototypical network, cosine metric: train the temperature
     dihedral: bool = False  # augmentation also turns/mirrors crops
     generate: tuple[str, ...] = ()  # class-generation transforms; () = off
     surfaces: tuple[str, ...] = ()  # for the record
@@ -57,7 +60,7 @@ def train(crop_sets: list[CropSet], config: TrainConfig,
     Deterministic for a given seed (on one thread)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    method = build_method(config.method, config.backbone, config.metric)
+    method = build_method(config.method, config.backbone, config.metric, config.learn_temperature)
     if method.trained_by == "none":
         return method.eval()
     if config.generate:
@@ -91,7 +94,11 @@ def train(crop_sets: list[CropSet], config: TrainConfig,
 
 def _episode_steps(method: FewShotMethod, crop_sets: list[CropSet], config: TrainConfig, rng: np.random.Generator):
     """Yields the loss of one episode after another; each episode from one surface, drawn at random
-    with probability proportional to its number of classes."""
+    with probability proportional to its number of classes (with ``mix_surfaces``: from the classes
+    of all surfaces together)."""
+    if config.mix_surfaces:
+        crop_sets = [CropSet("+".join(s.surface for s in crop_sets),
+                             {f"{s.surface}/{c}": x for s in crop_sets for c, x in s.crops.items()})]
     weights = np.array([len(s.crops) for s in crop_sets], float)
     while True:
         s = crop_sets[rng.choice(len(crop_sets), p=weights / weights.sum())]
@@ -99,7 +106,7 @@ def _episode_steps(method: FewShotMethod, crop_sets: list[CropSet], config: Trai
         ep = sample_episode(s, way, config.shot, config.query, rng)
         sup, qry = ep.support, ep.query
         if config.augment:
-            sup, qry = augment(sup, rng, dihedral=config.dihedral), augment(qry, rng, dihedral=config.dihedral)
+            sup, qry = (augment(x, rng, dihedral=config.dihedral, strong=config.strong_augment) for x in (sup, qry))
         yield method.episode_loss(_tensor(sup), torch.from_numpy(ep.support_labels), _tensor(qry),
                                   torch.from_numpy(ep.query_labels))
 
@@ -119,7 +126,7 @@ def _supervised_steps(method: FewShotMethod, head: nn.Module, x: np.ndarray, y: 
     """Yields the cross-entropy of one batch after another, drawn from ``x``/``y`` (SimpleShot)."""
     while True:
         idx = rng.choice(len(x), size=min(config.batch_size, len(x)), replace=False)
-        batch = augment(x[idx], rng, dihedral=config.dihedral) if config.augment else x[idx]
+        batch = augment(x[idx], rng, dihedral=config.dihedral, strong=config.strong_augment) if config.augment else x[idx]
         yield F.cross_entropy(head(method.backbone(_tensor(batch))), torch.from_numpy(y[idx]))
 
 
@@ -144,6 +151,6 @@ def load(path: Path | str) -> tuple[FewShotMethod, TrainConfig, dict]:
     ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
     config = TrainConfig(**{**ckpt["config"], "generate": tuple(ckpt["config"]["generate"]),
                             "surfaces": tuple(ckpt["config"]["surfaces"])})
-    method = build_method(config.method, config.backbone, config.metric)
+    method = build_method(config.method, config.backbone, config.metric, config.learn_temperature)
     method.load_state_dict(ckpt["state_dict"])
     return method.eval(), config, ckpt["meta"]
