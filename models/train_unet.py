@@ -93,22 +93,30 @@ def join(parts: list[Patches]) -> Patches:
                    [c for p in parts for c in p.centres])
 
 
-def training_scan(surface: str, seed: int):
+def training_scan(surface: str, seed: int, double_tip_share: float | None = None):
     """One simulated training scan: random size and geometry, and mostly every artefact at once (at
     a random level: double tips, drift, tip changes ... all together, as in the held-out set),
-    else the simulator's realistic random mix."""
+    else the simulator's realistic random mix.
+
+    ``double_tip_share`` (0-1), if given, overrides only the double tip: that share of the scans
+    has it on at a random level 0.6-1.4, the rest has it off (the other artefacts, the geometry and
+    the surface are the same as without the option). ``None`` keeps the mix above (about 82 % on)."""
     from .simulate import Artefacts, draw_geometry, simulate_scan
 
     rng = np.random.default_rng([seed, 11])
     geometry = draw_geometry(rng, (128, 384))
     artefacts = Artefacts.all(float(rng.uniform(0.6, 1.4))) if rng.random() < 0.8 else Artefacts.random(rng)
+    if double_tip_share is not None:
+        on, level = rng.random() < double_tip_share, float(rng.uniform(0.6, 1.4))
+        artefacts = dataclasses.replace(artefacts, double_tip=level if on else 0.0)
     return simulate_scan(surface, seed, artefacts=artefacts, **geometry)
 
 
 def simulated_patches(surfaces: list[str], scans: int, patch: int, radius_px: float, seed_base: int,
-                      max_per_scan: int = 10) -> Patches:
+                      max_per_scan: int = 10, double_tip_share: float | None = None) -> Patches:
     """Patches from ``scans`` simulated scans per surface (seeds ``seed_base + k*100_000 + i``):
-    about one per ``patch``² of model image, 2 to ``max_per_scan`` per scan."""
+    about one per ``patch``² of model image, 2 to ``max_per_scan`` per scan (``double_tip_share``:
+    see :func:`training_scan`)."""
     from .preprocess import prepare
 
     parts = []
@@ -116,7 +124,7 @@ def simulated_patches(surfaces: list[str], scans: int, patch: int, radius_px: fl
         k = SURFACE_KEYS.index(key)
         for i in range(scans):
             seed = seed_base + k * 100_000 + i
-            scan, truth = training_scan(key, seed)
+            scan, truth = training_scan(key, seed, double_tip_share)
             prepared = prepare(scan, key)
             rows, cols = prepared.from_scan(np.array([d.row for d in truth.defects], dtype=float),
                                             np.array([d.col for d in truth.defects], dtype=float))
@@ -274,6 +282,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
     parser.add_argument("--resume", action="store_true", help="go on from OUT/last.pt")
+    parser.add_argument("--init", help="start from these weights (e.g. models/weights/unet.pt; their width and depth "
+                                       "replace --width/--depth) with a fresh optimiser and learning-rate schedule")
+    parser.add_argument("--double-tip-share", type=float, default=None,
+                        help="share (0-1) of the simulated scans with a double tip, at a random level 0.6-1.4 "
+                             "(default: the usual mix, about 0.82)")
     parser.add_argument("--weights", help="also copy the best weights here (e.g. models/weights/unet.pt)")
 
 
@@ -289,7 +302,8 @@ def run(args) -> int:
     radius_px = args.disc_nm / 0.1  # every surface is seen at 0.1 nm per model pixel
     cache = out / "data.npz"
     key = json.dumps({"surfaces": args.surfaces, "scans": args.scans, "val": args.val_scans, "patch": args.patch,
-                      "disc": args.disc_nm, "seed": args.seed})
+                      "disc": args.disc_nm, "seed": args.seed,
+                      **({} if args.double_tip_share is None else {"double_tip": args.double_tip_share})})
     if cache.exists() and str(np.load(cache)["key"]) == key:
         z = np.load(cache, allow_pickle=True)
         data = Patches(z["images"], z["targets"], list(z["centres"]))
@@ -298,9 +312,11 @@ def run(args) -> int:
     else:
         t0 = time.perf_counter()
         with console.status("simulating training scans"):
-            data = simulated_patches(args.surfaces, args.scans, args.patch, radius_px, seed_base=args.seed * 10_000)
+            data = simulated_patches(args.surfaces, args.scans, args.patch, radius_px, seed_base=args.seed * 10_000,
+                                     double_tip_share=args.double_tip_share)
             val = simulated_patches(args.surfaces, args.val_scans, args.patch, radius_px,
-                                    seed_base=args.seed * 10_000 + 50_000, max_per_scan=4)
+                                    seed_base=args.seed * 10_000 + 50_000, max_per_scan=4,
+                                    double_tip_share=args.double_tip_share)
         obj = np.empty(len(data.centres), dtype=object)
         obj[:] = data.centres
         vobj = np.empty(len(val.centres), dtype=object)
@@ -309,7 +325,14 @@ def run(args) -> int:
                  val_images=val.images, val_targets=val.targets, val_centres=vobj)
         console.print(f"simulated {len(data)} training and {len(val)} validation patches "
                       f"in {time.perf_counter() - t0:.0f} s")
-    model = UNet(UNetConfig(width=args.width, depth=args.depth))
+    if args.init:  # (with --resume, OUT/last.pt then replaces these weights)
+        from .unet import load_checkpoint
+
+        model, state = load_checkpoint(args.init)
+        console.print(f"starting from {args.init} (width {model.config.width}, depth {model.config.depth})")
+        args.width, args.depth = model.config.width, model.config.depth  # recorded in the meta as used
+    else:
+        model = UNet(UNetConfig(width=args.width, depth=args.depth))
     meta = {"name": "unet-multi" if len(args.surfaces) > 1 else f"unet-{args.surfaces[0]}",
             "surfaces": args.surfaces, "train_args": {k: v for k, v in vars(args).items()
                                                       if isinstance(v, (int, float, str, list)) and k != "command"}}
