@@ -85,16 +85,16 @@ class LivePublisher:
     def __init__(self, endpoint: str, context=None):
         import zmq
 
+        from .publisher import bind_publisher
+
         self._own = context is None
         self._context = context or zmq.Context()
-        self._socket = self._context.socket(zmq.PUB)
-        self._socket.setsockopt(zmq.LINGER, 200)
-        self._socket.setsockopt(zmq.SNDHWM, 10_000)
         try:
-            self._socket.bind(endpoint)
-        except zmq.ZMQError as exc:
+            self._socket = bind_publisher(self._context, endpoint, linger_ms=200)
+        except ValueError as exc:
+            self._socket = None
             self.close()
-            raise ValueError(f"cannot publish live defects on {endpoint!r}: {exc}") from None
+            raise ValueError(f"live defects: {exc}") from None
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._lock = threading.Lock()
 

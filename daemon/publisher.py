@@ -32,6 +32,20 @@ def overlay_png_bytes(doc: ResultDocument) -> bytes:
     return overlay_png(doc.scan, defects)
 
 
+def bind_publisher(context: zmq.Context, endpoint: str, linger_ms: int) -> zmq.Socket:
+    """A PUB socket bound to ``endpoint`` with a deep send queue (10 000 messages) and
+    ``linger_ms`` to flush on close; a :class:`ValueError` naming the endpoint if it cannot bind."""
+    socket = context.socket(zmq.PUB)
+    socket.setsockopt(zmq.LINGER, linger_ms)
+    socket.setsockopt(zmq.SNDHWM, 10_000)
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as exc:
+        socket.close(0)
+        raise ValueError(f"cannot publish on {endpoint!r}: {exc}") from None
+    return socket
+
+
 class OverlayPublisher:
     """A sink: publishes each result document; ``endpoint`` is the address actually bound."""
 
@@ -39,14 +53,12 @@ class OverlayPublisher:
         self.png = png
         self._own_context = context is None
         self._context = context or zmq.Context()
-        self._socket = self._context.socket(zmq.PUB)
-        self._socket.setsockopt(zmq.LINGER, 500)
-        self._socket.setsockopt(zmq.SNDHWM, 10_000)
         try:
-            self._socket.bind(endpoint)
-        except zmq.ZMQError as exc:
+            self._socket = bind_publisher(self._context, endpoint, linger_ms=500)
+        except ValueError:
+            self._socket = None
             self.close()
-            raise ValueError(f"cannot publish on {endpoint!r}: {exc}") from None
+            raise
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.published = 0
         log.info("publishing overlays on %s", self.endpoint)

@@ -297,3 +297,17 @@ def test_a_driver_that_keeps_failing_gives_up(tmp_path, monkeypatch):
         time.sleep(0.02)
     assert not d.running and isinstance(d.driver_error, OSError)
     d.stop()
+
+
+def test_a_taken_publish_endpoint_is_a_clear_error():
+    """Both publishers bind through one helper; a port in use names the endpoint."""
+    from stmwatch.daemon.live import LivePublisher
+    from stmwatch.daemon.publisher import OverlayPublisher
+
+    first = OverlayPublisher("tcp://127.0.0.1:*")
+    try:
+        for publisher in (OverlayPublisher, LivePublisher):
+            with pytest.raises(ValueError, match=f"cannot publish on '{first.endpoint}'"):
+                publisher(first.endpoint)
+    finally:
+        first.close()
