@@ -38,6 +38,7 @@ from stmwatch.drivers.sxm import write_sxm
 from . import sim_artefacts as art
 from .sim_artefacts import Acquisition, Artefacts, Tip
 from .sim_surfaces import DEFECTS, PointIndex, SurfaceModel, defect_mask, draw_bumps, draw_surface, place_defect, render
+from .preprocess import robust_sigma
 from .surfaces import SURFACES, get_surface
 
 log = logging.getLogger(__name__)
@@ -403,12 +404,9 @@ def _plane(frame: np.ndarray) -> np.ndarray:
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
-    """Median 0 and robust spread 1 (1.4826 x median absolute deviation) over the whole array."""
-    med = np.nanmedian(image)
-    spread = 1.4826 * np.nanmedian(np.abs(image - med))
-    if not spread > 0:
-        spread = float(np.nanstd(image)) or 1.0
-    return ((image - med) / spread).astype(np.float32)
+    """Median 0 and robust spread 1 (:func:`preprocess.robust_sigma`) over the whole array."""
+    spread = robust_sigma(image) or 1.0
+    return ((image - np.nanmedian(image)) / spread).astype(np.float32)
 
 
 def simulate_crop(surface: str, cls: str, seed: int, size: int = 32, jitter: float = 1.5,

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stmwatch.models.preprocess import robust_sigma
+
 log = logging.getLogger(__name__)
 
 INPUT_SIZE = 32  # pixels; 3.2 nm at the model scale of 0.1 nm/px
@@ -33,9 +35,7 @@ def robust_normalise(image: np.ndarray) -> np.ndarray:
     or the standard deviation if that is zero; unchanged spread if the image is flat)."""
     image = image.astype(np.float32)
     centred = image - np.median(image)
-    spread = 1.4826 * float(np.median(np.abs(centred)))
-    if spread <= 1e-12:
-        spread = float(centred.std())
+    spread = robust_sigma(centred)
     return centred / spread if spread > 1e-12 else centred
 
 
