@@ -194,3 +194,81 @@ def test_mixed_surface_episodes_and_learnt_temperature_round_trip(tmp_path):
     # an old checkpoint (fixed temperature) still loads: no log_temperature in its state dict
     old, _, _ = load(save(tmp_path / "old.pt", build_method("proto", metric="cosine"), TrainConfig(metric="cosine")))
     assert old.temperature == 10.0
+
+
+def test_tta_flips_is_the_mean_of_the_four_mirror_images():
+    """Euclidean, identity backbone: the embedding is the mean of the crop and its three mirror
+    images, checked on a 2×2 crop by hand."""
+    from torch import nn
+
+    from stmwatch.models.fewshot.proto import ProtoNet
+
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # (1, 1, 2, 2)
+    net = ProtoNet(nn.Flatten(), "euclidean", tta="flips")
+    # identity 1 2 3 4, left-right 2 1 4 3, up-down 3 4 1 2, both 4 3 2 1: every pixel's mean is 2.5
+    assert net.embed(x).tolist() == [[2.5, 2.5, 2.5, 2.5]]
+    net.tta = "none"
+    assert net.embed(x).tolist() == [[1.0, 2.0, 3.0, 4.0]]
+    y = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    net.tta = "d8"  # the 8 turns/mirrors take a corner pixel to each corner twice
+    assert net.embed(y).tolist() == [[0.25, 0.25, 0.25, 0.25]]
+    with pytest.raises(ValueError):
+        ProtoNet(nn.Flatten(), tta="rot45")
+
+
+def test_tta_makes_the_embedding_invariant_to_its_transforms(tiny_proto):
+    """With tta="d8" (a group) a turned or mirrored crop has the same embedding; with "flips"
+    mirrored crops do, turned ones need not."""
+    from stmwatch.models.fewshot.proto import TTA
+
+    x = torch.from_numpy(shape_set(("bar",), per_class=3, seed=4).crops["bar"])
+    old = tiny_proto.tta
+    try:
+        tiny_proto.tta = "d8"
+        e = tiny_proto.embed(x)
+        for t in TTA["d8"]:
+            assert torch.allclose(tiny_proto.embed(t(x).contiguous()), e, atol=1e-4)
+        tiny_proto.tta = "flips"
+        e = tiny_proto.embed(x)
+        for t in TTA["flips"]:
+            assert torch.allclose(tiny_proto.embed(t(x).contiguous()), e, atol=1e-4)
+    finally:
+        tiny_proto.tta = old
+    assert len(TTA["d8"]) == 8 and len(TTA["flips"]) == 4
+
+
+def test_ensemble_distance_is_the_mean_of_its_members():
+    from torch import nn
+
+    from stmwatch.models.fewshot.proto import ProtoEnsemble, ProtoNet
+
+    s = shape_set(EASY, per_class=2, seed=0)
+    support = torch.from_numpy(np.concatenate([s.crops[k][:1] for k in EASY]))
+    query = torch.from_numpy(np.concatenate([s.crops[k][1:] for k in EASY]))
+    a, b = ProtoNet(nn.Flatten(), "cosine"), ProtoNet(nn.Sequential(nn.AvgPool2d(2), nn.Flatten()), "cosine")
+    ens = ProtoEnsemble([a, b])
+    ens.fit(support, torch.arange(4))
+    expected = (a.distances(query) + b.distances(query)) / 2
+    assert torch.allclose(ens.distances(query), expected)
+    assert torch.allclose(ens.scores(query), -10.0 * expected)
+    ens.tta = "flips"
+    assert a.tta == b.tta == "flips"
+
+
+def test_eval_command_tta_and_ensemble(tmp_path, capsys):
+    from stmwatch.daemon.cli import main
+
+    write_set(shape_set(EASY, per_class=12, seed=1, surface="toy"), tmp_path / "crops")
+    paths = []
+    for seed in (0, 1):
+        net = train([shape_set(EASY, per_class=12, seed=1)], TrainConfig(method="proto", metric="cosine", way=4,
+                                                                         query=4, episodes=2, seed=seed))
+        paths.append(str(save(tmp_path / f"w{seed}.pt", net, TrainConfig(metric="cosine"), {"tta": "flips"})))
+    common = ["eval", "fewshot", "--data", str(tmp_path / "crops"), "--surface", "toy", "--method", "proto",
+              "--episodes", "3", "--json", "--threads", "1"]
+    capsys.readouterr()
+    assert main(common + ["--weights", paths[0]]) == 0
+    assert json.loads(capsys.readouterr().out)["tta"] == "flips"  # from the checkpoint's meta
+    assert main(common + ["--weights", ",".join(paths), "--tta", "d8"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tta"] == "d8" and 0 <= out["accuracy"] <= 1

@@ -10,7 +10,10 @@ from crops <data>/<surface>/<class>/*, mean accuracy over the episodes and the h
 95 % confidence interval (--json: keys 'accuracy' and 'ci95', as fractions).
 
 --weights is a file written by 'stmwatch train fewshot' (default for proto: the shipped weights);
-pixel_nn needs none. --table instead trains and evaluates all six rows of the method's tables on
+pixel_nn needs none. --tta (prototypical network only) averages each crop's embedding over its
+mirror images (flips) or all eight turns and mirrors (d8); default: the checkpoint's meta 'tta',
+else none. --weights may name several proto checkpoints, comma-separated: an ensemble whose
+embedding is their L2-normalised embeddings side by side. --table instead trains and evaluates all six rows of the method's tables on
 the simulator's surfaces and writes them as Markdown (see docs/fewshot.md)."""
 
 
@@ -20,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="proto", choices=("proto", "matching", "relation", "simpleshot",
                                                               "pixel_nn"))
     parser.add_argument("--weights", help="trained weights (default for proto: the shipped ones)")
+    parser.add_argument("--tta", choices=("none", "flips", "d8"),
+                        help="proto: test-time augmentation of the embedding (default: the checkpoint's, else none)")
     parser.add_argument("--way", type=int, default=4)
     parser.add_argument("--shot", type=int, default=1)
     parser.add_argument("--query", type=int, default=15, help="query crops per class per episode")
@@ -58,12 +63,25 @@ def run(args) -> int:
         weights = args.weights or (WEIGHTS if args.method == "proto" else None)
         if weights is None:
             raise SystemExit(f"eval fewshot: --weights is needed for {args.method}")
-        method, config, _ = load(weights)
-        if config.method != args.method:
-            raise SystemExit(f"{weights} holds a {config.method} network, not {args.method}")
+        loaded = [load(w) for w in str(weights).split(",")]
+        for w, (_, config, _) in zip(str(weights).split(","), loaded):
+            if config.method != args.method:
+                raise SystemExit(f"{w} holds a {config.method} network, not {args.method}")
+        if args.method == "proto":
+            from .proto import ProtoEnsemble
+
+            for net, _, meta in loaded:
+                net.tta = args.tta or meta.get("tta", "none")
+            method = loaded[0][0] if len(loaded) == 1 else ProtoEnsemble([net for net, _, _ in loaded])
+        elif len(loaded) > 1:
+            raise SystemExit("eval fewshot: several --weights only for proto")
+        else:
+            method = loaded[0][0]
     result = evaluate(method, load_surface(args.data, args.surface), args.way, args.shot, args.query, args.episodes,
                       args.seed)
     result["method"] = args.method
+    if args.method == "proto":
+        result["tta"] = method.tta
     if args.json:
         print(json.dumps(result))
     else:
