@@ -272,3 +272,17 @@ def test_eval_command_tta_and_ensemble(tmp_path, capsys):
     assert main(common + ["--weights", ",".join(paths), "--tta", "d8"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["tta"] == "d8" and 0 <= out["accuracy"] <= 1
+
+
+def test_classifier_takes_tta_from_the_weights_meta(tiny_proto, tmp_path):
+    from stmwatch.models.fewshot.classifier import load_classifier
+
+    s = shape_set(EASY, per_class=2, seed=3, surface="toy")
+    write_set(s, tmp_path / "support")
+    path = save(tmp_path / "w.pt", tiny_proto, TrainConfig(episodes=40), {"tta": "d8", "unknown_distance": 1e9})
+    clf = load_classifier("toy", support_dir=tmp_path / "support", weights=path)
+    assert clf.net.tta == "d8"
+    crop = s.crops["bar"][:1]
+    turned = np.ascontiguousarray(np.rot90(crop, 1, axes=(-2, -1)))
+    assert np.allclose(clf.distances(crop), clf.distances(turned), atol=1e-4)
+    assert load_classifier("toy", support_dir=tmp_path / "support", weights=path, tta="none").net.tta == "none"

@@ -95,12 +95,14 @@ def file_version(path: Path) -> str:
 
 
 def load_classifier(surface: str, support_dir: Path | str | None = None, weights: Path | str | None = None,
-                    unknown_distance: float | None = None) -> PrototypicalClassifier:
+                    unknown_distance: float | None = None, tta: str | None = None) -> PrototypicalClassifier:
     """The shipped (or given) prototypical network with the support set of ``surface``.
 
     ``support_dir`` is a folder ``<class>/*.npy`` (or ``<surface>/<class>/*.npy``); default the
     shipped ``models/support/<surface>``. ``weights`` default ``models/weights/fewshot_proto_conv4.pt``.
-    ``unknown_distance`` (None or 0: the calibrated one stored with the weights).
+    ``unknown_distance`` (None or 0: the calibrated one stored with the weights). ``tta`` (None:
+    the weights' ``meta["tta"]``, else ``"none"``): test-time augmentation of the embedding, see
+    :class:`ProtoNet` (the stored unknown distance is calibrated with the stored setting).
     """
     from .training import load  # avoid a cycle at import time
 
@@ -108,6 +110,7 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     net, config, meta = load(weights)
     if not isinstance(net, ProtoNet):
         raise ValueError(f"{weights} holds a {config.method} network, not a prototypical one")
+    net.tta = tta or meta.get("tta", "none")
     root = Path(support_dir) if support_dir else SUPPORT / surface
     if (root / surface).is_dir():
         root = root / surface
