@@ -51,7 +51,9 @@ def load_segmenter(settings: ModelSettings, surface: Surface, preprocess=None,
     return UNetSegmenter(model, runner, surface, version=digest[:12], preprocess=preprocess,
                          threshold=settings.threshold, min_area_px=settings.min_area_px,
                          tile_px=settings.tile_px, tile_overlap_px=settings.tile_overlap_px,
-                         batch_size=settings.batch_tiles, max_nm_per_px=settings.max_nm_per_px, name=checkpoint.get("meta", {}).get("name", "unet"))
+                         batch_size=settings.batch_tiles, max_nm_per_px=settings.max_nm_per_px,
+                         remove_ghosts=settings.remove_double_tip_ghosts,
+                         name=checkpoint.get("meta", {}).get("name", "unet"))
 
 
 def find_support(settings: ModelSettings, surface: Surface, support: str | Path | None) -> Path | None:

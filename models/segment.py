@@ -20,6 +20,7 @@ from stmwatch.drivers.scan import Scan
 
 from .backends import Backend
 from .defects import Defect
+from .double_tip import DoubleTip, find_double_tip
 from .preprocess import Prepared, PreprocessSettings, prepare
 from .surfaces import Surface, get_surface
 from .unet import UNet, tiled_predict
@@ -155,7 +156,7 @@ class UNetSegmenter:
     def __init__(self, model: UNet, backend: Backend, surface: Surface | str, *, version: str,
                  preprocess: PreprocessSettings | None = None, threshold: float = 0.5, min_area_px: int = 6,
                  tile_px: int = 256, tile_overlap_px: int = 32, batch_size: int = 8, max_nm_per_px: float = 0.25,
-                 name: str = "unet"):
+                 remove_ghosts: bool = True, name: str = "unet"):
         self.model = model.eval()
         self.backend = backend
         self.surface = get_surface(surface) if isinstance(surface, str) else surface
@@ -163,6 +164,8 @@ class UNetSegmenter:
         self.threshold, self.min_area_px = threshold, min_area_px
         self.tile_px, self.tile_overlap_px, self.batch_size = tile_px, tile_overlap_px, batch_size
         self.max_nm_per_px = max_nm_per_px
+        self.remove_ghosts = remove_ghosts
+        self.last_double_tip: DoubleTip | None = None  # of the last scan, when one was found
         self.name, self.version = name, version
         self.last_timing_ms: dict[str, float] = {}
         self.last_probability: np.ndarray | None = None  # (H, W) model pixels, for overlays
@@ -174,8 +177,21 @@ class UNetSegmenter:
         return np.where(prepared.valid, prob, 0.0).astype(np.float32)
 
     def defects_from(self, scan: Scan, prepared: Prepared, prob: np.ndarray) -> list[Defect]:
-        """Post-processing: components of ``prob`` → defects in ``scan``'s pixels and metres."""
+        """Post-processing: components of ``prob`` → defects in ``scan``'s pixels and metres; with
+        ``remove_ghosts``, the second copies made by a double tip are dropped (:mod:`.double_tip`)."""
         components, _ = find_components(prob, self.threshold, self.min_area_px, prepared.valid)
+        self.last_double_tip = None
+        if self.remove_ghosts and components:
+            points = np.array([(c.row, c.col) for c in components])
+            found = find_double_tip(points, np.array([c.score * c.area for c in components]),
+                                    nm_per_px=self.surface.nm_per_px)
+            if found is not None:
+                ghosts = set(found.ghosts)
+                components = [c for k, c in enumerate(components) if k not in ghosts]
+                self.last_double_tip = found
+                dr, dc = (v * self.surface.nm_per_px for v in found.offset_px)
+                log.info("%s: double tip, ghost copies %.2f nm right and %.2f nm down of the features; "
+                         "%d ghost defects dropped", scan.name, dc, dr, len(ghosts))
         return defects_at(scan, prepared, components)
 
     def resolves(self, scan: Scan) -> bool:

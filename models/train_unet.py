@@ -113,30 +113,37 @@ def training_scan(surface: str, seed: int, double_tip_share: float | None = None
 
 
 def simulated_patches(surfaces: list[str], scans: int, patch: int, radius_px: float, seed_base: int,
-                      max_per_scan: int = 10, double_tip_share: float | None = None) -> Patches:
+                      max_per_scan: int = 10, double_tip_share: float | None = None, workers: int = 1) -> Patches:
     """Patches from ``scans`` simulated scans per surface (seeds ``seed_base + k*100_000 + i``):
     about one per ``patch``² of model image, 2 to ``max_per_scan`` per scan (``double_tip_share``:
-    see :func:`training_scan`)."""
+    see :func:`training_scan`); ``workers`` > 1 simulates in that many processes (same result)."""
+    jobs = [(key, seed_base + SURFACE_KEYS.index(key) * 100_000 + i, patch, radius_px, max_per_scan, double_tip_share)
+            for key in surfaces for i in range(scans)]
+    if workers > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return join(pool.starmap(scan_patches, jobs, chunksize=1))
+    return join([scan_patches(*job) for job in jobs])
+
+
+def scan_patches(key: str, seed: int, patch: int, radius_px: float, max_per_scan: int,
+                 double_tip_share: float | None) -> Patches:
+    """The patches of one simulated training scan (see :func:`simulated_patches`)."""
     from .preprocess import prepare
 
-    parts = []
-    for key in surfaces:
-        k = SURFACE_KEYS.index(key)
-        for i in range(scans):
-            seed = seed_base + k * 100_000 + i
-            scan, truth = training_scan(key, seed, double_tip_share)
-            prepared = prepare(scan, key)
-            rows, cols = prepared.from_scan(np.array([d.row for d in truth.defects], dtype=float),
-                                            np.array([d.col for d in truth.defects], dtype=float))
-            centres = np.stack([rows, cols], axis=1) if len(rows) else np.zeros((0, 2))
-            image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
-            if len(centres):  # defects in lines never acquired are not targets
-                ok = prepared.valid[np.clip(np.rint(centres[:, 0]).astype(int), 0, image.shape[1] - 1),
-                                    np.clip(np.rint(centres[:, 1]).astype(int), 0, image.shape[2] - 1)]
-                centres = centres[ok]
-            count = int(np.clip(round(image.shape[1] * image.shape[2] / patch**2), 2, max_per_scan))
-            parts.append(cut_patches(image, centres, patch, count, radius_px, np.random.default_rng(seed)))
-    return join(parts)
+    scan, truth = training_scan(key, seed, double_tip_share)
+    prepared = prepare(scan, key)
+    rows, cols = prepared.from_scan(np.array([d.row for d in truth.defects], dtype=float),
+                                    np.array([d.col for d in truth.defects], dtype=float))
+    centres = np.stack([rows, cols], axis=1) if len(rows) else np.zeros((0, 2))
+    image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
+    if len(centres):  # defects in lines never acquired are not targets
+        ok = prepared.valid[np.clip(np.rint(centres[:, 0]).astype(int), 0, image.shape[1] - 1),
+                            np.clip(np.rint(centres[:, 1]).astype(int), 0, image.shape[2] - 1)]
+        centres = centres[ok]
+    count = int(np.clip(round(image.shape[1] * image.shape[2] / patch**2), 2, max_per_scan))
+    return cut_patches(image, centres, patch, count, radius_px, np.random.default_rng(seed))
 
 
 # ---- augmentation --------------------------------------------------------------------------------
@@ -165,6 +172,33 @@ def extra_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     kinds = [str(k) for k in rng.choice(NOISE_KINDS, size=int(rng.integers(1, 3)), replace=False)]
     return apply_noise(image, rng, kinds, strength=float(rng.uniform(0.3, 1.2)))
+
+
+class AugmentedBatches(torch.utils.data.IterableDataset):
+    """``steps`` augmented training batches ``(x, y)`` for one epoch; with a DataLoader of
+    ``workers`` processes each makes its share, seeded by ``(seed, epoch, worker)``."""
+
+    def __init__(self, data: Patches, steps: int, batch: int, seed: int, epoch: int, noise: float):
+        self.data, self.steps, self.batch, self.seed, self.epoch, self.noise = data, steps, batch, seed, epoch, noise
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        rng = np.random.default_rng([self.seed, self.epoch] + ([worker] if workers > 1 else []))
+        for _ in range(worker, self.steps, workers):
+            idx = rng.integers(0, len(self.data), self.batch)
+            x, y = augment(self.data.images[idx], self.data.targets[idx], rng, self.noise)
+            yield torch.from_numpy(x), torch.from_numpy(y)
+
+
+def batches(data: Patches, steps: int, batch: int, seed: int, epoch: int, noise: float, workers: int):
+    """The epoch's augmented batches, made in this process (``workers`` ≤ 1) or in ``workers``
+    processes ahead of the optimiser (a GPU run would otherwise wait for the augmentation)."""
+    dataset = AugmentedBatches(data, steps, batch, seed, epoch, noise)
+    if workers <= 1:
+        return iter(dataset)
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+                                            multiprocessing_context="fork", prefetch_factor=4))
 
 
 # ---- training --------------------------------------------------------------------------------------
@@ -205,7 +239,7 @@ def learning_rate(step: int, total: int, peak: float, warmup: float = 0.1) -> fl
 
 def train(model: UNet, data: Patches, val: Patches, out: Path, *, epochs: int, steps: int, batch: int,
           lr: float, seed: int, device: str = "cpu", resume: bool = False, noise: float = 0.5,
-          meta: dict | None = None, progress: bool = True) -> list[dict]:
+          meta: dict | None = None, progress: bool = True, workers: int = 0) -> list[dict]:
     """Train ``model`` in place; returns one record per epoch (loss, precision, recall, f1)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -225,18 +259,15 @@ def train(model: UNet, data: Patches, val: Patches, out: Path, *, epochs: int, s
                TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress, transient=True) as bar:
         for epoch in range(start, epochs):
-            rng = np.random.default_rng([seed, epoch])
             torch.manual_seed(seed * 1000 + epoch)
             model.train()
             task = bar.add_task("train", total=steps, epoch=epoch + 1, loss=0.0)
             losses = []
             t0 = time.perf_counter()
-            for step in range(steps):
+            for step, (x, y) in enumerate(batches(data, steps, batch, seed, epoch, noise, workers)):
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(epoch * steps + step, epochs * steps, lr)
-                idx = rng.integers(0, len(data), batch)
-                x, y = augment(data.images[idx], data.targets[idx], rng, noise)
-                loss = loss_fn(model(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
+                loss = loss_fn(model(x.to(dev)), y.to(dev))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -281,6 +312,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seeds the data (training scans), the order and the weights")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes that simulate the scans and augment the batches (default 0: none; "
+                             "on a GPU machine, most of its CPU cores)")
     parser.add_argument("--resume", action="store_true", help="go on from OUT/last.pt")
     parser.add_argument("--init", help="start from these weights (e.g. models/weights/unet.pt; their width and depth "
                                        "replace --width/--depth) with a fresh optimiser and learning-rate schedule")
@@ -313,10 +347,10 @@ def run(args) -> int:
         t0 = time.perf_counter()
         with console.status("simulating training scans"):
             data = simulated_patches(args.surfaces, args.scans, args.patch, radius_px, seed_base=args.seed * 10_000,
-                                     double_tip_share=args.double_tip_share)
+                                     double_tip_share=args.double_tip_share, workers=args.workers)
             val = simulated_patches(args.surfaces, args.val_scans, args.patch, radius_px,
                                     seed_base=args.seed * 10_000 + 50_000, max_per_scan=4,
-                                    double_tip_share=args.double_tip_share)
+                                    double_tip_share=args.double_tip_share, workers=args.workers)
         obj = np.empty(len(data.centres), dtype=object)
         obj[:] = data.centres
         vobj = np.empty(len(val.centres), dtype=object)
@@ -337,7 +371,8 @@ def run(args) -> int:
             "surfaces": args.surfaces, "train_args": {k: v for k, v in vars(args).items()
                                                       if isinstance(v, (int, float, str, list)) and k != "command"}}
     history = train(model, data, val, out, epochs=args.epochs, steps=args.steps, batch=args.batch, lr=args.lr,
-                    seed=args.seed, device=device, resume=args.resume, noise=args.noise, meta=meta)
+                    seed=args.seed, device=device, resume=args.resume, noise=args.noise, meta=meta,
+                    workers=args.workers)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     if args.weights:
         best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
