@@ -20,7 +20,7 @@ from .preprocess import align_rows, apparent_height, fill_nan_rows, level_plane
 INVALID_GREY = (128, 128, 128)
 BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
-# Outline colours, in the order labels are met (sorted); chosen to stand out on afmhot/gold,
+# Outline colours (see label_colours); chosen to stand out on afmhot/gold,
 # which run black → red → orange → yellow → white.
 LABEL_COLOURS = [
     (0, 230, 255),  # cyan
@@ -95,8 +95,18 @@ def _png_bytes(picture: Image.Image, path: str | Path | None) -> bytes:
 
 
 def label_colours(labels) -> dict[str, tuple[int, int, int]]:
-    """A colour for each distinct label, assigned in sorted order from :data:`LABEL_COLOURS`."""
-    return {label: LABEL_COLOURS[i % len(LABEL_COLOURS)] for i, label in enumerate(sorted(set(labels)))}
+    """A colour for each distinct label, the same in every picture: a surface's own classes take
+    the first four colours of :data:`LABEL_COLOURS` in the order of ``Surface.classes``,
+    ``unknown`` is white, and any other label (``defect``, a class an operator added) takes the
+    remaining colours in sorted order."""
+    from .surfaces import SURFACES
+
+    labels = set(labels)
+    fixed = {cls: LABEL_COLOURS[i] for surface in SURFACES.values() for i, cls in enumerate(surface.classes)}
+    fixed["unknown"] = LABEL_COLOURS[-1]
+    spare = LABEL_COLOURS[4:-1]
+    others = sorted(labels - set(fixed))
+    return {label: fixed[label] if label in fixed else spare[others.index(label) % len(spare)] for label in labels}
 
 
 def display_size(aspect: float, longest: int) -> tuple[int, int]:

@@ -126,7 +126,7 @@ def test_unreadable_database_is_shown_not_raised(tmp_path):
 def test_thumbnail_half_blocks_and_defect_colour():
     image = np.zeros((8, 8))
     image[:4] = 1.0  # top half bright
-    text = thumbnail(image, [(6.0, 6.0, "db")], width=4)
+    text = thumbnail(image, [(6.0, 6.0, "dangling_bond")], width=4)
     assert text.plain == "▀▀▀▀\n▀▀▀▀"
     styles = [str(span.style) for span in text.spans]
     # first line: bright (white) above bright; second line: dark above dark, except the defect pixel

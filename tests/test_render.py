@@ -68,9 +68,9 @@ def test_overlay_outlines_a_defect_at_the_right_place():
     rgb = _decode(png)
     header = rgb.shape[0] - 512
     assert rgb.shape[1] == 512 and 0 < header < 120
-    cyan = LABEL_COLOURS[0]
+    magenta = LABEL_COLOURS[2]  # vacancy, si001h's third class
     body = rgb[header:]
-    ys, xs = np.nonzero((body == cyan).all(axis=2))
+    ys, xs = np.nonzero((body == magenta).all(axis=2))
     assert len(xs) > 50
     # 8 screen pixels per image pixel; the pixel centre is at (index + 0.5)
     centre_x, centre_y = (48 + 0.5) * 8, (16 + 0.5) * 8
@@ -91,12 +91,15 @@ def test_overlay_labels_colours_and_file(tmp_path):
     path = tmp_path / "overlay.png"
     png = overlay_png(image, defects, path, labels=True, scale_to=400)
     assert path.read_bytes() == png
-    colours = label_colours(["vacancy", "adatom"])
-    assert colours == {"adatom": LABEL_COLOURS[0], "vacancy": LABEL_COLOURS[1]}
+    colours = label_colours(["vacancy", "adatom"])  # si001h's third class, tio2110's fourth
+    assert colours == {"vacancy": LABEL_COLOURS[2], "adatom": LABEL_COLOURS[3]}
+    assert label_colours(["vacancy", "dangling_bond", "unknown", "my_class"]) == {
+        "dangling_bond": LABEL_COLOURS[0], "vacancy": LABEL_COLOURS[2], "unknown": LABEL_COLOURS[-1],
+        "my_class": LABEL_COLOURS[4]}
     rgb = _decode(png)
     header = rgb.shape[0] - 400
     body = rgb[header:]
-    green = (body == colours["vacancy"]).all(axis=2)
+    green = (body == colours["vacancy"]).all(axis=2)  # (magenta)
     ys, xs = np.nonzero(green)
     assert ys.mean() < 200 and xs.min() < 105  # near (10, 10) → (105, 105) on screen, text to the right
     without_text = _decode(overlay_png(image, defects, None, labels=False, scale_to=400))
