@@ -81,7 +81,7 @@ def test_overlay_outlines_a_defect_at_the_right_place():
     # the header holds the title (text colour) and the legend swatch (the label's colour)
     top = rgb[:header]
     assert (top.min(axis=2) > 150).sum() > 30  # antialiased text: light grey pixels
-    assert (top == cyan).all(axis=2).sum() > 50
+    assert (top == magenta).all(axis=2).sum() > 50
     assert (top == BACKGROUND).all(axis=2).mean() > 0.5
 
 
