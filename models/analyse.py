@@ -11,6 +11,7 @@ fractional pixel indices, an integer is a pixel centre) with scanner-frame metre
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Protocol
 
@@ -19,6 +20,8 @@ import numpy as np
 from stmwatch.drivers.scan import Scan
 
 from .defects import Defect, count_labels
+
+log = logging.getLogger(__name__)
 
 
 class Segmenter(Protocol):
@@ -69,11 +72,23 @@ class Analyser:
             versions["classifier"] = f"{self.classifier.name}@{self.classifier.version}"
         return versions
 
+    def check_surface(self, scan: Scan) -> str | None:
+        """Log (and return) a warning when the segmenter's last preprocessed scan does not show the
+        atomic rows of the surface it was set up for (:mod:`.lattice`); None otherwise."""
+        from .lattice import surface_mismatch
+
+        prepared, surface = getattr(self.segmenter, "last_prepared", None), getattr(self.segmenter, "surface", None)
+        warning = surface_mismatch(prepared, surface) if prepared is not None and surface is not None else None
+        if warning:
+            log.warning("%s: %s", scan.name, warning)
+        return warning
+
     def analyse(self, scan: Scan, read_ms: float = 0.0) -> Analysis:
         """Segment and classify ``scan``; ``read_ms`` is the time its reading took, for the record."""
         t0 = time.perf_counter()
         defects = self.segmenter.segment(scan)
         t1 = time.perf_counter()
+        self.check_surface(scan)
         with_crops = [d for d in defects if d.crop is not None]
         if self.classifier is not None and with_crops:
             labels = self.classifier.classify(np.stack([d.crop for d in with_crops]))

@@ -1,0 +1,52 @@
+"""The surface check (models/lattice.py): simulated scans of each surface show their rows, a real
+moiré scan does not show Si(001):H rows, and the analyser warns about it."""
+import logging
+
+import numpy as np
+import pytest
+
+from stmwatch.drivers.sxm import read_sxm
+from stmwatch.models.eval_segment import held_out_scan
+from stmwatch.models.lattice import ROW_CONTRAST_MIN, row_contrast, surface_mismatch
+from stmwatch.models.preprocess import prepare
+from stmwatch.models.surfaces import SURFACES, get_surface
+
+from .conftest import REAL
+
+
+def test_row_contrast_of_a_grating_and_of_noise():
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:256, 0:256] * 0.1  # nm
+    valid = np.ones((256, 256), bool)
+    grating = np.cos(2 * np.pi * (0.6 * rows + 0.8 * cols) / 0.768) + rng.normal(0, 1, (256, 256))
+    assert row_contrast(grating, valid, 0.768, 0.1) > 10  # 19.6
+    assert row_contrast(grating, valid, 0.649, 0.1) < 2  # another surface's period: not on its ring
+    noise = rng.normal(0, 1, (256, 256))  # a flat spectrum: ring and surroundings alike
+    assert 0.8 < row_contrast(noise, valid, 0.768, 0.1) < 1.25
+    assert row_contrast(noise, np.zeros_like(valid), 0.768, 0.1) == 0.0
+
+
+@pytest.mark.parametrize("surface", sorted(SURFACES))
+def test_simulated_scans_with_every_artefact_show_their_rows(surface):
+    for i in range(3):
+        scan, _ = held_out_scan(surface, i, seed=8_700_000)
+        assert surface_mismatch(prepare(scan, surface), get_surface(surface)) is None
+
+
+def test_a_moire_scan_is_not_si001h_and_the_analyser_says_so(caplog):
+    from stmwatch.daemon.config import load_config
+    from stmwatch.models.load import load_analyser
+
+    scan = read_sxm(REAL / "stm_moire_10nm.sxm")
+    prepared = prepare(scan, "si001h")
+    surface = get_surface("si001h")
+    assert row_contrast(prepared.image[0], prepared.valid, surface.row_nm, 0.1) < ROW_CONTRAST_MIN
+    analyser = load_analyser(load_config(None))
+    with caplog.at_level(logging.WARNING, logger="stmwatch.models.analyse"):
+        analyser.analyse(scan)
+    assert any("stm_moire_10nm.sxm" in r.message and "Si(001):H rows" in r.message for r in caplog.records)
+    caplog.clear()
+    simulated, _ = held_out_scan("si001h", 0, seed=8_700_000)
+    with caplog.at_level(logging.WARNING, logger="stmwatch.models.analyse"):
+        analyser.analyse(simulated)
+    assert not [r for r in caplog.records if "rows" in r.message]
