@@ -69,7 +69,8 @@ def find_support(settings: ModelSettings, surface: Surface, support: str | Path 
     return shipped if shipped.is_dir() else None
 
 
-def load_classifier(settings: ModelSettings, surface: Surface, support: Path | None) -> Classifier | None:
+def load_classifier(settings: ModelSettings, surface: Surface, support: Path | None,
+                    backend: str | None = None) -> Classifier | None:
     """The few-shot classifier on ``support``, or None (logged) when it cannot be built here."""
     if support is None:
         log.info("no support set: segment only (every defect is labelled 'defect')")
@@ -83,7 +84,8 @@ def load_classifier(settings: ModelSettings, surface: Surface, support: Path | N
         return None
     weights = Path(settings.classifier_weights).expanduser() if settings.classifier_weights else None
     try:
-        return module.load_classifier(surface.key, support, weights, settings.unknown_distance or None)
+        return module.load_classifier(surface.key, support, weights, settings.unknown_distance or None,
+                                      backend=backend or settings.backend)
     except FileNotFoundError as exc:  # e.g. classifier weights not trained/shipped yet
         log.warning("few-shot classifier not available (%s): segment only", exc)
         return None
@@ -96,5 +98,5 @@ def load_analyser(config, surface: str | None = None, backend: str | None = None
     settings: ModelSettings = config.models
     chosen = get_surface(surface or settings.surface)
     segmenter = load_segmenter(settings, chosen, getattr(config, "preprocess", None), backend)
-    classifier = load_classifier(settings, chosen, find_support(settings, chosen, support))
+    classifier = load_classifier(settings, chosen, find_support(settings, chosen, support), backend)
     return Analyser(segmenter, classifier)

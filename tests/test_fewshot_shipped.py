@@ -82,3 +82,25 @@ def test_prototypical_network_meets_the_issue_on_test_seed_crops(surface, weight
     net.tta = "d8"
     result = evaluate(net, load_surface(tmp_path, surface), way=4, shot=1, query=15, episodes=100, seed=0)
     assert result["accuracy"] >= floor  # measured: Si 0.985 (seed-2 crops of the table), Ge 0.7245
+
+
+def test_onnxruntime_classifier_gives_the_torch_answers(tmp_path):
+    """``[models] backend = onnxruntime`` (and ``auto`` without CUDA) runs the embedding in ONNX
+    Runtime: the same labels, scores within 1e-4, and ``unknown`` still returned."""
+    pytest.importorskip("onnxruntime")
+    simulate = pytest.importorskip("stmwatch.models.simulate")
+    from stmwatch.models.fewshot.classifier import OnnxBackbone, classifier_backend
+
+    simulate.make_crops(tmp_path, ["tio2110"], per_class=5, seed=79)
+    crops = np.stack([np.load(f) for f in sorted((tmp_path / "tio2110").rglob("*.npy"))])
+    stripes = np.tile(np.where(np.arange(32) % 4 < 2, 3.0, -3.0).astype(np.float32), (2, 32, 1))
+    crops = np.concatenate([crops, stripes[None]])
+    eager = load_classifier("tio2110", backend="torch")
+    ort = load_classifier("tio2110", backend="onnxruntime")
+    assert isinstance(ort.net.backbone, OnnxBackbone) and not isinstance(eager.net.backbone, OnnxBackbone)
+    a, b = eager.classify(crops), ort.classify(crops)
+    assert [label for label, _ in a] == [label for label, _ in b] and a[-1][0] == "unknown"
+    assert np.allclose([s for _, s in a], [s for _, s in b], atol=1e-4)
+    assert classifier_backend("torch") == "torch" and classifier_backend("onnxruntime") == "onnxruntime"
+    if not __import__("torch").cuda.is_available():
+        assert classifier_backend("auto") == "onnxruntime"

@@ -7,11 +7,9 @@ measured in one run, so it holds for this machine only.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import time
-import warnings
 
 import numpy as np
 
@@ -24,25 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=30, help="timed batches per backend")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for both backends")
     parser.add_argument("--json", action="store_true")
-
-
-def onnx_embedder(net, threads: int):
-    """The embedding network exported to ONNX (batch dynamic) in an ONNX Runtime CPU session:
-    a function ``(n, 2, 32, 32)`` float32 → ``(n, features)``."""
-    import onnxruntime as ort
-    import torch
-
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.backbone.eval(), torch.zeros(1, 2, 32, 32), buf, dynamo=False, opset_version=17,
-                          input_names=["crops"], output_names=["features"], do_constant_folding=True,
-                          dynamic_axes={"crops": {0: "batch"}, "features": {0: "batch"}})
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"crops": x})[0]
 
 
 def _time(fn, x: np.ndarray, repeats: int) -> float:
@@ -60,7 +39,7 @@ def _time(fn, x: np.ndarray, repeats: int) -> float:
 def run(args) -> int:
     import torch
 
-    from .classifier import WEIGHTS
+    from .classifier import WEIGHTS, onnx_embedder
     from .synthetic import SHAPES, shape_crop
     from .training import load
 
@@ -77,7 +56,7 @@ def run(args) -> int:
         with torch.inference_mode():
             return distances(net.backbone(torch.from_numpy(x)).numpy())
 
-    embed = onnx_embedder(net, args.threads)
+    embed = onnx_embedder(net.backbone, args.threads)
     agree = float(np.abs(with_torch(crops) - distances(embed(crops))).max())
     t_torch = _time(with_torch, crops, args.repeats)
     t_onnx = _time(lambda x: distances(embed(x)), crops, args.repeats)
