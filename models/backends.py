@@ -170,7 +170,8 @@ def make_backend(name: str, model: UNet, tile: int, batch_size: int = 8, cache_d
     """The backend called ``name`` (auto | torch | onnxruntime | tensorrt) for ``model``.
 
     An explicit name that cannot run raises :class:`BackendUnavailable`; ``auto`` falls back
-    (TensorRT → ONNX Runtime → torch) and logs its choice and the reason.
+    (TensorRT → torch on a CUDA GPU → ONNX Runtime → torch on the CPU) and logs its choice and
+    the reason.
     """
     if tile % model.multiple:
         raise ValueError(f"tile {tile} is not a multiple of {model.multiple} (the UNet's down-sampling)")

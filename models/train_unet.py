@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +182,7 @@ class AugmentedBatches(torch.utils.data.IterableDataset):
     def __init__(self, data: Patches, steps: int, batch: int, seed: int, epoch: int, noise: float):
         self.data, self.steps, self.batch, self.seed, self.epoch, self.noise = data, steps, batch, seed, epoch, noise
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         rng = np.random.default_rng([self.seed, self.epoch] + ([worker] if workers > 1 else []))
@@ -191,7 +192,8 @@ class AugmentedBatches(torch.utils.data.IterableDataset):
             yield torch.from_numpy(x), torch.from_numpy(y)
 
 
-def batches(data: Patches, steps: int, batch: int, seed: int, epoch: int, noise: float, workers: int):
+def batches(data: Patches, steps: int, batch: int, seed: int, epoch: int, noise: float,
+            workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The epoch's augmented batches, made in this process (``workers`` ≤ 1) or in ``workers``
     processes ahead of the optimiser (a GPU run would otherwise wait for the augmentation)."""
     dataset = AugmentedBatches(data, steps, batch, seed, epoch, noise)
@@ -314,7 +316,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
     parser.add_argument("--workers", type=int, default=0,
                         help="processes that simulate the scans and augment the batches (default 0: none; "
-                             "on a GPU machine, most of its CPU cores)")
+                             "on a GPU machine, most of its CPU cores). The data do not depend on it; the "
+                             "batches do (each worker draws its own), so a run repeats with the same --workers")
     parser.add_argument("--resume", action="store_true", help="go on from OUT/last.pt")
     parser.add_argument("--init", help="start from these weights (e.g. models/weights/unet.pt; their width and depth "
                                        "replace --width/--depth) with a fresh optimiser and learning-rate schedule")

@@ -31,7 +31,7 @@ class HalfTorchBackend(TorchBackend):
 
     name = "torch-cuda-fp16"
 
-    def __init__(self, model):
+    def __init__(self, model: torch.nn.Module):
         super().__init__(model, "cuda")
         self.module = self.module.half()
 

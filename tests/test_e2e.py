@@ -56,7 +56,7 @@ def e2e_analyser(config: Config):
     try:
         from stmwatch.models.load import load_analyser
 
-        return load_analyser(config), 0.8
+        return load_analyser(config), 0.75
     except (FileNotFoundError, ImportError) as exc:
         from stmwatch.models.standin import standin_analyser
 

@@ -23,7 +23,11 @@ def test_row_contrast_of_a_grating_and_of_noise():
     assert row_contrast(grating, valid, 0.649, 0.1) < 2  # another surface's period: not on its ring
     noise = rng.normal(0, 1, (256, 256))  # a flat spectrum: ring and surroundings alike
     assert 0.8 < row_contrast(noise, valid, 0.768, 0.1) < 1.25
-    assert row_contrast(noise, np.zeros_like(valid), 0.768, 0.1) == 0.0
+    assert np.isnan(row_contrast(noise, np.zeros_like(valid), 0.768, 0.1))  # nothing acquired
+    assert np.isnan(row_contrast(noise[:40], valid[:40], 0.768, 0.1))  # 4 nm < 6 periods: too small to tell
+    part = valid.copy()
+    part[70:] = False  # an aborted scan: the acquired 7 nm x 25.6 nm band is judged on its own
+    assert row_contrast(grating, part, 0.768, 0.1) > 5
 
 
 @pytest.mark.parametrize("surface", sorted(SURFACES))

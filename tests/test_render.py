@@ -99,11 +99,11 @@ def test_overlay_labels_colours_and_file(tmp_path):
     rgb = _decode(png)
     header = rgb.shape[0] - 400
     body = rgb[header:]
-    green = (body == colours["vacancy"]).all(axis=2)  # (magenta)
-    ys, xs = np.nonzero(green)
+    outline = (body == colours["vacancy"]).all(axis=2)  # magenta
+    ys, xs = np.nonzero(outline)
     assert ys.mean() < 200 and xs.min() < 105  # near (10, 10) → (105, 105) on screen, text to the right
     without_text = _decode(overlay_png(image, defects, None, labels=False, scale_to=400))
-    assert (without_text[header:] == colours["vacancy"]).all(axis=2).sum() < green.sum()
+    assert (without_text[header:] == colours["vacancy"]).all(axis=2).sum() < outline.sum()
 
 
 def test_overlay_of_a_scan_keeps_its_physical_aspect():

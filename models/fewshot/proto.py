@@ -74,9 +74,7 @@ class ProtoNet(FewShotMethod):
         super().__init__()
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
-        if tta not in TTA:
-            raise ValueError(f"tta must be one of {tuple(TTA)}, not {tta!r}")
-        self.tta = tta
+        self.tta = tta  # (checked by the property)
         self.backbone = backbone
         self.metric = metric
         self._temperature = temperature if metric == "cosine" else 1.0
@@ -88,6 +86,17 @@ class ProtoNet(FewShotMethod):
     def temperature(self) -> float:
         """The scale of the distances in the scores (a plain number)."""
         return float(self.log_temperature.detach().exp()) if self.log_temperature is not None else self._temperature
+
+    @property
+    def tta(self) -> str:
+        """The test-time augmentation: a key of :data:`TTA`."""
+        return self._tta
+
+    @tta.setter
+    def tta(self, value: str) -> None:
+        if value not in TTA:
+            raise ValueError(f"tta must be one of {tuple(TTA)}, not {value!r}")
+        self._tta = value
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings ``(n, features)`` (unit length for the cosine metric); with ``tta`` the mean over
@@ -128,6 +137,8 @@ class ProtoEnsemble(FewShotMethod):
         super().__init__()
         if not nets:
             raise ValueError("an ensemble needs at least one network")
+        if len({net.metric for net in nets}) > 1:
+            raise ValueError("an ensemble's networks must share one metric")
         self.nets = nn.ModuleList(nets)
 
     @property
