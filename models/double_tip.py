@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 class DoubleTip:
     """A double tip found in one scan. ``offset_px`` ``(rows, cols)`` model pixels (display frame)
     goes from each kept copy to its ghost; ``pairs`` detections were paired at it and the
-    ``ghosts`` indices (into the detection list given) are the copies on the fainter side."""
+    ``ghosts`` indices (into the detection list given) are the copies on the fainter side (on a
+    tied vote, the fainter copy of each pair; ``offset_px`` is then one of the two directions)."""
 
     offset_px: tuple[float, float]
     pairs: int
@@ -141,12 +142,13 @@ def find_double_tip(points: np.ndarray, mass: np.ndarray, *, nm_per_px: float = 
             pairs.append((a, b))
     if len(pairs) < max(min_pairs, min_share * n):
         return None
-    # The ghost side, by a vote of the pairs: the copy with the smaller mass.
+    # The ghost side, by a vote of the pairs: the copy with the smaller mass; on a tied vote, the
+    # fainter copy of each pair.
     second_fainter = sum(1 if mass[b] < mass[a] else -1 if mass[b] > mass[a] else 0 for a, b in pairs)
-    if second_fainter >= 0:
-        ghosts = tuple(b for _, b in pairs)
-        ghost_offset = offset
+    if second_fainter > 0:
+        ghosts, ghost_offset = tuple(b for _, b in pairs), offset
+    elif second_fainter < 0:
+        ghosts, ghost_offset = tuple(a for a, _ in pairs), -offset
     else:
-        ghosts = tuple(a for a, _ in pairs)
-        ghost_offset = -offset
+        ghosts, ghost_offset = tuple(b if mass[b] <= mass[a] else a for a, b in pairs), offset
     return DoubleTip((float(ghost_offset[0]), float(ghost_offset[1])), len(pairs), tuple(sorted(ghosts)))
