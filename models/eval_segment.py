@@ -54,6 +54,7 @@ class DetectionScore:
     fn: int = 0
     dx: list[float] = dataclasses.field(default_factory=list)
     dy: list[float] = dataclasses.field(default_factory=list)
+    per_scan: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)  # (tp, fp, fn) of each add
 
     def add(self, pred: np.ndarray, truth: np.ndarray, radius: float) -> None:
         pred = np.asarray(pred, dtype=float).reshape(-1, 2)
@@ -62,6 +63,7 @@ class DetectionScore:
         self.tp += len(pairs)
         self.fp += len(pred) - len(pairs)
         self.fn += len(truth) - len(pairs)
+        self.per_scan.append((len(pairs), len(pred) - len(pairs), len(truth) - len(pairs)))
         for i, j, _ in pairs:
             self.dx.append(abs(pred[i, 0] - truth[j, 0]))
             self.dy.append(abs(pred[i, 1] - truth[j, 1]))
@@ -78,6 +80,17 @@ class DetectionScore:
     def f1(self) -> float:
         p, r = self.precision, self.recall
         return 2 * p * r / (p + r) if p + r else 0.0
+
+    def f1_interval(self, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+        """95 % interval of the pooled F1 by resampling the scans (each ``add``) with replacement:
+        how much the figure would move with another set of as many scans."""
+        counts = np.array(self.per_scan, dtype=float).reshape(-1, 3)
+        if len(counts) == 0:
+            return float("nan"), float("nan")
+        rng = np.random.default_rng(seed)
+        tp, fp, fn = counts[rng.integers(0, len(counts), (resamples, len(counts)))].sum(axis=1).T
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
+        return float(np.percentile(f1, 2.5)), float(np.percentile(f1, 97.5))
 
     @property
     def median_dx(self) -> float:
@@ -143,6 +156,7 @@ def evaluate_surfaces(surfaces: list[str], n_scans: int, *, config=None, backend
         results[key] = {
             "scans": n_scans, "true": score.tp + score.fn, "found": score.tp + score.fp, "tp": score.tp,
             "precision": round(score.precision, 4), "recall": round(score.recall, 4), "f1": round(score.f1, 4),
+            "f1_ci95": [round(v, 4) for v in score.f1_interval()],
             "median_dx_nm": round(score.median_dx * 1e9, 4), "median_dy_nm": round(score.median_dy * 1e9, 4),
             "seconds": round(time.perf_counter() - t0, 1), "weights": segmenter.version,
         }
@@ -152,7 +166,7 @@ def evaluate_surfaces(surfaces: list[str], n_scans: int, *, config=None, backend
 
 def add_arguments(parser) -> None:
     parser.add_argument("--surfaces", nargs="+", default=["si001h", "ge001", "tio2110"], help="surfaces to score")
-    parser.add_argument("--scans", type=int, default=20, help="held-out scans per surface (default 20)")
+    parser.add_argument("--scans", type=int, default=100, help="held-out scans per surface (default 100)")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="first held-out seed")
     parser.add_argument("--weights", help="UNet checkpoint (default: the shipped weights)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), help="inference backend")
@@ -168,11 +182,13 @@ def print_table(results: dict[str, dict], radius_nm: float, artefacts: str = "al
 
     table = Table(title=f"segmentation on held-out simulated scans (artefacts: {artefacts}; match radius "
                         f"{radius_nm} nm)", title_justify="left")
-    for name in ("surface", "scans", "true", "found", "precision", "recall", "F1", "median |dx| nm", "median |dy| nm"):
+    for name in ("surface", "scans", "true", "found", "precision", "recall", "F1", "F1 95 % (scans resampled)",
+                 "median |dx| nm", "median |dy| nm"):
         table.add_column(name, justify="left" if name == "surface" else "right")
     for key, r in results.items():
         table.add_row(key, str(r["scans"]), str(r["true"]), str(r["found"]), f"{r['precision']:.3f}",
-                      f"{r['recall']:.3f}", f"{r['f1']:.3f}", f"{r['median_dx_nm']:.3f}", f"{r['median_dy_nm']:.3f}")
+                      f"{r['recall']:.3f}", f"{r['f1']:.3f}", "{:.3f}-{:.3f}".format(*r["f1_ci95"]),
+                      f"{r['median_dx_nm']:.3f}", f"{r['median_dy_nm']:.3f}")
     Console().print(table)
 
 

@@ -86,6 +86,19 @@ def test_match_points_and_scores_by_hand():
     assert sorted(score.dx) == pytest.approx([0.1, 0.3]) and sorted(score.dy) == pytest.approx([0.0, 0.4])
 
 
+def test_f1_interval_by_resampling_scans_by_hand():
+    same = DetectionScore()
+    for _ in range(5):  # five identical scans: every resample has the same F1
+        same.add(np.array([[0.0, 0.0], [9.0, 9.0]]), np.array([[0.0, 0.0], [5.0, 5.0]]), 0.6)
+    assert same.f1_interval() == pytest.approx((0.5, 0.5))
+    two = DetectionScore()
+    two.add(np.array([[0.0, 0.0]]), np.array([[0.0, 0.0]]), 0.6)  # a perfect scan
+    two.add(np.zeros((0, 2)), np.array([[0.0, 0.0]]), 0.6)  # a scan with one miss
+    # resamples of two scans: both perfect (F1 1, p 1/4), one of each (2/3, p 1/2), both missed (0, p 1/4)
+    assert two.f1 == pytest.approx(2 / 3) and two.f1_interval() == (0.0, 1.0)
+    assert np.isnan(DetectionScore().f1_interval()[0])
+
+
 class BrightSpots:
     """A stand-in backend: 'probability' = bright bumps of the forward channel."""
 
