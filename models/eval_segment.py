@@ -47,26 +47,33 @@ def match_points(pred: np.ndarray, truth: np.ndarray, radius: float) -> list[tup
 
 @dataclasses.dataclass
 class DetectionScore:
-    """Counts and matched-pair errors accumulated over scans (errors in the units given)."""
+    """Counts (``tp``, ``fp``, ``fn``: sums over ``per_scan``, one ``(tp, fp, fn)`` per ``add``) and
+    matched-pair errors accumulated over scans (errors in the units given)."""
 
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
     dx: list[float] = dataclasses.field(default_factory=list)
     dy: list[float] = dataclasses.field(default_factory=list)
-    per_scan: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)  # (tp, fp, fn) of each add
+    per_scan: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
 
     def add(self, pred: np.ndarray, truth: np.ndarray, radius: float) -> None:
         pred = np.asarray(pred, dtype=float).reshape(-1, 2)
         truth = np.asarray(truth, dtype=float).reshape(-1, 2)
         pairs = match_points(pred, truth, radius)
-        self.tp += len(pairs)
-        self.fp += len(pred) - len(pairs)
-        self.fn += len(truth) - len(pairs)
         self.per_scan.append((len(pairs), len(pred) - len(pairs), len(truth) - len(pairs)))
         for i, j, _ in pairs:
             self.dx.append(abs(pred[i, 0] - truth[j, 0]))
             self.dy.append(abs(pred[i, 1] - truth[j, 1]))
+
+    @property
+    def tp(self) -> int:
+        return sum(counts[0] for counts in self.per_scan)
+
+    @property
+    def fp(self) -> int:
+        return sum(counts[1] for counts in self.per_scan)
+
+    @property
+    def fn(self) -> int:
+        return sum(counts[2] for counts in self.per_scan)
 
     @property
     def precision(self) -> float:
