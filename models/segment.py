@@ -20,7 +20,7 @@ from stmwatch.drivers.scan import Scan
 
 from .backends import Backend
 from .defects import Defect
-from .double_tip import DoubleTip, find_double_tip
+from .double_tip import DoubleTip, resolve_double_tip
 from .preprocess import Prepared, PreprocessSettings, prepare
 from .surfaces import Surface, get_surface
 from .unet import UNet, tiled_predict
@@ -178,20 +178,24 @@ class UNetSegmenter:
 
     def defects_from(self, scan: Scan, prepared: Prepared, prob: np.ndarray) -> list[Defect]:
         """Post-processing: components of ``prob`` → defects in ``scan``'s pixels and metres; with
-        ``remove_ghosts``, the second copies made by a double tip are dropped (:mod:`.double_tip`)."""
+        ``remove_ghosts``, the copies made by a second tip apex are dropped, or moved onto the real
+        feature when the network marked the copy alone (:mod:`.double_tip`)."""
         components, _ = find_components(prob, self.threshold, self.min_area_px, prepared.valid)
         self.last_double_tip = None
         if self.remove_ghosts and components:
             points = np.array([(c.row, c.col) for c in components])
-            found = find_double_tip(points, np.array([c.score * c.area for c in components]),
-                                    nm_per_px=self.surface.nm_per_px)
+            found = resolve_double_tip(points, np.array([c.score * c.area for c in components]),
+                                       prepared.image[0], prepared.valid, nm_per_px=self.surface.nm_per_px)
             if found is not None:
+                for k, row, col in found.moved:
+                    components[k] = dataclasses.replace(components[k], row=row, col=col)
                 ghosts = set(found.ghosts)
                 components = [c for k, c in enumerate(components) if k not in ghosts]
                 self.last_double_tip = found
                 dr, dc = (v * self.surface.nm_per_px for v in found.offset_px)
-                log.info("%s: double tip, ghost copies %.2f nm right and %.2f nm down of the features; "
-                         "%d ghost defects dropped", scan.name, dc, dr, len(ghosts))
+                log.info("%s: double tip (found from the %s), ghost copies %.2f nm right and %.2f nm down of the "
+                         "features; %d ghost defects dropped, %d moved onto their real copy", scan.name,
+                         found.method, dc, dr, len(ghosts), len(found.moved))
         return defects_at(scan, prepared, components)
 
     def resolves(self, scan: Scan) -> bool:
