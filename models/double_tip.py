@@ -229,11 +229,16 @@ def feature_band(image: np.ndarray, valid: np.ndarray, nm_per_px: float = 0.1, *
 
 
 def _sample(band: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``band`` at the nearest pixel of ``points`` ``(..., 2)``; NaN outside the image."""
+    """``band`` at ``points`` ``(..., 2)`` (fractional pixels), interpolated bilinearly; NaN outside."""
     h, w = band.shape
-    r, c = np.round(points[..., 0]), np.round(points[..., 1])
-    inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
-    values = band[np.clip(r, 0, h - 1).astype(np.int64), np.clip(c, 0, w - 1).astype(np.int64)]
+    r, c = points[..., 0], points[..., 1]
+    inside = (r >= 0) & (r <= h - 1) & (c >= 0) & (c <= w - 1)
+    r0 = np.clip(np.floor(r), 0, max(h - 2, 0)).astype(np.int64)
+    c0 = np.clip(np.floor(c), 0, max(w - 2, 0)).astype(np.int64)
+    fr, fc = np.clip(r - r0, 0, 1), np.clip(c - c0, 0, 1)
+    r1, c1 = np.minimum(r0 + 1, h - 1), np.minimum(c0 + 1, w - 1)
+    values = ((1 - fr) * ((1 - fc) * band[r0, c0] + fc * band[r0, c1])
+              + fr * ((1 - fc) * band[r1, c0] + fc * band[r1, c1]))
     return np.where(inside, values, np.nan)
 
 

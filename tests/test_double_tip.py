@@ -2,7 +2,7 @@
 and independent defects are left alone."""
 import numpy as np
 
-from stmwatch.models.double_tip import find_double_tip
+from stmwatch.models.double_tip import feature_band, find_double_tip, resolve_double_tip
 
 
 def spread_points(n: int, size: float, min_gap: float, rng: np.random.Generator) -> np.ndarray:
@@ -89,3 +89,54 @@ def test_thousands_of_detections_in_bounded_memory():
     points = np.concatenate([points, points[:2000] + (4.0, 12.0)])  # 7000 detections, 2000 ghost pairs
     found = find_double_tip(points, np.concatenate([np.full(5000, 20.0), np.full(2000, 10.0)]))
     assert found is not None and found.pairs == 2000 and found.ghosts == tuple(range(5000, 7000))
+
+
+# ---- from the image (resolve_double_tip) ---------------------------------------------------------
+
+
+def surface_image(features: np.ndarray, size: int, rng: np.random.Generator, height: float = 0.1) -> np.ndarray:
+    """A Si(001)-like height map (nm) on a ``size`` square of 0.1 nm pixels: dimer rows 0.768 nm
+    apart (columns), 0.384 nm along them, plus Gaussian protrusions (sigma 0.25 nm) at ``features``
+    ``(n, 2)`` (row, col in pixels)."""
+    r, c = np.mgrid[0:size, 0:size].astype(float)
+    z = 0.04 * np.cos(2 * np.pi * c / 7.68) + 0.01 * np.cos(2 * np.pi * r / 3.84)
+    for fr, fc in features:
+        z += height * rng.uniform(0.8, 1.2) * np.exp(-((r - fr) ** 2 + (c - fc) ** 2) / (2 * 2.5 ** 2))
+    return z
+
+
+def test_a_double_tip_in_the_image_gives_the_offset_with_its_sign_and_puts_each_ghost_right():
+    rng = np.random.default_rng(7)
+    real = spread_points(30, 260, 30, rng) + 20
+    offset = np.array([7.0, -5.0])  # from each feature to its copy, 0.86 nm
+    # Two apexes: the second, 0.02 nm further from the surface, sees everything shifted by offset.
+    single = surface_image(real, 300, rng)
+    shifted = np.roll(single, tuple(offset.astype(int)), axis=(0, 1))
+    image = np.maximum(single, shifted - 0.02) + rng.normal(0, 0.004, single.shape)
+    # The network marked 20 real features alone, 4 with their ghost too, and the ghost alone of 6.
+    points = np.concatenate([real[:24], real[20:24] + offset, real[24:] + offset])
+    found = resolve_double_tip(points, np.ones(len(points)), image, np.ones(image.shape, bool))
+    assert found is not None and found.method == "image"
+    # the visible part of a copy leans a little towards where the second apex sees above the lattice
+    assert np.hypot(*(np.array(found.offset_px) - offset)) < 1.2
+    assert found.ghosts == tuple(range(24, 28))
+    assert [k for k, _, _ in found.moved] == list(range(28, 34))
+    moved_to = np.array([(row, col) for _, row, col in found.moved])
+    assert np.hypot(*(moved_to - real[24:]).T).max() < 1.5  # 0.15 nm
+
+
+def test_defects_on_lattice_sites_with_a_single_tip_are_left_alone():
+    rng = np.random.default_rng(8)
+    sites = lattice_sites(60, 28, rng) + 10  # many pairs of defects at the same lattice vectors
+    image = surface_image(sites, 300, rng) + rng.normal(0, 0.004, (300, 300))
+    assert resolve_double_tip(sites, np.ones(len(sites)), image, np.ones(image.shape, bool)) is None
+
+
+def test_feature_band_takes_out_the_lattice_and_keeps_the_defects():
+    rng = np.random.default_rng(9)
+    lattice = surface_image(np.zeros((0, 2)), 200, rng) + rng.normal(0, 0.004, (200, 200))
+    with_defect = lattice + surface_image(np.array([[100.0, 100.0]]), 200, rng) - surface_image(np.zeros((0, 2)), 200, rng)
+    valid = np.ones((200, 200), bool)
+    empty, band = feature_band(lattice, valid), feature_band(with_defect, valid)
+    assert np.abs(empty).max() < 0.2 * band[100, 100]
+    assert np.unravel_index(np.argmax(band), band.shape) == (100, 100)
