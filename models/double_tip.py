@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 
 import numpy as np
 
@@ -47,10 +48,10 @@ class DoubleTip:
     goes from each real copy to its ghost. ``ghosts`` are the indices (into the detection list
     given) of the detections to drop: ghosts whose real copy was detected too. ``moved`` holds
     ``(index, row, col)`` for ghosts detected without their real copy: they belong at
-    ``(row, col)``. ``method`` says how the offset was found: ``"image"`` (:func:`find_copy_offset`)
-    or ``"pairs"`` (:func:`find_double_tip`: ``pairs`` detections were paired at the offset; on a
-    tied vote the fainter copy of each pair is dropped and ``offset_px`` is one of the two
-    directions)."""
+    ``(row, col)``. ``method`` says how the offset was found: ``"image"`` (:func:`find_copy_offset`;
+    ``pairs`` is then the number of ghosts dropped or moved) or ``"pairs"`` (:func:`find_double_tip`:
+    ``pairs`` detections were paired at the offset; on a tied vote the fainter copy of each pair is
+    dropped and ``offset_px`` is one of the two directions)."""
 
     offset_px: tuple[float, float]
     pairs: int
@@ -262,7 +263,8 @@ def find_copy_offset(band: np.ndarray, points: np.ndarray, *, nm_per_px: float =
     ratio = np.full(length.shape, np.nan)
     annulus = (length >= min_nm) & (length <= max_nm)
     seen = _sample(band, points[:, None, :] + grid[annulus][None]) / strength[:, None]
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # displacements that leave the image for every detection: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
         ratio[annulus] = np.nanmedian(seen, axis=0)
     r, c = np.unravel_index(np.nanargmax(ratio), ratio.shape)
     centre = np.nanmedian(ratio[annulus])
@@ -307,7 +309,8 @@ def copy_contrast(band: np.ndarray, points: np.ndarray, offset_px, *, nm_per_px:
 
 def resolve_double_tip(points: np.ndarray, mass: np.ndarray, image: np.ndarray, valid: np.ndarray, *,
                        nm_per_px: float = 0.1, min_significance: float = 12.0, min_used: int = 6,
-                       max_reverse: float = 0.5, ghost_contrast: float = 0.8, same_nm: float = 0.35, **pair_options) -> DoubleTip | None:
+                       max_reverse: float = 0.5, ghost_contrast: float = 0.8, same_nm: float = 0.35,
+                       **pair_options) -> DoubleTip | None:
     """The double tip of one scan and what to do with each detection, or ``None``.
 
     ``points`` ``(n, 2)`` are the detections (model pixels of ``nm_per_px``), ``mass`` ``(n,)``
@@ -315,10 +318,11 @@ def resolve_double_tip(points: np.ndarray, mass: np.ndarray, image: np.ndarray, 
     ``valid`` where it has data. The offset is taken from the image when :func:`find_copy_offset`
     finds one at least ``min_significance`` deviations clear, from at least ``min_used``
     protrusions, and seen on one side only (``reverse_ratio`` below ``max_reverse`` ×
-    ``copy_ratio``: not a lattice vector). A protrusion is then a ghost when :func:`copy_contrast` exceeds
-    ``ghost_contrast`` (0 when another detection lies within ``same_nm`` of its real copy's place,
-    ``p - offset``): dropped when its real copy was detected, moved onto it when not. Otherwise
-    :func:`find_double_tip` (``pair_options``) decides from the detections alone.
+    ``copy_ratio``: not a lattice vector). A protrusion is then a ghost when
+    :func:`copy_contrast` exceeds ``ghost_contrast`` (0 when another detection lies within
+    ``same_nm`` of its real copy's place, ``p - offset``): dropped when its real copy was
+    detected, moved onto it when not. Otherwise :func:`find_double_tip` (``pair_options``)
+    decides from the detections alone.
     """
     points = np.asarray(points, dtype=float).reshape(-1, 2)
     if len(points) == 0:
@@ -339,7 +343,8 @@ def resolve_double_tip(points: np.ndarray, mass: np.ndarray, image: np.ndarray, 
     protrusion = np.nan_to_num(_sample(band, points)) > 0  # depressions leave no visible copy
     ghost = protrusion & (np.nan_to_num(contrast, nan=-np.inf) > np.where(near_real, 0.0, ghost_contrast))
     dropped = tuple(int(k) for k in np.flatnonzero(ghost & near_real))
-    moved = tuple((int(k), float(real_places[k, 0]), float(real_places[k, 1])) for k in np.flatnonzero(ghost & ~near_real))
+    moved = tuple((int(k), float(real_places[k, 0]), float(real_places[k, 1]))
+                  for k in np.flatnonzero(ghost & ~near_real))
     log.debug("double tip from the image: offset %s px, copy ratio %.2f (%.2f the other way), %.0f deviations, "
               "%d protrusions", np.round(offset, 2), seen.copy_ratio, seen.reverse_ratio, seen.significance, seen.used)
     return DoubleTip((float(offset[0]), float(offset[1])), len(dropped) + len(moved), dropped, moved, "image")

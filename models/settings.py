@@ -22,7 +22,7 @@ class ModelSettings:
     batch_tiles: int = 8  # tiles per UNet forward pass (memory grows with it)
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = one per CPU core
     max_nm_per_px: float = 0.25  # coarser scans (either axis) are not segmented: ~1 nm defects are not resolved
-    remove_double_tip_ghosts: bool = True  # drop the second copies a double tip makes (models/double_tip.py)
+    remove_double_tip_ghosts: bool = True  # drop a double tip's copies, or move them (models/double_tip.py)
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
