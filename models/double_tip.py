@@ -181,22 +181,26 @@ def find_double_tip(points: np.ndarray, mass: np.ndarray, *, nm_per_px: float = 
 
 @dataclasses.dataclass(frozen=True)
 class CopyOffset:
-    """The ghost offset seen in the image: ``offset_px`` ``(rows, cols)`` from a feature to its
-    copy; ``copy_ratio`` the median strength of the copy over the feature's, ``reverse_ratio`` the
-    same at ``-offset_px`` (near 0 for a double tip, whose copies lie on one side only; near
-    ``copy_ratio`` for a lattice vector, which repeats both ways); ``significance`` how far
-    ``copy_ratio`` stands above the other displacements', in median absolute deviations; ``used``
-    the number of detections (protrusions) it was measured on."""
+    """The ghost offset seen in the image: ``offset_px`` ``(rows, cols)`` from a real feature to
+    its copy; ``copy_ratio`` the median strength of the copy over the feature's, ``reverse_ratio``
+    the same at ``-offset_px`` (near 0 for a double tip whose ghosts the network mostly left out;
+    near ``copy_ratio`` for a lattice vector, which repeats both ways); ``significance`` how far
+    ``copy_ratio`` stands above the other displacements', in median absolute deviations;
+    ``agreement`` the share of the detections with a visible copy that say the same about the side
+    of the ghost from the copies' brightness (0.5: no side can be told, as with two apexes at one
+    height); ``used`` the number of detections (protrusions) measured."""
 
     offset_px: tuple[float, float]
     copy_ratio: float
     reverse_ratio: float
     significance: float
+    agreement: float
     used: int
 
 
 def _radial_median(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
-    """The median of ``values`` in each integer bin of ``bins`` (same shape), as an array indexed by bin."""
+    """The median of ``values`` in each integer bin of ``bins`` (same shape), as an array indexed by
+    bin (the lower middle value for an even count; 0 for an empty bin)."""
     values, bins = values.ravel(), bins.ravel()
     order = np.lexsort((values, bins))
     starts = np.searchsorted(bins[order], np.arange(bins.max() + 2))
@@ -234,8 +238,8 @@ def _sample(band: np.ndarray, points: np.ndarray) -> np.ndarray:
     h, w = band.shape
     r, c = points[..., 0], points[..., 1]
     inside = (r >= 0) & (r <= h - 1) & (c >= 0) & (c <= w - 1)
-    r0 = np.clip(np.floor(r), 0, max(h - 2, 0)).astype(np.int64)
-    c0 = np.clip(np.floor(c), 0, max(w - 2, 0)).astype(np.int64)
+    r0 = np.clip(np.floor(np.nan_to_num(r)), 0, max(h - 2, 0)).astype(np.int64)
+    c0 = np.clip(np.floor(np.nan_to_num(c)), 0, max(w - 2, 0)).astype(np.int64)
     fr, fc = np.clip(r - r0, 0, 1), np.clip(c - c0, 0, 1)
     r1, c1 = np.minimum(r0 + 1, h - 1), np.minimum(c0 + 1, w - 1)
     values = ((1 - fr) * ((1 - fc) * band[r0, c0] + fc * band[r0, c1])
@@ -244,12 +248,27 @@ def _sample(band: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def find_copy_offset(band: np.ndarray, points: np.ndarray, *, nm_per_px: float = 0.1, min_nm: float = 0.5,
-                     max_nm: float = 2.5, max_points: int = 400) -> CopyOffset | None:
+                     max_nm: float = 2.5, max_points: int = 400, one_sided: float = 0.6,
+                     min_agreement: float = 0.8) -> CopyOffset | None:
     """The displacement, ``min_nm`` to ``max_nm`` long, at which the detections at ``points``
-    ``(n, 2)`` see the most of themselves again in ``band`` (:func:`feature_band`): for each
-    whole-pixel displacement, the median over the protrusions (``band > 0`` at the detection; the
-    ``max_points`` strongest) of ``band(p + v) / band(p)``; refined to a fraction of a pixel by a
-    parabola through the neighbours. ``None`` when fewer than 3 protrusions were detected."""
+    ``(n, 2)`` see the most of themselves again in ``band`` (:func:`feature_band`), and its side.
+
+    For each whole-pixel displacement ``v``: the median over the protrusions (``band > 0`` at the
+    detection; the ``max_points`` strongest) of ``a = band(p + v) / band(p)``; the best ``v`` is
+    refined to a fraction of a pixel by a parabola through the neighbours. When the network marked
+    mostly one copy of each feature, that is the real one (it was trained to tell them apart, with
+    more context than a copy's brightness), and its copies, the ghosts, lie at the best ``v``.
+
+    When it marked both copies alike (fewer than ``one_sided`` of the detections with a visible
+    copy have it on the same side), the median can favour either side, and the copies' brightness
+    decides instead, by a vote: with ``b = band(p - v) / band(p)``, a detection whose copy is
+    ahead (``a > b``) and fainter (``a < 1``), or behind and brighter (``b > 1``), says the ghost
+    lies at ``+v`` (copies within 10 % of their feature's strength do not vote). The vote is used
+    when at least ``min_agreement`` of it agrees (with two apexes at about one height no side can
+    be told). A network that marked mostly the ghosts is not
+    corrected. ``None`` when fewer than 3 protrusions were detected or no displacement could be
+    measured.
+    """
     points = np.asarray(points, dtype=float).reshape(-1, 2)
     strength = _sample(band, points)
     protrusion = np.nan_to_num(strength) > 0
@@ -266,6 +285,8 @@ def find_copy_offset(band: np.ndarray, points: np.ndarray, *, nm_per_px: float =
     with warnings.catch_warnings():  # displacements that leave the image for every detection: NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         ratio[annulus] = np.nanmedian(seen, axis=0)
+    if not np.isfinite(ratio).any():
+        return None
     r, c = np.unravel_index(np.nanargmax(ratio), ratio.shape)
     centre = np.nanmedian(ratio[annulus])
     spread = np.nanmedian(np.abs(ratio[annulus] - centre)) + 1e-12
@@ -276,8 +297,26 @@ def find_copy_offset(band: np.ndarray, points: np.ndarray, *, nm_per_px: float =
             if curve < 0:
                 fine[axis] += float(np.clip(0.5 * (ratio[lo] - ratio[hi]) / curve, -0.5, 0.5))
     reverse = ratio[2 * reach - r, 2 * reach - c]
-    return CopyOffset((fine[0] - reach, fine[1] - reach), float(ratio[r, c]), float(reverse),
-                      float((ratio[r, c] - centre) / spread), len(points))
+    a = _sample(band, points + (r - reach, c - reach)) / strength
+    b = _sample(band, points - (r - reach, c - reach)) / strength
+    copy = np.fmax(a, b)
+    seen = np.isfinite(copy) & (np.abs(a - b) > 0.25)  # a visible copy on one side
+    ahead = float((a > b)[seen].mean()) if seen.any() else 1.0  # share of detections with their copy at +v
+    told = seen & (np.abs(np.log(np.abs(copy) + 1e-12)) > np.log(1.1))  # copies 10 % fainter or brighter
+    votes, plus = int(told.sum()), int(np.where(a > b, copy < 1, copy > 1)[told].sum())
+    agreement = max(plus, votes - plus) / votes if votes else 0.5
+    sign, copy_ratio = 1.0, float(ratio[r, c])
+    if max(ahead, 1 - ahead) < one_sided and agreement >= min_agreement:
+        # Both copies marked alike: the fainter is the ghost. Each detection's copy lies on its own
+        # side, so the ratios are taken per detection: the copy over the brighter of the pair, and
+        # what lies on the other side.
+        sign = 1.0 if 2 * plus >= votes else -1.0
+        brighter = np.fmax(copy[told], 1.0)
+        copy_ratio = float(np.median(np.fmin(copy[told], 1.0) / brighter))
+        reverse = float(np.median(np.fmin(a, b)[told] / brighter))
+    offset = (sign * (fine[0] - reach), sign * (fine[1] - reach))
+    return CopyOffset(offset, copy_ratio, float(reverse), float((ratio[r, c] - centre) / spread),
+                      agreement, len(points))
 
 
 def copy_contrast(band: np.ndarray, points: np.ndarray, offset_px, *, nm_per_px: float = 0.1,
@@ -317,8 +356,8 @@ def resolve_double_tip(points: np.ndarray, mass: np.ndarray, image: np.ndarray, 
     their strength, ``image`` ``(H, W)`` the scan on the model grid (the forward topography) and
     ``valid`` where it has data. The offset is taken from the image when :func:`find_copy_offset`
     finds one at least ``min_significance`` deviations clear, from at least ``min_used``
-    protrusions, and seen on one side only (``reverse_ratio`` below ``max_reverse`` ×
-    ``copy_ratio``: not a lattice vector). A protrusion is then a ghost when
+    protrusions, seen on one side only (``reverse_ratio`` below ``max_reverse`` × ``copy_ratio``:
+    not a lattice vector, nor the feature's own tail). A protrusion is then a ghost when
     :func:`copy_contrast` exceeds ``ghost_contrast`` (0 when another detection lies within
     ``same_nm`` of its real copy's place, ``p - offset``): dropped when its real copy was
     detected, moved onto it when not. Otherwise :func:`find_double_tip` (``pair_options``)
@@ -345,6 +384,9 @@ def resolve_double_tip(points: np.ndarray, mass: np.ndarray, image: np.ndarray, 
     dropped = tuple(int(k) for k in np.flatnonzero(ghost & near_real))
     moved = tuple((int(k), float(real_places[k, 0]), float(real_places[k, 1]))
                   for k in np.flatnonzero(ghost & ~near_real))
-    log.debug("double tip from the image: offset %s px, copy ratio %.2f (%.2f the other way), %.0f deviations, "
-              "%d protrusions", np.round(offset, 2), seen.copy_ratio, seen.reverse_ratio, seen.significance, seen.used)
+    log.debug("double tip from the image: offset %s px, copy ratio %.2f, %.0f deviations, side agreed by %.0f %% "
+              "of %d protrusions", np.round(offset, 2), seen.copy_ratio, seen.significance, 100 * seen.agreement,
+              seen.used)
+    if not dropped and not moved:  # nothing to put right: let the detections speak
+        return find_double_tip(points, mass, nm_per_px=nm_per_px, **pair_options)
     return DoubleTip((float(offset[0]), float(offset[1])), len(dropped) + len(moved), dropped, moved, "image")

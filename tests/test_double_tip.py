@@ -140,3 +140,47 @@ def test_feature_band_takes_out_the_lattice_and_keeps_the_defects():
     empty, band = feature_band(lattice, valid), feature_band(with_defect, valid)
     assert np.abs(empty).max() < 0.2 * band[100, 100]
     assert np.unravel_index(np.argmax(band), band.shape) == (100, 100)
+
+
+def double_tip_image(real: np.ndarray, offset: np.ndarray, rng: np.random.Generator, drop: float = 0.02) -> np.ndarray:
+    """The height seen by two apexes, the second ``drop`` nm further from the surface and seeing
+    everything shifted by ``offset`` (whole pixels): each feature at ``real`` gets a fainter copy
+    at ``real + offset``."""
+    single = surface_image(real, 300, rng)
+    shifted = np.roll(single, tuple(offset.astype(int)), axis=(0, 1))
+    return np.maximum(single, shifted - drop) + rng.normal(0, 0.004, single.shape)
+
+
+def test_both_copies_of_every_feature_marked_the_fainter_ones_are_dropped():
+    """With every feature marked twice, half the detections are ghosts: the side comes from the
+    copies' brightness, not from which copy was marked more often."""
+    for seed in (10, 11, 12):
+        rng = np.random.default_rng(seed)
+        real = spread_points(30, 260, 30, rng) + 20
+        offset = np.array([7.0, -5.0])
+        image = double_tip_image(real, offset, rng)
+        points = np.concatenate([real, real + offset])
+        found = resolve_double_tip(points, np.ones(60), image, np.ones(image.shape, bool))
+        assert found is not None and found.moved == ()
+        if found.method == "image":
+            assert np.hypot(*(np.array(found.offset_px) - offset)) < 1.2
+        assert found.ghosts == tuple(range(30, 60))
+
+
+def test_a_lopsided_feature_with_a_single_tip_is_not_a_double_tip():
+    rng = np.random.default_rng(13)
+    real = spread_points(20, 200, 25, rng) + 20
+    single = surface_image(real, 240, rng)
+    image = single + 0.3 * np.roll(single, 3, axis=1) + rng.normal(0, 0.004, single.shape)  # a shoulder 0.3 nm aside
+    assert resolve_double_tip(real, np.ones(20), image, np.ones(image.shape, bool)) is None
+
+
+def test_tiny_images_and_odd_points_do_not_raise():
+    rng = np.random.default_rng(14)
+    for size in (1, 2, 4, 8):
+        image = rng.normal(0, 1, (size, size))
+        valid = rng.random((size, size)) < 0.7
+        points = rng.uniform(-2, size + 2, (5, 2))
+        points[0] = np.nan
+        resolve_double_tip(points, np.ones(5), image, valid)
+        resolve_double_tip(points, np.ones(5), image, np.zeros((size, size), bool))
