@@ -11,7 +11,9 @@ local network does not see but the whole scan does. Two ways to find it, tried i
 1. **From the image** (:func:`find_copy_offset`): in :func:`feature_band` (the scan at the scale
    of defects, with the lattice's periodic part taken out) every detected protrusion has a copy
    at the same displacement; the displacement at which the median detection sees the most of
-   itself again is the ghost offset, with its sign (the copy is the fainter side). For each
+   itself again is the ghost offset. Its side is where most detections have their copy (the
+   network mostly marks the real copy) or, when the network marked both copies alike, the side
+   of the fainter copies. For each
    detection, :func:`copy_contrast` then compares the feature at ``p - offset`` and at
    ``p + offset`` with the one at ``p``: a detection that is itself the ghost has a brighter copy
    of itself behind it and none ahead. It is dropped when its real copy was detected too, and
