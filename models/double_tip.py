@@ -41,6 +41,8 @@ import warnings
 
 import numpy as np
 
+from .lattice import rfft_frequency
+
 log = logging.getLogger(__name__)
 
 
@@ -224,7 +226,7 @@ def feature_band(image: np.ndarray, valid: np.ndarray, nm_per_px: float = 0.1, *
     x -= x.mean()
     h, w = x.shape
     spectrum = np.fft.rfft2(x)
-    k = np.hypot(*np.meshgrid(np.fft.fftfreq(h, nm_per_px), np.fft.rfftfreq(w, nm_per_px), indexing="ij"))
+    k = rfft_frequency((h, w), nm_per_px)
     magnitude = np.abs(spectrum)
     ring = (k / (2.0 / (min(h, w) * nm_per_px))).astype(np.int64)  # rings two frequency steps wide
     background = _radial_median(magnitude, ring)[ring]
@@ -267,9 +269,8 @@ def find_copy_offset(band: np.ndarray, points: np.ndarray, *, nm_per_px: float =
     ahead (``a > b``) and fainter (``a < 1``), or behind and brighter (``b > 1``), says the ghost
     lies at ``+v`` (copies within 10 % of their feature's strength do not vote). The vote is used
     when at least ``min_agreement`` of it agrees (with two apexes at about one height no side can
-    be told). A network that marked mostly the ghosts is not
-    corrected. ``None`` when fewer than 3 protrusions were detected or no displacement could be
-    measured.
+    be told). A network that marked mostly the ghosts is not corrected. ``None`` when fewer than 3
+    protrusions were detected or no displacement could be measured.
     """
     points = np.asarray(points, dtype=float).reshape(-1, 2)
     strength = _sample(band, points)
@@ -281,12 +282,13 @@ def find_copy_offset(band: np.ndarray, points: np.ndarray, *, nm_per_px: float =
     reach = int(np.ceil(max_nm / nm_per_px))
     grid = np.stack(np.mgrid[-reach:reach + 1, -reach:reach + 1], axis=-1).astype(float)
     length = np.hypot(grid[..., 0], grid[..., 1]) * nm_per_px
-    ratio = np.full(length.shape, np.nan)
     annulus = (length >= min_nm) & (length <= max_nm)
-    seen = _sample(band, points[:, None, :] + grid[annulus][None]) / strength[:, None]
+    copies = np.full((len(points),) + length.shape, np.nan)  # band(p + v) / band(p), v on the grid
+    copies[:, annulus] = _sample(band, points[:, None, :] + grid[annulus][None]) / strength[:, None]
+    ratio = np.full(length.shape, np.nan)
     with warnings.catch_warnings():  # displacements that leave the image for every detection: NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        ratio[annulus] = np.nanmedian(seen, axis=0)
+        ratio[annulus] = np.nanmedian(copies[:, annulus], axis=0)
     if not np.isfinite(ratio).any():
         return None
     r, c = np.unravel_index(np.nanargmax(ratio), ratio.shape)
@@ -299,12 +301,11 @@ def find_copy_offset(band: np.ndarray, points: np.ndarray, *, nm_per_px: float =
             if curve < 0:
                 fine[axis] += float(np.clip(0.5 * (ratio[lo] - ratio[hi]) / curve, -0.5, 0.5))
     reverse = ratio[2 * reach - r, 2 * reach - c]
-    a = _sample(band, points + (r - reach, c - reach)) / strength
-    b = _sample(band, points - (r - reach, c - reach)) / strength
+    a, b = copies[:, r, c], copies[:, 2 * reach - r, 2 * reach - c]  # at +v and at -v
     copy = np.fmax(a, b)
-    seen = np.isfinite(copy) & (np.abs(a - b) > 0.25)  # a visible copy on one side
-    ahead = float((a > b)[seen].mean()) if seen.any() else 1.0  # share of detections with their copy at +v
-    told = seen & (np.abs(np.log(np.abs(copy) + 1e-12)) > np.log(1.1))  # copies 10 % fainter or brighter
+    visible = np.isfinite(copy) & (np.abs(a - b) > 0.25)  # a visible copy on one side
+    ahead = float((a > b)[visible].mean()) if visible.any() else 1.0  # share with their copy at +v
+    told = visible & (np.abs(np.log(np.abs(copy) + 1e-12)) > np.log(1.1))  # copies 10 % fainter or brighter
     votes, plus = int(told.sum()), int(np.where(a > b, copy < 1, copy > 1)[told].sum())
     agreement = max(plus, votes - plus) / votes if votes else 0.5
     sign, copy_ratio = 1.0, float(ratio[r, c])
@@ -369,26 +370,24 @@ def resolve_double_tip(points: np.ndarray, mass: np.ndarray, image: np.ndarray, 
     if len(points) == 0:
         return None
     band = feature_band(image, valid, nm_per_px)
-    seen = find_copy_offset(band, points, nm_per_px=nm_per_px)
-    if (seen is None or seen.significance < min_significance or seen.used < min_used
-            or not seen.reverse_ratio < max_reverse * seen.copy_ratio):
+    found = find_copy_offset(band, points, nm_per_px=nm_per_px)
+    if (found is None or found.significance < min_significance or found.used < min_used
+            or not found.reverse_ratio < max_reverse * found.copy_ratio):
         return find_double_tip(points, mass, nm_per_px=nm_per_px, **pair_options)
-    offset = np.array(seen.offset_px)
+    offset = np.array(found.offset_px)
     contrast = copy_contrast(band, points, offset, nm_per_px=nm_per_px)
-    real_places = points - offset
-    near_real = np.zeros(len(points), dtype=bool)
-    i, j = close_pairs(np.concatenate([points, real_places]), same_nm / nm_per_px)
-    for a, b in zip(i, j):  # a detection (a < n) near another detection's real place (b >= n)
-        if a < len(points) <= b and a != b - len(points):
-            near_real[b - len(points)] = True
+    real_places, n = points - offset, len(points)
+    near_real = np.zeros(n, dtype=bool)  # another detection lies at this one's real place
+    i, j = close_pairs(np.concatenate([points, real_places]), same_nm / nm_per_px)  # i < j
+    near_real[j[(i < n) & (j >= n) & (i != j - n)] - n] = True
     protrusion = np.nan_to_num(_sample(band, points)) > 0  # depressions leave no visible copy
     ghost = protrusion & (np.nan_to_num(contrast, nan=-np.inf) > np.where(near_real, 0.0, ghost_contrast))
     dropped = tuple(int(k) for k in np.flatnonzero(ghost & near_real))
     moved = tuple((int(k), float(real_places[k, 0]), float(real_places[k, 1]))
                   for k in np.flatnonzero(ghost & ~near_real))
     log.debug("double tip from the image: offset %s px, copy ratio %.2f, %.0f deviations, side agreed by %.0f %% "
-              "of %d protrusions", np.round(offset, 2), seen.copy_ratio, seen.significance, 100 * seen.agreement,
-              seen.used)
+              "of %d protrusions", np.round(offset, 2), found.copy_ratio, found.significance, 100 * found.agreement,
+              found.used)
     if not dropped and not moved:  # nothing to put right: let the detections speak
         return find_double_tip(points, mass, nm_per_px=nm_per_px, **pair_options)
     return DoubleTip((float(offset[0]), float(offset[1])), len(dropped) + len(moved), dropped, moved, "image")

@@ -23,6 +23,13 @@ from .surfaces import Surface
 ROW_CONTRAST_MIN = 0.6
 
 
+def rfft_frequency(shape: tuple[int, int], nm_per_px: float) -> np.ndarray:
+    """``|k|`` (cycles per nm) of each coefficient of ``np.fft.rfft2`` of an image of ``shape``
+    with square pixels of ``nm_per_px``."""
+    h, w = shape
+    return np.hypot(*np.meshgrid(np.fft.fftfreq(h, nm_per_px), np.fft.rfftfreq(w, nm_per_px), indexing="ij"))
+
+
 def row_contrast(image: np.ndarray, valid: np.ndarray, row_nm: float, nm_per_px: float,
                  max_px: int = 1024) -> float:
     """Power on the ring of spatial frequency ``1 / row_nm`` over the power just beside it, for
@@ -44,7 +51,7 @@ def row_contrast(image: np.ndarray, valid: np.ndarray, row_nm: float, nm_per_px:
     centred = np.where(valid, image - image[valid].mean(), 0.0).astype(np.float32)
     window = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
     power = np.abs(np.fft.rfft2(centred * window)) ** 2
-    k = np.hypot(*np.meshgrid(np.fft.fftfreq(h, nm_per_px), np.fft.rfftfreq(w, nm_per_px), indexing="ij"))
+    k = rfft_frequency((h, w), nm_per_px)
     k0 = 1.0 / row_nm
     ring = np.abs(k - k0) < 0.12 * k0
     beside = (np.abs(k - k0) > 0.25 * k0) & (np.abs(k - k0) < 0.5 * k0)
