@@ -2,8 +2,9 @@
 
 The input is one model-scale scan of ``--size``² pixels and 2 channels (default 512², what a 51.2 nm
 frame becomes), random normal values (the UNet's cost does not depend on them). Every backend runs
-the same tiled inference (:func:`~stmwatch.models.unet.tiled_predict`, ``[models]`` tile, overlap
-and batch) on it: one warm-up, then ``--repeat`` timed runs taken in turns across the backends,
+the same tiled inference (:func:`~stmwatch.models.unet.flip_averaged_predict`, ``[models]`` tile,
+overlap, batch and ``test_time_flips``: the cost of one scan as the daemon segments it; ``--flips 1``
+times a single UNet pass) on it: one warm-up, then ``--repeat`` timed runs taken in turns across the backends,
 median reported with its ratio to eager torch (> 1 = faster). A backend that cannot run here is listed with the reason. The outputs
 are also compared with eager torch (max |Δprob|).
 """
@@ -25,12 +26,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per backend (default 10)")
     parser.add_argument("--weights", help="UNet checkpoint (default: the shipped weights)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and ONNX Runtime (0 = all cores)")
-    parser.add_argument("--config", metavar="TOML", help="config file for tile size, overlap and batch")
+    parser.add_argument("--config", metavar="TOML", help="config file for tile size, overlap, batch and flips")
+    parser.add_argument("--flips", type=int, choices=(1, 2, 4),
+                        help="test-time flips averaged per scan (default: [models] test_time_flips)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
 
 def bench(model, image: np.ndarray, tile: int, overlap: int, batch: int, repeat: int, threads: int,
-          cache_dir: str | None = None) -> list[dict]:
+          cache_dir: str | None = None, flips: int = 1) -> list[dict]:
     """One row per backend: name, ms (median), ratio to eager torch, max |Δprob| to torch, note.
 
     Each backend runs once to warm up; then the timed runs go round the backends in turn
@@ -38,13 +41,16 @@ def bench(model, image: np.ndarray, tile: int, overlap: int, batch: int, repeat:
     during the run falls on all of them alike.
     """
     from .backends import BackendUnavailable, make_backend
-    from .unet import tiled_predict
+    from .unet import flip_averaged_predict
+
+    def predict(backend):
+        return flip_averaged_predict(image, backend, flips, tile, overlap, batch)
 
     rows, backends, outputs = {}, {}, {}
     for name in ("torch", "onnxruntime", "tensorrt"):
         try:
             backends[name] = make_backend(name, model, tile, batch, cache_dir, threads)
-            outputs[name] = tiled_predict(image, backends[name], tile, overlap, batch)  # warm-up
+            outputs[name] = predict(backends[name])  # warm-up
         except BackendUnavailable as exc:
             rows[name] = {"backend": name, "ms": None, "ratio": None, "max_abs_diff": None,
                           "note": f"not available: {exc}"}
@@ -52,7 +58,7 @@ def bench(model, image: np.ndarray, tile: int, overlap: int, batch: int, repeat:
     for _ in range(repeat):
         for name, backend in backends.items():
             t0 = time.perf_counter()
-            tiled_predict(image, backend, tile, overlap, batch)
+            predict(backend)
             times[name].append((time.perf_counter() - t0) * 1e3)
     notes = {"torch": "eager, eval mode", "onnxruntime": "graph optimisation ALL, BatchNorm folded",
              "tensorrt": "fp16 engine"}
@@ -82,13 +88,14 @@ def run(args) -> int:
     settings = load_config(args.config).models
     model, _ = load_checkpoint(args.weights or settings.segmenter_weights or shipped_weights(settings.surface))
     image = np.random.default_rng(0).normal(size=(model.config.in_channels, args.size, args.size)).astype(np.float32)
+    flips = args.flips or settings.test_time_flips
     rows = bench(model, image, settings.tile_px, settings.tile_overlap_px, settings.batch_tiles, args.repeat,
-                 threads, settings.engine_cache)
+                 threads, settings.engine_cache, flips)
     if args.json:
-        print(json.dumps({"size": args.size, "threads": threads, "rows": rows}))
+        print(json.dumps({"size": args.size, "threads": threads, "flips": flips, "rows": rows}))
         return 0
     table = Table(title=f"UNet on one {args.size}x{args.size} 2-channel scan: tile {settings.tile_px}, overlap "
-                        f"{settings.tile_overlap_px}, batch {settings.batch_tiles}, {threads} threads, "
+                        f"{settings.tile_overlap_px}, batch {settings.batch_tiles}, {flips} flip(s) averaged, {threads} threads, "
                         f"median of {args.repeat}", title_justify="left")
     for name in ("backend", "ms / scan", "vs eager torch", "max |dprob|", "notes"):
         table.add_column(name, justify="right" if name in ("ms / scan", "vs eager torch", "max |dprob|") else "left")

@@ -52,7 +52,7 @@ def load_segmenter(settings: ModelSettings, surface: Surface, preprocess=None,
                          threshold=settings.threshold, min_area_px=settings.min_area_px,
                          tile_px=settings.tile_px, tile_overlap_px=settings.tile_overlap_px,
                          batch_size=settings.batch_tiles, max_nm_per_px=settings.max_nm_per_px,
-                         remove_ghosts=settings.remove_double_tip_ghosts,
+                         remove_ghosts=settings.remove_double_tip_ghosts, flips=settings.test_time_flips,
                          name=checkpoint.get("meta", {}).get("name", "unet"))
 
 

@@ -23,7 +23,7 @@ from .defects import Defect
 from .double_tip import DoubleTip, resolve_double_tip
 from .preprocess import Prepared, PreprocessSettings, prepare
 from .surfaces import Surface, get_surface
-from .unet import UNet, tiled_predict
+from .unet import UNet, flip_averaged_predict
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class UNetSegmenter:
     def __init__(self, model: UNet, backend: Backend, surface: Surface | str, *, version: str,
                  preprocess: PreprocessSettings | None = None, threshold: float = 0.5, min_area_px: int = 6,
                  tile_px: int = 256, tile_overlap_px: int = 32, batch_size: int = 8, max_nm_per_px: float = 0.25,
-                 remove_ghosts: bool = True, name: str = "unet"):
+                 remove_ghosts: bool = True, flips: int = 1, name: str = "unet"):
         self.model = model.eval()
         self.backend = backend
         self.surface = get_surface(surface) if isinstance(surface, str) else surface
@@ -165,6 +165,7 @@ class UNetSegmenter:
         self.tile_px, self.tile_overlap_px, self.batch_size = tile_px, tile_overlap_px, batch_size
         self.max_nm_per_px = max_nm_per_px
         self.remove_ghosts = remove_ghosts
+        self.flips = flips
         self.last_double_tip: DoubleTip | None = None  # of the last scan, when one was found
         self.name, self.version = name, version
         self.last_timing_ms: dict[str, float] = {}
@@ -172,8 +173,10 @@ class UNetSegmenter:
         self.last_prepared: Prepared | None = None
 
     def probability(self, prepared: Prepared) -> np.ndarray:
-        """``(H, W)`` float32 defect probability on the model grid (0 where there was no data)."""
-        prob = tiled_predict(prepared.image, self.backend, self.tile_px, self.tile_overlap_px, self.batch_size)
+        """``(H, W)`` float32 defect probability on the model grid (0 where there was no data), the
+        mean over ``flips`` mirror images of the scan (test-time augmentation)."""
+        prob = flip_averaged_predict(prepared.image, self.backend, self.flips, self.tile_px, self.tile_overlap_px,
+                                     self.batch_size)
         return np.where(prepared.valid, prob, 0.0).astype(np.float32)
 
     def defects_from(self, scan: Scan, prepared: Prepared, prob: np.ndarray) -> list[Defect]:

@@ -53,6 +53,7 @@ def test_loading_config_toml_gives_the_defaults():
     ("[daemon]\nanalyser = 'magic'\n", ["analyser", "magic"]),
     ("[folder]\npatterns = '*.sxm'\n", ["folder.patterns", "list"]),
     ("[stream]\nsocket = 'dealer'\n", ["socket", "dealer"]),
+    ("[models]\ntest_time_flips = 3\n", ["test_time_flips", "1, 2 or 4"]),
     ("[daemon\n", ["not valid TOML"]),
 ])
 def test_bad_configs_are_clear_errors(tmp_path, text, words):

@@ -9,7 +9,8 @@ import torch
 
 from stmwatch.models.backends import BackendUnavailable, TorchBackend, make_backend, tensorrt_unavailable
 from stmwatch.models.train_unet import Patches, cut_patches, disc_target, train, validate
-from stmwatch.models.unet import UNet, UNetConfig, load_checkpoint, model_hash, save_checkpoint, tiled_predict
+from stmwatch.models.unet import (UNet, UNetConfig, flip_averaged_predict, load_checkpoint, model_hash, save_checkpoint,
+                                  tiled_predict)
 
 
 def small_unet(seed: int = 0, width: int = 4) -> UNet:
@@ -53,6 +54,36 @@ def test_tiled_prediction_equals_whole_image(shape):
     assert tiled.shape == shape[1:]
     # the outer 8 px of a tile (where its zero padding shows) are never used inside the image
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("flips", [1, 2, 4])
+def test_flip_averaging_flips_each_prediction_back(flips):
+    # box_blur_predict commutes with flips, so every flipped prediction, flipped back, is the
+    # unflipped one: the mean equals it. A prediction left flipped would differ (the image is not
+    # symmetric).
+    image = np.random.default_rng(5).normal(size=(2, 70, 90)).astype(np.float32)
+    plain = tiled_predict(image, box_blur_predict, tile=32, overlap=8, batch_size=4)
+    averaged = flip_averaged_predict(image, box_blur_predict, flips, tile=32, overlap=8, batch_size=4)
+    np.testing.assert_allclose(averaged, plain, atol=1e-6)
+    assert np.abs(plain - plain[::-1]).max() > 0.1 and np.abs(plain - plain[:, ::-1]).max() > 0.1
+
+
+def test_flip_averaging_is_the_mean_of_the_mirror_images():
+    # A 'network' that sees only the tile's left half: its four mirror images differ, and the
+    # mean is the average of the four, each flipped back (computed here by hand on the whole image).
+    def left_half(batch: np.ndarray) -> np.ndarray:
+        out = np.zeros(batch.shape[:1] + batch.shape[2:], dtype=np.float32)
+        out[..., : batch.shape[-1] // 2] = batch[:, 0, :, : batch.shape[-1] // 2]
+        return out
+
+    image = np.random.default_rng(6).normal(size=(2, 16, 16)).astype(np.float32)
+    one = lambda x: left_half(x[None])[0]  # noqa: E731  (the whole image is one tile)
+    expected = (one(image) + one(image[:, :, ::-1])[:, ::-1]) / 2
+    np.testing.assert_allclose(flip_averaged_predict(image, left_half, 2, tile=16, overlap=0), expected, atol=1e-6)
+    expected4 = (2 * expected + one(image[:, ::-1])[::-1] + one(image[:, ::-1, ::-1])[::-1, ::-1]) / 4
+    np.testing.assert_allclose(flip_averaged_predict(image, left_half, 4, tile=16, overlap=0), expected4, atol=1e-6)
+    with pytest.raises(ValueError, match="flips"):
+        flip_averaged_predict(image, left_half, 3, tile=16, overlap=0)
 
 
 def test_tiled_unet_close_to_whole_image_inference():
