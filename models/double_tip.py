@@ -253,7 +253,7 @@ def _sample(band: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def find_copy_offset(band: np.ndarray, points: np.ndarray, *, nm_per_px: float = 0.1, min_nm: float = 0.5,
                      max_nm: float = 2.5, max_points: int = 400, one_sided: float = 0.6,
-                     min_agreement: float = 0.8) -> CopyOffset | None:
+                     min_agreement: float = 0.8, max_reverse: float = 0.5) -> CopyOffset | None:
     """The displacement, ``min_nm`` to ``max_nm`` long, at which the detections at ``points``
     ``(n, 2)`` see the most of themselves again in ``band`` (:func:`feature_band`), and its side.
 
@@ -291,9 +291,29 @@ def find_copy_offset(band: np.ndarray, points: np.ndarray, *, nm_per_px: float =
         ratio[annulus] = np.nanmedian(copies[:, annulus], axis=0)
     if not np.isfinite(ratio).any():
         return None
-    r, c = np.unravel_index(np.nanargmax(ratio), ratio.shape)
     centre = np.nanmedian(ratio[annulus])
     spread = np.nanmedian(np.abs(ratio[annulus] - centre)) + 1e-12
+    found = _offset_at(np.unravel_index(np.nanargmax(ratio), ratio.shape), ratio, copies, reach, one_sided,
+                       min_agreement, (centre, spread), len(points))
+    if found.reverse_ratio < max_reverse * found.copy_ratio:
+        return found
+    # The strongest displacement repeats both ways (a feature's own tail, or a lattice vector that
+    # the band kept): the double tip's offset, if any, is the strongest one-sided displacement.
+    reverse = ratio[::-1, ::-1]
+    candidates = np.where(annulus & (reverse < max_reverse * ratio), ratio, np.nan)
+    if not np.isfinite(candidates).any():
+        return found
+    return _offset_at(np.unravel_index(np.nanargmax(candidates), ratio.shape), ratio, copies, reach, one_sided,
+                      min_agreement, (centre, spread), len(points))
+
+
+def _offset_at(peak: tuple[int, int], ratio: np.ndarray, copies: np.ndarray, reach: int, one_sided: float,
+               min_agreement: float, background: tuple[float, float], used: int) -> CopyOffset:
+    """The :class:`CopyOffset` of :func:`find_copy_offset` at grid index ``peak`` of ``ratio``
+    (the median copy ratio per displacement; ``copies`` the per-detection ratios), refined to a
+    fraction of a pixel, its side told as described there; ``background`` the median and median
+    deviation of ``ratio`` over the annulus (for the significance)."""
+    r, c = peak
     fine = [float(r), float(c)]
     for axis, (lo, hi) in enumerate((((r - 1, c), (r + 1, c)), ((r, c - 1), (r, c + 1)))):
         if min(lo) >= 0 and max(hi) < ratio.shape[0] and np.isfinite([ratio[lo], ratio[hi]]).all():
@@ -318,8 +338,8 @@ def find_copy_offset(band: np.ndarray, points: np.ndarray, *, nm_per_px: float =
         copy_ratio = float(np.median(np.fmin(copy[told], 1.0) / brighter))
         reverse = float(np.median(np.fmin(a, b)[told] / brighter))
     offset = (sign * (fine[0] - reach), sign * (fine[1] - reach))
-    return CopyOffset(offset, copy_ratio, float(reverse), float((ratio[r, c] - centre) / spread),
-                      agreement, len(points))
+    centre, spread = background
+    return CopyOffset(offset, copy_ratio, float(reverse), float((ratio[r, c] - centre) / spread), agreement, used)
 
 
 def copy_contrast(band: np.ndarray, points: np.ndarray, offset_px, *, nm_per_px: float = 0.1,
@@ -370,7 +390,7 @@ def resolve_double_tip(points: np.ndarray, mass: np.ndarray, image: np.ndarray, 
     if len(points) == 0:
         return None
     band = feature_band(image, valid, nm_per_px)
-    found = find_copy_offset(band, points, nm_per_px=nm_per_px)
+    found = find_copy_offset(band, points, nm_per_px=nm_per_px, max_reverse=max_reverse)
     if (found is None or found.significance < min_significance or found.used < min_used
             or not found.reverse_ratio < max_reverse * found.copy_ratio):
         return find_double_tip(points, mass, nm_per_px=nm_per_px, **pair_options)
