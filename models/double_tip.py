@@ -11,10 +11,11 @@ local network does not see but the whole scan does. Two ways to find it, tried i
 1. **From the image** (:func:`find_copy_offset`): in :func:`feature_band` (the scan at the scale
    of defects, with the lattice's periodic part taken out) every detected protrusion has a copy
    at the same displacement; the displacement at which the median detection sees the most of
-   itself again is the ghost offset. Its side is where most detections have their copy (the
-   network mostly marks the real copy) or, when the network marked both copies alike, the side
-   of the fainter copies. For each
-   detection, :func:`copy_contrast` then compares the feature at ``p - offset`` and at
+   itself again is the ghost offset (when that displacement repeats both ways, as a feature's
+   own tail or satellites do, the strongest one-sided displacement). Its side is where most
+   detections have their copy (the network mostly marks the real copy) or, when the network
+   marked both copies alike, the side of the fainter copies. For each detection,
+   :func:`copy_contrast` then compares the feature at ``p - offset`` and at
    ``p + offset`` with the one at ``p``: a detection that is itself the ghost has a brighter copy
    of itself behind it and none ahead. It is dropped when its real copy was detected too, and
    moved onto the real copy when the network marked the ghost alone.
@@ -259,7 +260,10 @@ def find_copy_offset(band: np.ndarray, points: np.ndarray, *, nm_per_px: float =
 
     For each whole-pixel displacement ``v``: the median over the protrusions (``band > 0`` at the
     detection; the ``max_points`` strongest) of ``a = band(p + v) / band(p)``; the best ``v`` is
-    refined to a fraction of a pixel by a parabola through the neighbours. When the network marked
+    refined to a fraction of a pixel by a parabola through the neighbours. When the best ``v``
+    repeats both ways (the median at ``-v`` is at least ``max_reverse`` times the one at ``v``: a
+    feature's own tail or satellites, or a lattice vector), the best one-sided ``v`` is taken
+    instead, and when there is none the two-sided one is returned. When the network marked
     mostly one copy of each feature, that is the real one (it was trained to tell them apart, with
     more context than a copy's brightness), and its copies, the ghosts, lie at the best ``v``.
 
