@@ -261,9 +261,10 @@ def find_copy_offset(band: np.ndarray, points: np.ndarray, *, nm_per_px: float =
     For each whole-pixel displacement ``v``: the median over the protrusions (``band > 0`` at the
     detection; the ``max_points`` strongest) of ``a = band(p + v) / band(p)``; the best ``v`` is
     refined to a fraction of a pixel by a parabola through the neighbours. When the best ``v``
-    repeats both ways (the median at ``-v`` is at least ``max_reverse`` times the one at ``v``: a
-    feature's own tail or satellites, or a lattice vector), the best one-sided ``v`` is taken
-    instead, and when there is none the two-sided one is returned. When the network marked
+    repeats both ways (its ``reverse_ratio`` is at least ``max_reverse`` times its ``copy_ratio``,
+    as :func:`resolve_double_tip` tests: a feature's own tail or satellites, or a lattice vector),
+    the best ``v`` above the annulus median whose median at ``-v`` is below ``max_reverse`` times
+    its own is taken instead; when there is none, the two-sided one is returned. When the network marked
     mostly one copy of each feature, that is the real one (it was trained to tell them apart, with
     more context than a copy's brightness), and its copies, the ghosts, lie at the best ``v``.
 
@@ -304,7 +305,7 @@ def find_copy_offset(band: np.ndarray, points: np.ndarray, *, nm_per_px: float =
     # The strongest displacement repeats both ways (a feature's own tail, or a lattice vector that
     # the band kept): the double tip's offset, if any, is the strongest one-sided displacement.
     reverse = ratio[::-1, ::-1]
-    candidates = np.where(annulus & (reverse < max_reverse * ratio), ratio, np.nan)
+    candidates = np.where(annulus & (ratio > centre) & (reverse < max_reverse * ratio), ratio, np.nan)
     if not np.isfinite(candidates).any():
         return found
     return _offset_at(np.unravel_index(np.nanargmax(candidates), ratio.shape), ratio, copies, reach, one_sided,

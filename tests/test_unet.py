@@ -69,21 +69,23 @@ def test_flip_averaging_flips_each_prediction_back(flips):
 
 
 def test_flip_averaging_is_the_mean_of_the_mirror_images():
-    # A 'network' that sees only the tile's left half: its four mirror images differ, and the
-    # mean is the average of the four, each flipped back (computed here by hand on the whole image).
-    def left_half(batch: np.ndarray) -> np.ndarray:
+    # A 'network' that sees only the tile's top-left quarter: its four mirror images differ, and
+    # the mean is the average of the four, each flipped back (computed here by hand on the whole
+    # image).
+    def top_left_quarter(batch: np.ndarray) -> np.ndarray:
         out = np.zeros(batch.shape[:1] + batch.shape[2:], dtype=np.float32)
-        out[..., : batch.shape[-1] // 2] = batch[:, 0, :, : batch.shape[-1] // 2]
+        h, w = batch.shape[2] // 2, batch.shape[3] // 2
+        out[..., :h, :w] = batch[:, 0, :h, :w]
         return out
 
     image = np.random.default_rng(6).normal(size=(2, 16, 16)).astype(np.float32)
-    one = lambda x: left_half(x[None])[0]  # noqa: E731  (the whole image is one tile)
+    one = lambda x: top_left_quarter(x[None])[0]  # noqa: E731  (the whole image is one tile)
     expected = (one(image) + one(image[:, :, ::-1])[:, ::-1]) / 2
-    np.testing.assert_allclose(flip_averaged_predict(image, left_half, 2, tile=16, overlap=0), expected, atol=1e-6)
+    np.testing.assert_allclose(flip_averaged_predict(image, top_left_quarter, 2, tile=16, overlap=0), expected, atol=1e-6)
     expected4 = (2 * expected + one(image[:, ::-1])[::-1] + one(image[:, ::-1, ::-1])[::-1, ::-1]) / 4
-    np.testing.assert_allclose(flip_averaged_predict(image, left_half, 4, tile=16, overlap=0), expected4, atol=1e-6)
+    np.testing.assert_allclose(flip_averaged_predict(image, top_left_quarter, 4, tile=16, overlap=0), expected4, atol=1e-6)
     with pytest.raises(ValueError, match="flips"):
-        flip_averaged_predict(image, left_half, 3, tile=16, overlap=0)
+        flip_averaged_predict(image, top_left_quarter, 3, tile=16, overlap=0)
 
 
 def test_tiled_unet_close_to_whole_image_inference():
