@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from .settings import TEST_TIME_FLIPS
+
 log = logging.getLogger(__name__)
 
 HELP = "ms per 512² 2-channel scan for each segmentation backend, and the ratio to eager torch"
@@ -27,7 +29,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--weights", help="UNet checkpoint (default: the shipped weights)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and ONNX Runtime (0 = all cores)")
     parser.add_argument("--config", metavar="TOML", help="config file for tile size, overlap, batch and flips")
-    parser.add_argument("--flips", type=int, choices=(1, 2, 4),
+    parser.add_argument("--flips", type=int, choices=TEST_TIME_FLIPS,
                         help="test-time flips averaged per scan (default: [models] test_time_flips)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
@@ -95,8 +97,8 @@ def run(args) -> int:
         print(json.dumps({"size": args.size, "threads": threads, "flips": flips, "rows": rows}))
         return 0
     table = Table(title=f"UNet on one {args.size}x{args.size} 2-channel scan: tile {settings.tile_px}, overlap "
-                        f"{settings.tile_overlap_px}, batch {settings.batch_tiles}, {flips} flip(s) averaged, {threads} threads, "
-                        f"median of {args.repeat}", title_justify="left")
+                        f"{settings.tile_overlap_px}, batch {settings.batch_tiles}, {flips} flip(s) averaged, "
+                        f"{threads} threads, median of {args.repeat}", title_justify="left")
     for name in ("backend", "ms / scan", "vs eager torch", "max |dprob|", "notes"):
         table.add_column(name, justify="right" if name in ("ms / scan", "vs eager torch", "max |dprob|") else "left")
     for r in rows:

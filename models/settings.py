@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+TEST_TIME_FLIPS = (1, 2, 4)  # the mirror-image counts unet.flip_averaged_predict averages over
 
 
 @dataclasses.dataclass
@@ -34,7 +35,7 @@ class ModelSettings:
             raise ValueError(f"tile_px must be a positive multiple of 8, not {self.tile_px}")
         if not 0 <= self.tile_overlap_px < self.tile_px:
             raise ValueError("tile_overlap_px must be at least 0 and smaller than tile_px")
-        if self.test_time_flips not in (1, 2, 4):
+        if self.test_time_flips not in TEST_TIME_FLIPS:
             raise ValueError(f"test_time_flips must be 1, 2 or 4, not {self.test_time_flips}")
         if self.max_nm_per_px <= 0:
             raise ValueError("max_nm_per_px must be positive")

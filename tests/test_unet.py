@@ -81,9 +81,11 @@ def test_flip_averaging_is_the_mean_of_the_mirror_images():
     image = np.random.default_rng(6).normal(size=(2, 16, 16)).astype(np.float32)
     one = lambda x: top_left_quarter(x[None])[0]  # noqa: E731  (the whole image is one tile)
     expected = (one(image) + one(image[:, :, ::-1])[:, ::-1]) / 2
-    np.testing.assert_allclose(flip_averaged_predict(image, top_left_quarter, 2, tile=16, overlap=0), expected, atol=1e-6)
+    averaged2 = flip_averaged_predict(image, top_left_quarter, 2, tile=16, overlap=0)
+    np.testing.assert_allclose(averaged2, expected, atol=1e-6)
     expected4 = (2 * expected + one(image[:, ::-1])[::-1] + one(image[:, ::-1, ::-1])[::-1, ::-1]) / 4
-    np.testing.assert_allclose(flip_averaged_predict(image, top_left_quarter, 4, tile=16, overlap=0), expected4, atol=1e-6)
+    averaged4 = flip_averaged_predict(image, top_left_quarter, 4, tile=16, overlap=0)
+    np.testing.assert_allclose(averaged4, expected4, atol=1e-6)
     with pytest.raises(ValueError, match="flips"):
         flip_averaged_predict(image, top_left_quarter, 3, tile=16, overlap=0)
 
