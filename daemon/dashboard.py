@@ -51,6 +51,7 @@ class ScanSummary:
     total_ms: float | None
     segmenter: str | None
     defects: list[tuple[float, float, str]] = dataclasses.field(default_factory=list)  # (row, col, label)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # what the operator should know
 
     @property
     def name(self) -> str:
@@ -108,7 +109,8 @@ def read_snapshot(engine, recent: int = 10, history: int = 60) -> Snapshot:
         return ScanSummary(
             id=r.id, path=r.path, surface=r.surface, status=r.status, error=r.error, n_defects=r.n_defects,
             counts=dict(sorted((with_counts or {}).items())), received=r.received, processed=r.processed,
-            total_ms=timing.get("total"), segmenter=(r.model_versions or {}).get("segmenter"))
+            total_ms=timing.get("total"), segmenter=(r.model_versions or {}).get("segmenter"),
+            warnings=list(r.warnings or []))
 
     snap.scans = [summary(r, counts.get(r.id)) for r in rows[:recent]]
     if snap.scans:
@@ -407,11 +409,12 @@ def render(snap: Snapshot, live: LiveState | None = None, view: View | None = No
     scans.add_column("by label", overflow="ellipsis", no_wrap=True, ratio=1)
     scans.add_column("analysis", justify="right", no_wrap=True)
     for s in snap.scans:
+        by_label = Text(s.error or "", style="red") if s.status == "failed" else Text(_counts_text(s.counts))
+        if s.warnings and s.status != "failed":
+            by_label = Text.assemble(("⚠ ", "bold yellow"), by_label)
         scans.add_row(_ago(s.processed, now), s.name, s.surface or "-",
                       Text(s.status, style=STATUS_STYLE.get(s.status, "")),
-                      "-" if s.status == "failed" else str(s.n_defects),
-                      Text(s.error or "", style="red") if s.status == "failed" else _counts_text(s.counts),
-                      _fmt_ms(s.total_ms))
+                      "-" if s.status == "failed" else str(s.n_defects), by_label, _fmt_ms(s.total_ms))
     if not snap.scans:
         scans.add_row("", Text("no scans yet", style="dim"), "", "", "", "", "")
 
@@ -427,8 +430,12 @@ def render(snap: Snapshot, live: LiveState | None = None, view: View | None = No
     for e in snap.errors:
         errors.append(f"{_ago(e.processed, now)} {e.name}: ", style="bold")
         errors.append(f"{e.error}\n", style="red")
+    for w in [s for s in snap.scans if s.warnings and s.status != "failed"][:3]:
+        errors.append(f"{_ago(w.processed, now)} {w.name}: ", style="bold")
+        errors.append("; ".join(w.warnings) + "\n", style="yellow")
     left = Group(Panel(hist, title="defects per scan", box=box.ROUNDED),
-                 Panel(errors if snap.errors else Text("none", style="dim"), title="errors", box=box.ROUNDED))
+                 Panel(errors if errors.plain else Text("none", style="dim"), title="errors and warnings",
+                       box=box.ROUNDED))
     right: RenderableType = Text("")
     if image is not None and colour and view.thumbnails and last is not None:
         right = Panel(thumbnail(image, last.defects), title=f"last scan: {last.name}", box=box.ROUNDED)

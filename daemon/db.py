@@ -25,9 +25,11 @@ from .documents import ResultDocument
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # version n -> list of SQL statements taking a database from version n-1 to n
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    2: ["ALTER TABLE scans ADD COLUMN warnings JSON"],  # what the operator should know about a scan
+}
 
 
 class DatabaseError(RuntimeError):
@@ -73,6 +75,7 @@ class ScanRow(Base):
     timing_ms: Mapped[dict] = mapped_column(JSON, default=dict)
     model_versions: Mapped[dict] = mapped_column(JSON, default=dict)
     config_version: Mapped[str] = mapped_column(String(64), default="")
+    warnings: Mapped[list | None] = mapped_column(JSON, default=list, nullable=True)  # one sentence each
     defects: Mapped[list["DefectRow"]] = relationship(back_populates="scan", cascade="all, delete-orphan")
 
 
@@ -94,7 +97,7 @@ class DefectRow(Base):
 
 SCAN_COLUMNS = ("id", "uid", "path", "status", "error", "n_defects", "surface", "source", "acquired",
                 "processed", "columns", "rows", "range_x_m", "range_y_m", "offset_x_m", "offset_y_m",
-                "angle_deg", "nan_rows", "content_hash", "config_version", "model_versions", "timing_ms")
+                "angle_deg", "nan_rows", "content_hash", "config_version", "model_versions", "timing_ms", "warnings")
 DEFECT_COLUMNS = ("id", "scan_id", "path", "surface", "label", "score", "x_px", "y_px", "x_m", "y_m",
                   "area_px", "processed")
 
@@ -198,7 +201,7 @@ class Database:
             offset_x_m=offset_m[0], offset_y_m=offset_m[1], angle_deg=g.get("angle_deg"),
             direction=g.get("direction"), nan_rows=doc.nan_rows, n_defects=len(doc.defects),
             timing_ms=doc.timing_ms, model_versions=doc.model_versions, config_version=doc.config_version,
-            defects=[DefectRow(x_px=d["x_px"], y_px=d["y_px"], x_m=d["x_m"], y_m=d["y_m"], label=d["label"],
+            warnings=doc.warnings, defects=[DefectRow(x_px=d["x_px"], y_px=d["y_px"], x_m=d["x_m"], y_m=d["y_m"], label=d["label"],
                                score=d["score"], area_px=d["area_px"]) for d in doc.defects])
         try:
             with Session(self.engine) as s, s.begin():

@@ -59,7 +59,7 @@ import numpy as np
 from stmwatch.drivers.scan import Channel, Scan
 
 STREAM_VERSION = 1  # the stream protocol above
-RESULT_VERSION = 1  # ResultDocument / overlay JSON
+RESULT_VERSION = 2  # ResultDocument / overlay JSON (2: "warnings" added)
 STREAM_KINDS = ("scan_start", "lines", "scan_end", "frame")
 STATUSES = ("ok", "partial", "failed")
 
@@ -139,7 +139,9 @@ class ResultDocument:
 
     ``defects`` are :meth:`stmwatch.models.defects.Defect.as_dict` dicts: ``x_px``/``y_px``
     display-frame pixels of the scan as read, ``x_m``/``y_m`` scanner-frame metres.
-    ``status`` is ``ok``, ``partial`` (lines missing) or ``failed`` (``error`` says why).
+    ``status`` is ``ok``, ``partial`` (lines missing) or ``failed`` (``error`` says why);
+    ``warnings`` what the operator should know about a scan that was analysed (a double tip, a
+    surface unlike the configured one, pixels too coarse to segment), one sentence each.
     """
 
     uid: str
@@ -159,6 +161,7 @@ class ResultDocument:
     model_versions: dict[str, str]
     config_version: str
     nan_rows: int = 0
+    warnings: list[str] = dataclasses.field(default_factory=list)
     scan: Scan | None = dataclasses.field(default=None, repr=False)  # not serialised
     version: int = RESULT_VERSION
 
@@ -183,6 +186,7 @@ def overlay_message(doc: ResultDocument) -> dict[str, Any]:
         "defects": doc.defects,
         "counts": doc.counts,
         "n_defects": len(doc.defects),
+        "warnings": doc.warnings,
         "model_versions": doc.model_versions,
         "config_version": doc.config_version,
     }

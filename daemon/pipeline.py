@@ -176,11 +176,13 @@ class Pipeline:
             timing_ms=dict(analysis.timing_ms) if analysis else {"read": round(read_ms, 2)},
             model_versions=dict(analysis.model_versions if analysis else self.analyser.model_versions),
             config_version=self.config_version, nan_rows=int(scan.nan_rows) if scan is not None else 0,
-            scan=scan)
+            warnings=list(analysis.warnings) if analysis else [], scan=scan)
         setattr(self.stats, status, getattr(self.stats, status) + 1)
         if status != "failed":
             log.info("%s: %s, %d defect(s) %s in %.0f ms", acq.path, status, len(doc.defects), doc.counts,
                      doc.timing_ms.get("total", 0.0))
+            for warning in doc.warnings:
+                log.warning("%s: %s", acq.path, warning)
         for sink in self.sinks:
             try:
                 sink(doc)

@@ -49,13 +49,16 @@ class Classifier(Protocol):
 
 @dataclasses.dataclass
 class Analysis:
-    """What one scan gave: its defects, their counts by label, and where the time went (ms)."""
+    """What one scan gave: its defects, their counts by label, where the time went (ms), and
+    what an operator should know about it (``warnings``: a double tip, a surface that does not look
+    like the one configured, pixels too coarse; one sentence each)."""
 
     scan: Scan
     defects: list[Defect]
     counts: dict[str, int]
     timing_ms: dict[str, float]
     model_versions: dict[str, str]
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -73,14 +76,14 @@ class Analyser:
         return versions
 
     def check_surface(self, scan: Scan) -> str | None:
-        """Log (and return) a warning when the segmenter's last preprocessed scan does not show the
-        atomic rows of the surface it was set up for (:mod:`.lattice`); None otherwise."""
+        """A warning when the segmenter's last preprocessed scan does not show the atomic rows of the
+        surface it was set up for (:mod:`.lattice`); None otherwise."""
         from .lattice import surface_mismatch
 
         prepared, surface = getattr(self.segmenter, "last_prepared", None), getattr(self.segmenter, "surface", None)
         warning = surface_mismatch(prepared, surface) if prepared is not None and surface is not None else None
         if warning:
-            log.warning("%s: %s", scan.name, warning)
+            log.info("%s: %s", scan.name, warning)  # the Analysis carries it to the user
         return warning
 
     def analyse(self, scan: Scan, read_ms: float = 0.0) -> Analysis:
@@ -88,7 +91,10 @@ class Analyser:
         t0 = time.perf_counter()
         defects = self.segmenter.segment(scan)
         t1 = time.perf_counter()
-        self.check_surface(scan)
+        warnings = list(getattr(self.segmenter, "last_warnings", []))
+        mismatch = self.check_surface(scan)
+        if mismatch:
+            warnings.append(mismatch)
         with_crops = [d for d in defects if d.crop is not None]
         if self.classifier is not None and with_crops:
             labels = self.classifier.classify(np.stack([d.crop for d in with_crops]))
@@ -106,4 +112,4 @@ class Analyser:
         timing["segment"] -= timing["preprocess"]
         timing["total"] = read_ms + (t2 - t0) * 1e3
         return Analysis(scan, defects, count_labels(defects), {k: round(v, 2) for k, v in timing.items()},
-                        self.model_versions)
+                        self.model_versions, warnings)

@@ -150,7 +150,9 @@ class UNetSegmenter:
     """The :class:`~stmwatch.models.analyse.Segmenter` of stmwatch: a UNet run by a backend.
 
     ``last_timing_ms["preprocess"]`` is the preprocessing time of the last scan (the
-    :class:`~stmwatch.models.analyse.Analyser` reports it apart from segmentation).
+    :class:`~stmwatch.models.analyse.Analyser` reports it apart from segmentation);
+    ``last_warnings`` says what an operator should know about it (a double tip; pixels too coarse
+    to segment), one sentence each.
     """
 
     def __init__(self, model: UNet, backend: Backend, surface: Surface | str, *, version: str,
@@ -167,6 +169,7 @@ class UNetSegmenter:
         self.remove_ghosts = remove_ghosts
         self.flips = flips
         self.last_double_tip: DoubleTip | None = None  # of the last scan, when one was found
+        self.last_warnings: list[str] = []
         self.name, self.version = name, version
         self.last_timing_ms: dict[str, float] = {}
         self.last_probability: np.ndarray | None = None  # (H, W) model pixels, for overlays
@@ -185,6 +188,7 @@ class UNetSegmenter:
         feature when the network marked the copy alone (:mod:`.double_tip`)."""
         components, _ = find_components(prob, self.threshold, self.min_area_px, prepared.valid)
         self.last_double_tip = None
+        self.last_warnings = []
         if self.remove_ghosts and components:
             points = np.array([(c.row, c.col) for c in components])
             found = resolve_double_tip(points, np.array([c.score * c.area for c in components]),
@@ -195,10 +199,8 @@ class UNetSegmenter:
                 ghosts = set(found.ghosts)
                 components = [c for k, c in enumerate(components) if k not in ghosts]
                 self.last_double_tip = found
-                dr, dc = (v * self.surface.nm_per_px for v in found.offset_px)
-                log.info("%s: double tip (found from the %s), ghost copies %.2f nm right and %.2f nm down of the "
-                         "features; %d ghost defects dropped, %d moved onto their real copy", scan.name,
-                         found.method, dc, dr, len(ghosts), len(found.moved))
+                self.last_warnings.append(found.describe(self.surface.nm_per_px))
+                log.info("%s: %s (found from the %s)", scan.name, self.last_warnings[-1], found.method)
         return defects_at(scan, prepared, components)
 
     def resolves(self, scan: Scan) -> bool:
@@ -211,8 +213,10 @@ class UNetSegmenter:
         too coarse to resolve defects (:meth:`resolves`)."""
         if not self.resolves(scan):
             dx, dy = (v * 1e9 for v in scan.pixel_size_m)
-            log.warning("%s: pixels of %.3g x %.3g nm are coarser than max_nm_per_px = %g: defects are not "
-                        "resolved, none reported", scan.name, dx, dy, self.max_nm_per_px)
+            warning = (f"pixels of {dx:.3g} x {dy:.3g} nm are coarser than max_nm_per_px = {self.max_nm_per_px:g}: "
+                       "defects are not resolved, none reported")
+            log.info("%s: %s", scan.name, warning)  # the Analysis carries it to the user
+            self.last_warnings = [warning]
             self.last_timing_ms = {"preprocess": 0.0}
             self.last_probability = self.last_prepared = None
             return []

@@ -122,3 +122,24 @@ def test_upgrade_from_an_older_version_and_refuse_a_newer_one(tmp_path, monkeypa
 def test_bad_url_is_a_clear_error():
     with pytest.raises(DatabaseError, match="cannot open database"):
         Database("nosuchdialect://x")
+
+
+def test_a_schema_1_database_gains_the_warnings_column_and_keeps_its_scans(tmp_path):
+    """Schema 2 added ``scans.warnings``: a database written before it (the column absent, schema
+    1) is upgraded on open, its old scans read with no warnings, new scans keep theirs."""
+    path = tmp_path / "v1.db"
+    with Database(f"sqlite:///{path}") as db:
+        db.record(make_doc(content_hash="old"))
+    con = sqlite3.connect(path)
+    con.execute("ALTER TABLE scans DROP COLUMN warnings")
+    con.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    with Database(f"sqlite:///{path}") as db:
+        assert db.schema_version() == SCHEMA_VERSION == 2
+        doc = make_doc(path="b.sxm", content_hash="new")
+        doc.warnings = ["double tip: a second apex images every feature again 1.20 nm away"]
+        db.record(doc)
+        old, new = db.scans()
+        assert old["path"] == "a.sxm" and not old["warnings"]
+        assert new["warnings"] == doc.warnings

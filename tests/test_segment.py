@@ -146,11 +146,13 @@ def test_segmenter_ignores_lines_never_acquired():
     assert [round(d.row) for d in defects] == [40]
 
 
-def test_scans_too_coarse_to_resolve_defects_give_none(caplog):
+def test_scans_too_coarse_to_resolve_defects_give_none():
     scan, _ = bump_scan("down", 0.0)
     coarse = Scan(channels=scan.channels, pixels=scan.pixels, range_m=(100e-9, 100e-9))  # 0.5 / 0.625 nm per px
     segmenter = UNetSegmenter(UNet(UNetConfig(width=4, depth=2)), BrightSpots(), "si001h", version="test",
                               min_area_px=4, tile_px=64, tile_overlap_px=16)
     assert segmenter.resolves(scan) and not segmenter.resolves(coarse)
     assert segmenter.segment(coarse) == []
-    assert "not resolved" in caplog.text
+    assert len(segmenter.last_warnings) == 1 and "not resolved" in segmenter.last_warnings[0]
+    segmenter.segment(scan)
+    assert segmenter.last_warnings == []  # the warning was the coarse scan's, not the next one's

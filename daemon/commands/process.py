@@ -80,6 +80,7 @@ def _table(analysis, rows: int):
 
 def run(args) -> int:
     from rich.console import Console
+    from rich.text import Text
 
     from stmwatch.daemon.config import ConfigError, load_config
     from stmwatch.drivers.sxm import ScanReadError, read_sxm
@@ -109,6 +110,8 @@ def run(args) -> int:
             print(json.dumps(result_dict(path, analysis)), flush=True)
         else:
             console.print(_table(analysis, args.rows))
+            for warning in analysis.warnings:
+                console.print(Text.assemble(("warning: ", "bold yellow"), warning))
         if args.png:
             from stmwatch.models.render import overlay_png
 
