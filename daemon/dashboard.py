@@ -433,6 +433,7 @@ def render(snap: Snapshot, live: LiveState | None = None, view: View | None = No
     for w in [s for s in snap.scans if s.warnings and s.status != "failed"][:3]:
         errors.append(f"{_ago(w.processed, now)} {w.name}: ", style="bold")
         errors.append("; ".join(w.warnings) + "\n", style="yellow")
+    errors.rstrip()
     left = Group(Panel(hist, title="defects per scan", box=box.ROUNDED),
                  Panel(errors if errors.plain else Text("none", style="dim"), title="errors and warnings",
                        box=box.ROUNDED))

@@ -169,3 +169,19 @@ def test_feed_hears_the_daemon_again_after_it_restarts():
             second.close()
     finally:
         feed.close()
+
+
+def test_a_scan_with_warnings_is_marked_and_its_warning_shown(tmp_path):
+    url = f"sqlite:///{tmp_path / 'warn.db'}"
+    with Database(url) as db:
+        for i, scan in enumerate(SCANS[:2]):
+            doc = make_doc(i, *scan)
+            if i == 1:
+                doc.warnings = ["double tip: a second apex images every feature again 1.20 nm away"]
+            db.record(doc)
+    text = draw(url, width=200)
+    [a001] = [line for line in text.splitlines() if re.search(r"ago\s+a001\.sxm\s+si001h", line)]
+    [a002] = [line for line in text.splitlines() if re.search(r"ago\s+a002\.sxm\s+si001h", line)]
+    assert "⚠" in a002 and "db 1" in a002 and "⚠" not in a001
+    assert re.search(r"a002\.sxm: double tip: a second apex images every feature again 1\.20 nm away", text)
+    assert "errors and warnings" in text
