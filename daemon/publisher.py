@@ -29,7 +29,7 @@ def overlay_png_bytes(doc: ResultDocument) -> bytes:
 
     defects = [Defect(row=d["y_px"], col=d["x_px"], x_m=d["x_m"], y_m=d["y_m"], area_px=d["area_px"],
                       score=d["score"], label=d["label"]) for d in doc.defects]
-    return overlay_png(doc.scan, defects)
+    return overlay_png(doc.scan, defects, notes=doc.warnings)
 
 
 def bind_publisher(context: zmq.Context, endpoint: str, linger_ms: int) -> zmq.Socket:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from .preprocess import align_rows, apparent_height, fill_nan_rows, level_plane
 INVALID_GREY = (128, 128, 128)
 BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
+NOTE = (250, 200, 60)  # warnings: yellow
 # Outline colours (see label_colours); chosen to stand out on afmhot/gold,
 # which run black → red → orange → yellow → white.
 LABEL_COLOURS = [
@@ -129,9 +131,21 @@ def viewing_image(scan: Scan) -> np.ndarray:
 
 
 # ---- overlay ---------------------------------------------------------------------------------
+def _wrap(text: str, width: float, length: Callable[[str], float]) -> list[str]:
+    """``text`` broken at spaces into lines no longer than ``width`` by ``length`` (a word longer
+    than that gets a line of its own)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and length(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
 def overlay_png(scan_image: Scan | np.ndarray, defects: list[Defect], path: str | Path | None = None, *,
                 labels: bool = True, scale_to: int = 768, title: str | None = None,
-                colormap: str = "afmhot") -> bytes:
+                colormap: str = "afmhot", notes: Sequence[str] = ()) -> bytes:
     """A PNG of a scan with every defect outlined; returns the PNG bytes, and writes them to
     ``path`` when one is given.
 
@@ -141,7 +155,8 @@ def overlay_png(scan_image: Scan | np.ndarray, defects: list[Defect], path: str 
     so its longer side is ``scale_to`` screen pixels. Each defect (``row``/``col`` in the image's
     pixels) gets a circle of radius 1.5 × its equivalent radius ``sqrt(area_px / π)`` (at least
     6 screen pixels) in its label's colour, and, with ``labels``, the label beside it. Above the
-    image: a title line (name, size, defect count) and a legend with the count of each label.
+    image: a title line (name, size, defect count), a legend with the count of each label and
+    ``notes`` (the scan's warnings, e.g. a double tip), wrapped to the width, in yellow.
     Text is ASCII: Pillow's default font has no glyph for much else.
     """
     if isinstance(scan_image, Scan):
@@ -168,11 +183,18 @@ def overlay_png(scan_image: Scan | np.ndarray, defects: list[Defect], path: str 
     font_size = max(12, scale_to // 48)
     font = _font(font_size)
     line = font_size + 8
-    header = 2 * line + 6
-    canvas = Image.new("RGB", (max(width, 320), height + header), BACKGROUND)
+    canvas_width = max(width, 320)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    note_lines = [wrapped for note in notes
+                  for wrapped in _wrap(note.encode("ascii", "replace").decode(), canvas_width - 12,
+                                       lambda t: measure.textlength(t, font=font))]
+    header = (2 + len(note_lines)) * line + 6
+    canvas = Image.new("RGB", (canvas_width, height + header), BACKGROUND)
     canvas.paste(picture, (0, header))
     draw = ImageDraw.Draw(canvas)
     draw.text((6, 4), heading, fill=TEXT, font=font)
+    for k, text in enumerate(note_lines):
+        draw.text((6, (2 + k) * line + 4), text, fill=NOTE, font=font)
     x = 6
     for label, count in counts.items():
         draw.rectangle([x, line + 8, x + font_size, line + 8 + font_size], fill=colours[label])

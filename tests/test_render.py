@@ -139,3 +139,19 @@ def test_grid_png_layout(tmp_path):
         assert (centre.tolist() != list(BACKGROUND)) == (index < 3)
     with pytest.raises(ValueError):
         grid_png(images, ["a"], None)
+
+
+def test_notes_are_wrapped_into_the_header_in_yellow():
+    from stmwatch.models.render import NOTE, _wrap
+
+    assert _wrap("aa bb cc dd", 5, len) == ["aa bb", "cc dd"]
+    assert _wrap("a verylongword b", 4, len) == ["a", "verylongword", "b"]
+    image = np.random.default_rng(0).normal(size=(40, 40))
+    plain = _decode(overlay_png(image, [], None, scale_to=400))
+    note = "double tip: a second apex images every feature again 1.20 nm away " * 3  # longer than 400 px
+    noted = _decode(overlay_png(image, [], None, scale_to=400, notes=[note]))
+    extra = noted.shape[0] - plain.shape[0]
+    line = max(12, 400 // 48) + 8
+    assert extra >= 2 * line and extra % line == 0  # wrapped onto whole extra lines
+    assert (noted[:extra + 40] == NOTE).all(axis=2).any() and not (plain == NOTE).all(axis=2).any()
+    assert (noted[-400:] == plain[-400:]).all()  # the picture itself is unchanged

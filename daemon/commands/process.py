@@ -116,7 +116,7 @@ def run(args) -> int:
             from stmwatch.models.render import overlay_png
 
             out = png_path(args.png, path, several)
-            overlay_png(scan, analysis.defects, out)
+            overlay_png(scan, analysis.defects, out, notes=analysis.warnings)
             if not args.json:
                 console.print(f"overlay: {out}")
     return 2 if failed else 0
