@@ -106,3 +106,16 @@ def test_listen_prints_what_is_published(capsys):
     assert codes == [0]
     assert out.count("pub.sxm: ok, vacancy 1") == 2
     assert "vacancy (0.400, -0.300) nm" in out  # x_m = 4e-10, y_m = -3e-10 from make_doc
+
+
+def test_warnings_in_every_format(capsys, tmp_path):
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    doc = make_doc("tip.sxm", "h9")
+    doc.warnings = ["double tip: a second apex images every feature again 1.20 nm away", "second warning"]
+    with Database(url) as db:
+        db.record(doc)
+    assert json.loads(query(capsys, "scans", "--db", url, "--format", "json")[1])[0]["warnings"] == doc.warnings
+    [row] = list(csv.DictReader(io.StringIO(query(capsys, "scans", "--db", url, "--format", "csv")[1])))
+    assert json.loads(row["warnings"]) == doc.warnings
+    out = query(capsys, "scans", "--db", url)[1]
+    assert "double tip" in out and "second warning" in out

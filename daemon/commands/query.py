@@ -8,7 +8,7 @@ import sys
 HELP = "list scans, defects or defect counts from the database"
 DESCRIPTION = """Query the database the daemon writes (--db, else [daemon] database of --config).
 
-  scans    one row per scan: id, path, status, error, n_defects, surface, times, geometry ...
+  scans    one row per scan: id, path, status, error, warnings, n_defects, surface, times, geometry ...
   defects  one row per defect: its scan, label, score, pixels and scanner-frame metres
   counts   defects per label: label, n
 
@@ -19,7 +19,7 @@ column name; csv has a header row."""
 
 KINDS = ("scans", "defects", "counts")
 TABLE_COLUMNS = {
-    "scans": ("id", "path", "status", "n_defects", "surface", "processed", "error"),
+    "scans": ("id", "path", "status", "n_defects", "surface", "processed", "error", "warnings"),
     "defects": ("id", "scan_id", "label", "score", "x_px", "y_px", "x_m", "y_m", "path"),
     "counts": ("label", "n"),
 }
@@ -84,7 +84,7 @@ def run(args) -> int:
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()})
+            writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
     else:
         from rich.console import Console
         from rich.table import Table
@@ -103,6 +103,8 @@ def _cell(value) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, list):
+        return "; ".join(str(v) for v in value)
     if isinstance(value, str) and len(value) > 19 and value[10:11] == "T":
         return value[:19].replace("T", " ")  # an ISO time, to the second
     return str(value)
