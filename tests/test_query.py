@@ -91,6 +91,7 @@ def test_listen_prints_what_is_published(capsys):
     from stmwatch.daemon.publisher import OverlayPublisher
 
     doc = make_doc("pub.sxm", "h9", defects=[("vacancy", 3.0, 4.0)])
+    doc.warnings = ["double tip: a second apex images every feature again 1.20 nm away"]
     publisher = OverlayPublisher("tcp://127.0.0.1:*")
     codes = []
     listener = threading.Thread(target=lambda: codes.append(
@@ -106,6 +107,7 @@ def test_listen_prints_what_is_published(capsys):
     assert codes == [0]
     assert out.count("pub.sxm: ok, vacancy 1") == 2
     assert "vacancy (0.400, -0.300) nm" in out  # x_m = 4e-10, y_m = -3e-10 from make_doc
+    assert out.count("warning: double tip: a second apex images every feature again 1.20 nm away") == 2
 
 
 def test_warnings_in_every_format(capsys, tmp_path):

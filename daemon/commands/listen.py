@@ -26,7 +26,8 @@ def describe(message: dict) -> str:
         return f"{head} ({message['error']})"
     parts = [f"{d['label']} ({d['x_m'] * 1e9:.3f}, {d['y_m'] * 1e9:.3f}) nm" for d in message["defects"]]
     counts = ", ".join(f"{k} {v}" for k, v in message["counts"].items()) or "no defects"
-    return f"{head}, {counts}" + ("".join(f"\n  {p}" for p in parts))
+    warnings = "".join(f"\n  warning: {w}" for w in message.get("warnings") or [])  # version 2 on
+    return f"{head}, {counts}" + warnings + ("".join(f"\n  {p}" for p in parts))
 
 
 def run(args) -> int:
