@@ -7,7 +7,8 @@ metres, x right and y up, with the frame's offset and rotation already applied -
 sent to the tip as it is (e.g. Nanonis ``FolMe.XYPosSet``). This client keeps the defects with the
 wanted labels and score, drops those closer than ``--keep-out`` nm to one already chosen (a
 lithography spot needs room), and orders them as a short tip path (nearest neighbour from
-``--start``). It prints each list and appends it to ``--out`` as CSV.
+``--start``). It prints each list and appends it to ``--out`` as CSV. With ``--skip-warned`` a scan
+with warnings (a double tip above all: the tip needs conditioning before it writes) gives no targets.
 """
 from __future__ import annotations
 
@@ -20,14 +21,15 @@ from pathlib import Path
 
 
 def targets_from_overlay(message: dict, labels: set[str] | None = None, min_score: float = 0.0,
-                         keep_out_m: float = 0.0, start_m: tuple[float, float] | None = None) -> list[dict]:
+                         keep_out_m: float = 0.0, start_m: tuple[float, float] | None = None,
+                         skip_warned: bool = False) -> list[dict]:
     """The overlay's defects to visit, in tip order: ``[{"x_m", "y_m", "label", "score", "order"}]``.
 
     ``labels`` None keeps every label; ``keep_out_m`` drops a defect within that distance of one
     already kept (higher scores first); the order is nearest neighbour from ``start_m`` (default:
-    the frame centre, ``geometry.offset_m``).
+    the frame centre, ``geometry.offset_m``); ``skip_warned`` gives none for a scan with warnings.
     """
-    if message.get("status") == "failed":
+    if message.get("status") == "failed" or (skip_warned and message.get("warnings")):
         return []
     chosen: list[dict] = []
     candidates = [d for d in message.get("defects", [])
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-out", type=float, default=1.0, help="least distance between targets, nm")
     parser.add_argument("--out", type=Path, help="append targets to this CSV file")
     parser.add_argument("--count", type=int, default=0, help="stop after this many scans (0 = never)")
+    parser.add_argument("--skip-warned", action="store_true", help="no targets from a scan with warnings "
+                        "(e.g. a double tip)")
     args = parser.parse_args(argv)
 
     ctx = zmq.Context()
@@ -70,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             message = json.loads(frames[1])
             n += 1
             targets = targets_from_overlay(message, set(args.label) if args.label else None, args.min_score,
-                                           args.keep_out * 1e-9)
+                                           args.keep_out * 1e-9, skip_warned=args.skip_warned)
             print(f"{message['file']}: {len(targets)} target(s)")
+            for warning in message.get("warnings") or []:
+                print(f"  warning: {warning}")
             for t in targets:
                 print(f"  {t['order']:3d}  x = {t['x_m'] * 1e9:9.3f} nm  y = {t['y_m'] * 1e9:9.3f} nm  {t['label']}")
             if args.out and targets:

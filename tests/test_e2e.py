@@ -384,3 +384,6 @@ def test_retarget_example_orders_targets_as_a_tip_path():
     targets = targets_from_overlay(message, {"dangling_bond"}, min_score=0.5, keep_out_m=1 * nm)
     assert [(t["order"], round(t["x_m"] / nm, 3)) for t in targets] == [(0, 1.3), (1, 5.0)]
     assert targets_from_overlay({"status": "failed", "defects": []}) == []
+    warned = {**message, "warnings": ["double tip: a second apex images every feature again 1.20 nm away"]}
+    assert targets_from_overlay(warned, {"dangling_bond"}, min_score=0.5, keep_out_m=1 * nm) == targets
+    assert targets_from_overlay(warned, {"dangling_bond"}, min_score=0.5, keep_out_m=1 * nm, skip_warned=True) == []
