@@ -313,3 +313,19 @@ def test_a_taken_publish_endpoint_is_a_clear_error():
                 publisher(first.endpoint)
     finally:
         first.close()
+
+
+def test_the_segmenters_warnings_reach_the_document_and_the_log(caplog):
+    class WarningSegmenter(TruthSegmenter):
+        def segment(self, scan):
+            self.last_warnings = [f"double tip in {scan.name}"]
+            return super().segment(scan)
+
+    acq, truth = simulated("tip.sxm", 4)
+    docs = []
+    p = pipeline_with(WarningSegmenter({"tip.sxm": truth.defects}), [docs.append])
+    with caplog.at_level("WARNING", logger="stmwatch.daemon.pipeline"):
+        p.process(acq)
+    [doc] = docs
+    assert doc.status == "ok" and doc.warnings == ["double tip in tip.sxm"]
+    assert "tip.sxm: double tip in tip.sxm" in caplog.text
