@@ -452,8 +452,14 @@ class Dashboard:
                  console: Console | None = None, thumbnails: bool = True):
         from sqlalchemy import create_engine
 
+        from .db import Database, DatabaseError
+
         self.database = database
-        self.engine = create_engine(database)
+        try:  # brings a database written by an older stmwatch up to date (as the daemon would)
+            self.engine = Database(database).engine
+        except DatabaseError as exc:  # newer schema, or not there yet: shown by read_snapshot
+            log.warning("%s", exc)
+            self.engine = create_engine(database)
         self.endpoints = [e for e in endpoints if e]
         self.refresh_s = refresh_s
         self.console = console or Console()

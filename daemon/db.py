@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, func,
-                        select, text)
+                        inspect, select, text)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
@@ -26,9 +26,23 @@ from .documents import ResultDocument
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-# version n -> list of SQL statements taking a database from version n-1 to n
-MIGRATIONS: dict[int, list[str]] = {
-    2: ["ALTER TABLE scans ADD COLUMN warnings JSON"],  # what the operator should know about a scan
+
+
+@dataclasses.dataclass(frozen=True)
+class AddColumn:
+    """A migration step: add ``column`` (SQL ``sql_type``) to ``table`` unless it is there already
+    (an upgrade interrupted, or run by two processes at once), then set it to ``fill`` (SQL) where
+    it is NULL, for the rows written before it existed."""
+
+    table: str
+    column: str
+    sql_type: str
+    fill: str | None = None
+
+
+# version n -> the steps (AddColumn, or SQL statements) taking a database from version n-1 to n
+MIGRATIONS: dict[int, list[AddColumn | str]] = {
+    2: [AddColumn("scans", "warnings", "JSON", fill="'[]'")],  # what the operator should know about a scan
 }
 
 
@@ -97,7 +111,8 @@ class DefectRow(Base):
 
 SCAN_COLUMNS = ("id", "uid", "path", "status", "error", "n_defects", "surface", "source", "acquired",
                 "processed", "columns", "rows", "range_x_m", "range_y_m", "offset_x_m", "offset_y_m",
-                "angle_deg", "nan_rows", "content_hash", "config_version", "model_versions", "timing_ms", "warnings")
+                "angle_deg", "nan_rows", "content_hash", "config_version", "model_versions", "timing_ms",
+                "warnings")
 DEFECT_COLUMNS = ("id", "scan_id", "path", "surface", "label", "score", "x_px", "y_px", "x_m", "y_m",
                   "area_px", "processed")
 
@@ -173,10 +188,14 @@ class Database:
             if current > SCHEMA_VERSION:
                 raise DatabaseError(f"database {self.url!r} has schema version {current}, newer than this "
                                     f"stmwatch's {SCHEMA_VERSION}; upgrade stmwatch")
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                log.info("upgrading database schema %d -> %d", version - 1, version)
-                for statement in MIGRATIONS.get(version, []):
-                    s.execute(text(statement))
+            try:
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    log.info("upgrading database schema %d -> %d", version - 1, version)
+                    for step in MIGRATIONS.get(version, []):
+                        _migrate(s, step)
+            except Exception as exc:
+                raise DatabaseError(f"cannot upgrade database {self.url!r} from schema version {current} to "
+                                    f"{SCHEMA_VERSION}: {exc}") from None
             row.value = str(SCHEMA_VERSION)
         return SCHEMA_VERSION
 
@@ -201,7 +220,8 @@ class Database:
             offset_x_m=offset_m[0], offset_y_m=offset_m[1], angle_deg=g.get("angle_deg"),
             direction=g.get("direction"), nan_rows=doc.nan_rows, n_defects=len(doc.defects),
             timing_ms=doc.timing_ms, model_versions=doc.model_versions, config_version=doc.config_version,
-            warnings=doc.warnings, defects=[DefectRow(x_px=d["x_px"], y_px=d["y_px"], x_m=d["x_m"], y_m=d["y_m"], label=d["label"],
+            warnings=doc.warnings,
+            defects=[DefectRow(x_px=d["x_px"], y_px=d["y_px"], x_m=d["x_m"], y_m=d["y_m"], label=d["label"],
                                score=d["score"], area_px=d["area_px"]) for d in doc.defects])
         try:
             with Session(self.engine) as s, s.begin():
@@ -266,6 +286,17 @@ class Database:
             n_defects = s.scalar(select(func.count()).select_from(DefectRow))
         return {"ok": by_status.get("ok", 0), "partial": by_status.get("partial", 0),
                 "failed": by_status.get("failed", 0), "defects": int(n_defects or 0)}
+
+
+def _migrate(session: Session, step: AddColumn | str) -> None:
+    if isinstance(step, str):
+        session.execute(text(step))
+        return
+    present = {c["name"] for c in inspect(session.connection()).get_columns(step.table)}
+    if step.column not in present:
+        session.execute(text(f"ALTER TABLE {step.table} ADD COLUMN {step.column} {step.sql_type}"))
+    if step.fill is not None:
+        session.execute(text(f"UPDATE {step.table} SET {step.column} = {step.fill} WHERE {step.column} IS NULL"))
 
 
 def _plain(value):

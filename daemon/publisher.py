@@ -3,8 +3,9 @@
 Message: multipart ``[b"overlay", JSON, PNG]`` (the PNG frame only with ``publish_png``). The JSON
 is :func:`stmwatch.daemon.documents.overlay_message`: schema ``version``, ``scan_uid``, ``file``,
 ``status``, ``geometry`` and ``defects`` with ``x_m``/``y_m`` in the scanner frame (metres,
-honouring the scan's offset and clockwise angle) beside ``x_px``/``y_px`` display pixels, and
-``counts``. Bound to ``tcp://127.0.0.1:5556`` by default: local only unless the config says so.
+honouring the scan's offset and clockwise angle) beside ``x_px``/``y_px`` display pixels,
+``counts`` and (version 2 on) ``warnings``, one sentence each (a double tip, with its offset; a
+scan unlike the configured surface; pixels too coarse), also written on the PNG. Bound to ``tcp://127.0.0.1:5556`` by default: local only unless the config says so.
 """
 from __future__ import annotations
 

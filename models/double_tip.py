@@ -56,13 +56,14 @@ class DoubleTip:
     ``(row, col)``. ``method`` says how the offset was found: ``"image"`` (:func:`find_copy_offset`;
     ``pairs`` is then the number of ghosts dropped or moved) or ``"pairs"`` (:func:`find_double_tip`:
     ``pairs`` detections were paired at the offset; on a tied vote the fainter copy of each pair is
-    dropped and ``offset_px`` is one of the two directions)."""
+    dropped, ``offset_px`` is one of the two directions and ``side_known`` is False)."""
 
     offset_px: tuple[float, float]
     pairs: int
     ghosts: tuple[int, ...]
     moved: tuple[tuple[int, float, float], ...] = ()
     method: str = "pairs"
+    side_known: bool = True
 
     def describe(self, nm_per_px: float) -> str:
         """One sentence for the operator: where the second apex images each feature (nm, display
@@ -70,8 +71,9 @@ class DoubleTip:
         down, right = (v * nm_per_px for v in self.offset_px)
         fixed = (f"{len(self.ghosts)} ghost defect(s) dropped, {len(self.moved)} moved onto their real copy"
                  if self.ghosts or self.moved else "no detection needed putting right")
+        either = "" if self.side_known else ", or the opposite way"
         return (f"double tip: a second apex images every feature again {np.hypot(down, right):.2f} nm away "
-                f"({right:+.2f} nm right, {down:+.2f} nm down); {fixed}")
+                f"({right:+.2f} nm right, {down:+.2f} nm down{either}); {fixed}")
 
 
 # ---- from the detections: pairs at one displacement ---------------------------------------------
@@ -187,7 +189,8 @@ def find_double_tip(points: np.ndarray, mass: np.ndarray, *, nm_per_px: float = 
         ghosts, ghost_offset = tuple(a for a, _ in pairs), -offset
     else:
         ghosts, ghost_offset = tuple(b if mass[b] <= mass[a] else a for a, b in pairs), offset
-    return DoubleTip((float(ghost_offset[0]), float(ghost_offset[1])), len(pairs), tuple(sorted(ghosts)))
+    return DoubleTip((float(ghost_offset[0]), float(ghost_offset[1])), len(pairs), tuple(sorted(ghosts)),
+                     side_known=second_fainter != 0)
 
 
 # ---- from the image: every feature seen again ---------------------------------------------------

@@ -211,6 +211,7 @@ class UNetSegmenter:
     def segment(self, scan: Scan) -> list[Defect]:
         """Every defect in ``scan`` (see the module docstring); none, with a warning, for a scan
         too coarse to resolve defects (:meth:`resolves`)."""
+        self.last_double_tip, self.last_warnings = None, []
         if not self.resolves(scan):
             dx, dy = (v * 1e9 for v in scan.pixel_size_m)
             warning = (f"pixels of {dx:.3g} x {dy:.3g} nm are coarser than max_nm_per_px = {self.max_nm_per_px:g}: "

@@ -185,3 +185,26 @@ def test_a_scan_with_warnings_is_marked_and_its_warning_shown(tmp_path):
     assert "⚠" in a002 and "db 1" in a002 and "⚠" not in a001
     assert re.search(r"a002\.sxm: double tip: a second apex images every feature again 1\.20 nm away", text)
     assert "errors and warnings" in text
+
+
+def test_the_dashboard_brings_an_older_database_up_to_date(tmp_path):
+    """A database written before schema 2 (no scans.warnings) is upgraded when the dashboard
+    opens it, as the daemon would, instead of failing to read every scan."""
+    import sqlite3
+
+    from stmwatch.daemon.dashboard import Dashboard
+
+    path = tmp_path / "v1.db"
+    with Database(f"sqlite:///{path}") as db:
+        db.record(make_doc(0, *SCANS[0]))
+    con = sqlite3.connect(path)
+    if sqlite3.sqlite_version_info < (3, 35):
+        pytest.skip("SQLite before 3.35 cannot drop a column")
+    con.execute("ALTER TABLE scans DROP COLUMN warnings")
+    con.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    board = Dashboard(f"sqlite:///{path}", [], console=Console(file=io.StringIO()))
+    snap = read_snapshot(board.engine)
+    board.engine.dispose()
+    assert snap.error is None and [s.name for s in snap.scans] == ["a001.sxm"] and snap.scans[0].warnings == []

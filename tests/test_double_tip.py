@@ -125,6 +125,37 @@ def test_a_double_tip_in_the_image_gives_the_offset_with_its_sign_and_puts_each_
     assert np.hypot(*(moved_to - real[24:]).T).max() < 1.5  # 0.15 nm
 
 
+def test_a_double_tip_the_network_saw_through_is_reported_with_nothing_to_put_right():
+    """Only the real copies detected: no detection changes, but the double tip (copies 0.8 as
+    strong as their features) is reported, with its offset; not when ``report_ratio`` asks for
+    copies stronger than these."""
+    rng = np.random.default_rng(7)
+    real = spread_points(30, 260, 30, rng) + 20
+    offset = np.array([7.0, -5.0])
+    single = surface_image(real, 300, rng)
+    image = np.maximum(single, 0.8 * np.roll(single, tuple(offset.astype(int)), axis=(0, 1)))
+    image += rng.normal(0, 0.004, single.shape)
+    found = resolve_double_tip(real, np.ones(len(real)), image, np.ones(image.shape, bool))
+    assert found is not None and found.method == "image" and found.ghosts == () and found.moved == ()
+    assert np.hypot(*(np.array(found.offset_px) - offset)) < 1.2
+    assert "no detection needed putting right" in found.describe(0.1)
+    assert resolve_double_tip(real, np.ones(len(real)), image, np.ones(image.shape, bool), report_ratio=0.95) is None
+
+
+def test_the_description_gives_the_offset_in_nm_right_and_down_and_says_when_the_side_is_unknown():
+    from stmwatch.models.double_tip import DoubleTip
+
+    text = DoubleTip((3.0, -4.0), 2, (5,), ((6, 1.0, 2.0),), "image").describe(0.1)
+    assert text.startswith("double tip: a second apex images every feature again 0.50 nm away "
+                           "(-0.40 nm right, +0.30 nm down); 1 ghost defect(s) dropped, 1 moved")
+    assert "or the opposite way" in DoubleTip((3.0, -4.0), 2, (5,), side_known=False).describe(0.1)
+    # a tied vote of the pairs: equal masses
+    points = np.array([[20.0, 20.0], [20.0, 32.0], [60.0, 90.0], [60.0, 102.0], [110.0, 40.0], [110.0, 52.0],
+                       [150.0, 150.0], [150.0, 162.0], [200.0, 70.0], [200.0, 82.0]])
+    tied = find_double_tip(points, np.ones(len(points)), min_pairs=5)
+    assert tied is not None and not tied.side_known and len(tied.ghosts) == 5
+
+
 def test_defects_on_lattice_sites_with_a_single_tip_are_left_alone():
     rng = np.random.default_rng(8)
     sites = lattice_sites(60, 28, rng) + 10  # many pairs of defects at the same lattice vectors

@@ -99,6 +99,11 @@ def test_real_files_process_without_error(config, capsys):
         for d in line["defects"]:
             assert -0.5 <= d["x_px"] <= nx - 0.5 and -0.5 <= d["y_px"] <= ny - 0.5
             assert acquired[int(round(d["y_px"]))]  # nothing found in lines never acquired (partial scans)
+    # what the operator should know goes to stderr beside the JSON: the moire scan is no Si(001):H,
+    # the 200 nm survey scans have pixels far too coarse (3.3 nm between lines) for ~1 nm defects
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert any("stm_moire_10nm.sxm:" in w and "Si(001):H rows" in w for w in warnings), warnings
+    assert any("stm_A250320.sxm:" in w and "coarser than max_nm_per_px" in w for w in warnings), warnings
 
 
 def test_support_folder_option(simulated, config, tmp_path, capsys):

@@ -113,11 +113,12 @@ def test_listen_prints_what_is_published(capsys):
 def test_warnings_in_every_format(capsys, tmp_path):
     url = f"sqlite:///{tmp_path / 'w.db'}"
     doc = make_doc("tip.sxm", "h9")
-    doc.warnings = ["double tip: a second apex images every feature again 1.20 nm away", "second warning"]
+    doc.warnings = ["double tip: a second apex images every feature again 1.20 nm away",
+                    "not the surface of [models] surface [/b]"]  # no rich markup: shown as written
     with Database(url) as db:
         db.record(doc)
     assert json.loads(query(capsys, "scans", "--db", url, "--format", "json")[1])[0]["warnings"] == doc.warnings
     [row] = list(csv.DictReader(io.StringIO(query(capsys, "scans", "--db", url, "--format", "csv")[1])))
     assert json.loads(row["warnings"]) == doc.warnings
     out = query(capsys, "scans", "--db", url)[1]
-    assert "double tip" in out and "second warning" in out
+    assert "double tip" in out and "not the surface of [models] surface [/b]" in out

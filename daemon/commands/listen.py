@@ -4,8 +4,8 @@ from __future__ import annotations
 import sys
 
 HELP = "print the overlay messages the daemon publishes (ZeroMQ SUB)"
-DESCRIPTION = """Subscribe to the daemon's overlays and print one line per scan: file, status and each
-defect's label and scanner-frame position (nm). --json prints each message's JSON instead (one
+DESCRIPTION = """Subscribe to the daemon's overlays and print one line per scan: file, status, the
+scan's warnings (a double tip, ...) and each defect's label and scanner-frame position (nm). --json prints each message's JSON instead (one
 per line); --png DIR saves attached PNGs there. Stops after --count messages or --timeout
 seconds of silence, else on Ctrl-C."""
 

@@ -17,6 +17,10 @@ few-shot classifier are available) name each defect; print the result.
 x_px is the column and y_px the row of the scan as read, display frame (row 0 at the top);
 x_m, y_m are scanner-frame metres. Without a classifier every label is "defect".
 
+What the operator should know about a scan (a double tip, with its offset; a scan that does not
+show the configured surface; pixels too coarse to segment) follows its table as "warning: ...",
+and goes to stderr as "warning: FILE: ..." with --json (the JSON keeps exactly the keys above).
+
 A file that cannot be read gives one line on stderr; the other files are still processed and
 the exit code is 2."""
 
@@ -108,6 +112,8 @@ def run(args) -> int:
             continue
         if args.json:
             print(json.dumps(result_dict(path, analysis)), flush=True)
+            for warning in analysis.warnings:
+                print(f"warning: {path}: {warning}", file=sys.stderr, flush=True)
         else:
             console.print(_table(analysis, args.rows))
             for warning in analysis.warnings:

@@ -88,12 +88,13 @@ def run(args) -> int:
     else:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=f"{args.kind} ({len(rows)})", title_justify="left")
         for column in TABLE_COLUMNS[args.kind]:
             table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(*(_cell(row.get(c)) for c in TABLE_COLUMNS[args.kind]))
+        for row in rows:  # Text: a path or message with [brackets] is not rich markup
+            table.add_row(*(Text(_cell(row.get(c))) for c in TABLE_COLUMNS[args.kind]))
         Console(width=None if sys.stdout.isatty() else 240).print(table)
     return 0
 
