@@ -49,7 +49,7 @@ def load_segmenter(settings: ModelSettings, surface: Surface, preprocess=None,
                           settings.engine_cache, settings.threads or None)
     log.info("segmenter: %s (%s), backend %s", path.name, digest[:12], runner.name)
     return UNetSegmenter(model, runner, surface, version=digest[:12], preprocess=preprocess,
-                         threshold=settings.threshold, min_area_px=settings.min_area_px,
+                         threshold=settings.threshold_for(surface.key), min_area_px=settings.min_area_px,
                          tile_px=settings.tile_px, tile_overlap_px=settings.tile_overlap_px,
                          batch_size=settings.batch_tiles, max_nm_per_px=settings.max_nm_per_px,
                          remove_ghosts=settings.remove_double_tip_ghosts, flips=settings.test_time_flips,

@@ -15,6 +15,8 @@ class ModelSettings:
     classifier_weights: str = ""  # prototypical-network checkpoint; "" = the shipped weights
     support: str = ""  # folder of labelled crops <support>/<class>/*.npy; "" = shipped set
     threshold: float = 0.4  # defect probability above which a pixel is defect (0.4: best F1 with 4 flips)
+    # per-surface thresholds where validation chose another (Si(001):H: its depressions are faint)
+    surface_thresholds: dict[str, float] = dataclasses.field(default_factory=lambda: {"si001h": 0.25})
     min_area_px: int = 12  # smaller components (in model pixels) are noise (12: best F1 on validation scans)
     unknown_distance: float = 0.0  # above this embedding distance a defect is 'unknown'; 0 = shipped
     engine_cache: str = "~/.cache/stmwatch/engines"  # TensorRT engines and ONNX exports, keyed by model hash/shape(/GPU)
@@ -26,11 +28,15 @@ class ModelSettings:
     remove_double_tip_ghosts: bool = True  # drop a double tip's copies, or move them (models/double_tip.py)
     test_time_flips: int = 4  # mean probability over 1, 2 or 4 line-preserving flips (cost x flips)
 
+    def threshold_for(self, surface: str) -> float:
+        """The probability threshold for ``surface`` (a key such as ``si001h``)."""
+        return float(self.surface_thresholds.get(surface, self.threshold))
+
     def check(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {self.backend!r}")
-        if not 0 < self.threshold < 1:
-            raise ValueError("threshold must be between 0 and 1")
+        if not all(0 < t < 1 for t in (self.threshold, *self.surface_thresholds.values())):
+            raise ValueError("threshold and surface_thresholds must be between 0 and 1")
         if self.tile_px <= 0 or self.tile_px % 8:
             raise ValueError(f"tile_px must be a positive multiple of 8, not {self.tile_px}")
         if not 0 <= self.tile_overlap_px < self.tile_px:

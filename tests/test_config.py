@@ -54,6 +54,7 @@ def test_loading_config_toml_gives_the_defaults():
     ("[folder]\npatterns = '*.sxm'\n", ["folder.patterns", "list"]),
     ("[stream]\nsocket = 'dealer'\n", ["socket", "dealer"]),
     ("[models]\ntest_time_flips = 3\n", ["test_time_flips", "1, 2 or 4"]),
+    ("[models]\nsurface_thresholds = { ge001 = 1.5 }\n", ["surface_thresholds", "between 0 and 1"]),
     ("[daemon\n", ["not valid TOML"]),
 ])
 def test_bad_configs_are_clear_errors(tmp_path, text, words):
@@ -89,3 +90,16 @@ def test_run_stops_at_start_with_a_clear_error(tmp_path, capsys):
     assert main(["run", "--watch", str(tmp_path / "missing"), "--db", f"sqlite:///{tmp_path / 'x.db'}",
                  "--publish", ""]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_a_surface_can_have_its_own_threshold(tmp_path):
+    assert load_config(None).models.threshold_for("si001h") == 0.25  # chosen on validation scans
+    assert load_config(None).models.threshold_for("tio2110") == load_config(None).models.threshold == 0.4
+    path = tmp_path / "t.toml"
+    path.write_text("[models]\nthreshold = 0.5\nsurface_thresholds = { ge001 = 0.3 }\n")
+    models = load_config(path).models
+    assert (models.threshold_for("ge001"), models.threshold_for("si001h")) == (0.3, 0.5)  # the table replaces
+    from stmwatch.models.load import load_segmenter
+    from stmwatch.models.surfaces import get_surface
+
+    assert load_segmenter(models, get_surface("ge001"), backend="torch").threshold == 0.3
