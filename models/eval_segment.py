@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 HELP = "detection F1 and position error of the UNet on held-out simulated scans"
 HELD_OUT_SEED = 7_000_000  # held-out scans use seeds HELD_OUT_SEED + i; training uses seeds < 1_000_000
+BLOCK_STEP = 100_000  # held-out block b starts at seed + b * BLOCK_STEP (7 000 000+, 7 100 000+, ...)
 MATCH_RADIUS_NM = 0.5
 
 
@@ -144,8 +145,10 @@ def evaluate_segmenter(segmenter, scans, radius_m: float = MATCH_RADIUS_NM * 1e-
 
 def evaluate_surfaces(surfaces: list[str], n_scans: int, *, config=None, backend: str | None = None,
                       weights: str | None = None, seed: int = HELD_OUT_SEED, pixels=(256, 512),
-                      radius_nm: float = MATCH_RADIUS_NM, artefacts: str = "all") -> dict[str, dict]:
-    """F1 and median position errors (nm) per surface on ``n_scans`` held-out scans each."""
+                      radius_nm: float = MATCH_RADIUS_NM, artefacts: str = "all", blocks: int = 1) -> dict[str, dict]:
+    """F1 and median position errors (nm) per surface on ``n_scans`` held-out scans each, from each
+    of ``blocks`` blocks of seeds (``seed``, ``seed + BLOCK_STEP``, ...), pooled; with more than one
+    block, ``f1_per_block`` gives each block's own F1."""
     from stmwatch.daemon.config import load_config
 
     from .load import load_segmenter
@@ -158,15 +161,20 @@ def evaluate_surfaces(surfaces: list[str], n_scans: int, *, config=None, backend
     for key in surfaces:
         segmenter = load_segmenter(config.models, get_surface(key), config.preprocess, backend)
         t0 = time.perf_counter()
-        scans = (held_out_scan(key, i, seed, pixels, artefacts) for i in range(n_scans))
+        starts = [seed + b * BLOCK_STEP for b in range(blocks)]
+        scans = (held_out_scan(key, i, start, pixels, artefacts) for start in starts for i in range(n_scans))
         score = evaluate_segmenter(segmenter, scans, radius_nm * 1e-9)
         results[key] = {
-            "scans": n_scans, "true": score.tp + score.fn, "found": score.tp + score.fp, "tp": score.tp,
+            "scans": n_scans * blocks, "true": score.tp + score.fn, "found": score.tp + score.fp, "tp": score.tp,
             "precision": round(score.precision, 4), "recall": round(score.recall, 4), "f1": round(score.f1, 4),
             "f1_ci95": [round(v, 4) for v in score.f1_interval()],
             "median_dx_nm": round(score.median_dx * 1e9, 4), "median_dy_nm": round(score.median_dy * 1e9, 4),
             "seconds": round(time.perf_counter() - t0, 1), "weights": segmenter.version,
         }
+        if blocks > 1:
+            results[key]["first_seeds"] = starts
+            per_block = [DetectionScore(per_scan=score.per_scan[b * n_scans:(b + 1) * n_scans]) for b in range(blocks)]
+            results[key]["f1_per_block"] = [round(block.f1, 4) for block in per_block]
         log.info("%s: %s", key, results[key])
     return results
 
@@ -175,6 +183,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--surfaces", nargs="+", default=["si001h", "ge001", "tio2110"], help="surfaces to score")
     parser.add_argument("--scans", type=int, default=100, help="held-out scans per surface (default 100)")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="first held-out seed")
+    parser.add_argument("--blocks", type=int, default=1, help=f"blocks of --scans scans, from --seed every "
+                        f"{BLOCK_STEP:,} seeds, pooled (the model card's figure: --blocks 4)")
     parser.add_argument("--weights", help="UNet checkpoint (default: the shipped weights)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), help="inference backend")
     parser.add_argument("--artefacts", default="all", help='simulated artefacts: "all" (default), "none", '
@@ -201,7 +211,8 @@ def print_table(results: dict[str, dict], radius_nm: float, artefacts: str = "al
 
 def run(args) -> int:
     results = evaluate_surfaces(args.surfaces, args.scans, backend=args.backend, weights=args.weights,
-                                seed=args.seed, radius_nm=args.radius_nm, artefacts=args.artefacts)
+                                seed=args.seed, radius_nm=args.radius_nm, artefacts=args.artefacts,
+                                blocks=args.blocks)
     if args.json:
         print(json.dumps(results))
     else:

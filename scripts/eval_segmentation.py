@@ -6,7 +6,8 @@ on, random size (256-512 px), scale, direction, angle and offset. A detection is
 0.5 nm of a true defect. Prints a table (or --json) with precision, recall, F1 and the median
 |error| of x_m and y_m in nm: the figures of models/weights/MODEL_CARD.md.
 
-    python scripts/eval_segmentation.py            # 100 scans per surface, about 1 min each here
+    python scripts/eval_segmentation.py             # 100 scans per surface (6-8 min each, 1 core here)
+    python scripts/eval_segmentation.py --blocks 4  # the card's figure: 4 blocks of 100, pooled
 Same code as ``stmwatch eval segment`` (stmwatch.models.eval_segment).
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     results = eval_segment.evaluate_surfaces(args.surfaces, args.scans, backend=args.backend, weights=args.weights,
-                                             seed=args.seed, radius_nm=args.radius_nm, artefacts=args.artefacts)
+                                             seed=args.seed, radius_nm=args.radius_nm, artefacts=args.artefacts,
+                                             blocks=args.blocks)
     if args.json:
         print(json.dumps(results, indent=1))
     else:

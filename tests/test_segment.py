@@ -156,3 +156,19 @@ def test_scans_too_coarse_to_resolve_defects_give_none():
     assert len(segmenter.last_warnings) == 1 and "not resolved" in segmenter.last_warnings[0]
     segmenter.segment(scan)
     assert segmenter.last_warnings == []  # the warning was the coarse scan's, not the next one's
+
+
+def test_held_out_blocks_pool_into_one_score():
+    """``blocks=2``: the scans of both blocks (seeds ``s`` and ``s + BLOCK_STEP``) pooled, each
+    block's F1 beside the pooled one, the same counts as the two blocks scored apart."""
+    from stmwatch.models.eval_segment import BLOCK_STEP, evaluate_surfaces
+
+    options = dict(seed=9_300_000, pixels=(128, 128))
+    pooled = evaluate_surfaces(["ge001"], 1, blocks=2, **options)["ge001"]
+    first = evaluate_surfaces(["ge001"], 1, **options)["ge001"]
+    second = evaluate_surfaces(["ge001"], 1, **{**options, "seed": 9_300_000 + BLOCK_STEP})["ge001"]
+    assert pooled["scans"] == 2 and pooled["first_seeds"] == [9_300_000, 9_300_000 + BLOCK_STEP]
+    for key in ("true", "found", "tp"):
+        assert pooled[key] == first[key] + second[key]
+    assert pooled["f1_per_block"] == [first["f1"], second["f1"]]
+    assert pooled["true"] > 0
