@@ -54,6 +54,11 @@ class ScanSummary:
     warnings: list[str] = dataclasses.field(default_factory=list)  # what the operator should know
 
     @property
+    def warned(self) -> bool:
+        """Analysed (not failed) with something the operator should know."""
+        return bool(self.warnings) and self.status != "failed"
+
+    @property
     def name(self) -> str:
         return self.path.replace("\\", "/").rsplit("/", 1)[-1]
 
@@ -410,7 +415,7 @@ def render(snap: Snapshot, live: LiveState | None = None, view: View | None = No
     scans.add_column("analysis", justify="right", no_wrap=True)
     for s in snap.scans:
         by_label = Text(s.error or "", style="red") if s.status == "failed" else Text(_counts_text(s.counts))
-        if s.warnings and s.status != "failed":
+        if s.warned:
             by_label = Text.assemble(("⚠ ", "bold yellow"), by_label)
         scans.add_row(_ago(s.processed, now), s.name, s.surface or "-",
                       Text(s.status, style=STATUS_STYLE.get(s.status, "")),
@@ -430,7 +435,7 @@ def render(snap: Snapshot, live: LiveState | None = None, view: View | None = No
     for e in snap.errors:
         errors.append(f"{_ago(e.processed, now)} {e.name}: ", style="bold")
         errors.append(f"{e.error}\n", style="red")
-    for w in [s for s in snap.scans if s.warnings and s.status != "failed"][:3]:
+    for w in [s for s in snap.scans if s.warned][:3]:
         errors.append(f"{_ago(w.processed, now)} {w.name}: ", style="bold")
         errors.append("; ".join(w.warnings) + "\n", style="yellow")
     errors.rstrip()

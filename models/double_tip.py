@@ -437,5 +437,4 @@ def resolve_double_tip(points: np.ndarray, mass: np.ndarray, image: np.ndarray, 
         from_pairs = find_double_tip(points, mass, nm_per_px=nm_per_px, **pair_options)
         if from_pairs is not None or found.copy_ratio < report_ratio:
             return from_pairs
-        return DoubleTip((float(offset[0]), float(offset[1])), 0, (), (), "image")
     return DoubleTip((float(offset[0]), float(offset[1])), len(dropped) + len(moved), dropped, moved, "image")

@@ -5,9 +5,9 @@ import sys
 
 HELP = "print the overlay messages the daemon publishes (ZeroMQ SUB)"
 DESCRIPTION = """Subscribe to the daemon's overlays and print one line per scan: file, status, the
-scan's warnings (a double tip, ...) and each defect's label and scanner-frame position (nm). --json prints each message's JSON instead (one
-per line); --png DIR saves attached PNGs there. Stops after --count messages or --timeout
-seconds of silence, else on Ctrl-C."""
+scan's warnings (a double tip, ...) and each defect's label and scanner-frame position (nm).
+--json prints each message's JSON instead (one per line); --png DIR saves attached PNGs there.
+Stops after --count messages or --timeout seconds of silence, else on Ctrl-C."""
 
 
 def add_arguments(parser) -> None:
