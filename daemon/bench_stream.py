@@ -55,7 +55,7 @@ def _analyser(config, choice: str):
 
 def stream_one(segmenter, scan, settings, line_period_s: float, match_px: float) -> dict:
     """Acquire ``scan`` line by line in real time into a threaded :class:`LiveSegmenter`."""
-    from stmwatch.daemon.documents import PartialScan
+    from stmwatch.drivers.base import PartialScan
     from stmwatch.daemon.live import LiveSegmenter, radius_px
     from stmwatch.drivers.scan import Channel, Scan
 

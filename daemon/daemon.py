@@ -6,7 +6,7 @@
     daemon.stop(drain=True)          # finish what is queued, close everything
 
 Extension points: ``sinks`` (extra sinks after the database and publisher, e.g. a dashboard),
-``partial_hooks`` (called with each :class:`~stmwatch.daemon.documents.PartialScan` of a stream
+``partial_hooks`` (called with each :class:`~stmwatch.drivers.base.PartialScan` of a stream
 driver, for live segmentation), :meth:`reload` (a new config: stop, drain, start again), and
 ``on_state`` (called with "starting", "ready", "stopping", "stopped": systemd notify hooks here).
 """
@@ -19,11 +19,11 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from stmwatch.drivers.base import PartialScan
 from stmwatch.models.analyse import Analyser
 
 from .config import Config, ConfigError
 from .db import Database
-from .documents import PartialScan
 from .pipeline import Pipeline, Sink, config_version
 from .publisher import OverlayPublisher
 
@@ -61,10 +61,10 @@ def open_driver(config: Config):
         return StreamConnection(config.stream)
     if driver == "nanonis":
         try:
-            from stmwatch.drivers.nanonis.acquisition import NanonisDriver
+            from stmwatch.drivers.nanonis.connection import NanonisConnection
         except ImportError as exc:
             raise ConfigError(f"the nanonis driver is not available: {exc}") from None
-        return NanonisDriver(config.nanonis)
+        return NanonisConnection(config.nanonis)
     raise ConfigError(f"unknown driver {driver!r}")
 
 

@@ -2,7 +2,7 @@
 as soon as every line it covers has arrived.
 
 For a streamed scan (ZeroMQ ``lines``, or the Nanonis driver's progress), the daemon's driver
-thread hands every :class:`~stmwatch.daemon.documents.PartialScan` to :class:`LiveSegmenter`
+thread hands every :class:`~stmwatch.drivers.base.PartialScan` to :class:`LiveSegmenter`
 (a ``partial_hooks`` entry). The hook only notes the newest state; a worker thread segments
 whenever ``every_lines`` new lines have come in since its last pass (it skips states it could not
 keep up with, so it never falls behind the microscope).
@@ -193,7 +193,7 @@ class LiveSegmenter:
 
     # ---- driver thread ----------------------------------------------------------------------------
     def __call__(self, event) -> None:
-        """Take a :class:`~stmwatch.daemon.documents.PartialScan` (keeps only the newest)."""
+        """Take a :class:`~stmwatch.drivers.base.PartialScan` (keeps only the newest)."""
         if not self.threaded:
             self.step(event.scan_id, event.scan, event.rows_done)
             return

@@ -24,7 +24,9 @@ import numpy as np
 
 from stmwatch.models.analyse import Analyser
 
-from .documents import Acquisition, PartialScan, ResultDocument, new_uid, utcnow
+from stmwatch.drivers.base import Acquisition, PartialScan
+
+from .documents import ResultDocument, new_uid, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stmwatch.daemon.documents import PartialScan
+from stmwatch.drivers.base import PartialScan
 from stmwatch.daemon.live import LiveSegmenter, LiveSettings, band_scan, radius_px
 from stmwatch.drivers.scan import Channel, Scan
 from stmwatch.models.simulate import simulate_scan

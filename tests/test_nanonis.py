@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from stmwatch.drivers.nanonis.connection import NanonisConnection, NanonisTimeout, split_channel_name
+from stmwatch.drivers.nanonis.client import NanonisClient, NanonisTimeout, split_channel_name
 from stmwatch.drivers.nanonis.protocol import Body, NanonisError, ProtocolError, request_header
 from stmwatch.drivers.nanonis.settings import NanonisSettings
 from stmwatch.drivers.nanonis.sim import FakeNanonisServer
@@ -91,7 +91,7 @@ def test_frame_data_grab_request_and_response_bytes():
             + struct.pack(">I", 1) + struct.pack(">Ii", 0, 0))
     server = OneShotServer(_name32("Scan.FrameDataGrab") + struct.pack(">i", len(body)) + b"\0" * 4 + body)
     try:
-        with NanonisConnection("127.0.0.1", server.port, timeout=5) as conn:
+        with NanonisClient("127.0.0.1", server.port, timeout=5) as conn:
             got_name, got, direction = conn.frame_data_grab(14, forward=False)
     finally:
         server.close()
@@ -106,14 +106,14 @@ def test_buffer_get_and_frame_get_layouts():
     body = struct.pack(">i3i", 3, 14, 0, 7) + struct.pack(">ii", 256, 128) + struct.pack(">Ii", 0, 0)
     server = OneShotServer(_name32("Scan.BufferGet") + struct.pack(">i", len(body)) + b"\0" * 4 + body)
     try:
-        with NanonisConnection("127.0.0.1", server.port, timeout=5) as conn:
+        with NanonisClient("127.0.0.1", server.port, timeout=5) as conn:
             assert conn.buffer_get() == ([14, 0, 7], 256, 128)
     finally:
         server.close()
     body = struct.pack(">5f", 1e-8, -2e-8, 3e-8, 4e-8, 15.0) + struct.pack(">Ii", 0, 0)
     server = OneShotServer(_name32("Scan.FrameGet") + struct.pack(">i", len(body)) + b"\0" * 4 + body)
     try:
-        with NanonisConnection("127.0.0.1", server.port, timeout=5) as conn:
+        with NanonisClient("127.0.0.1", server.port, timeout=5) as conn:
             got = conn.frame_get()
     finally:
         server.close()
@@ -126,7 +126,7 @@ def test_error_block_becomes_a_clear_error():
     body = struct.pack(">i", 0) + struct.pack(">ii", 0, 0) + struct.pack(">I", 0) + struct.pack(">Ii", 1, len(msg)) + msg
     server = OneShotServer(_name32("Scan.FrameDataGrab") + struct.pack(">i", len(body)) + b"\0" * 4 + body)
     try:
-        with NanonisConnection("127.0.0.1", server.port, timeout=5) as conn:
+        with NanonisClient("127.0.0.1", server.port, timeout=5) as conn:
             with pytest.raises(NanonisError, match="Channel index 99"):
                 conn.frame_data_grab(99)
     finally:
@@ -178,10 +178,10 @@ def assert_same_scan(got: Scan, want: Scan, channel_indexes=(14, 0)):
 
 
 def test_three_frames_from_the_fake_server_equal_the_served_scans():
-    with FakeNanonisServer(SCANS) as server, NanonisConnection("127.0.0.1", server.port, timeout=5) as conn, \
+    with FakeNanonisServer(SCANS) as server, NanonisClient("127.0.0.1", server.port, timeout=5) as conn, \
             cf.ThreadPoolExecutor(1) as pool:
         for want in SCANS:
-            future = pool.submit(conn.wait_for_acquisition, 30.0)
+            future = pool.submit(conn.wait_for_scan, 30.0)
             assert server.wait_for_waiter(10)
             server.complete_scan()
             got = future.result(timeout=30)
@@ -192,19 +192,19 @@ def test_three_frames_from_the_fake_server_equal_the_served_scans():
 
 
 def test_wait_times_out_with_none():
-    with FakeNanonisServer(SCANS) as server, NanonisConnection("127.0.0.1", server.port, timeout=5) as conn:
-        assert conn.wait_for_acquisition(0.05) is None
+    with FakeNanonisServer(SCANS) as server, NanonisClient("127.0.0.1", server.port, timeout=5) as conn:
+        assert conn.wait_for_scan(0.05) is None
         assert server.commands == ["Scan.WaitEndOfScan"]
 
 
 def test_a_stopped_up_scan_has_its_bottom_lines_only():
     want = SCANS[1]  # up: acquisition starts at the bottom of the display frame
-    with FakeNanonisServer([want]) as server, NanonisConnection("127.0.0.1", server.port, timeout=5) as conn, \
+    with FakeNanonisServer([want]) as server, NanonisClient("127.0.0.1", server.port, timeout=5) as conn, \
             cf.ThreadPoolExecutor(1) as pool:
         server.start_scan()
         server.advance(5)
         assert conn.acquired_rows(14) == (5, "up")
-        future = pool.submit(conn.wait_for_acquisition, 30.0)
+        future = pool.submit(conn.wait_for_scan, 30.0)
         assert server.wait_for_waiter(10)
         server.stop_scan()
         got = future.result(timeout=30)
@@ -218,7 +218,7 @@ def test_a_stopped_up_scan_has_its_bottom_lines_only():
 
 def test_channel_selection_grabs_only_the_chosen_slots():
     with FakeNanonisServer(SCANS[:1]) as server, \
-            NanonisConnection("127.0.0.1", server.port, timeout=5, channel_indexes=[14]) as conn:
+            NanonisClient("127.0.0.1", server.port, timeout=5, channel_indexes=[14]) as conn:
         server.complete_scan()
         got = conn.grab_scan()
     assert [c.name for c in got.channels] == ["Z"]
@@ -228,7 +228,7 @@ def test_channel_selection_grabs_only_the_chosen_slots():
                                           ("truncate", ProtocolError), ("silent", NanonisTimeout)])
 def test_bad_responses_raise_clear_errors_not_hangs(fault, error):
     with FakeNanonisServer(SCANS, faults={"Scan.FrameGet": fault}) as server, \
-            NanonisConnection("127.0.0.1", server.port, timeout=1.0) as conn:
+            NanonisClient("127.0.0.1", server.port, timeout=1.0) as conn:
         server.complete_scan()
         with pytest.raises(error) as info:
             conn.grab_scan()
@@ -237,7 +237,7 @@ def test_bad_responses_raise_clear_errors_not_hangs(fault, error):
 
 def test_garbage_names_the_problem():
     with FakeNanonisServer(SCANS, faults={"Bias.Get": "garbage"}) as server, \
-            NanonisConnection("127.0.0.1", server.port, timeout=1.0) as conn:
+            NanonisClient("127.0.0.1", server.port, timeout=1.0) as conn:
         with pytest.raises(ProtocolError, match="Bias.Get: not a Nanonis response"):
             conn.bias_get()
 
@@ -249,14 +249,14 @@ def test_settings_reject_bad_slots():
 
 
 def test_daemon_driver_reports_lines_and_frames_even_a_missed_end_of_scan():
-    from stmwatch.daemon.documents import Acquisition, PartialScan
-    from stmwatch.drivers.nanonis.acquisition import NanonisDriver
+    from stmwatch.drivers.base import Acquisition, PartialScan
+    from stmwatch.drivers.nanonis.connection import NanonisConnection
 
     up = SCANS[1]
     ny = up.shape[0]
     with FakeNanonisServer([up, SCANS[0]]) as server, cf.ThreadPoolExecutor(1) as pool:
         settings = NanonisSettings(port=server.port, poll_interval_s=0.05, timeout_s=5.0)
-        with NanonisDriver(settings) as driver:
+        with NanonisConnection(settings) as driver:
             server.start_scan()
             server.advance(4)
             event = driver.wait_for_acquisition(30)
@@ -277,12 +277,12 @@ def test_daemon_driver_reports_lines_and_frames_even_a_missed_end_of_scan():
 
 
 def test_daemon_driver_survives_a_missing_server():
-    from stmwatch.drivers.nanonis.acquisition import NanonisDriver
+    from stmwatch.drivers.nanonis.connection import NanonisConnection
 
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
-    with NanonisDriver(NanonisSettings(port=port, poll_interval_s=0.05)) as driver:
+    with NanonisConnection(NanonisSettings(port=port, poll_interval_s=0.05)) as driver:
         assert driver.wait_for_acquisition(0.2) is None
         assert not driver.connected and driver.last_error
 

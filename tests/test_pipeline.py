@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stmwatch.daemon.config import Config
-from stmwatch.daemon.documents import Acquisition, PartialScan, sha256
+from stmwatch.drivers.base import Acquisition, PartialScan, sha256
 from stmwatch.daemon.pipeline import Pipeline, config_version
 from stmwatch.drivers.sxm import read_sxm_bytes, sxm_bytes
 from stmwatch.models.analyse import Analyser

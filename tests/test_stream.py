@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import zmq
 
-from stmwatch.daemon.documents import (Acquisition, PartialScan, ProtocolError, encode_frame, encode_lines,
-                                       encode_scan_end, encode_scan_start, parse_message)
+from stmwatch.drivers.base import Acquisition, PartialScan
+from stmwatch.drivers.stream.protocol import (ProtocolError, encode_frame, encode_lines, encode_scan_end,
+                                              encode_scan_start, parse_message)
 from stmwatch.drivers.stream.acquisition import StreamAssembler
 from stmwatch.drivers.stream.connection import StreamConnection
 from stmwatch.drivers.stream.settings import StreamSettings

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 HELP = "stream simulated scans over ZeroMQ as a microscope would (line by line)"
-DESCRIPTION = """Play simulated scans to the daemon's stream driver (protocol: stmwatch/daemon/documents.py).
+DESCRIPTION = """Play simulated scans to the daemon's stream driver (protocol: stmwatch/drivers/stream/protocol.py).
 
 By default it binds a PUB socket at --endpoint and waits for the daemon to subscribe, then sends
 each scan as scan_start, one 'lines' message per line at --line-rate lines per second, and

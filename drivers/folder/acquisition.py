@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from stmwatch.daemon.documents import Acquisition, sha256
+from stmwatch.drivers.base import Acquisition, sha256
 from stmwatch.drivers.sxm import expected_size
 
 log = logging.getLogger(__name__)

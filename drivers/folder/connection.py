@@ -21,7 +21,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from stmwatch.daemon.documents import Acquisition
+from stmwatch.drivers.base import Acquisition
 
 from .acquisition import FileTracker, existing_files, matches
 from .settings import FolderSettings
@@ -78,6 +78,11 @@ class FolderConnection:
             self._observer.stop()
             self._observer.join(timeout=5)
             self._observer = None
+
+    @property
+    def pending(self) -> int:
+        """Files seen but not yet taken (still being written, or waiting to be stable)."""
+        return self.tracker.pending
 
     def wait_for_acquisition(self, timeout: float) -> Acquisition | None:
         """The next complete (or stable) file, read; ``None`` when none is ready within ``timeout`` s."""

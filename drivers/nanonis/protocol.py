@@ -27,6 +27,8 @@ import struct
 import numpy as np
 
 HEADER_SIZE = 40
+from stmwatch.drivers.base import ProtocolError  # bytes that are not a valid response (or the link broke)
+
 NAME_SIZE = 32
 MAX_BODY = 1 << 30  # 1 GiB: far above any real frame (8192² float32 is 256 MiB)
 
@@ -41,10 +43,6 @@ class NanonisError(RuntimeError):
         self.command = command
         self.description = description
         super().__init__(f"Nanonis {command}: {description or 'error (no description)'}")
-
-
-class ProtocolError(RuntimeError):
-    """The bytes received are not a valid response to the command sent (or the link broke)."""
 
 
 # ---- headers ---------------------------------------------------------------------------------

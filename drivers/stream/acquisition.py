@@ -1,4 +1,4 @@
-"""Assembling scans from the ZeroMQ stream protocol (see :mod:`stmwatch.daemon.documents`).
+"""Assembling scans from the ZeroMQ stream protocol (see :mod:`stmwatch.drivers.stream.protocol`).
 
 :class:`StreamAssembler` is the protocol's state machine, free of sockets: feed it parsed
 messages and the time, and it returns the events for the pipeline -- a :class:`PartialScan`
@@ -14,14 +14,12 @@ import logging
 
 import numpy as np
 
-from stmwatch.daemon.documents import (Acquisition, PartialScan, ProtocolError, StreamMessage, empty_scan,
-                                       frames_per_line, stream_content_hash)
+from stmwatch.drivers.base import Acquisition, Event, PartialScan
 from stmwatch.drivers.scan import Scan
 
+from .protocol import ProtocolError, StreamMessage, empty_scan, frames_per_line, stream_content_hash
+
 log = logging.getLogger(__name__)
-
-Event = PartialScan | Acquisition
-
 
 class NotOpenError(ProtocolError):
     """A ``lines``/``scan_end`` for a scan that is not open (e.g. the daemon joined mid-scan)."""

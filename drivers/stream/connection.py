@@ -19,9 +19,10 @@ import time
 
 import zmq
 
-from stmwatch.daemon.documents import Acquisition, PartialScan, ProtocolError, parse_message
+from stmwatch.drivers.base import Acquisition, PartialScan
 
 from .acquisition import NotOpenError, StreamAssembler
+from .protocol import ProtocolError, parse_message
 from .settings import StreamSettings
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,11 @@ class StreamConnection:
             if isinstance(event, PartialScan) and not self.emit_partial:
                 continue
             self._events.append(event)
+
+    @property
+    def pending(self) -> int:
+        """Events not yet handed on, plus 1 while a scan is open."""
+        return len(self._events) + (self.assembler.current is not None)
 
     def wait_for_acquisition(self, timeout: float) -> Acquisition | PartialScan | None:
         """The next event: a finished scan (:class:`Acquisition`) or, with ``emit_partial``, a

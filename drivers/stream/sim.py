@@ -14,8 +14,7 @@ import time
 import numpy as np
 import zmq
 
-from stmwatch.daemon.documents import (STREAM_VERSION, encode_frame, encode_lines, encode_scan_end,
-                                       encode_scan_start)
+from .protocol import STREAM_VERSION, encode_frame, encode_lines, encode_scan_end, encode_scan_start
 from stmwatch.drivers.scan import Scan
 
 log = logging.getLogger(__name__)
