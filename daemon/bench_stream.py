@@ -107,7 +107,7 @@ def stream_one(segmenter, scan, settings, line_period_s: float, match_px: float)
 def run(args) -> int:
     from stmwatch.daemon.config import load_config
     from stmwatch.daemon.live import LiveSettings
-    from stmwatch.models.simulate import simulate_scan
+    from stmwatch.models.sim.simulate import simulate_scan
 
     config = load_config(args.config)
     analyser, used = _analyser(config, args.analyser or config.daemon.analyser)

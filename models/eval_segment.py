@@ -126,7 +126,7 @@ def held_out_scan(surface: str, index: int, seed: int = HELD_OUT_SEED, pixels: t
     """One held-out simulated scan → ``(Scan, Truth)``: ``artefacts`` (``Artefacts.parse``: "all",
     "none", "drift,scars=2" ...), random direction, angle, offset and size (``pixels`` range), from
     seed ``seed + index`` (also seeding the choices)."""
-    from .simulate import Artefacts, draw_geometry, simulate_scan
+    from .sim.simulate import Artefacts, draw_geometry, simulate_scan
 
     rng = np.random.default_rng([seed + index, 13])
     geometry = draw_geometry(rng, pixels)  # size, 0.06-0.2 nm/px, angle, offset, direction

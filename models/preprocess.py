@@ -27,13 +27,13 @@ import numpy as np
 
 from stmwatch.drivers.scan import Scan
 
+from .robust import robust_sigma
 from .surfaces import Surface, get_surface
 
 log = logging.getLogger(__name__)
 
 STEPS = ("fill_nan", "plane", "align_rows", "repair_scars", "resample", "normalise")
 ALIGN_METHODS = ("median", "median_diff")
-MAD_TO_SIGMA = 1.4826  # median absolute deviation × this = standard deviation of a Gaussian
 UNIT_TO_NM = {"m": 1e9, "nm": 1.0}  # Z channel units we know how to turn into nanometres
 
 
@@ -87,22 +87,6 @@ class PreprocessSettings:
 
 
 # ---- small helpers ---------------------------------------------------------------------------
-def robust_sigma(values: np.ndarray) -> float:
-    """Robust standard deviation of the finite ``values``: 1.4826 × median absolute deviation.
-
-    Falls back to the ordinary standard deviation when more than half the values are equal (MAD 0),
-    and returns 0.0 for constant or empty input.
-    """
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return 0.0
-    mad = float(np.median(np.abs(values - np.median(values))))
-    if mad > 0:
-        return MAD_TO_SIGMA * mad
-    return float(values.std())
-
-
 def _valid_median(image: np.ndarray, valid: np.ndarray | None) -> float:
     values = image[valid] if valid is not None else image[np.isfinite(image)]
     return float(np.median(values)) if values.size else 0.0

@@ -20,7 +20,8 @@ import numpy as np
 from stmwatch.drivers.scan import Scan
 
 from .defects import Defect
-from .preprocess import PreprocessSettings, prepare, robust_sigma
+from .preprocess import PreprocessSettings, prepare
+from .robust import robust_sigma
 from .segment import defects_at, find_components
 from .surfaces import Surface, get_surface
 

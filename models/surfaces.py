@@ -1,6 +1,6 @@
 """The surfaces stmwatch knows: lattice facts and the scale the models see them at.
 
-Lengths are nanometres. The lattice facts are used by the simulator (``models/sim_surfaces.py``);
+Lengths are nanometres. The lattice facts are used by the simulator (``models/sim/sample.py``);
 their sources are listed in ``docs/simulator.md``.
 """
 from __future__ import annotations

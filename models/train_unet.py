@@ -102,7 +102,7 @@ def training_scan(surface: str, seed: int, double_tip_share: float | None = None
     ``double_tip_share`` (0-1), if given, overrides only the double tip: that share of the scans
     has it on at a random level 0.6-1.4, the rest has it off (the other artefacts, the geometry and
     the surface are the same as without the option). ``None`` keeps the mix above (about 82 % on)."""
-    from .simulate import Artefacts, draw_geometry, simulate_scan
+    from .sim.simulate import Artefacts, draw_geometry, simulate_scan
 
     rng = np.random.default_rng([seed, 11])
     geometry = draw_geometry(rng, (128, 384))
@@ -168,8 +168,8 @@ def augment(images: np.ndarray, targets: np.ndarray, rng: np.random.Generator,
 def extra_noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The simulator's experimental noise (``simulate.apply_noise``: one or two random kinds of
     line offsets, scars, tip change, 1/f noise, white noise) on a normalised ``(C, H, W)`` patch."""
-    from .sim_artefacts import NOISE_KINDS
-    from .simulate import apply_noise
+    from .sim.artefacts import NOISE_KINDS
+    from .sim.simulate import apply_noise
 
     kinds = [str(k) for k in rng.choice(NOISE_KINDS, size=int(rng.integers(1, 3)), replace=False)]
     return apply_noise(image, rng, kinds, strength=float(rng.uniform(0.3, 1.2)))

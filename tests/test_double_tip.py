@@ -249,8 +249,8 @@ def test_the_operator_hears_of_a_double_tip_with_its_offset():
     putting right; the same scans without the double tip give no warning."""
     from stmwatch.daemon.config import load_config
     from stmwatch.models.load import load_analyser
-    from stmwatch.models.sim_artefacts import artefact_rng, draw_double
-    from stmwatch.models.simulate import Artefacts, simulate_scan
+    from stmwatch.models.sim.artefacts import artefact_rng, draw_double
+    from stmwatch.models.sim.simulate import Artefacts, simulate_scan
 
     analyser = load_analyser(load_config(None))
     for seed in (9_100_000, 9_100_001, 9_100_004):

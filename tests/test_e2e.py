@@ -28,7 +28,7 @@ from stmwatch.daemon.db import Database
 from stmwatch.drivers.folder.settings import FolderSettings
 from stmwatch.drivers.folder.sim import FolderSimulator
 from stmwatch.drivers.stream.settings import StreamSettings
-from stmwatch.models.simulate import simulate_scan
+from stmwatch.models.sim.simulate import scan_source, simulate_scan
 
 from .conftest import BAD, REPO
 
@@ -148,7 +148,7 @@ def test_folder_end_to_end_against_simulator_truth(tmp_path):
     watch.mkdir()
     config = folder_config(tmp_path, watch)
     analyser, least = e2e_analyser(config)
-    sim = FolderSimulator(watch, pixels=PIXELS, seed=100, **GEOMETRY)
+    sim = FolderSimulator(watch, scan_source("si001h", seed=100, pixels=PIXELS, **GEOMETRY))
     # two scans already there before the daemon starts (backlog)
     sim.write_scan()
     sim.write_scan()
@@ -263,7 +263,7 @@ def test_kill_9_in_the_middle_then_restart_loses_and_duplicates_nothing(tmp_path
     config_path.write_text(
         f'[daemon]\ndriver = "folder"\ndatabase = "sqlite:///{db_path}"\npublish = ""\nanalyser = "standin"\n'
         f'[folder]\npath = "{watch}"\nstable_s = 1.0\n')
-    sim = FolderSimulator(watch, pixels=64, seed=300, n_defects=3)
+    sim = FolderSimulator(watch, scan_source("si001h", seed=300, pixels=64, n_defects=3))
     for _ in range(3):  # the backlog
         sim.write_scan()
     stop = threading.Event()

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason="shipped few-shot w
 
 @pytest.mark.parametrize("surface", sorted(SURFACES))
 def test_shipped_classifier_names_fresh_simulator_crops(surface, tmp_path):
-    simulate = pytest.importorskip("stmwatch.models.simulate")
+    simulate = pytest.importorskip("stmwatch.models.sim.simulate")
     simulate.make_crops(tmp_path, [surface], per_class=6, seed=77)  # a seed used nowhere else
     clf = load_classifier(surface)
     assert sorted(clf.labels) == sorted(get_surface(surface).classes)
@@ -33,7 +33,7 @@ def test_shipped_classifier_names_fresh_simulator_crops(surface, tmp_path):
 
 def test_cosine_weights_name_fresh_simulator_crops(tmp_path):
     """The alternative shipped checkpoint (cosine metric): more accurate, weaker 'unknown'."""
-    simulate = pytest.importorskip("stmwatch.models.simulate")
+    simulate = pytest.importorskip("stmwatch.models.sim.simulate")
     simulate.make_crops(tmp_path, ["ge001"], per_class=6, seed=78)
     clf = load_classifier("ge001", weights=WEIGHTS.with_name("fewshot_proto_conv4_cosine.pt"))
     crops = np.stack([np.load(f) for c in clf.labels for f in sorted((tmp_path / "ge001" / c).glob("*.npy"))])
@@ -72,7 +72,7 @@ def test_load_hook_and_one_forward_pass_per_scan():
 def test_prototypical_network_meets_the_issue_on_test_seed_crops(surface, weights, floor, tmp_path):
     """The method's protocol (4-way 1-shot, 15 queries, 100 episodes) on crops the simulator makes
     afresh with the test seed 2, never used in training (docs/fewshot.md, third attempt)."""
-    simulate = pytest.importorskip("stmwatch.models.simulate")
+    simulate = pytest.importorskip("stmwatch.models.sim.simulate")
     from stmwatch.models.fewshot.crops import load_surface
     from stmwatch.models.fewshot.evaluation import evaluate
     from stmwatch.models.fewshot.training import load
@@ -88,7 +88,7 @@ def test_onnxruntime_classifier_gives_the_torch_answers(tmp_path):
     """``[models] backend = onnxruntime`` (and ``auto`` without CUDA) runs the embedding in ONNX
     Runtime: the same labels, scores within 1e-4, and ``unknown`` still returned."""
     pytest.importorskip("onnxruntime")
-    simulate = pytest.importorskip("stmwatch.models.simulate")
+    simulate = pytest.importorskip("stmwatch.models.sim.simulate")
     from stmwatch.models.fewshot.classifier import OnnxBackbone, classifier_backend
 
     simulate.make_crops(tmp_path, ["tio2110"], per_class=5, seed=79)

@@ -12,7 +12,7 @@ from stmwatch.drivers.folder.connection import FolderConnection
 from stmwatch.drivers.folder.settings import FolderSettings
 from stmwatch.drivers.folder.sim import write_slowly
 from stmwatch.drivers.sxm import sxm_bytes, write_sxm
-from stmwatch.models.simulate import simulate_scan
+from stmwatch.models.sim.simulate import simulate_scan
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from stmwatch.drivers.base import PartialScan
 from stmwatch.daemon.live import LiveSegmenter, LiveSettings, band_scan, radius_px
 from stmwatch.drivers.scan import Channel, Scan
-from stmwatch.models.simulate import simulate_scan
+from stmwatch.models.sim.simulate import simulate_scan
 from stmwatch.models.standin import StandinSegmenter
 
 

@@ -291,7 +291,7 @@ def test_daemon_with_the_nanonis_driver_stores_each_frame(tmp_path):
     from stmwatch.daemon.config import config_from_dict
     from stmwatch.daemon.daemon import Daemon
     from stmwatch.daemon.db import Database
-    from stmwatch.models.simulate import simulate_scan
+    from stmwatch.models.sim.simulate import simulate_scan
 
     scans = [simulate_scan("si001h", seed, pixels=(96, 96), n_defects=4, direction=d)[0]
              for seed, d in ((1, "down"), (2, "up"))]

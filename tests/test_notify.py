@@ -83,7 +83,7 @@ def test_daemon_subprocess_ready_watchdog_stopping_and_drained_queue(tmp_path):
     from sqlalchemy import create_engine, text
 
     from stmwatch.drivers.sxm import write_sxm
-    from stmwatch.models.simulate import simulate_scan
+    from stmwatch.models.sim.simulate import simulate_scan
 
     scans = tmp_path / "scans"
     scans.mkdir()

@@ -13,7 +13,7 @@ from stmwatch.daemon.pipeline import Pipeline, config_version
 from stmwatch.drivers.sxm import read_sxm_bytes, sxm_bytes
 from stmwatch.models.analyse import Analyser
 from stmwatch.models.defects import Defect
-from stmwatch.models.simulate import simulate_scan
+from stmwatch.models.sim.simulate import simulate_scan
 
 from .conftest import BAD
 

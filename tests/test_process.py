@@ -11,7 +11,7 @@ from PIL import Image
 from stmwatch.daemon.cli import main
 from stmwatch.drivers.sxm import read_sxm
 from stmwatch.models.eval_segment import DetectionScore
-from stmwatch.models.simulate import Artefacts, read_truth, simulate_scan, write_example
+from stmwatch.models.sim.simulate import Artefacts, read_truth, simulate_scan, write_example
 from stmwatch.models.surfaces import get_surface
 
 from .conftest import BAD, real_files

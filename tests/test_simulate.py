@@ -10,8 +10,8 @@ import pytest
 
 from stmwatch.daemon.cli import main
 from stmwatch.drivers.sxm import read_sxm
-from stmwatch.models.sim_artefacts import ARTEFACTS, NOISE_KINDS, Artefacts, apply_noise
-from stmwatch.models.simulate import make_crops, make_dataset, read_truth, simulate_scan, write_example
+from stmwatch.models.sim.artefacts import ARTEFACTS, NOISE_KINDS, Artefacts, apply_noise
+from stmwatch.models.sim.simulate import make_crops, make_dataset, read_truth, simulate_scan, write_example
 from stmwatch.models.surfaces import SURFACES, get_surface
 
 SMALL = (96, 96)  # pixels: big enough for a few defects, small enough to be quick
@@ -280,7 +280,7 @@ def test_creep_far_outside_the_frame_does_not_overflow():
     then NaN in Scan.scanner_to_pixel). The motion is now held constant outside T_RANGE."""
     import warnings
 
-    from stmwatch.models.sim_artefacts import T_RANGE, Motion
+    from stmwatch.models.sim.artefacts import T_RANGE, Motion
 
     geometry = dict(pixels=(320, 320), range_nm=55.52499974818552, angle_deg=-47.0, direction="down",
                     offset_m=(1.1101549239907148e-08, -1.2609975513228594e-07))

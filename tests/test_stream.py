@@ -14,7 +14,7 @@ from stmwatch.drivers.stream.acquisition import StreamAssembler
 from stmwatch.drivers.stream.connection import StreamConnection
 from stmwatch.drivers.stream.settings import StreamSettings
 from stmwatch.drivers.stream.sim import StreamSimulator, acquisition_rows, junk_messages
-from stmwatch.models.simulate import simulate_scan
+from stmwatch.models.sim.simulate import simulate_scan
 
 
 def sim_scan(seed=0, direction="down", pixels=(24, 16)):

@@ -40,7 +40,7 @@ def _microscope(args, config, stop, stream_endpoint: str | None) -> None:
 
     import numpy as np
 
-    from stmwatch.models.sim_artefacts import Artefacts
+    from stmwatch.models.sim.artefacts import Artefacts
 
     log = logging.getLogger("stmwatch.demo")
     rng = np.random.default_rng(args.seed)
@@ -48,7 +48,9 @@ def _microscope(args, config, stop, stream_endpoint: str | None) -> None:
         if stream_endpoint is None:
             from stmwatch.drivers.folder.sim import FolderSimulator
 
-            sim = FolderSimulator(config.folder.path, surface=args.surface, pixels=args.pixels, seed=args.seed,
+            from stmwatch.models.sim.simulate import scan_source
+
+            sim = FolderSimulator(config.folder.path, scan_source(args.surface, args.seed, args.pixels),
                                   prefix=f"demo_{args.surface}")
             while not stop.is_set():
                 # written in pieces over the scan time, as the acquisition PC does; a scan under way
@@ -56,7 +58,7 @@ def _microscope(args, config, stop, stream_endpoint: str | None) -> None:
                 sim.write_scan(chunks=8, pause_s=args.interval / 8, artefacts=Artefacts.random(rng))
             return
         from stmwatch.drivers.stream.sim import StreamSimulator
-        from stmwatch.models.simulate import simulate_scan
+        from stmwatch.models.sim.simulate import simulate_scan
 
         with StreamSimulator(stream_endpoint) as sim:
             if not sim.wait_for_subscriber(30):

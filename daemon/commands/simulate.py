@@ -42,8 +42,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from stmwatch.models.sim_artefacts import Artefacts
-    from stmwatch.models.simulate import draw_geometry, make_crops, simulate_scan, to_png, write_example
+    from stmwatch.models.sim.artefacts import Artefacts
+    from stmwatch.models.sim.simulate import draw_geometry, make_crops, simulate_scan, to_png, write_example
     from stmwatch.models.surfaces import SURFACES, get_surface
 
     surfaces = list(SURFACES) if args.surface == "all" else [args.surface]

@@ -34,7 +34,7 @@ def run(args) -> int:
     import time
 
     from stmwatch.drivers.stream.sim import StreamSimulator
-    from stmwatch.models.simulate import simulate_scan
+    from stmwatch.models.sim.simulate import simulate_scan
 
     try:
         sim = StreamSimulator(args.endpoint, socket=args.socket, bind=not args.connect, topic=args.topic)

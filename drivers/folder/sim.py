@@ -1,8 +1,9 @@
 """A simulated microscope writing ``.sxm`` files into a folder, as Nanonis does, for tests and the demo.
 
 Files are written in place, in chunks with pauses (as a slow acquisition PC or a network copy
-does), or all at once; bad files can be mixed in. The scans come from
-:func:`stmwatch.models.simulate.simulate_scan`, and the simulator keeps their ground truth.
+does), or all at once; bad files can be mixed in. The scans come from a *scan source* the caller
+gives -- ``make_scan(index, **overrides) -> (Scan, truth)``, e.g.
+:func:`stmwatch.models.sim.simulate.scan_source` -- and the simulator keeps their truth.
 """
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from stmwatch.drivers.scan import Scan
 from stmwatch.drivers.sxm import sxm_bytes
+
+ScanSource = Callable[..., tuple[Scan, Any]]  # (index, **overrides) -> (scan, truth)
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +52,19 @@ class Written:
 
 
 class FolderSimulator:
-    """Writes simulated scans of ``surface`` into ``folder``; ``written`` lists what it wrote."""
+    """Writes the scans of ``make_scan`` into ``folder``; ``written`` lists what it wrote."""
 
-    def __init__(self, folder: str | os.PathLike, surface: str = "si001h", pixels: int = 128,
-                 seed: int = 0, prefix: str = "sim", **simulate_kwargs):
+    def __init__(self, folder: str | os.PathLike, make_scan: ScanSource, prefix: str = "sim"):
         self.folder = Path(folder)
-        self.surface = surface
-        self.pixels = pixels
-        self.seed = seed
+        self.make_scan = make_scan
         self.prefix = prefix
-        self.simulate_kwargs = simulate_kwargs
         self.written: list[Written] = []
         self._count = 0
 
-    def make(self, index: int | None = None, **overrides):
-        """``(scan, truth)`` of the simulator's next (or ``index``-th) scan; ``overrides`` are
-        arguments of :func:`~stmwatch.models.simulate.simulate_scan` for this scan only."""
-        from stmwatch.models.simulate import simulate_scan
-
-        index = self._count if index is None else index
-        pixels = (self.pixels, self.pixels) if isinstance(self.pixels, int) else tuple(self.pixels)
-        return simulate_scan(self.surface, self.seed + index, pixels=pixels, **{**self.simulate_kwargs, **overrides})
+    def make(self, index: int | None = None, **overrides) -> tuple[Scan, Any]:
+        """``(scan, truth)`` of the next (or ``index``-th) scan; ``overrides`` go to the scan source
+        for this scan only."""
+        return self.make_scan(self._count if index is None else index, **overrides)
 
     def write_scan(self, chunks: int = 1, pause_s: float = 0.0, name: str | None = None,
                    stop: threading.Event | None = None, **overrides) -> Written:

@@ -287,31 +287,33 @@ def serve(scans: Sequence[Scan], port: int = 6501, line_time_s: float = 0.05, ga
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m stmwatch.drivers.nanonis.sim``: a fake Nanonis serving simulated scans, for
-    trying ``driver = "nanonis"`` without a microscope."""
+    """``python -m stmwatch.drivers.nanonis.sim FILE_OR_DIR...``: a fake Nanonis serving the given
+    ``.sxm`` scans (e.g. from ``stmwatch simulate --out DIR``), for trying ``driver = "nanonis"``
+    without a microscope."""
     import argparse
     import time
+    from pathlib import Path
 
-    from stmwatch.models.simulate import simulate_scan
+    from stmwatch.drivers.sxm import ScanReadError, read_sxm
 
     parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("scans", nargs="+", help=".sxm files, or folders of them")
     parser.add_argument("--port", type=int, default=6501)
-    parser.add_argument("--surface", default="si001h")
-    parser.add_argument("--scans", type=int, default=4)
-    parser.add_argument("--pixels", type=int, default=256)
     parser.add_argument("--lines-per-s", type=float, default=20.0)
     args = parser.parse_args(argv)
+    paths = [q for p in map(Path, args.scans) for q in (sorted(p.glob("*.sxm")) if p.is_dir() else [p])]
     scans = []
-    for i in range(args.scans):
-        scan, _ = simulate_scan(args.surface, i, pixels=(args.pixels, args.pixels),
-                                direction="down" if i % 2 == 0 else "up")
-        from pathlib import Path
-
-        scan.source = Path(f"sim_{args.surface}_{i:03d}.sxm")
-        scans.append(scan)
+    for path in paths:
+        try:
+            scans.append(read_sxm(path))
+        except ScanReadError as exc:
+            print(f"skipped: {exc}", flush=True)
+    if not scans:
+        print("error: no readable .sxm scans given", flush=True)
+        return 2
     server = serve(scans, port=args.port, line_time_s=1.0 / args.lines_per_s)
-    print(f"fake Nanonis on 127.0.0.1:{server.port}: {args.scans} scans of {args.pixels} lines at "
-          f"{args.lines_per_s:g} lines/s, repeating; Ctrl-C stops", flush=True)
+    print(f"fake Nanonis on 127.0.0.1:{server.port}: {len(scans)} scans at {args.lines_per_s:g} lines/s, "
+          "repeating; Ctrl-C stops", flush=True)
     try:
         while True:
             time.sleep(1)

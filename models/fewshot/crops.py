@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stmwatch.models.preprocess import robust_sigma
+from stmwatch.models.robust import robust_sigma
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Toy crop sets with known answers (bright blob, dark pit, ring, bar, ...), for tests and demos.
 
-Not STM physics (``stmwatch.models.simulate`` is): just shapes that an embedding must tell apart.
+Not STM physics (``stmwatch.models.sim.simulate`` is): just shapes that an embedding must tell apart.
 """
 from __future__ import annotations
 

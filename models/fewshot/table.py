@@ -66,7 +66,7 @@ SETTINGS = (
 def simulate_crops(work: Path, per_class: int) -> tuple[Path, Path]:
     """The train (``per_class`` crops per class) and test (``TEST_PER_CLASS``) crop folders under
     ``work``, simulated unless already there."""
-    from stmwatch.models.simulate import make_crops
+    from stmwatch.models.sim.simulate import make_crops
 
     folders = []
     for name, seed, n in (("train", TRAIN_SEED, per_class), ("test", TEST_SEED, TEST_PER_CLASS)):

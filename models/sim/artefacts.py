@@ -4,7 +4,7 @@ Heights are **nanometres**, positions **nanometres** in the scanner frame, array
 columns)`` in the display frame (``shared/docs/conventions.md``). An STM acquires a frame line by
 line: for a ``down`` scan the first line is display row 0, for ``up`` it is the last row; each
 line is traced forward (left to right in the display frame) and then backward (right to left).
-:class:`Acquisition` maps every display pixel of both frames to its place in that order, so that
+:class:`AcquisitionOrder` maps every display pixel of both frames to its place in that order, so that
 artefacts that depend on time -- drift, creep, line offsets, 1/f noise, tip changes, an aborted
 scan -- act on lines as they were acquired.
 
@@ -107,7 +107,7 @@ def artefact_rng(seed: int, name: str) -> np.random.Generator:
 
 
 @dataclasses.dataclass(frozen=True)
-class Acquisition:
+class AcquisitionOrder:
     """Where each display pixel of the forward and backward frames falls in acquisition order."""
 
     rows: int

@@ -6,9 +6,9 @@ How a scan is made (:func:`simulate_scan`):
 1. The geometry is a :class:`~stmwatch.drivers.scan.Scan`; every pixel's nominal scanner position
    comes from ``Scan.pixel_to_scanner`` (so the angle, offset and direction are honoured by
    construction).
-2. Drift and creep (``sim_artefacts``) move the sample under the tip as the frame is acquired;
+2. Drift and creep (:mod:`.artefacts`) move the sample under the tip as the frame is acquired;
    the sample point seen by each pixel is its scanner position minus that displacement.
-3. The surface (``sim_surfaces``: steps, lattice, domains, defects at real nm scale) is rendered
+3. The surface (:mod:`.sample`: steps, lattice, domains, defects at real nm scale) is rendered
    at those sample points, for the forward frame and for the backward one (which hysteresis may
    shift), through the tip (blur, double apex, a tip change part way).
 4. Height artefacts (tilt, line offsets, 1/f and white noise, scars) are added in acquisition
@@ -35,11 +35,11 @@ import numpy as np
 from stmwatch.drivers.scan import Channel, Scan
 from stmwatch.drivers.sxm import write_sxm
 
-from . import sim_artefacts as art
-from .sim_artefacts import Acquisition, Artefacts, Tip
-from .sim_surfaces import DEFECTS, PointIndex, SurfaceModel, defect_mask, draw_bumps, draw_surface, place_defect, render
-from .preprocess import robust_sigma
-from .surfaces import SURFACES, get_surface
+from ..robust import robust_sigma
+from ..surfaces import SURFACES, get_surface
+from . import artefacts as art
+from .artefacts import AcquisitionOrder, Artefacts, Tip
+from .sample import DEFECTS, PointIndex, SurfaceModel, defect_mask, draw_bumps, draw_surface, place_defect, render
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def simulate_scan(surface: str, seed: int, *, pixels: tuple[int, int] = (256, 25
     bx, by = px + lag * math.cos(theta), py - lag * math.sin(theta)
 
     # The sample moves under the tip: sample point = scanner position - displacement(t).
-    acq = Acquisition(ny, nx, direction)
+    acq = AcquisitionOrder(ny, nx, direction)
     t_fwd, t_bwd = acq.times()
     motion = art.draw_motion(artefacts, seed, max(width, height))
     dfx, dfy = motion.shift(t_fwd)
@@ -277,6 +277,18 @@ def simulate_scan(surface: str, seed: int, *, pixels: tuple[int, int] = (256, 25
                                        "Z-CONTROLLER": f"\n\tSetpoint\n\t{setpoint:.3E} A"})
     truth = _truth(model, scan, motion, sfx, sfy, missing, seed, artefacts)
     return scan, truth
+
+
+def scan_source(surface: str, seed: int = 0, pixels: int | tuple[int, int] = 256, **kwargs):
+    """A scan source for the driver simulators: ``make(index, **overrides) -> (Scan, Truth)`` is
+    :func:`simulate_scan` of ``surface`` with seed ``seed + index``, ``pixels`` (an int is a
+    square) and ``kwargs``, ``overrides`` replacing them for one scan."""
+    shape = (pixels, pixels) if isinstance(pixels, int) else tuple(pixels)
+
+    def make(index: int, **overrides) -> tuple[Scan, Truth]:
+        return simulate_scan(surface, seed + index, pixels=shape, **{**kwargs, **overrides})
+
+    return make
 
 
 def _truth(model: SurfaceModel, scan: Scan, motion: art.Motion, sfx: np.ndarray, sfy: np.ndarray,
@@ -404,7 +416,7 @@ def _plane(frame: np.ndarray) -> np.ndarray:
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
-    """Median 0 and robust spread 1 (:func:`preprocess.robust_sigma`) over the whole array."""
+    """Median 0 and robust spread 1 (:func:`~stmwatch.models.robust.robust_sigma`) over the whole array."""
     spread = robust_sigma(image) or 1.0
     return ((image - np.nanmedian(image)) / spread).astype(np.float32)
 

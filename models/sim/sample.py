@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from .surfaces import Surface
+from ..surfaces import Surface
 
 # ---- small helpers -----------------------------------------------------------------------------
 
