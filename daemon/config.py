@@ -17,12 +17,11 @@ from stmwatch.drivers.folder.settings import FolderSettings
 from stmwatch.drivers.nanonis.settings import NanonisSettings
 from stmwatch.drivers.stream.settings import StreamSettings
 from stmwatch.models.preprocess import PreprocessSettings
-from stmwatch.models.settings import ModelSettings
+from stmwatch.models.settings import ANALYSERS, ModelSettings
 
 from .live import LiveSettings
 
 DRIVERS = ("folder", "stream", "nanonis")
-ANALYSERS = ("shipped", "standin")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -31,18 +32,6 @@ log = logging.getLogger(__name__)
 
 RESTART_S = 2.0  # wait before reopening a driver that failed
 MAX_RESTARTS = 5  # failures in a row after which the driver thread gives up (driver_error set)
-
-
-def make_analyser(config: Config) -> Analyser:
-    """The analyser ``[daemon] analyser`` names: the shipped models, or the classical stand-in."""
-    if config.daemon.analyser == "standin":
-        from stmwatch.models.standin import standin_analyser
-
-        log.warning("using the stand-in blob detector, not the shipped UNet ([daemon] analyser = 'standin')")
-        return standin_analyser(config.models.surface, config.preprocess)
-    from stmwatch.models.load import load_analyser
-
-    return load_analyser(config)
 
 
 def open_driver(config: Config):
@@ -111,7 +100,9 @@ class Daemon:
             self.db = Database(config.daemon.database)
             opened.append(self.db)
             if self.analyser is None:
-                self.analyser = make_analyser(config)
+                from stmwatch.models.load import make_analyser
+
+                self.analyser = make_analyser(config.daemon.analyser, config)
             sinks: list[Sink] = [self.db.record]
             if config.daemon.publish:
                 self.publisher = OverlayPublisher(config.daemon.publish, png=config.daemon.publish_png)
@@ -209,6 +200,14 @@ class Daemon:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every scan submitted so far went through the sinks (tests, the demo)."""
         return self.pipeline.wait_idle(timeout) if self.pipeline else True
+
+    def wait_until_idle(self, timeout: float, poll_s: float = 0.1) -> bool:
+        """Wait until the driver has nothing pending (no file still being written, no open stream
+        scan) and every scan it handed on went through the sinks; False after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while getattr(self.connection, "pending", 0) and time.monotonic() < deadline:
+            time.sleep(poll_s)
+        return self.wait_idle(max(0.0, deadline - time.monotonic())) and not getattr(self.connection, "pending", 0)
 
     def __enter__(self) -> "Daemon":
         self.start()

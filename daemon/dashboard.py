@@ -516,3 +516,9 @@ def _safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url
+
+
+def endpoints_of(config) -> list[str]:
+    """The daemon's publishers the dashboard listens to: ``[daemon] publish`` and ``[live] publish``."""
+    live = getattr(config, "live", None)
+    return [e for e in (config.daemon.publish, getattr(live, "publish", "")) if e]

@@ -119,14 +119,10 @@ def live_analyser(config):
     per-call state, TensorRT contexts are per thread). The UNet runs on the torch backend unless
     ``[models] backend`` names TensorRT: an ONNX export takes one tile shape only, while band
     passes run faster on tiles just taller than the band."""
-    if config.daemon.analyser == "standin":
-        from .daemon import make_analyser
-
-        return make_analyser(config)
-    from stmwatch.models.load import load_analyser
+    from stmwatch.models.load import make_analyser
 
     backend = config.models.backend if config.models.backend == "tensorrt" else "torch"
-    return load_analyser(config, backend=backend)
+    return make_analyser(config.daemon.analyser, config, backend=backend)
 
 
 # ---- one band -------------------------------------------------------------------------------------

@@ -333,9 +333,7 @@ def _start_dashboard(daemon):
     import logging
     import threading
 
-    from stmwatch.daemon.commands.dashboard import endpoints_of
-
-    from .dashboard import Dashboard
+    from .dashboard import Dashboard, endpoints_of
 
     for handler in logging.getLogger().handlers:
         handler.setLevel(max(handler.level, logging.WARNING))

@@ -1,4 +1,4 @@
-"""``stmwatch eval segment``: detection F1 and position error of the segmenter on simulated scans.
+"""Detection F1 and position error of the segmenter on simulated scans (``stmwatch eval segment``).
 
 A detection matches a true defect when their scanner-frame positions are within ``radius`` of
 each other; matching is greedy, closest pairs first, each defect used at most once. Per surface:
@@ -7,20 +7,22 @@ precision, recall, F1 (over all scans pooled) and the median absolute error of `
 
 The held-out scans come from the simulator with seeds never used in training
 (:data:`HELD_OUT_SEED`), all artefacts on, random direction, angle, offset and 256–512 pixels.
-``scripts/eval_segmentation.py`` runs the same code.
+The command line is ``daemon/targets/eval_segment.py``; ``scripts/eval_segmentation.py`` runs the
+same code.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 
 import numpy as np
 
+from .preprocess import PreprocessSettings
+from .settings import ModelSettings
+
 log = logging.getLogger(__name__)
 
-HELP = "detection F1 and position error of the UNet on held-out simulated scans"
 HELD_OUT_SEED = 7_000_000  # held-out scans use seeds HELD_OUT_SEED + i; training uses seeds < 1_000_000
 BLOCK_STEP = 100_000  # held-out block b starts at seed + b * BLOCK_STEP (7 000 000+, 7 100 000+, ...)
 MATCH_RADIUS_NM = 0.5
@@ -143,23 +145,24 @@ def evaluate_segmenter(segmenter, scans, radius_m: float = MATCH_RADIUS_NM * 1e-
     return score
 
 
-def evaluate_surfaces(surfaces: list[str], n_scans: int, *, config=None, backend: str | None = None,
+def evaluate_surfaces(surfaces: list[str], n_scans: int, *, models: ModelSettings | None = None,
+                      preprocess: PreprocessSettings | None = None, backend: str | None = None,
                       weights: str | None = None, seed: int = HELD_OUT_SEED, pixels=(256, 512),
                       radius_nm: float = MATCH_RADIUS_NM, artefacts: str = "all", blocks: int = 1) -> dict[str, dict]:
     """F1 and median position errors (nm) per surface on ``n_scans`` held-out scans each, from each
     of ``blocks`` blocks of seeds (``seed``, ``seed + BLOCK_STEP``, ...), pooled; with more than one
-    block, ``f1_per_block`` gives each block's own F1."""
-    from stmwatch.daemon.config import load_config
-
+    block, ``f1_per_block`` gives each block's own F1. ``models``/``preprocess`` default to the
+    shipped settings."""
     from .load import load_segmenter
     from .surfaces import get_surface
 
-    config = config or load_config(None)
+    models = models or ModelSettings()
+    preprocess = preprocess or PreprocessSettings()
     if weights:
-        config.models.segmenter_weights = weights
+        models = dataclasses.replace(models, segmenter_weights=weights)
     results = {}
     for key in surfaces:
-        segmenter = load_segmenter(config.models, get_surface(key), config.preprocess, backend)
+        segmenter = load_segmenter(models, get_surface(key), preprocess, backend)
         t0 = time.perf_counter()
         starts = [seed + b * BLOCK_STEP for b in range(blocks)]
         scans = (held_out_scan(key, i, start, pixels, artefacts) for start in starts for i in range(n_scans))
@@ -177,44 +180,3 @@ def evaluate_surfaces(surfaces: list[str], n_scans: int, *, config=None, backend
             results[key]["f1_per_block"] = [round(block.f1, 4) for block in per_block]
         log.info("%s: %s", key, results[key])
     return results
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--surfaces", nargs="+", default=["si001h", "ge001", "tio2110"], help="surfaces to score")
-    parser.add_argument("--scans", type=int, default=100, help="held-out scans per surface (default 100)")
-    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="first held-out seed")
-    parser.add_argument("--blocks", type=int, default=1, help=f"blocks of --scans scans, from --seed every "
-                        f"{BLOCK_STEP:,} seeds, pooled (the model card's figure: --blocks 4)")
-    parser.add_argument("--weights", help="UNet checkpoint (default: the shipped weights)")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), help="inference backend")
-    parser.add_argument("--artefacts", default="all", help='simulated artefacts: "all" (default), "none", '
-                        'or a list such as "drift,scars=2" (names of simulate.Artefacts)')
-    parser.add_argument("--radius-nm", type=float, default=MATCH_RADIUS_NM, help="match radius (nm)")
-    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-
-
-def print_table(results: dict[str, dict], radius_nm: float, artefacts: str = "all") -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"segmentation on held-out simulated scans (artefacts: {artefacts}; match radius "
-                        f"{radius_nm} nm)", title_justify="left")
-    for name in ("surface", "scans", "true", "found", "precision", "recall", "F1", "F1 95 % (scans resampled)",
-                 "median |dx| nm", "median |dy| nm"):
-        table.add_column(name, justify="left" if name == "surface" else "right")
-    for key, r in results.items():
-        table.add_row(key, str(r["scans"]), str(r["true"]), str(r["found"]), f"{r['precision']:.3f}",
-                      f"{r['recall']:.3f}", f"{r['f1']:.3f}", "{:.3f}-{:.3f}".format(*r["f1_ci95"]),
-                      f"{r['median_dx_nm']:.3f}", f"{r['median_dy_nm']:.3f}")
-    Console().print(table)
-
-
-def run(args) -> int:
-    results = evaluate_surfaces(args.surfaces, args.scans, backend=args.backend, weights=args.weights,
-                                seed=args.seed, radius_nm=args.radius_nm, artefacts=args.artefacts,
-                                blocks=args.blocks)
-    if args.json:
-        print(json.dumps(results))
-    else:
-        print_table(results, args.radius_nm, args.artefacts)
-    return 0

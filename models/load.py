@@ -17,7 +17,7 @@ from pathlib import Path
 from .analyse import Analyser, Classifier
 from .backends import make_backend
 from .segment import UNetSegmenter
-from .settings import ModelSettings
+from .settings import ANALYSERS, ModelSettings
 from .surfaces import Surface, get_surface
 from .unet import load_checkpoint, model_hash
 
@@ -93,10 +93,26 @@ def load_classifier(settings: ModelSettings, surface: Surface, support: Path | N
 
 def load_analyser(config, surface: str | None = None, backend: str | None = None,
                   support: str | Path | None = None) -> Analyser:
-    """The analyser for ``config`` (a :class:`~stmwatch.daemon.config.Config`); ``surface``,
-    ``backend`` and ``support`` override ``[models] surface``, ``backend`` and ``support``."""
+    """The analyser for ``config`` (any object with ``models`` and ``preprocess`` settings, e.g. the
+    daemon's config); ``surface``, ``backend`` and ``support`` override ``[models] surface``,
+    ``backend`` and ``support``."""
     settings: ModelSettings = config.models
     chosen = get_surface(surface or settings.surface)
     segmenter = load_segmenter(settings, chosen, getattr(config, "preprocess", None), backend)
     classifier = load_classifier(settings, chosen, find_support(settings, chosen, support), backend)
     return Analyser(segmenter, classifier)
+
+
+
+def make_analyser(kind: str, config, backend: str | None = None) -> Analyser:
+    """The analyser of ``kind``: ``"shipped"`` (:func:`load_analyser` of ``config``) or
+    ``"standin"`` (the classical blob detector of :mod:`.standin`, no weights). ``config`` is any
+    object with ``models`` (:class:`ModelSettings`) and ``preprocess`` settings, e.g. the daemon's."""
+    if kind == "standin":
+        from .standin import standin_analyser
+
+        log.warning("using the stand-in blob detector, not the shipped UNet (analyser = 'standin')")
+        return standin_analyser(config.models.surface, config.preprocess)
+    if kind not in ANALYSERS:
+        raise ValueError(f"analyser must be one of {ANALYSERS}, not {kind!r}")
+    return load_analyser(config, backend=backend)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+ANALYSERS = ("shipped", "standin")  # the UNet + few-shot classifier | the classical blob detector
 TEST_TIME_FLIPS = (1, 2, 4)  # the mirror-image counts unet.flip_averaged_predict averages over
 
 

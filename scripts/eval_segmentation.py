@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from stmwatch.models import eval_segment
+from stmwatch.daemon.targets import eval_segment
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from stmwatch.models.fewshot.classifier import PrototypicalClassifier, calibrate
 from stmwatch.models.fewshot.crops import CropSet, load_surface, to_model_input
 from stmwatch.models.fewshot.episodes import generate_classes, sample_episode
 from stmwatch.models.fewshot.evaluation import evaluate
-from stmwatch.models.fewshot.methods import build_method
+from stmwatch.models.fewshot.registry import build_method
 from stmwatch.models.fewshot.stats import mean_ci95
 from stmwatch.models.fewshot.synthetic import shape_crop, shape_set, write_set
 from stmwatch.models.fewshot.training import TrainConfig, load, save, train

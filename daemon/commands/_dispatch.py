@@ -1,4 +1,5 @@
-"""Commands with sub-commands (``train unet``, ``bench segment`` ...) whose code lives in the models.
+"""Commands with sub-commands (``train unet``, ``bench segment`` ...): one target module each, in
+:mod:`stmwatch.daemon.targets` (the command-line halves; the work is done in ``models``).
 
 Each target module defines ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int`` like a
 command module; a target that is not built yet is left out of ``--help``.

@@ -5,9 +5,9 @@ from ._dispatch import add_targets, run_target
 
 HELP = "benchmark segmentation backends, classification and live-stream publish delay"
 TARGETS = {
-    "segment": "stmwatch.models.bench_segment",
-    "classify": "stmwatch.models.fewshot.bench",
-    "stream": "stmwatch.daemon.bench_stream",
+    "segment": "stmwatch.daemon.targets.bench_segment",
+    "classify": "stmwatch.daemon.targets.bench_classify",
+    "stream": "stmwatch.daemon.targets.bench_stream",
 }
 
 

@@ -24,14 +24,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-thumbnail", action="store_true", help="do not draw the last scan")
 
 
-def endpoints_of(config) -> list[str]:
-    live = getattr(config, "live", None)
-    return [e for e in (config.daemon.publish, getattr(live, "publish", "")) if e]
-
-
 def run(args) -> int:
     from stmwatch.daemon.config import ConfigError, load_config
-    from stmwatch.daemon.dashboard import Dashboard
+    from stmwatch.daemon.dashboard import Dashboard, endpoints_of
 
     try:
         config = load_config(args.config)

@@ -113,7 +113,8 @@ def run(args) -> int:
     from rich.console import Console
 
     from stmwatch.daemon.config import Config
-    from stmwatch.daemon.daemon import Daemon, make_analyser
+    from stmwatch.daemon.daemon import Daemon
+    from stmwatch.models.load import make_analyser
 
     console = Console()
     log = logging.getLogger("stmwatch.demo")
@@ -135,7 +136,7 @@ def run(args) -> int:
                   f"{'streaming to' if args.stream else 'writing into'} {stream_endpoint or scans_dir}, "
                   f"one {args.pixels} x {args.pixels} scan every {args.interval:g} s for {args.seconds:g} s")
     try:
-        analyser = make_analyser(config)
+        analyser = make_analyser(config.daemon.analyser, config)
     except (FileNotFoundError, ImportError) as exc:
         from stmwatch.models.standin import standin_analyser
 
@@ -163,11 +164,7 @@ def run(args) -> int:
         microscope.join(args.interval * 2 + 30)
         # the last scan is complete: let the daemon take it (nothing pending) and finish it
         time.sleep(0.5)
-        tracker = getattr(daemon.connection, "tracker", None)
-        deadline = time.monotonic() + config.folder.stable_s + 10
-        while tracker is not None and tracker.pending and time.monotonic() < deadline:
-            time.sleep(0.1)
-        daemon.wait_idle(120)
+        daemon.wait_until_idle(config.folder.stable_s + 130)
         stop_view.set()
 
     finisher = threading.Thread(target=lambda: (stop_microscope.wait(), finish()), daemon=True)

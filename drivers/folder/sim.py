@@ -2,8 +2,8 @@
 
 Files are written in place, in chunks with pauses (as a slow acquisition PC or a network copy
 does), or all at once; bad files can be mixed in. The scans come from a *scan source* the caller
-gives -- ``make_scan(index, **overrides) -> (Scan, truth)``, e.g.
-:func:`stmwatch.models.sim.simulate.scan_source` -- and the simulator keeps their truth.
+gives -- ``make_scan(index, **overrides) -> (Scan, truth)``, e.g. the STM simulator's
+``scan_source`` (``models/sim/``) -- and the simulator keeps their truth.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import torch
 
 from .crops import CropSet
 from .episodes import sample_episode
-from .method import FewShotMethod
+from .base import FewShotMethod
 from .stats import mean_ci95
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .method import FewShotMethod
+from .base import FewShotMethod
 
 
 class PixelNN(FewShotMethod):

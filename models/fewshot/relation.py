@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Conv4, conv_block
-from .method import FewShotMethod
+from .base import FewShotMethod
 
 
 class RelationNet(FewShotMethod):

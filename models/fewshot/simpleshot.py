@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .method import FewShotMethod, class_means
+from .base import FewShotMethod, class_means
 
 
 class SimpleShot(FewShotMethod):

@@ -23,7 +23,7 @@ from pathlib import Path
 from .crops import CropSet, load_surface
 from .episodes import DEFAULT_GENERATE
 from .evaluation import evaluate
-from .methods import ROWS
+from .registry import ROWS
 from .training import TrainConfig, save, train
 
 log = logging.getLogger(__name__)

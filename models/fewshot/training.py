@@ -19,8 +19,8 @@ from torch import nn
 
 from .crops import CropSet
 from .episodes import augment, generate_classes, sample_episode
-from .method import FewShotMethod
-from .methods import build_method
+from .base import FewShotMethod
+from .registry import build_method
 
 log = logging.getLogger(__name__)
 

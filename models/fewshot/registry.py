@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .backbones import build_backbone
 from .matching import MatchingNet
-from .method import FewShotMethod
+from .base import FewShotMethod
 from .pixel_nn import PixelNN
 from .proto import ProtoNet
 from .relation import RelationNet

@@ -48,9 +48,9 @@ def run(args) -> int:
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .classifier import calibrate_unknown_distance
-    from .crops import load_surface
-    from .training import TrainConfig, save, train
+    from stmwatch.models.fewshot.classifier import calibrate_unknown_distance
+    from stmwatch.models.fewshot.crops import load_surface
+    from stmwatch.models.fewshot.training import TrainConfig, save, train
 
     torch.set_num_threads(args.threads)
     surfaces = tuple(s for s in args.surfaces.split(",") if s)

@@ -46,16 +46,16 @@ def run(args) -> int:
 
     torch.set_num_threads(args.threads)
     if args.table:
-        from .table import run_table
+        from stmwatch.models.fewshot.table import run_table
 
         return run_table(args)
     if not args.data:
         raise SystemExit("eval fewshot: --data is needed (or --table)")
-    from .classifier import WEIGHTS
-    from .crops import load_surface
-    from .evaluation import evaluate
-    from .methods import build_method
-    from .training import load
+    from stmwatch.models.fewshot.classifier import WEIGHTS
+    from stmwatch.models.fewshot.crops import load_surface
+    from stmwatch.models.fewshot.evaluation import evaluate
+    from stmwatch.models.fewshot.registry import build_method
+    from stmwatch.models.fewshot.training import load
 
     if args.method == "pixel_nn":
         method = build_method("pixel_nn")
@@ -68,7 +68,7 @@ def run(args) -> int:
             if config.method != args.method:
                 raise SystemExit(f"{w} holds a {config.method} network, not {args.method}")
         if args.method == "proto":
-            from .proto import ProtoEnsemble
+            from stmwatch.models.fewshot.proto import ProtoEnsemble
 
             for net, _, meta in loaded:
                 net.tta = args.tta or meta.get("tta", "none")

@@ -39,9 +39,9 @@ def _time(fn, x: np.ndarray, repeats: int) -> float:
 def run(args) -> int:
     import torch
 
-    from .classifier import WEIGHTS, onnx_embedder
-    from .synthetic import SHAPES, shape_crop
-    from .training import load
+    from stmwatch.models.fewshot.classifier import WEIGHTS, onnx_embedder
+    from stmwatch.models.fewshot.synthetic import SHAPES, shape_crop
+    from stmwatch.models.fewshot.training import load
 
     torch.set_num_threads(args.threads)
     net, _, _ = load(args.weights or WEIGHTS)
