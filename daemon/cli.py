@@ -29,6 +29,16 @@ COMMANDS = {
 }
 
 
+def installed_version() -> str:
+    """The installed distribution's version (``stmwatch.__version__`` reads the same metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stmwatch")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stmwatch",
@@ -36,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'stmwatch COMMAND --help' for the options of one command.",
     )
+    parser.add_argument("--version", action="version", version=f"stmwatch {installed_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():

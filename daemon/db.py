@@ -115,6 +115,9 @@ SCAN_COLUMNS = ("id", "uid", "path", "status", "error", "n_defects", "surface", 
                 "warnings")
 DEFECT_COLUMNS = ("id", "scan_id", "path", "surface", "label", "score", "x_px", "y_px", "x_m", "y_m",
                   "area_px", "processed")
+# each defect's scan geometry (``query defects --geometry``): enough to place it in the scan frame
+GEOMETRY_COLUMNS = ("status", "acquired", "columns", "rows", "range_x_m", "range_y_m", "offset_x_m",
+                    "offset_y_m", "angle_deg", "direction")
 
 
 def dedup_key(content_hash: str, status: str, path: str) -> str:
@@ -254,8 +257,9 @@ class Database:
         with Session(self.engine) as s:
             return [{c: _plain(getattr(r, c)) for c in SCAN_COLUMNS} for r in s.scalars(stmt)]
 
-    def defects(self, filters: Filters | None = None) -> list[dict[str, Any]]:
-        """Defects with their scan's path, surface and processing time, keyed by :data:`DEFECT_COLUMNS`."""
+    def defects(self, filters: Filters | None = None, geometry: bool = False) -> list[dict[str, Any]]:
+        """Defects with their scan's path, surface and processing time, keyed by :data:`DEFECT_COLUMNS`
+        (and, with ``geometry``, their scan's :data:`GEOMETRY_COLUMNS`)."""
         f = filters or Filters()
         stmt = self._scan_filter(select(DefectRow, ScanRow).join(ScanRow), f).order_by(DefectRow.id)
         if f.label:
@@ -265,7 +269,10 @@ class Database:
             for d, sc in s.execute(stmt):
                 values = {c: getattr(d, c) for c in DEFECT_COLUMNS if hasattr(DefectRow, c)}
                 values.update(path=sc.path, surface=sc.surface, processed=sc.processed)
-                out.append({c: _plain(values[c]) for c in DEFECT_COLUMNS})
+                row = {c: _plain(values[c]) for c in DEFECT_COLUMNS}
+                if geometry:
+                    row.update({c: _plain(getattr(sc, c)) for c in GEOMETRY_COLUMNS})
+                out.append(row)
         return out
 
     def counts(self, filters: Filters | None = None) -> list[dict[str, Any]]:

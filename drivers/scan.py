@@ -157,6 +157,14 @@ class Scan:
         row = (0.5 - v / height) * ny - 0.5
         return row, col
 
+    def to_xarray(self, defects=(), warnings=()):
+        """This scan as an ``xarray.Dataset`` (coordinates in metres; ``defects``, e.g. an
+        analysis's, as a table along dim ``defect``); needs the ``[xarray]`` extra. See
+        :mod:`stmwatch.drivers.dataset`."""
+        from .dataset import scan_dataset
+
+        return scan_dataset(self, defects, warnings)
+
     def geometry(self) -> dict:
         """The geometry as plain JSON-able values (used by ``info``, ``process`` and overlays)."""
         return {

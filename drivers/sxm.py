@@ -234,47 +234,110 @@ def read_sxm(path: str | os.PathLike, allow_truncated: bool = False) -> Scan:
 
 
 # ---- writing ---------------------------------------------------------------------------------
-def _fmt(value: float) -> str:
-    return repr(float(value))  # shortest string that reads back to the same float
+# The header keys in the order a Nanonis SPM controller writes them (checked against the real
+# Generic 4 and Generic 5 files in shared/data/real/); every other key of ``scan.header`` follows
+# them in its own order, and DATA_INFO comes last, followed by one blank line (nanonispy drops the
+# last three header lines, so that blank line is required).
+NANONIS_KEY_ORDER = (
+    "NANONIS_VERSION", "SCANIT_TYPE", "REC_DATE", "REC_TIME", "REC_TEMP", "ACQ_TIME", "SCAN_PIXELS",
+    "SCAN_FILE", "SCAN_TIME", "SCAN_RANGE", "SCAN_OFFSET", "SCAN_ANGLE", "SCAN_DIR", "BIAS",
+    "Z-CONTROLLER", "COMMENT",
+)
+Z_CONTROLLER_COLUMNS = ("Name", "on", "Setpoint", "P-gain", "I-gain", "T-const")
+
+
+def nanonis_number(value: float, digits: int, exact: bool = True) -> str:
+    """``value`` as Nanonis writes numbers (``2.000000E-9``: ``digits`` decimals, upper-case E, no
+    leading zero in the exponent); ``exact``: with more decimals where needed so that it reads back
+    to the same float (a scan written and read again keeps its exact geometry)."""
+    value = float(value)
+    for d in range(digits, 18 if exact else digits + 1):
+        mantissa, exponent = f"{value:.{d}E}".split("E")
+        text = f"{mantissa}E{int(exponent):+d}"
+        if float(text) == value or not exact:
+            return text
+    return repr(value)
+
+
+def nanonis_columns(texts, width: int) -> str:
+    """Right-aligned fields of ``width`` characters as in Nanonis headers, always at least one
+    space apart (a long exact number must not run into its neighbour)."""
+    return "".join(" " * max(1, width - len(t)) + t for t in texts)
+
+
+def z_controller_table(setpoint: str, name: str = "log Current", on: bool = True,
+                       p_gain: str = "n/a", i_gain: str = "n/a", t_const: str = "n/a") -> str:
+    """A ``Z-CONTROLLER`` header value as Nanonis writes it: a tab-led column row and one value
+    row (``setpoint`` with its unit, e.g. ``"5.000E-11 A"``; gains that are not known: ``n/a``)."""
+    values = (name, "1" if on else "0", setpoint, p_gain, i_gain, t_const)
+    return "\t" + "\t".join(Z_CONTROLLER_COLUMNS) + "\n\t" + "\t".join(values)
+
+
+def z_controller(header: dict[str, str]) -> dict[str, str]:
+    """The ``Z-CONTROLLER`` table of a header as ``{column: value}`` (``{}`` when there is none or
+    it cannot be read), e.g. ``{"Name": "log Current", "Setpoint": "5.000E-11 A", ...}``."""
+    rows = [line.strip("\t ").split("\t") for line in header.get("Z-CONTROLLER", "").split("\n") if line.strip()]
+    if len(rows) < 2 or len(rows[0]) != len(rows[1]):
+        return {}
+    return {k.strip(): v.strip() for k, v in zip(rows[0], rows[1])}
+
+
+def _table(value: str) -> str:
+    """A tab-separated table value without blank lines, each row led by a tab (as Nanonis writes
+    it; a blank line inside the table breaks nanonispy and makes Gwyddion warn)."""
+    return "\n".join("\t" + line.strip("\t ") for line in value.split("\n") if line.strip())
 
 
 def sxm_bytes(scan: Scan) -> bytes:
-    """Serialise a :class:`Scan` as ``.sxm`` bytes that :func:`read_sxm_bytes` reads back exactly.
+    """Serialise a :class:`Scan` as ``.sxm`` bytes that :func:`read_sxm_bytes` reads back exactly,
+    laid out as a Nanonis controller writes them (keys of :data:`NANONIS_KEY_ORDER` first,
+    numbers as Nanonis formats them, ``DATA_INFO`` last), so that nanonispy and Gwyddion read them.
 
-    Keys of ``scan.header`` are kept in order; the geometry keys and ``DATA_INFO`` are written
-    from the scan's own fields.
+    The geometry keys, ``BIAS`` and ``DATA_INFO`` are written from the scan's own fields; every other
+    key of ``scan.header`` is kept. ``SCAN_TIME`` (seconds per line, forward and backward) and
+    ``ACQ_TIME`` (seconds for the scan) come from ``scan.header``; a scan that does not carry them
+    gets ``0`` (not recorded), since other readers require the keys; ``REC_TEMP`` not given is
+    290 K, Nanonis's own value when no temperature input is configured.
     """
     nx, ny = scan.pixels
     stamp = scan.acquired or dt.datetime(2000, 1, 1)
-    geometry = {
-        "SCAN_PIXELS": f"       {nx}       {ny}",
-        "SCAN_RANGE": f"           {_fmt(scan.range_m[0])}           {_fmt(scan.range_m[1])}",
-        "SCAN_OFFSET": f"             {_fmt(scan.offset_m[0])}         {_fmt(scan.offset_m[1])}",
-        "SCAN_ANGLE": f"            {_fmt(scan.angle_deg)}",
-        "SCAN_DIR": scan.direction,
-    }
-    if scan.bias_v is not None:
-        geometry["BIAS"] = f"            {_fmt(scan.bias_v)}"
-    rows = ["\t" + "\t".join(DATA_INFO_COLUMNS)]
-    for ch in scan.channels:
-        direction = "both" if len(ch.directions) == 2 else ch.directions[0]
-        rows.append("\t" + "\t".join([str(ch.index), ch.name, ch.unit, direction, ch.calibration, ch.offset]))
-    geometry["DATA_INFO"] = "\n".join(rows) + "\n"
-
+    given = {k: v for k, v in scan.header.items() if k not in ("SCANIT_END", "DATA_INFO")}
     header: dict[str, str] = {
         "NANONIS_VERSION": "2",
         "SCANIT_TYPE": "              FLOAT            MSBFIRST",
         "REC_DATE": stamp.strftime(" %d.%m.%Y"),
         "REC_TIME": stamp.strftime("%H:%M:%S"),
+        "REC_TEMP": "      290.0000000000",  # what Nanonis writes when no temperature input is set
+        "ACQ_TIME": f"{0.0:12.1f}",
         "SCAN_FILE": scan.source.name if scan.source else "",
+        "SCAN_TIME": nanonis_columns([nanonis_number(0.0, 3)] * 2, 21),
+        "COMMENT": "",
     }
-    header.update({k: v for k, v in scan.header.items() if k != "SCANIT_END"})
+    header.update(given)
     if scan.acquired is not None:
         header["REC_DATE"], header["REC_TIME"] = stamp.strftime(" %d.%m.%Y"), stamp.strftime("%H:%M:%S")
-    header.update(geometry)
-    if scan.bias_v is None:
+    header.update({
+        "SCAN_PIXELS": nanonis_columns([str(nx), str(ny)], 10),
+        "SCAN_RANGE": nanonis_columns([nanonis_number(v, 6) for v in scan.range_m], 22),
+        "SCAN_OFFSET": nanonis_columns([nanonis_number(v, 6) for v in scan.offset_m], 21),
+        "SCAN_ANGLE": nanonis_columns([nanonis_number(scan.angle_deg, 3)], 20),
+        "SCAN_DIR": scan.direction,
+    })
+    if scan.bias_v is not None:
+        header["BIAS"] = nanonis_columns([nanonis_number(scan.bias_v, 3)], 20)
+    else:
         header.pop("BIAS", None)
-    text = "".join(f":{key}:\n{value}\n" for key, value in header.items())
+    for key in ("Z-CONTROLLER", "Multipass-Config"):
+        if key in header:
+            header[key] = _table(header[key])
+    rows = ["\t" + "\t".join(DATA_INFO_COLUMNS)]
+    for ch in scan.channels:
+        direction = "both" if len(ch.directions) == 2 else ch.directions[0]
+        rows.append("\t" + "\t".join([str(ch.index), ch.name, ch.unit, direction, ch.calibration, ch.offset]))
+    ordered = {k: header[k] for k in NANONIS_KEY_ORDER if k in header}
+    ordered.update({k: v for k, v in header.items() if k not in ordered})
+    ordered["DATA_INFO"] = "\n".join(rows) + "\n"
+    text = "".join(f":{key}:\n{value}\n" for key, value in ordered.items())
     frames = [stored_to_display(f, scan.direction, d == "backward")
               for ch in scan.channels for d, f in zip(ch.directions, ch.frames())]
     data = np.stack(frames).astype(">f4").tobytes()

@@ -60,6 +60,11 @@ class Analysis:
     model_versions: dict[str, str]
     warnings: list[str] = dataclasses.field(default_factory=list)
 
+    def to_xarray(self):
+        """The scan, its defects (a table along dim ``defect``) and warnings as an
+        ``xarray.Dataset`` (``Scan.to_xarray``; needs the ``[xarray]`` extra)."""
+        return self.scan.to_xarray(self.defects, self.warnings)
+
 
 @dataclasses.dataclass
 class Analyser:

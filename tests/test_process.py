@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -16,7 +17,7 @@ from stmwatch.models.surfaces import get_surface
 
 from .conftest import BAD, real_files
 
-KEYS = {"file", "scan", "defects", "counts", "timing_ms"}
+KEYS = {"file", "scan", "defects", "counts", "timing_ms", "warnings"}
 SCAN_KEYS = {"pixels", "range_m", "offset_m", "angle_deg", "direction"}
 DEFECT_KEYS = {"x_px", "y_px", "x_m", "y_m", "label", "score", "area_px"}
 TIMING_KEYS = {"read", "preprocess", "segment", "classify", "total"}
@@ -56,6 +57,7 @@ def test_json_lines_match_truth_and_a_bad_file_gives_exit_2(simulated, config, c
     score = DetectionScore()
     for line, path in zip(lines, simulated):
         assert set(line) == KEYS and set(line["scan"]) == SCAN_KEYS and set(line["timing_ms"]) == TIMING_KEYS
+        assert isinstance(line["warnings"], list) and all(isinstance(w, str) for w in line["warnings"])
         # "defect" without a classifier; a class of the surface (or "unknown") with one
         assert all(set(d) == DEFECT_KEYS and d["label"] in LABELS for d in line["defects"])
         assert line["counts"] == dict(sorted(Counter(d["label"] for d in line["defects"]).items()))
@@ -104,6 +106,11 @@ def test_real_files_process_without_error(config, capsys):
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert any("stm_moire_10nm.sxm:" in w and "Si(001):H rows" in w for w in warnings), warnings
     assert any("stm_A250320.sxm:" in w and "coarser than max_nm_per_px" in w for w in warnings), warnings
+    # ... and into each file's JSON line, for scripts; the same sentences
+    by_name = {Path(line["file"]).name: line["warnings"] for line in lines}
+    assert any("Si(001):H rows" in w for w in by_name["stm_moire_10nm.sxm"]), by_name
+    assert any("coarser than max_nm_per_px" in w for w in by_name["stm_A250320.sxm"]), by_name
+    assert sorted(f"warning: {line['file']}: {w}" for line in lines for w in line["warnings"]) == sorted(warnings)
 
 
 def test_support_folder_option(simulated, config, tmp_path, capsys):

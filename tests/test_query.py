@@ -122,3 +122,38 @@ def test_warnings_in_every_format(capsys, tmp_path):
     assert json.loads(row["warnings"]) == doc.warnings
     out = query(capsys, "scans", "--db", url)[1]
     assert "double tip" in out and "not the surface of [models] surface [/b]" in out
+
+
+def test_defects_with_geometry_to_csv_and_hdf5(capsys, url, tmp_path):
+    """Each defect with its scan's geometry, the same rows in CSV and HDF5; the geometry is
+    make_doc's (64 x 32 px, 6.4 x 3.2 nm, offset (1, 2) nm, 10 degrees)."""
+    out_csv = tmp_path / "d.csv"
+    assert main(["query", "defects", "--db", url, "--geometry", "--format", "csv", "--out", str(out_csv)]) == 0
+    assert "3 defects -> " in capsys.readouterr().err
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [(r["path"], r["label"]) for r in rows] == [("old.sxm", "vacancy"), ("new.sxm", "vacancy"), ("new.sxm", "adsorbate")]
+    for r in rows:
+        assert (r["columns"], r["rows"], r["direction"], r["status"]) == ("64", "32", "down", "ok")
+        assert (float(r["range_x_m"]), float(r["range_y_m"]), float(r["angle_deg"])) == (6.4e-9, 3.2e-9, 10.0)
+        assert (float(r["offset_x_m"]), float(r["offset_y_m"])) == (1e-9, 2e-9)
+    # without --geometry the columns are as before
+    code, out = query(capsys, "defects", "--db", url, "--format", "csv")
+    assert "range_x_m" not in out.splitlines()[0]
+
+    h5py = pytest.importorskip("h5py")
+    out_h5 = tmp_path / "d.h5"
+    assert main(["query", "defects", "--db", url, "--geometry", "--format", "hdf5", "--out", str(out_h5)]) == 0
+    with h5py.File(out_h5) as fh:
+        g = fh["defects"]
+        assert g.attrs["rows"] == 3 and set(rows[0]) == set(g)
+        assert [v.decode() for v in g["label"][()]] == [r["label"] for r in rows]
+        assert list(g["x_m"][()]) == [float(r["x_m"]) for r in rows] and g["x_m"].attrs["units"] == "m"
+        assert list(g["columns"][()]) == [64, 64, 64] and g["y_px"].attrs["units"] == "px"
+        assert g["angle_deg"].attrs["units"] == "deg"
+
+
+def test_hdf5_needs_a_file_and_geometry_needs_defects(capsys, url):
+    assert main(["query", "defects", "--db", url, "--format", "hdf5"]) == 2
+    assert "--out FILE" in capsys.readouterr().err
+    assert main(["query", "scans", "--db", url, "--geometry"]) == 2
+    assert "query defects" in capsys.readouterr().err

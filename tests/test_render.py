@@ -15,6 +15,13 @@ from stmwatch.models.render import (
     BACKGROUND,
     INVALID_GREY,
     LABEL_COLOURS,
+    MISSING_RED,
+    OUTLINE,
+    crowded,
+    format_length_nm,
+    missing_row_ranges,
+    nice_length,
+    scan_description,
     grid_png,
     label_colours,
     overlay_png,
@@ -67,9 +74,9 @@ def test_overlay_outlines_a_defect_at_the_right_place():
     png = overlay_png(image, [defect], None, labels=False, scale_to=512)
     rgb = _decode(png)
     header = rgb.shape[0] - 512
-    assert rgb.shape[1] == 512 and 0 < header < 120
+    assert rgb.shape[1] > 512 and 0 < header < 160  # the image, then the colour bar's column
     magenta = LABEL_COLOURS[2]  # vacancy, si001h's third class
-    body = rgb[header:]
+    body = rgb[header:, :512]
     ys, xs = np.nonzero((body == magenta).all(axis=2))
     assert len(xs) > 50
     # 8 screen pixels per image pixel; the pixel centre is at (index + 0.5)
@@ -111,16 +118,24 @@ def test_overlay_of_a_scan_keeps_its_physical_aspect():
     scan = Scan([Channel("Z", "m", forward=frame)], pixels=(160, 30), range_m=(8e-9, 4e-9))
     rgb = _decode(overlay_png(scan, [_defect(15, 80, "dangling_bond")], None, scale_to=600))
     header = rgb.shape[0] - 300
-    assert rgb.shape[1] == 600 and 0 < header < 120  # 8 × 4 nm → 600 × 300 screen pixels
+    assert rgb.shape[1] > 600 and 0 < header < 160  # 8 × 4 nm → 600 × 300 screen pixels (+ colour bar)
+    assert (rgb[header:, :600] != BACKGROUND).any(axis=2).all(axis=0).mean() > 0.99  # the image spans 600 columns
+    assert (rgb[header + 150, 600:604] == BACKGROUND).all()
 
 
 def test_overlay_of_a_real_aborted_scan(tmp_path):
     scan = read_sxm(REAL / "stm_moire_10nm_aborted.sxm")  # rows 96..159 of 160 never measured
     rgb = _decode(overlay_png(scan, [], tmp_path / "o.png", scale_to=320))
     header = rgb.shape[0] - 320
-    body = rgb[header:]
-    assert (body[-20:] == INVALID_GREY).all()  # the missing bottom is grey
-    assert not (body[:150] == INVALID_GREY).all(axis=2).any()
+    body = rgb[header:, :320]
+    # the missing bottom (screen rows 192..319) is grey, hatched red; nothing above it
+    grey, red = (body == INVALID_GREY).all(axis=2), (body == MISSING_RED).all(axis=2)
+    assert grey[200:300, 10:310].mean() > 0.7 and red[200:300, 10:310].mean() > 0.05
+    assert not grey[:188].any() and not red[:188].any()
+    # and the header has a red line (saying which rows: see test_partial_rows_and_labels)
+    top = rgb[:header].astype(int)
+    assert ((top[..., 0] > 180) & (top[..., 1] < 100) & (top[..., 2] < 100)).sum() > 50
+    assert missing_row_ranges(scan.topography().forward) == [(96, 159)]
 
 
 def test_grid_png_layout(tmp_path):
@@ -155,3 +170,43 @@ def test_notes_are_wrapped_into_the_header_in_yellow():
     assert extra >= 2 * line and extra % line == 0  # wrapped onto whole extra lines
     assert (noted[:extra + 40] == NOTE).all(axis=2).any() and not (plain == NOTE).all(axis=2).any()
     assert (noted[-400:] == plain[-400:]).all()  # the picture itself is unchanged
+
+
+def test_partial_rows_and_labels():
+    frame = np.zeros((10, 4))
+    frame[[0, 1, 5, 9]] = np.nan
+    assert missing_row_ranges(frame) == [(0, 1), (5, 5), (9, 9)]
+    assert missing_row_ranges(np.zeros((3, 3))) == []
+    assert [nice_length(t) for t in (0.37, 1.0, 4.9, 18.2, 2000)] == [0.2, 1.0, 2.0, 10.0, 2000.0]
+    assert [format_length_nm(v) for v in (0.2, 5.0, 2000.0)] == ["200 pm", "5 nm", "2 um"]
+    scan = read_sxm(REAL / "stm_moire_10nm.sxm")  # header: BIAS 2.688E-1, Z-CONTROLLER set point 3.000E-11 A
+    assert scan_description(scan) == "Z forward  |  bias 269 mV  |  setpoint 30 pA"
+
+
+def test_scale_bar_is_as_long_as_its_label_says():
+    """10 nm wide at 500 screen pixels: the bar is 2 nm = 100 white pixels on its row."""
+    frame = np.random.default_rng(2).normal(size=(50, 50)).astype(np.float32) * 1e-11
+    scan = Scan([Channel("Z", "m", forward=frame)], pixels=(50, 50), range_m=(1e-8, 1e-8))
+    rgb = _decode(overlay_png(scan, [], None, scale_to=500))
+    body = rgb[rgb.shape[0] - 500:, :500]
+    white = (body == 255).all(axis=2)
+    runs = [int(white[r].sum()) for r in range(440, 500)]
+    assert max(runs) in (100, 101)
+
+
+def test_markers_have_a_dark_rim_and_numbers_go_when_crowded():
+    bright = np.ones((64, 64))  # a pale image: the white 'unknown' ring needs its rim
+    rgb = _decode(overlay_png(bright, [_defect(32, 32, "unknown", area_px=30)], None, labels=False, scale_to=512))
+    body = rgb[rgb.shape[0] - 512:, :512]
+    row = body[int(32.5 * 8)]
+    assert (row == OUTLINE).all(axis=1).sum() >= 4  # black on both sides of both crossings
+    few = np.array([[0, 0], [100, 0], [0, 100]], float)
+    assert not crowded(few, 30) and crowded(few, 150)
+    assert crowded(np.random.default_rng(0).uniform(0, 768, (200, 2)), 10)  # too many to number
+    # 200 markers: the header says they are not numbered, and the picture has no per-marker text
+    image = np.random.default_rng(3).normal(size=(200, 200))
+    many = [_defect(r, c, "vacancy", area_px=4) for r, c in np.random.default_rng(4).uniform(5, 195, (200, 2))]
+    with_numbers = _decode(overlay_png(image, many, None, labels=True, scale_to=512))
+    without = _decode(overlay_png(image, many, None, labels=False, scale_to=512))
+    assert with_numbers.shape[0] > without.shape[0]  # one more header line: "too dense to number"
+    assert (with_numbers[-512:] == without[-512:]).all()

@@ -236,3 +236,36 @@ def test_fuzzed_header_values_give_scan_read_error_or_a_valid_scan(key, value, d
     else:
         nx, ny = scan.pixels
         assert all(f.shape == (ny, nx) for c in scan.channels for f in c.frames())
+
+
+# ---- the writer's layout is a Nanonis controller's --------------------------------------------
+def header_keys(raw: bytes) -> list[str]:
+    text = raw[:raw.index(b":SCANIT_END:")].decode("latin-1")
+    return [line[1:-1] for line in text.split("\n") if len(line) >= 2 and line[0] == line[-1] == ":"]
+
+
+def test_written_header_has_the_keys_and_layout_of_a_nanonis_file():
+    """Against the real Generic 5 file (written by a Nanonis controller): the same leading keys
+    in the same order, DATA_INFO last then a blank line, tables without blank lines."""
+    from stmwatch.models.sim.simulate import simulate_scan
+
+    real = (REAL / "stm_gen5_au_mica_molecules.sxm").read_bytes()
+    nanonis_keys = [k for k in header_keys(real) if ">" not in k]  # the controller's own keys
+    scan, _ = simulate_scan("si001h", 5, pixels=(16, 16))
+    raw = sxm_bytes(scan)
+    ours = header_keys(raw)
+    assert ours[:len(nanonis_keys) - 1] == nanonis_keys[:-1] and ours[-1] == nanonis_keys[-1] == "DATA_INFO"
+    text = raw[:raw.index(b":SCANIT_END:")].decode("latin-1")
+    assert text.endswith("\n\n") and real[:real.index(b":SCANIT_END:")].endswith(b"\n\n")
+    zc = text.split(":Z-CONTROLLER:\n", 1)[1].split("\n:", 1)[0].split("\n")
+    assert len(zc) == 2 and all(line.startswith("\t") and line.count("\t") == 6 for line in zc)
+    # a scan with no header at all still has the keys other readers require
+    bare = header_keys(sxm_bytes(make_scan(4, 3, "up", 0.0, [("forward", "backward")])))
+    assert {"SCAN_TIME", "ACQ_TIME", "BIAS", "COMMENT", "SCAN_FILE"} <= set(bare)
+
+
+def test_long_exact_numbers_stay_apart(tmp_path):
+    scan = make_scan(5, 4, "down", -135.1, [("forward", "backward")])
+    scan.offset_m = (-1.7106378718080704e-07, -1.1151228381664743e-07)
+    scan.range_m = (2.5600000000000004e-08, 1.2345678901234567e-08)
+    assert_bit_exact(scan, read_sxm(write_sxm(scan, tmp_path / "long.sxm")))

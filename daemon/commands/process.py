@@ -13,13 +13,14 @@ few-shot classifier are available) name each defect; print the result.
 --json prints one JSON object per file (JSON Lines):
   {"file", "scan": {pixels, range_m, offset_m, angle_deg, direction},
    "defects": [{x_px, y_px, x_m, y_m, label, score, area_px}], "counts": {label: n},
-   "timing_ms": {read, preprocess, segment, classify, total}}
+   "timing_ms": {read, preprocess, segment, classify, total}, "warnings": [sentence, ...]}
 x_px is the column and y_px the row of the scan as read, display frame (row 0 at the top);
 x_m, y_m are scanner-frame metres. Without a classifier every label is "defect".
 
 What the operator should know about a scan (a double tip, with its offset; a scan that does not
-show the configured surface; pixels too coarse to segment) follows its table as "warning: ...",
-and goes to stderr as "warning: FILE: ..." with --json (the JSON keeps exactly the keys above).
+show the configured surface; pixels too coarse to segment) follows its table as "warning: ...";
+with --json it is the "warnings" list of the file's line (empty when there is nothing to say),
+and also goes to stderr as "warning: FILE: ...".
 
 A file that cannot be read gives one line on stderr; the other files are still processed and
 the exit code is 2."""
@@ -46,6 +47,7 @@ def result_dict(path: str, analysis) -> dict:
         "defects": [d.as_dict() for d in analysis.defects],
         "counts": analysis.counts,
         "timing_ms": {k: analysis.timing_ms[k] for k in ("read", "preprocess", "segment", "classify", "total")},
+        "warnings": list(analysis.warnings),
     }
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from stmwatch.drivers.scan import Channel, Scan
-from stmwatch.drivers.sxm import write_sxm
+from stmwatch.drivers.sxm import nanonis_columns, nanonis_number, write_sxm, z_controller_table
 
 from ..robust import robust_sigma
 from ..surfaces import SURFACES, get_surface
@@ -273,8 +273,7 @@ def simulate_scan(surface: str, seed: int, *, pixels: tuple[int, int] = (256, 25
     i_chan = Channel("Current", "A", current[0], current[1], index=0)
     scan = dataclasses.replace(geometry, channels=[z_chan, i_chan],
                                acquired=dt.datetime(2025, 1, 1) + dt.timedelta(seconds=int(seed) % 10_000_000),
-                               header={"COMMENT": f"stmwatch simulator: {surf.title}, seed {seed}",
-                                       "Z-CONTROLLER": f"\n\tSetpoint\n\t{setpoint:.3E} A"})
+                               header=sim_header(f"stmwatch simulator: {surf.title}, seed {seed}", setpoint, ny))
     truth = _truth(model, scan, motion, sfx, sfy, missing, seed, artefacts)
     return scan, truth
 
@@ -289,6 +288,18 @@ def scan_source(surface: str, seed: int = 0, pixels: int | tuple[int, int] = 256
         return simulate_scan(surface, seed + index, pixels=shape, **{**kwargs, **overrides})
 
     return make
+
+
+SIM_LINE_TIME_S = 0.5  # seconds per line, each direction: a typical STM scan speed for the header
+
+
+def sim_header(comment: str, setpoint_a: float, lines: int) -> dict[str, str]:
+    """The header keys a Nanonis controller writes that a simulated scan can fill in: the
+    comment, the Z controller with its current set point (A), and the line and scan times."""
+    return {"ACQ_TIME": f"{2 * lines * SIM_LINE_TIME_S:12.1f}",
+            "SCAN_TIME": nanonis_columns([nanonis_number(SIM_LINE_TIME_S, 3)] * 2, 21),
+            "Z-CONTROLLER": z_controller_table(nanonis_number(setpoint_a, 3, exact=False) + " A"),
+            "COMMENT": comment}
 
 
 def _truth(model: SurfaceModel, scan: Scan, motion: art.Motion, sfx: np.ndarray, sfy: np.ndarray,
