@@ -87,25 +87,58 @@ class PreprocessSettings:
 
 
 # ---- small helpers ---------------------------------------------------------------------------
+def _median(values: np.ndarray, axis: int | None = None):
+    """Median of finite, non-empty ``values`` (flattened, or along ``axis``), as ``np.median``
+    gives it, from one partition at the middle (``np.median`` partitions at both middle positions
+    and checks for NaN: several times slower on a whole image)."""
+    if axis is None:
+        values = np.ravel(values)
+        axis = 0
+    n = values.shape[axis]
+    k = n // 2
+    part = np.partition(values, k, axis=axis)
+    upper = np.take(part, k, axis=axis)
+    if n % 2:
+        return float(upper) if upper.ndim == 0 else upper
+    lower = np.take(part, np.arange(k), axis=axis).max(axis=axis)
+    middle = (lower + upper) / 2
+    return float(middle) if middle.ndim == 0 else middle
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """The finite values of ``values``, flattened (no copy when all are finite)."""
+    values = np.ravel(np.asarray(values, dtype=float))
+    finite = np.isfinite(values)
+    return values if finite.all() else values[finite]
+
+
+def _centre_and_sigma(values: np.ndarray) -> tuple[float, float]:
+    """Median and robust sigma (see :func:`robust_sigma`) of finite, non-empty 1-D ``values``."""
+    centre = _median(values)
+    mad = _median(np.abs(values - centre))
+    return centre, (MAD_TO_SIGMA * mad if mad > 0 else float(values.std()))
+
+
 def robust_sigma(values: np.ndarray) -> float:
     """Robust standard deviation of the finite ``values``: 1.4826 × median absolute deviation.
 
     Falls back to the ordinary standard deviation when more than half the values are equal (MAD 0),
     and returns 0.0 for constant or empty input.
     """
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
+    values = _finite(values)
     if values.size == 0:
         return 0.0
-    mad = float(np.median(np.abs(values - np.median(values))))
-    if mad > 0:
-        return MAD_TO_SIGMA * mad
-    return float(values.std())
+    return _centre_and_sigma(values)[1]
+
+
+def _masked(image: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """``image[use]`` flattened, without a copy when every pixel is used."""
+    return image.ravel() if use.all() else image[use]
 
 
 def _valid_median(image: np.ndarray, valid: np.ndarray | None) -> float:
-    values = image[valid] if valid is not None else image[np.isfinite(image)]
-    return float(np.median(values)) if values.size else 0.0
+    values = _masked(image, valid) if valid is not None else _finite(image)
+    return _median(values) if values.size else 0.0
 
 
 def _neutralise(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -114,6 +147,12 @@ def _neutralise(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
         image = image.copy()
         image[~valid] = _valid_median(image, valid)
     return image
+
+
+def _use(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The pixels a step may use: finite, and True in ``mask`` when one is given."""
+    finite = np.isfinite(image)
+    return finite if mask is None else (np.asarray(mask, bool) & finite)
 
 
 # ---- fill_nan --------------------------------------------------------------------------------
@@ -125,22 +164,50 @@ def fill_nan_rows(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scan (its first line is acquired at the bottom). Whole missing rows, wherever they are, get
     the median of all valid pixels; an isolated missing pixel gets the median of its row's valid
     pixels. ``valid`` is a ``(rows, columns)`` bool mask, False exactly where ``image`` was not
-    finite. An image with no valid pixel comes back as zeros.
+    finite. An image with no valid pixel comes back as zeros. ``filled`` is a new float64 array.
     """
-    image = np.asarray(image, dtype=float)
-    valid = np.isfinite(image)
+    filled = np.array(image, dtype=float)
+    valid = np.isfinite(filled)
     if valid.all():
-        return image.copy(), valid
-    filled = image.copy()
-    global_median = _valid_median(image, valid)
+        return filled, valid
+    global_median = _valid_median(filled, valid)
     for r in np.flatnonzero(~valid.all(axis=1)):
         row_valid = valid[r]
-        fill = float(np.median(image[r, row_valid])) if row_valid.any() else global_median
+        fill = _median(filled[r, row_valid]) if row_valid.any() else global_median
         filled[r, ~row_valid] = fill
     return filled, valid
 
 
 # ---- plane -----------------------------------------------------------------------------------
+def _plane_axes(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column coordinates of the plane fit, centred and scaled to [-1, 1]."""
+    rows, cols = shape
+    y = np.linspace(-1.0, 1.0, rows) if rows > 1 else np.zeros(1)
+    x = np.linspace(-1.0, 1.0, cols) if cols > 1 else np.zeros(1)
+    return y, x
+
+
+def _plane_coefficients(image: np.ndarray, keep: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Least-squares ``(a, b, c)`` of ``z = a + b·x + c·y`` over the ``keep`` pixels, from the 3×3
+    normal equations: their sums come from per-row and per-column sums of the image, so the
+    cost is a few passes over the image and no design matrix is built. A degenerate set of
+    pixels (one row, one column) gets the minimum-norm solution, as ``lstsq`` would give."""
+    weight = keep.astype(float)
+    z = np.where(keep, image, 0.0)
+    n_col, n_row = weight.sum(axis=0), weight.sum(axis=1)
+    z_col, z_row = z.sum(axis=0), z.sum(axis=1)
+    n, sx, sy = n_col.sum(), n_col @ x, n_row @ y
+    sxy = y @ (weight @ x)
+    normal = np.array([[n, sx, sy], [sx, n_col @ (x * x), sxy], [sy, sxy, n_row @ (y * y)]])
+    rhs = np.array([z_col.sum(), z_col @ x, z_row @ y])
+    coef, *_ = np.linalg.lstsq(normal, rhs, rcond=1e-12)
+    return coef
+
+
+def _evaluate_plane(coef: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return coef[0] + coef[1] * x[None, :] + coef[2] * y[:, None]
+
+
 def fit_plane(image: np.ndarray, mask: np.ndarray | None = None, *, trim: float = 2.5,
               iterations: int = 5) -> np.ndarray:
     """Robust plane ``z = a + b·col + c·row`` through ``image``; returns the plane, same shape.
@@ -149,33 +216,30 @@ def fit_plane(image: np.ndarray, mask: np.ndarray | None = None, *, trim: float 
     sigmas from the median residual (defects, adsorbates, a second terrace), refit on the rest,
     ``iterations`` times. ``mask`` (bool, True = use) leaves pixels out altogether. Coordinates
     are centred and scaled to [-1, 1] so the fit is well conditioned whatever the image size.
+    Each fit solves the 3×3 normal equations (:func:`_plane_coefficients`).
     """
     image = np.asarray(image, dtype=float)
-    rows, cols = image.shape
-    use = np.isfinite(image) if mask is None else (np.asarray(mask, bool) & np.isfinite(image))
-    y = np.linspace(-1.0, 1.0, rows) if rows > 1 else np.zeros(1)
-    x = np.linspace(-1.0, 1.0, cols) if cols > 1 else np.zeros(1)
-    yy, xx = np.meshgrid(y, x, indexing="ij")
-    design = np.stack([np.ones(image.size), xx.ravel(), yy.ravel()], axis=1)
-    z = image.ravel()
-    keep = use.ravel().copy()
-    if keep.sum() < 3:  # too few pixels for a plane: a constant
-        return np.full(image.shape, float(np.median(z[keep])) if keep.any() else 0.0)
+    use = _use(image, mask)
+    y, x = _plane_axes(image.shape)
+    keep = use
+    n_keep = int(keep.sum())
+    if n_keep < 3:  # too few pixels for a plane: a constant
+        return np.full(image.shape, _median(image[keep]) if n_keep else 0.0)
     coef = np.zeros(3)
     for iteration in range(iterations + 1):
-        coef, *_ = np.linalg.lstsq(design[keep], z[keep], rcond=None)
+        coef = _plane_coefficients(image, keep, y, x)
         if iteration == iterations:
             break
-        residual = z - design @ coef
-        spread = robust_sigma(residual[use.ravel()])
+        residual = image - _evaluate_plane(coef, y, x)
+        centre, spread = _centre_and_sigma(_masked(residual, use))
         if spread == 0:
             break
-        centre = float(np.median(residual[use.ravel()]))
-        new_keep = use.ravel() & (np.abs(residual - centre) <= trim * spread)
+        residual -= centre
+        new_keep = use & (np.abs(residual, out=residual) <= trim * spread)
         if new_keep.sum() < 3 or np.array_equal(new_keep, keep):
             break
         keep = new_keep
-    return (design @ coef).reshape(image.shape)
+    return _evaluate_plane(coef, y, x)
 
 
 def level_plane(image: np.ndarray, mask: np.ndarray | None = None, *, trim: float = 2.5,
@@ -196,26 +260,37 @@ def row_offsets(image: np.ndarray, method: str = "median_diff", mask: np.ndarray
     a row does not move it. Neither method can tell a line offset from a height change that is
     the same all along a row (atomic rows exactly parallel to the fast scan): both remove it. Rows with no valid pixel (``mask``)
     get no offset of their own. The offsets have mean 0 over the rows that have valid pixels.
+    Rows (pairs of rows) with every pixel valid are done together, the others one by one.
     """
     if method not in ALIGN_METHODS:
         raise ValueError(f"align method must be one of {ALIGN_METHODS}, not {method!r}")
     image = np.asarray(image, dtype=float)
-    use = np.isfinite(image) if mask is None else (np.asarray(mask, bool) & np.isfinite(image))
+    use = _use(image, mask)
     rows = image.shape[0]
     has_data = use.any(axis=1)
+    full = use.all(axis=1)
     offsets = np.zeros(rows)
     if method == "median":
-        for r in np.flatnonzero(has_data):
-            offsets[r] = np.median(image[r, use[r]])
+        if full.any():
+            offsets[full] = _median(image[full], axis=1)
+        for r in np.flatnonzero(has_data & ~full):
+            offsets[r] = _median(image[r, use[r]])
     else:
         steps = np.zeros(rows)
-        previous = None  # the last row with data: a run of missing rows is bridged
-        for r in np.flatnonzero(has_data):
-            if previous is not None:
-                both = use[r] & use[previous]
+        with_data = np.flatnonzero(has_data)  # a run of missing rows is bridged
+        current, previous = with_data[1:], with_data[:-1]
+        both_full = full[current] & full[previous]
+        if both_full.all() and with_data.size == rows:
+            if rows > 1:
+                steps[1:] = _median(image[1:] - image[:-1], axis=1)
+        else:
+            pairs = np.flatnonzero(both_full)
+            if pairs.size:
+                steps[current[pairs]] = _median(image[current[pairs]] - image[previous[pairs]], axis=1)
+            for r, p in zip(current[~both_full], previous[~both_full]):
+                both = use[r] & use[p]
                 if both.any():
-                    steps[r] = np.median(image[r, both] - image[previous, both])
-            previous = r
+                    steps[r] = _median(image[r, both] - image[p, both])
         offsets = np.cumsum(steps)
         # rows without data carry the offset of the row before them; it is irrelevant anyway
     if has_data.any():
@@ -238,55 +313,68 @@ def find_scars(image: np.ndarray, threshold: float = 3.0, max_width: int = 2, mi
     consecutive columns, lies more than ``threshold`` × σ above (or below) *both* the row just
     above and the row just below the block, where σ is the robust spread of the differences
     between neighbouring rows. The first and last rows (one neighbour only) are never scars;
-    pixels outside ``mask`` are never part of one, nor used as a neighbour.
+    pixels outside ``mask`` are never part of one, nor used as a neighbour. Every block position
+    of one width is tested at once (whole-image array operations).
     """
     image = np.asarray(image, dtype=float)
     rows, cols = image.shape
-    use = np.isfinite(image) if mask is None else (np.asarray(mask, bool) & np.isfinite(image))
+    use = _use(image, mask)
     scars = np.zeros((rows, cols), dtype=bool)
     if rows < 3:
         return scars
-    both = use[1:] & use[:-1]
-    sigma = robust_sigma((image[1:] - image[:-1])[both])
+    sigma = robust_sigma(_masked(image[1:] - image[:-1], use[1:] & use[:-1]))
     if sigma == 0:
         return scars
     limit = threshold * sigma
     for width in range(1, max_width + 1):
-        for top in range(1, rows - width):
-            above, below = top - 1, top + width
-            block = image[top:top + width]
-            block_ok = use[top:top + width].all(axis=0) & use[above] & use[below]
-            up = (block - image[above]).min(axis=0) > limit
-            up &= (block - image[below]).min(axis=0) > limit
-            down = (image[above] - block).min(axis=0) > limit
-            down &= (image[below] - block).min(axis=0) > limit
-            hit = (up | down) & block_ok
-            for start, stop in _runs(hit):
-                if stop - start >= min_length:
-                    scars[top:top + width, start:stop] = True
+        n = rows - width - 1  # blocks whose top row is 1 .. rows - width - 1
+        if n <= 0:
+            break
+        above, below = image[:n], image[width + 1:width + 1 + n]
+        ok = use[:n] & use[width + 1:width + 1 + n]
+        lowest = highest = image[1:1 + n]
+        for j in range(1, width):
+            lowest = np.minimum(lowest, image[1 + j:1 + j + n])
+            highest = np.maximum(highest, image[1 + j:1 + j + n])
+        for j in range(width):
+            ok = ok & use[1 + j:1 + j + n]
+        # min over the block of (block - above) is min(block) - above: rounding keeps the order
+        hit = ((lowest - above > limit) & (lowest - below > limit)) | ((above - highest > limit) & (below - highest > limit))
+        hit &= ok
+        if not hit.any():
+            continue
+        edges = np.diff(np.pad(hit, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+        starts, stops = np.nonzero(edges == 1), np.nonzero(edges == -1)[1]  # row-major: paired in order
+        for block, start, stop in zip(starts[0], starts[1], stops):
+            if stop - start >= min_length:
+                scars[1 + block:1 + block + width, start:stop] = True
     return scars
-
-
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """``[start, stop)`` of each run of True in a 1-D bool array."""
-    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    return list(zip(edges[::2], edges[1::2]))
 
 
 def repair_scars(image: np.ndarray, threshold: float = 3.0, max_width: int = 2, min_length: int = 16,
                  mask: np.ndarray | None = None) -> np.ndarray:
     """``image`` with the scars of :func:`find_scars` replaced by linear interpolation, column by
-    column, between the nearest unscarred rows above and below; same shape and units."""
+    column, between the nearest unscarred rows above and below (``np.interp``'s arithmetic, all
+    scarred pixels at once); same shape and units."""
     image = np.asarray(image, dtype=float)
     scars = find_scars(image, threshold, max_width, min_length, mask)
-    if not scars.any():
-        return image.copy()
     repaired = image.copy()
-    rows = np.arange(image.shape[0])
-    for c in np.flatnonzero(scars.any(axis=0)):
-        good = ~scars[:, c]
-        repaired[~good, c] = np.interp(rows[~good], rows[good], image[good, c])
+    if not scars.any():
+        return repaired
+    rows = image.shape[0]
+    columns = np.flatnonzero(scars.any(axis=0))
+    scarred = scars[:, columns]
+    index = np.arange(rows)[:, None]
+    above = np.maximum.accumulate(np.where(scarred, -1, index), axis=0)
+    below = np.minimum.accumulate(np.where(scarred, rows, index)[::-1], axis=0)[::-1]
+    r, k = np.nonzero(scarred)
+    c = columns[k]
+    lo, hi = above[r, k], below[r, k]
+    lo, hi = np.where(lo < 0, hi, lo), np.where(hi >= rows, lo, hi)  # beyond the last good row: its value
+    z_lo, z_hi = image[lo, c], image[hi, c]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.where(hi > lo, (z_hi - z_lo) / (hi - lo), 0.0)
+    repaired[r, c] = slope * (r - lo) + z_lo
     return repaired
 
 
@@ -380,14 +468,15 @@ def normalise(image: np.ndarray, valid: np.ndarray | None = None, clip: float = 
     pixels. A constant image (spread 0) comes back as zeros. Dimensionless output, same shape.
     """
     image = np.asarray(image, dtype=float)
-    use = np.isfinite(image) if valid is None else (np.asarray(valid, bool) & np.isfinite(image))
+    use = _use(image, valid)
     if not use.any():
         return np.zeros(image.shape)
-    centre = float(np.median(image[use]))
-    spread = robust_sigma(image[use])
+    centre, spread = _centre_and_sigma(_masked(image, use))
     if spread == 0:
         return np.zeros(image.shape)
-    out = np.clip((image - centre) / spread, -clip, clip)
+    out = image - centre
+    out /= spread
+    np.clip(out, -clip, clip, out=out)
     out[~use] = 0.0
     return out
 
@@ -464,7 +553,7 @@ def prepare(scan: Scan, surface: Surface | str, settings: PreprocessSettings | N
         image = apparent_height(frame, channel.unit)
         finite = np.isfinite(image)
         if finite.any():
-            image = image - np.median(image[finite])  # remove the big absolute Z before any fit
+            image = image - _median(image[finite])  # remove the big absolute Z before any fit
         filled, frame_valid = fill_nan_rows(image)
         filled_frames.append(filled)
         valid &= frame_valid
