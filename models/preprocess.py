@@ -322,9 +322,38 @@ def find_scars(image: np.ndarray, threshold: float = 3.0, max_width: int = 2, mi
     scars = np.zeros((rows, cols), dtype=bool)
     if rows < 3:
         return scars
-    sigma = robust_sigma(_masked(image[1:] - image[:-1], use[1:] & use[:-1]))
+    if max_width >= rows - 1:
+        max_width = rows - 2
+    # D[k] = image[k:] - image[:-k]; a block row above (below) a neighbour by more than the limit
+    # is D > limit (D < -limit) for the right k, since fl(a - b) = -fl(b - a) and rounding keeps
+    # the order (min over the block of block - above > limit <=> every row's difference is)
+    diffs = {k: image[k:] - image[:-k] for k in range(1, max_width + 1)}
+    all_used = use.all()
+    sigma = robust_sigma(diffs[1].ravel() if all_used else diffs[1][use[1:] & use[:-1]])
     if sigma == 0:
         return scars
+    limit = threshold * sigma
+    above_by = {k: d > limit for k, d in diffs.items()}
+    below_by = {k: d < -limit for k, d in diffs.items()}
+    for width in range(1, max_width + 1):
+        n = rows - width - 1  # blocks whose top row t is 1 .. rows - width - 1
+        up = np.ones((n, cols), bool)
+        down = np.ones((n, cols), bool)
+        for j in range(width):  # block row t + j against row t - 1 (above) and row t + width (below)
+            up &= above_by[j + 1][:n] & below_by[width - j][1 + j:1 + j + n]
+            down &= below_by[j + 1][:n] & above_by[width - j][1 + j:1 + j + n]
+        hit = up | down
+        if not all_used:
+            for j in range(-1, width + 1):
+                hit &= use[1 + j:1 + j + n]
+        if not hit.any():
+            continue
+        edges = np.diff(np.pad(hit, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+        starts, stops = np.nonzero(edges == 1), np.nonzero(edges == -1)[1]  # row-major: paired in order
+        for block, start, stop in zip(starts[0], starts[1], stops):
+            if stop - start >= min_length:
+                scars[1 + block:1 + block + width, start:stop] = True
+    return scars
     limit = threshold * sigma
     for width in range(1, max_width + 1):
         n = rows - width - 1  # blocks whose top row is 1 .. rows - width - 1
@@ -558,6 +587,10 @@ def prepare(scan: Scan, surface: Surface | str, settings: PreprocessSettings | N
         filled_frames.append(filled)
         valid &= frame_valid
 
+    if valid.all():  # resampled, a mask of ones stays all True: no need to resample it
+        resampled_valid = np.ones((rows_out, cols_out), dtype=bool)
+    else:
+        resampled_valid = resample(valid.astype(float), scale[0], scale[1], (rows_out, cols_out)) > 0.5
     outputs = []
     for image in filled_frames:
         current_valid = valid
@@ -573,7 +606,7 @@ def prepare(scan: Scan, surface: Surface | str, settings: PreprocessSettings | N
                                      settings.scar_min_length, current_valid)
             elif step == "resample":
                 image = resample(image, scale[0], scale[1], (rows_out, cols_out))
-                current_valid = resample(valid.astype(float), scale[0], scale[1], (rows_out, cols_out)) > 0.5
+                current_valid = resampled_valid
             elif step == "normalise":
                 image = normalise(image, current_valid, settings.clip)
             image = _neutralise(image, current_valid)
