@@ -20,6 +20,7 @@ from .settings import TEST_TIME_FLIPS
 
 log = logging.getLogger(__name__)
 
+BENCH_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
 HELP = "ms per 512² 2-channel scan for each segmentation backend, and the ratio to eager torch"
 
 
@@ -49,7 +50,7 @@ def bench(model, image: np.ndarray, tile: int, overlap: int, batch: int, repeat:
         return flip_averaged_predict(image, backend, flips, tile, overlap, batch)
 
     rows, backends, outputs = {}, {}, {}
-    for name in ("torch", "onnxruntime", "tensorrt"):
+    for name in BENCH_BACKENDS:
         try:
             backends[name] = make_backend(name, model, tile, batch, cache_dir, threads)
             outputs[name] = predict(backends[name])  # warm-up
@@ -63,13 +64,13 @@ def bench(model, image: np.ndarray, tile: int, overlap: int, batch: int, repeat:
             predict(backend)
             times[name].append((time.perf_counter() - t0) * 1e3)
     notes = {"torch": "eager, eval mode", "onnxruntime": "graph optimisation ALL, BatchNorm folded",
-             "tensorrt": "fp16 engine"}
+             "onnxruntime-int8": "static int8 (QDQ), calibrated on simulated scans", "tensorrt": "fp16 engine"}
     torch_ms = float(np.median(times["torch"]))
     for name in backends:
         ms = float(np.median(times[name]))
         rows[name] = {"backend": name, "ms": round(ms, 2), "ratio": round(torch_ms / ms, 2),
                       "max_abs_diff": float(np.abs(outputs[name] - outputs["torch"]).max()), "note": notes[name]}
-    return [rows[name] for name in ("torch", "onnxruntime", "tensorrt")]
+    return [rows[name] for name in BENCH_BACKENDS]
 
 
 def run(args) -> int:
