@@ -7,8 +7,8 @@ probabilities (the :class:`~stmwatch.models.unet.Probability` of the UNet), so
 
 - ``torch``: the model in eval mode (BatchNorm uses running statistics, Dropout is off) under
   ``torch.inference_mode``.
-- ``onnxruntime``: the model exported once to ONNX with a fixed tile shape (batch dynamic), cached
-  on disk by model hash and shape, run with all graph optimisations and one thread per core.
+- ``onnxruntime``: the model exported once to ONNX (batch, height and width dynamic), cached on
+  disk by model hash, run with all graph optimisations and one thread per core.
 - ``onnxruntime-int8``: the same export statically quantized to int8 (:mod:`.quantize`), calibrated
   once on simulated scans and cached; chosen only by name.
 - ``tensorrt``: torch-tensorrt (the ``[gpu]`` extra), imported only when asked for, fp16, the
@@ -73,15 +73,18 @@ class TorchBackend:
 
 
 def export_onnx(model: UNet, path: Path, channels: int, tile: int) -> Path:
-    """Export the UNet + sigmoid to ONNX with input ``(batch, channels, tile, tile)``, batch
-    dynamic; BatchNorm is folded into the convolutions (eval mode, constant folding)."""
+    """Export the UNet + sigmoid to ONNX with input ``(batch, channels, height, width)``, all but
+    the channels dynamic (``height`` and ``width`` multiples of ``model.multiple``: whole-frame
+    tiles and the live path's bands run on the same file); traced at ``tile``². BatchNorm is
+    folded into the convolutions (eval mode, constant folding)."""
     module = Probability(model).eval()
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(module, torch.zeros(1, channels, tile, tile), buf, dynamo=False, opset_version=17,
                           input_names=["image"], output_names=["probability"], do_constant_folding=True,
-                          dynamic_axes={"image": {0: "batch"}, "probability": {0: "batch"}})
+                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                        "probability": {0: "batch", 1: "height", 2: "width"}})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     tmp.write_bytes(buf.getvalue())
@@ -101,7 +104,7 @@ class OnnxRuntimeBackend:
             raise BackendUnavailable(f"onnxruntime is not installed ({exc}); pip install 'stmwatch[onnx]'") from None
         channels = model.config.in_channels
         cache_dir = Path(cache_dir or default_cache_dir()).expanduser()
-        self.path = cache_dir / f"unet-{model_hash(model)[:16]}-{channels}x{tile}x{tile}.onnx"
+        self.path = cache_dir / f"unet-{model_hash(model)[:16]}-{channels}xHxW.onnx"
         if not self.path.exists():
             log.info("exporting the UNet to %s", self.path)
             export_onnx(model, self.path, channels, tile)
@@ -130,7 +133,7 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
     def _model_path(self, fp32_path: Path, tile: int) -> Path:
         from .quantize import CALIBRATION_RECIPE, calibration_batches, quantize_unet
 
-        path = fp32_path.with_name(f"{fp32_path.stem}-int8-{CALIBRATION_RECIPE}.onnx")
+        path = fp32_path.with_name(f"{fp32_path.stem}-int8-t{tile}-{CALIBRATION_RECIPE}.onnx")
         if not path.exists():
             log.info("quantizing the UNet to int8 (calibration on simulated scans, once); cached at %s", path)
             quantize_unet(fp32_path, path, calibration_batches(tile))

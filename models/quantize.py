@@ -79,7 +79,7 @@ def quantize_unet(fp32_path: Path, out_path: Path, batches: list[np.ndarray]) ->
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quant_pre_process(str(fp32_path), str(pre))
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)  # height, width dynamic
             quantize_static(str(pre), str(tmp), _Reader(batches), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                             calibrate_method=CalibrationMethod.MinMax)
