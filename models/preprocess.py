@@ -354,30 +354,6 @@ def find_scars(image: np.ndarray, threshold: float = 3.0, max_width: int = 2, mi
             if stop - start >= min_length:
                 scars[1 + block:1 + block + width, start:stop] = True
     return scars
-    limit = threshold * sigma
-    for width in range(1, max_width + 1):
-        n = rows - width - 1  # blocks whose top row is 1 .. rows - width - 1
-        if n <= 0:
-            break
-        above, below = image[:n], image[width + 1:width + 1 + n]
-        ok = use[:n] & use[width + 1:width + 1 + n]
-        lowest = highest = image[1:1 + n]
-        for j in range(1, width):
-            lowest = np.minimum(lowest, image[1 + j:1 + j + n])
-            highest = np.maximum(highest, image[1 + j:1 + j + n])
-        for j in range(width):
-            ok = ok & use[1 + j:1 + j + n]
-        # min over the block of (block - above) is min(block) - above: rounding keeps the order
-        hit = ((lowest - above > limit) & (lowest - below > limit)) | ((above - highest > limit) & (below - highest > limit))
-        hit &= ok
-        if not hit.any():
-            continue
-        edges = np.diff(np.pad(hit, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-        starts, stops = np.nonzero(edges == 1), np.nonzero(edges == -1)[1]  # row-major: paired in order
-        for block, start, stop in zip(starts[0], starts[1], stops):
-            if stop - start >= min_length:
-                scars[1 + block:1 + block + width, start:stop] = True
-    return scars
 
 
 def repair_scars(image: np.ndarray, threshold: float = 3.0, max_width: int = 2, min_length: int = 16,
