@@ -17,10 +17,12 @@ band's edges create (such artefacts move with the newest line). Complete defects
 yet (none within ``match_nm``) are published at once, each with an ``id``. When the last line
 of the frame arrives, everything found is complete.
 
-A tiled segmenter (the UNet) runs band passes on square tiles just taller than the band rather
-than its whole-frame tiles (mostly zero padding below the newest line); a backend that takes one
-tile shape only keeps its own. Measured by ``stmwatch bench stream`` (CPU, 20 lines/s, 256-line
-scans): median publish delay about 1 line after the line completing a defect.
+The UNet runs each band untiled, in one backend call per flip (``[live] flips``, 1 by default:
+a pass is then a few lines' worth of work; the whole frame at ``scan_end`` and in the pipeline
+keeps ``[models] test_time_flips``), on ONNX Runtime, whose export takes any height and width. A
+backend built for one input shape (TensorRT) runs band passes on square tiles just taller than
+the band instead, or on its own tiles. Where the delay comes from, and the figures of ``stmwatch
+bench stream``: ``docs/performance.md``.
 
 Messages, on the live PUB endpoint (``[live] publish``), multipart ``[b"live", JSON]``:
 
