@@ -458,11 +458,13 @@ def resample(image: np.ndarray, scale_rows: float, scale_cols: float,
         shape = (max(1, round(image.shape[0] / scale_rows)), max(1, round(image.shape[1] / scale_cols)))
     out = image
     for axis, (scale, size) in enumerate(zip((scale_rows, scale_cols), shape)):
+        if scale == 1.0 and size == image.shape[axis]:
+            continue  # interpolation at the input's own pixel centres: the values themselves
         if scale > 1.5:
             out = _area_axis(out, scale, size, axis)
         else:
             out = _bilinear_axis(out, scale, size, axis)
-    return out
+    return out if out is not image else image.copy()
 
 
 # ---- normalise -------------------------------------------------------------------------------

@@ -530,3 +530,11 @@ def test_prepare_matches_the_reference_chain_on_real_files(path):
     expected, expected_valid = _ref_prepare(scan, "si001h")
     assert np.array_equal(prepared.valid, expected_valid)
     assert np.allclose(prepared.image, expected, rtol=0, atol=1e-5)
+
+
+def test_resample_at_scale_one_is_the_input_itself():
+    image = np.random.default_rng(14).normal(size=(7, 9))
+    same = resample(image, 1.0, 1.0)
+    assert np.array_equal(same, image) and same is not image
+    half = resample(image, 1.0, 0.5)  # one axis kept, the other interpolated
+    assert half.shape == (7, 18) and np.array_equal(half[:, 1::2][:, :-1], 0.75 * image[:, :-1] + 0.25 * image[:, 1:])
