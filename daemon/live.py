@@ -17,10 +17,12 @@ band's edges create (such artefacts move with the newest line). Complete defects
 yet (none within ``match_nm``) are published at once, each with an ``id``. When the last line
 of the frame arrives, everything found is complete.
 
-A tiled segmenter (the UNet) runs band passes on square tiles just taller than the band rather
-than its whole-frame tiles (mostly zero padding below the newest line); a backend that takes one
-tile shape only keeps its own. Measured by ``stmwatch bench stream`` (CPU, 20 lines/s, 256-line
-scans): median publish delay about 1 line after the line completing a defect.
+The UNet runs each band untiled, in one backend call per flip (``[live] flips``, 1 by default:
+a pass is then a few lines' worth of work; the whole frame at ``scan_end`` and in the pipeline
+keeps ``[models] test_time_flips``), on ONNX Runtime, whose export takes any height and width. A
+backend built for one input shape (TensorRT) runs band passes on square tiles just taller than
+the band instead, or on its own tiles. Where the delay comes from, and the figures of ``stmwatch
+bench stream``: ``docs/performance.md``.
 
 Messages, on the live PUB endpoint (``[live] publish``), multipart ``[b"live", JSON]``:
 
@@ -69,10 +71,13 @@ class LiveSettings:
     stable_area: float = 0.1  # ... with an area within this fraction
     match_nm: float = 0.4  # a detection this close to a published defect is the same defect
     heartbeat_s: float = 1.0  # status heartbeat period (s)
+    flips: int = 1  # test-time flips of a band pass (1, 2 or 4); scan_end and the pipeline use [models]
 
     def check(self) -> None:
         if self.every_lines < 1 or self.guard_lines < 0:
             raise ValueError("every_lines must be at least 1 and guard_lines at least 0")
+        if self.flips not in (1, 2, 4):
+            raise ValueError(f"flips must be 1, 2 or 4, not {self.flips}")
         if self.context_nm <= 0 or self.match_nm <= 0 or self.heartbeat_s <= 0 or self.stable_px <= 0:
             raise ValueError("context_nm, match_nm and heartbeat_s must be positive")
         if self.publish and "://" not in self.publish:
@@ -116,13 +121,25 @@ class LivePublisher:
 
 def live_analyser(config):
     """The analyser live segmentation runs: a second one beside the pipeline's (segmenters keep
-    per-call state, TensorRT contexts are per thread). The UNet runs on the torch backend unless
-    ``[models] backend`` names TensorRT: an ONNX export takes one tile shape only, while band
-    passes run faster on tiles just taller than the band."""
-    from stmwatch.models.load import make_analyser
+    per-call state, TensorRT contexts are per thread). The UNet runs on ONNX Runtime (its export
+    takes any height and width, so a band is one untiled input) unless ``[models] backend`` names
+    torch or TensorRT, or a CUDA GPU is there for ``auto``; on torch where ONNX Runtime is missing."""
+    from stmwatch.models.load import load_analyser, make_analyser
 
-    backend = config.models.backend if config.models.backend == "tensorrt" else "torch"
-    return make_analyser(config.daemon.analyser, config, backend=backend)
+    if config.daemon.analyser == "standin":
+        return make_analyser(config.daemon.analyser, config)
+    import torch
+
+    from stmwatch.models.backends import BackendUnavailable
+
+    backend = config.models.backend
+    if backend == "auto" and not torch.cuda.is_available():
+        backend = "onnxruntime"
+    try:
+        return load_analyser(config, backend=backend)
+    except BackendUnavailable as exc:
+        log.info("live segmentation on torch (%s)", exc)
+        return load_analyser(config, backend="torch")
 
 
 # ---- one band -------------------------------------------------------------------------------------
@@ -314,11 +331,49 @@ class LiveSegmenter:
                 next_id += 1
         return {"n_defects": len(final), "defects": final, "retracted": sorted(free), "confirmed": confirmed}
 
+    _band_untiled = True  # False once the segmenter's backend refused a band-shaped input
+
+    def _band_probability(self, seg, prepared) -> np.ndarray:
+        """``(h, w)`` probability of a prepared band in one backend call per flip, untiled: the band
+        padded with zeros (the normalised median) to multiples of the UNet's down-sampling, as
+        :func:`~stmwatch.models.unet.flip_averaged_predict` flips and pads a tile."""
+        from stmwatch.models.unet import FLIPS
+
+        image = prepared.image
+        _, h, w = image.shape
+        multiple = getattr(getattr(seg, "model", None), "multiple", 8)
+        pad = ((0, 0), (0, -h % multiple), (0, -w % multiple))
+        total = np.zeros((h, w), dtype=np.float32)
+        for flip_rows, flip_cols in FLIPS[self.settings.flips]:
+            axes = tuple(axis for axis, flip in ((1, flip_rows), (2, flip_cols)) if flip)
+            x = np.pad(np.flip(image, axes) if axes else image, pad)
+            prob = np.asarray(seg.backend(np.ascontiguousarray(x[None], dtype=np.float32)))[0, :h, :w]
+            total += np.flip(prob, tuple(a - 1 for a in axes)) if axes else prob
+        return np.where(prepared.valid, total / len(FLIPS[self.settings.flips]), 0.0).astype(np.float32)
+
+    def _segment_band_untiled(self, seg, band: Scan):
+        """A UNet segmenter's steps on a band, its probability from :meth:`_band_probability`."""
+        from stmwatch.models.preprocess import prepare
+
+        if not seg.resolves(band):
+            return []
+        prepared = prepare(band, seg.surface, seg.preprocess)
+        return seg.defects_from(band, prepared, self._band_probability(seg, prepared))
+
     def _segment_band(self, band: Scan):
-        """Segment a band; a tiled segmenter (``tile_px``, ``tile_overlap_px``, ``surface``) gets
+        """Segment a band. A UNet segmenter (``backend``, ``defects_from``) runs it untiled, with
+        ``[live] flips`` (:meth:`_band_probability`; one pass costs a few lines' worth of the
+        whole frame). Otherwise, a tiled segmenter (``tile_px``, ``tile_overlap_px``, ``surface``) gets
         tiles just taller than the band for it: a square tile of the whole-frame size would be
         mostly zero padding below the newest line (same network, a quarter of the work)."""
         seg = self.segmenter
+        if self._band_untiled and all(hasattr(seg, a) for a in ("backend", "defects_from", "resolves", "preprocess")):
+            try:
+                return self._segment_band_untiled(seg, band)
+            except Exception as exc:  # a backend built for one input shape (TensorRT)
+                log.info("live: the segmenter's backend takes no band-shaped input (%s); band passes are tiled",
+                         str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
+                self._band_untiled = False
         full = getattr(seg, "tile_px", None)
         surface = getattr(seg, "surface", None)
         if not full or not hasattr(surface, "nm_per_px") or not self._band_tiles:

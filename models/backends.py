@@ -3,12 +3,14 @@
 Every backend is a callable ``(B, C, tile, tile)`` float32 numpy → ``(B, tile, tile)`` float32
 probabilities (the :class:`~stmwatch.models.unet.Probability` of the UNet), so
 :func:`~stmwatch.models.unet.tiled_predict` runs any of them. Choose with :func:`make_backend`
-(``[models] backend`` = auto | torch | onnxruntime | tensorrt).
+(``[models] backend`` = auto | torch | onnxruntime | onnxruntime-int8 | tensorrt).
 
 - ``torch``: the model in eval mode (BatchNorm uses running statistics, Dropout is off) under
   ``torch.inference_mode``.
-- ``onnxruntime``: the model exported once to ONNX with a fixed tile shape (batch dynamic), cached
-  on disk by model hash and shape, run with all graph optimisations and one thread per core.
+- ``onnxruntime``: the model exported once to ONNX (batch, height and width dynamic), cached on
+  disk by model hash, run with all graph optimisations and one thread per core.
+- ``onnxruntime-int8``: the same export statically quantized to int8 (:mod:`.quantize`), calibrated
+  once on simulated scans and cached; chosen only by name.
 - ``tensorrt``: torch-tensorrt (the ``[gpu]`` extra), imported only when asked for, fp16, the
   compiled engine cached on disk keyed by model hash, input shape and GPU name.
 
@@ -25,7 +27,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -34,7 +36,7 @@ from .unet import Probability, UNet, model_hash
 
 log = logging.getLogger(__name__)
 
-NAMES = ("torch", "onnxruntime", "tensorrt")
+NAMES = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
 GPU_EXTRA_HINT = "install the GPU extra: pip install 'stmwatch[gpu]' (torch-tensorrt, needs CUDA)"
 
 
@@ -71,15 +73,18 @@ class TorchBackend:
 
 
 def export_onnx(model: UNet, path: Path, channels: int, tile: int) -> Path:
-    """Export the UNet + sigmoid to ONNX with input ``(batch, channels, tile, tile)``, batch
-    dynamic; BatchNorm is folded into the convolutions (eval mode, constant folding)."""
+    """Export the UNet + sigmoid to ONNX with input ``(batch, channels, height, width)``, all but
+    the channels dynamic (``height`` and ``width`` multiples of ``model.multiple``: whole-frame
+    tiles and the live path's bands run on the same file); traced at ``tile``². BatchNorm is
+    folded into the convolutions (eval mode, constant folding)."""
     module = Probability(model).eval()
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(module, torch.zeros(1, channels, tile, tile), buf, dynamo=False, opset_version=17,
                           input_names=["image"], output_names=["probability"], do_constant_folding=True,
-                          dynamic_axes={"image": {0: "batch"}, "probability": {0: "batch"}})
+                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                        "probability": {0: "batch", 1: "height", 2: "width"}})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     tmp.write_bytes(buf.getvalue())
@@ -99,10 +104,11 @@ class OnnxRuntimeBackend:
             raise BackendUnavailable(f"onnxruntime is not installed ({exc}); pip install 'stmwatch[onnx]'") from None
         channels = model.config.in_channels
         cache_dir = Path(cache_dir or default_cache_dir()).expanduser()
-        self.path = cache_dir / f"unet-{model_hash(model)[:16]}-{channels}x{tile}x{tile}.onnx"
+        self.path = cache_dir / f"unet-{model_hash(model)[:16]}-{channels}xHxW.onnx"
         if not self.path.exists():
             log.info("exporting the UNet to %s", self.path)
             export_onnx(model, self.path, channels, tile)
+        self.path = self._model_path(self.path, tile)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or os.cpu_count() or 1
@@ -110,12 +116,55 @@ class OnnxRuntimeBackend:
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.tile = tile
 
+    def _model_path(self, fp32_path: Path, tile: int) -> Path:
+        """The ONNX file the session runs, given the fp32 export."""
+        return fp32_path
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
+class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
+    """ONNX Runtime on the CPU with the UNet statically quantized to int8 (:mod:`.quantize`):
+    calibrated once on simulated scans, cached beside the fp32 export."""
+
+    name = "onnxruntime-int8"
+
+    def _model_path(self, fp32_path: Path, tile: int) -> Path:
+        from .quantize import CALIBRATION_RECIPE, calibration_batches, quantize_unet
+
+        path = fp32_path.with_name(f"{fp32_path.stem}-int8-t{tile}-{CALIBRATION_RECIPE}.onnx")
+        if not path.exists():
+            log.info("quantizing the UNet to int8 (calibration on simulated scans, once); cached at %s", path)
+            quantize_unet(fp32_path, path, calibration_batches(tile))
+        return path
+
+
+def engine_path(cache_dir: Path, model: UNet, batch_size: int, tile: int, gpu: str) -> Path:
+    """Where the TensorRT engine for ``model`` at this batch and tile shape on the GPU called
+    ``gpu`` is cached: a new model, shape or GPU gets a new file."""
+    channels = model.config.in_channels
+    gpu = gpu.replace(" ", "_")
+    return Path(cache_dir) / f"unet-{model_hash(model)[:16]}-{batch_size}x{channels}x{tile}x{tile}-{gpu}-fp16.ts"
+
+
+def cached_engine(path: Path, compile_engine: Callable[[], torch.jit.ScriptModule], device: str) -> torch.jit.ScriptModule:
+    """The TorchScript engine saved at ``path``, else ``compile_engine()`` saved there (written to
+    a temporary name first, so that a crash never leaves half a file in the cache)."""
+    if path.exists():
+        log.info("loading the cached TensorRT engine %s", path)
+        return torch.jit.load(str(path), map_location=device)
+    module = compile_engine()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    torch.jit.save(module, str(tmp))
+    tmp.replace(path)
+    return module
+
+
 class TensorRTBackend:
-    """torch-tensorrt, fp16, fixed batch and tile shape; the engine is cached on disk."""
+    """torch-tensorrt, fp16, fixed batch and tile shape; the engine is cached on disk
+    (:func:`engine_path`, :func:`cached_engine`)."""
 
     name = "tensorrt"
 
@@ -123,26 +172,21 @@ class TensorRTBackend:
         reason = tensorrt_unavailable()
         if reason:
             raise BackendUnavailable(reason)
-        import torch_tensorrt  # noqa: F401  (imported here only: heavy, GPU machines only)
+        import torch_tensorrt  # (imported here only: heavy, GPU machines only)
 
         channels = model.config.in_channels
-        gpu = torch.cuda.get_device_name(0).replace(" ", "_")
-        key = f"unet-{model_hash(model)[:16]}-{batch_size}x{channels}x{tile}x{tile}-{gpu}-fp16.ts"
-        cache_dir = Path(cache_dir or default_cache_dir()).expanduser()
-        self.path = cache_dir / key
+        gpu = torch.cuda.get_device_name(0)
+        self.path = engine_path(Path(cache_dir or default_cache_dir()).expanduser(), model, batch_size, tile, gpu)
         self.batch_size = batch_size
-        example = torch.zeros(batch_size, channels, tile, tile, device="cuda")
-        if self.path.exists():
-            log.info("loading the cached TensorRT engine %s", self.path)
-            self.module = torch.jit.load(str(self.path), map_location="cuda")
-        else:
+
+        def compile_engine():
             log.info("compiling a TensorRT engine (fp16) for %s; cached at %s", gpu, self.path)
-            module = Probability(model).eval().cuda()
-            self.module = torch_tensorrt.compile(
-                module, ir="ts", inputs=[torch_tensorrt.Input(tuple(example.shape), dtype=torch.float32)],
+            return torch_tensorrt.compile(
+                Probability(model).eval().cuda(), ir="ts",
+                inputs=[torch_tensorrt.Input((batch_size, channels, tile, tile), dtype=torch.float32)],
                 enabled_precisions={torch.float16, torch.float32})
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            torch.jit.save(self.module, str(self.path))
+
+        self.module = cached_engine(self.path, compile_engine, "cuda")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         n = len(batch)
@@ -181,6 +225,8 @@ def make_backend(name: str, model: UNet, tile: int, batch_size: int = 8, cache_d
         return TorchBackend(model, "cuda" if torch.cuda.is_available() else "cpu")
     if name == "onnxruntime":
         return OnnxRuntimeBackend(model, tile, cache, threads)
+    if name == "onnxruntime-int8":
+        return OnnxRuntimeInt8Backend(model, tile, cache, threads)
     if name == "tensorrt":
         return TensorRTBackend(model, tile, batch_size, cache)
     if name != "auto":

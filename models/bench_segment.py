@@ -17,6 +17,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+BENCH_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
+
 
 def bench(model, image: np.ndarray, tile: int, overlap: int, batch: int, repeat: int, threads: int,
           cache_dir: str | None = None, flips: int = 1) -> list[dict]:
@@ -33,7 +35,7 @@ def bench(model, image: np.ndarray, tile: int, overlap: int, batch: int, repeat:
         return flip_averaged_predict(image, backend, flips, tile, overlap, batch)
 
     rows, backends, outputs = {}, {}, {}
-    for name in ("torch", "onnxruntime", "tensorrt"):
+    for name in BENCH_BACKENDS:
         try:
             backends[name] = make_backend(name, model, tile, batch, cache_dir, threads)
             outputs[name] = predict(backends[name])  # warm-up
@@ -47,10 +49,10 @@ def bench(model, image: np.ndarray, tile: int, overlap: int, batch: int, repeat:
             predict(backend)
             times[name].append((time.perf_counter() - t0) * 1e3)
     notes = {"torch": "eager, eval mode", "onnxruntime": "graph optimisation ALL, BatchNorm folded",
-             "tensorrt": "fp16 engine"}
+             "onnxruntime-int8": "static int8 (QDQ), calibrated on simulated scans", "tensorrt": "fp16 engine"}
     torch_ms = float(np.median(times["torch"]))
     for name in backends:
         ms = float(np.median(times[name]))
         rows[name] = {"backend": name, "ms": round(ms, 2), "ratio": round(torch_ms / ms, 2),
                       "max_abs_diff": float(np.abs(outputs[name] - outputs["torch"]).max()), "note": notes[name]}
-    return [rows[name] for name in ("torch", "onnxruntime", "tensorrt")]
+    return [rows[name] for name in BENCH_BACKENDS]

@@ -27,7 +27,7 @@ import numpy as np
 
 from stmwatch.drivers.scan import Scan
 
-from .robust import robust_sigma
+from .robust import centre_and_sigma, finite_values, median, robust_sigma
 from .surfaces import Surface, get_surface
 
 log = logging.getLogger(__name__)
@@ -87,9 +87,14 @@ class PreprocessSettings:
 
 
 # ---- small helpers ---------------------------------------------------------------------------
+def _masked(image: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """``image[use]`` flattened, without a copy when every pixel is used."""
+    return image.ravel() if use.all() else image[use]
+
+
 def _valid_median(image: np.ndarray, valid: np.ndarray | None) -> float:
-    values = image[valid] if valid is not None else image[np.isfinite(image)]
-    return float(np.median(values)) if values.size else 0.0
+    values = _masked(image, valid) if valid is not None else finite_values(image)
+    return median(values) if values.size else 0.0
 
 
 def _neutralise(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -98,6 +103,12 @@ def _neutralise(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
         image = image.copy()
         image[~valid] = _valid_median(image, valid)
     return image
+
+
+def _use(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The pixels a step may use: finite, and True in ``mask`` when one is given."""
+    finite = np.isfinite(image)
+    return finite if mask is None else (np.asarray(mask, bool) & finite)
 
 
 # ---- fill_nan --------------------------------------------------------------------------------
@@ -109,22 +120,50 @@ def fill_nan_rows(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scan (its first line is acquired at the bottom). Whole missing rows, wherever they are, get
     the median of all valid pixels; an isolated missing pixel gets the median of its row's valid
     pixels. ``valid`` is a ``(rows, columns)`` bool mask, False exactly where ``image`` was not
-    finite. An image with no valid pixel comes back as zeros.
+    finite. An image with no valid pixel comes back as zeros. ``filled`` is a new float64 array.
     """
-    image = np.asarray(image, dtype=float)
-    valid = np.isfinite(image)
+    filled = np.array(image, dtype=float)
+    valid = np.isfinite(filled)
     if valid.all():
-        return image.copy(), valid
-    filled = image.copy()
-    global_median = _valid_median(image, valid)
+        return filled, valid
+    global_median = _valid_median(filled, valid)
     for r in np.flatnonzero(~valid.all(axis=1)):
         row_valid = valid[r]
-        fill = float(np.median(image[r, row_valid])) if row_valid.any() else global_median
+        fill = median(filled[r, row_valid]) if row_valid.any() else global_median
         filled[r, ~row_valid] = fill
     return filled, valid
 
 
 # ---- plane -----------------------------------------------------------------------------------
+def _plane_axes(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column coordinates of the plane fit, centred and scaled to [-1, 1]."""
+    rows, cols = shape
+    y = np.linspace(-1.0, 1.0, rows) if rows > 1 else np.zeros(1)
+    x = np.linspace(-1.0, 1.0, cols) if cols > 1 else np.zeros(1)
+    return y, x
+
+
+def _plane_coefficients(image: np.ndarray, keep: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Least-squares ``(a, b, c)`` of ``z = a + b·x + c·y`` over the ``keep`` pixels, from the 3×3
+    normal equations: their sums come from per-row and per-column sums of the image, so the
+    cost is a few passes over the image and no design matrix is built. A degenerate set of
+    pixels (one row, one column) gets the minimum-norm solution, as ``lstsq`` would give."""
+    weight = keep.astype(float)
+    z = np.where(keep, image, 0.0)
+    n_col, n_row = weight.sum(axis=0), weight.sum(axis=1)
+    z_col, z_row = z.sum(axis=0), z.sum(axis=1)
+    n, sx, sy = n_col.sum(), n_col @ x, n_row @ y
+    sxy = y @ (weight @ x)
+    normal = np.array([[n, sx, sy], [sx, n_col @ (x * x), sxy], [sy, sxy, n_row @ (y * y)]])
+    rhs = np.array([z_col.sum(), z_col @ x, z_row @ y])
+    coef, *_ = np.linalg.lstsq(normal, rhs, rcond=1e-12)
+    return coef
+
+
+def _evaluate_plane(coef: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return coef[0] + coef[1] * x[None, :] + coef[2] * y[:, None]
+
+
 def fit_plane(image: np.ndarray, mask: np.ndarray | None = None, *, trim: float = 2.5,
               iterations: int = 5) -> np.ndarray:
     """Robust plane ``z = a + b·col + c·row`` through ``image``; returns the plane, same shape.
@@ -133,33 +172,30 @@ def fit_plane(image: np.ndarray, mask: np.ndarray | None = None, *, trim: float 
     sigmas from the median residual (defects, adsorbates, a second terrace), refit on the rest,
     ``iterations`` times. ``mask`` (bool, True = use) leaves pixels out altogether. Coordinates
     are centred and scaled to [-1, 1] so the fit is well conditioned whatever the image size.
+    Each fit solves the 3×3 normal equations (:func:`_plane_coefficients`).
     """
     image = np.asarray(image, dtype=float)
-    rows, cols = image.shape
-    use = np.isfinite(image) if mask is None else (np.asarray(mask, bool) & np.isfinite(image))
-    y = np.linspace(-1.0, 1.0, rows) if rows > 1 else np.zeros(1)
-    x = np.linspace(-1.0, 1.0, cols) if cols > 1 else np.zeros(1)
-    yy, xx = np.meshgrid(y, x, indexing="ij")
-    design = np.stack([np.ones(image.size), xx.ravel(), yy.ravel()], axis=1)
-    z = image.ravel()
-    keep = use.ravel().copy()
-    if keep.sum() < 3:  # too few pixels for a plane: a constant
-        return np.full(image.shape, float(np.median(z[keep])) if keep.any() else 0.0)
+    use = _use(image, mask)
+    y, x = _plane_axes(image.shape)
+    keep = use
+    n_keep = int(keep.sum())
+    if n_keep < 3:  # too few pixels for a plane: a constant
+        return np.full(image.shape, median(image[keep]) if n_keep else 0.0)
     coef = np.zeros(3)
     for iteration in range(iterations + 1):
-        coef, *_ = np.linalg.lstsq(design[keep], z[keep], rcond=None)
+        coef = _plane_coefficients(image, keep, y, x)
         if iteration == iterations:
             break
-        residual = z - design @ coef
-        spread = robust_sigma(residual[use.ravel()])
+        residual = image - _evaluate_plane(coef, y, x)
+        centre, spread = centre_and_sigma(_masked(residual, use))
         if spread == 0:
             break
-        centre = float(np.median(residual[use.ravel()]))
-        new_keep = use.ravel() & (np.abs(residual - centre) <= trim * spread)
+        residual -= centre
+        new_keep = use & (np.abs(residual, out=residual) <= trim * spread)
         if new_keep.sum() < 3 or np.array_equal(new_keep, keep):
             break
         keep = new_keep
-    return (design @ coef).reshape(image.shape)
+    return _evaluate_plane(coef, y, x)
 
 
 def level_plane(image: np.ndarray, mask: np.ndarray | None = None, *, trim: float = 2.5,
@@ -180,26 +216,37 @@ def row_offsets(image: np.ndarray, method: str = "median_diff", mask: np.ndarray
     a row does not move it. Neither method can tell a line offset from a height change that is
     the same all along a row (atomic rows exactly parallel to the fast scan): both remove it. Rows with no valid pixel (``mask``)
     get no offset of their own. The offsets have mean 0 over the rows that have valid pixels.
+    Rows (pairs of rows) with every pixel valid are done together, the others one by one.
     """
     if method not in ALIGN_METHODS:
         raise ValueError(f"align method must be one of {ALIGN_METHODS}, not {method!r}")
     image = np.asarray(image, dtype=float)
-    use = np.isfinite(image) if mask is None else (np.asarray(mask, bool) & np.isfinite(image))
+    use = _use(image, mask)
     rows = image.shape[0]
     has_data = use.any(axis=1)
+    full = use.all(axis=1)
     offsets = np.zeros(rows)
     if method == "median":
-        for r in np.flatnonzero(has_data):
-            offsets[r] = np.median(image[r, use[r]])
+        if full.any():
+            offsets[full] = median(image[full], axis=1)
+        for r in np.flatnonzero(has_data & ~full):
+            offsets[r] = median(image[r, use[r]])
     else:
         steps = np.zeros(rows)
-        previous = None  # the last row with data: a run of missing rows is bridged
-        for r in np.flatnonzero(has_data):
-            if previous is not None:
-                both = use[r] & use[previous]
+        with_data = np.flatnonzero(has_data)  # a run of missing rows is bridged
+        current, previous = with_data[1:], with_data[:-1]
+        both_full = full[current] & full[previous]
+        if both_full.all() and with_data.size == rows:
+            if rows > 1:
+                steps[1:] = median(image[1:] - image[:-1], axis=1)
+        else:
+            pairs = np.flatnonzero(both_full)
+            if pairs.size:
+                steps[current[pairs]] = median(image[current[pairs]] - image[previous[pairs]], axis=1)
+            for r, p in zip(current[~both_full], previous[~both_full]):
+                both = use[r] & use[p]
                 if both.any():
-                    steps[r] = np.median(image[r, both] - image[previous, both])
-            previous = r
+                    steps[r] = median(image[r, both] - image[p, both])
         offsets = np.cumsum(steps)
         # rows without data carry the offset of the row before them; it is irrelevant anyway
     if has_data.any():
@@ -222,55 +269,73 @@ def find_scars(image: np.ndarray, threshold: float = 3.0, max_width: int = 2, mi
     consecutive columns, lies more than ``threshold`` × σ above (or below) *both* the row just
     above and the row just below the block, where σ is the robust spread of the differences
     between neighbouring rows. The first and last rows (one neighbour only) are never scars;
-    pixels outside ``mask`` are never part of one, nor used as a neighbour.
+    pixels outside ``mask`` are never part of one, nor used as a neighbour. Every block position
+    of one width is tested at once (whole-image array operations).
     """
     image = np.asarray(image, dtype=float)
     rows, cols = image.shape
-    use = np.isfinite(image) if mask is None else (np.asarray(mask, bool) & np.isfinite(image))
+    use = _use(image, mask)
     scars = np.zeros((rows, cols), dtype=bool)
     if rows < 3:
         return scars
-    both = use[1:] & use[:-1]
-    sigma = robust_sigma((image[1:] - image[:-1])[both])
+    if max_width >= rows - 1:
+        max_width = rows - 2
+    # D[k] = image[k:] - image[:-k]; a block row above (below) a neighbour by more than the limit
+    # is D > limit (D < -limit) for the right k, since fl(a - b) = -fl(b - a) and rounding keeps
+    # the order (min over the block of block - above > limit <=> every row's difference is)
+    diffs = {k: image[k:] - image[:-k] for k in range(1, max_width + 1)}
+    all_used = use.all()
+    sigma = robust_sigma(diffs[1].ravel() if all_used else diffs[1][use[1:] & use[:-1]])
     if sigma == 0:
         return scars
     limit = threshold * sigma
+    above_by = {k: d > limit for k, d in diffs.items()}
+    below_by = {k: d < -limit for k, d in diffs.items()}
     for width in range(1, max_width + 1):
-        for top in range(1, rows - width):
-            above, below = top - 1, top + width
-            block = image[top:top + width]
-            block_ok = use[top:top + width].all(axis=0) & use[above] & use[below]
-            up = (block - image[above]).min(axis=0) > limit
-            up &= (block - image[below]).min(axis=0) > limit
-            down = (image[above] - block).min(axis=0) > limit
-            down &= (image[below] - block).min(axis=0) > limit
-            hit = (up | down) & block_ok
-            for start, stop in _runs(hit):
-                if stop - start >= min_length:
-                    scars[top:top + width, start:stop] = True
+        n = rows - width - 1  # blocks whose top row t is 1 .. rows - width - 1
+        up = np.ones((n, cols), bool)
+        down = np.ones((n, cols), bool)
+        for j in range(width):  # block row t + j against row t - 1 (above) and row t + width (below)
+            up &= above_by[j + 1][:n] & below_by[width - j][1 + j:1 + j + n]
+            down &= below_by[j + 1][:n] & above_by[width - j][1 + j:1 + j + n]
+        hit = up | down
+        if not all_used:
+            for j in range(-1, width + 1):
+                hit &= use[1 + j:1 + j + n]
+        if not hit.any():
+            continue
+        edges = np.diff(np.pad(hit, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+        starts, stops = np.nonzero(edges == 1), np.nonzero(edges == -1)[1]  # row-major: paired in order
+        for block, start, stop in zip(starts[0], starts[1], stops):
+            if stop - start >= min_length:
+                scars[1 + block:1 + block + width, start:stop] = True
     return scars
-
-
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """``[start, stop)`` of each run of True in a 1-D bool array."""
-    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    return list(zip(edges[::2], edges[1::2]))
 
 
 def repair_scars(image: np.ndarray, threshold: float = 3.0, max_width: int = 2, min_length: int = 16,
                  mask: np.ndarray | None = None) -> np.ndarray:
     """``image`` with the scars of :func:`find_scars` replaced by linear interpolation, column by
-    column, between the nearest unscarred rows above and below; same shape and units."""
+    column, between the nearest unscarred rows above and below (``np.interp``'s arithmetic, all
+    scarred pixels at once); same shape and units."""
     image = np.asarray(image, dtype=float)
     scars = find_scars(image, threshold, max_width, min_length, mask)
-    if not scars.any():
-        return image.copy()
     repaired = image.copy()
-    rows = np.arange(image.shape[0])
-    for c in np.flatnonzero(scars.any(axis=0)):
-        good = ~scars[:, c]
-        repaired[~good, c] = np.interp(rows[~good], rows[good], image[good, c])
+    if not scars.any():
+        return repaired
+    rows = image.shape[0]
+    columns = np.flatnonzero(scars.any(axis=0))
+    scarred = scars[:, columns]
+    index = np.arange(rows)[:, None]
+    above = np.maximum.accumulate(np.where(scarred, -1, index), axis=0)
+    below = np.minimum.accumulate(np.where(scarred, rows, index)[::-1], axis=0)[::-1]
+    r, k = np.nonzero(scarred)
+    c = columns[k]
+    lo, hi = above[r, k], below[r, k]
+    lo, hi = np.where(lo < 0, hi, lo), np.where(hi >= rows, lo, hi)  # beyond the last good row: its value
+    z_lo, z_hi = image[lo, c], image[hi, c]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.where(hi > lo, (z_hi - z_lo) / (hi - lo), 0.0)
+    repaired[r, c] = slope * (r - lo) + z_lo
     return repaired
 
 
@@ -349,11 +414,13 @@ def resample(image: np.ndarray, scale_rows: float, scale_cols: float,
         shape = (max(1, round(image.shape[0] / scale_rows)), max(1, round(image.shape[1] / scale_cols)))
     out = image
     for axis, (scale, size) in enumerate(zip((scale_rows, scale_cols), shape)):
+        if scale == 1.0 and size == image.shape[axis]:
+            continue  # interpolation at the input's own pixel centres: the values themselves
         if scale > 1.5:
             out = _area_axis(out, scale, size, axis)
         else:
             out = _bilinear_axis(out, scale, size, axis)
-    return out
+    return out if out is not image else image.copy()
 
 
 # ---- normalise -------------------------------------------------------------------------------
@@ -364,14 +431,15 @@ def normalise(image: np.ndarray, valid: np.ndarray | None = None, clip: float = 
     pixels. A constant image (spread 0) comes back as zeros. Dimensionless output, same shape.
     """
     image = np.asarray(image, dtype=float)
-    use = np.isfinite(image) if valid is None else (np.asarray(valid, bool) & np.isfinite(image))
+    use = _use(image, valid)
     if not use.any():
         return np.zeros(image.shape)
-    centre = float(np.median(image[use]))
-    spread = robust_sigma(image[use])
+    centre, spread = centre_and_sigma(_masked(image, use))
     if spread == 0:
         return np.zeros(image.shape)
-    out = np.clip((image - centre) / spread, -clip, clip)
+    out = image - centre
+    out /= spread
+    np.clip(out, -clip, clip, out=out)
     out[~use] = 0.0
     return out
 
@@ -448,11 +516,15 @@ def prepare(scan: Scan, surface: Surface | str, settings: PreprocessSettings | N
         image = apparent_height(frame, channel.unit)
         finite = np.isfinite(image)
         if finite.any():
-            image = image - np.median(image[finite])  # remove the big absolute Z before any fit
+            image = image - median(image[finite])  # remove the big absolute Z before any fit
         filled, frame_valid = fill_nan_rows(image)
         filled_frames.append(filled)
         valid &= frame_valid
 
+    if valid.all():  # resampled, a mask of ones stays all True: no need to resample it
+        resampled_valid = np.ones((rows_out, cols_out), dtype=bool)
+    else:
+        resampled_valid = resample(valid.astype(float), scale[0], scale[1], (rows_out, cols_out)) > 0.5
     outputs = []
     for image in filled_frames:
         current_valid = valid
@@ -468,7 +540,7 @@ def prepare(scan: Scan, surface: Surface | str, settings: PreprocessSettings | N
                                      settings.scar_min_length, current_valid)
             elif step == "resample":
                 image = resample(image, scale[0], scale[1], (rows_out, cols_out))
-                current_valid = resample(valid.astype(float), scale[0], scale[1], (rows_out, cols_out)) > 0.5
+                current_valid = resampled_valid
             elif step == "normalise":
                 image = normalise(image, current_valid, settings.clip)
             image = _neutralise(image, current_valid)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
 ANALYSERS = ("shipped", "standin")  # the UNet + few-shot classifier | the classical blob detector
 TEST_TIME_FLIPS = (1, 2, 4)  # the mirror-image counts unet.flip_averaged_predict averages over
 
@@ -11,7 +11,7 @@ TEST_TIME_FLIPS = (1, 2, 4)  # the mirror-image counts unet.flip_averaged_predic
 @dataclasses.dataclass
 class ModelSettings:
     surface: str = "si001h"  # surface the scans show: si001h | ge001 | tio2110
-    backend: str = "auto"  # auto | torch | onnxruntime | tensorrt
+    backend: str = "auto"  # auto | torch | onnxruntime | onnxruntime-int8 | tensorrt
     segmenter_weights: str = ""  # UNet checkpoint; "" = the shipped weights
     classifier_weights: str = ""  # prototypical-network checkpoint; "" = the shipped weights
     support: str = ""  # folder of labelled crops <support>/<class>/*.npy; "" = shipped set

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from .eval_segment import DetectionScore
 from .segment import find_components
+from .sim.simulate import training_scan
 from .unet import UNet, UNetConfig, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -92,25 +93,6 @@ def cut_patches(image: np.ndarray, centres: np.ndarray, patch: int, count: int, 
 def join(parts: list[Patches]) -> Patches:
     return Patches(np.concatenate([p.images for p in parts]), np.concatenate([p.targets for p in parts]),
                    [c for p in parts for c in p.centres])
-
-
-def training_scan(surface: str, seed: int, double_tip_share: float | None = None):
-    """One simulated training scan: random size and geometry, and mostly every artefact at once (at
-    a random level: double tips, drift, tip changes ... all together, as in the held-out set),
-    else the simulator's realistic random mix.
-
-    ``double_tip_share`` (0-1), if given, overrides only the double tip: that share of the scans
-    has it on at a random level 0.6-1.4, the rest has it off (the other artefacts, the geometry and
-    the surface are the same as without the option). ``None`` keeps the mix above (about 82 % on)."""
-    from .sim.simulate import Artefacts, draw_geometry, simulate_scan
-
-    rng = np.random.default_rng([seed, 11])
-    geometry = draw_geometry(rng, (128, 384))
-    artefacts = Artefacts.all(float(rng.uniform(0.6, 1.4))) if rng.random() < 0.8 else Artefacts.random(rng)
-    if double_tip_share is not None:
-        on, level = rng.random() < double_tip_share, float(rng.uniform(0.6, 1.4))
-        artefacts = dataclasses.replace(artefacts, double_tip=level if on else 0.0)
-    return simulate_scan(surface, seed, artefacts=artefacts, **geometry)
 
 
 def simulated_patches(surfaces: list[str], scans: int, patch: int, radius_px: float, seed_base: int,

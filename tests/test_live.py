@@ -186,3 +186,40 @@ def test_daemon_streams_live_defects_and_the_final_list_is_the_overlay(tmp_path)
     confirmed = sum(1 for d in overlay["defects"]
                     if any(math.hypot(e["x_m"] - d["x_m"], e["y_m"] - d["y_m"]) <= 0.2e-9 for e in early))
     assert confirmed >= 0.6 * overlay["n_defects"]
+
+
+@pytest.mark.parametrize("direction", ["down", "up"])
+def test_unet_band_passes_publish_the_whole_frame_defects(direction, tmp_path):
+    """The shipped UNet on ONNX Runtime, as the daemon's live hook runs it: each band untiled with
+    one flip ([live] flips), the whole frame with [models] test_time_flips. What is published live
+    is the whole-frame result (within 0.2 nm), and almost all of it while the scan runs."""
+    pytest.importorskip("onnxruntime")
+    from stmwatch.daemon.config import config_from_dict
+    from stmwatch.daemon.live import live_analyser
+
+    config = config_from_dict({"models": {"engine_cache": str(tmp_path)}})
+    analyser = live_analyser(config)
+    segmenter = analyser.segmenter
+    assert segmenter.backend.name == "onnxruntime" and segmenter.flips == 4
+    scan, _ = simulate_scan("si001h", 21, pixels=(128, 128), n_defects=10, direction=direction)
+    whole = segmenter.segment(scan)
+    assert len(whole) >= 6
+    published = []
+    live = LiveSegmenter(segmenter, LiveSettings(every_lines=1), threaded=False,
+                         on_publish=lambda d, rows_done, t: published.append((d, rows_done)))
+    feed(scan, live)
+    assert live._band_untiled  # the band passes ran untiled (the export takes any height)
+    nm, ny = scan.pixel_size_m[0] * 1e9, scan.shape[0]
+    early = [d for d, rows_done in published if rows_done < ny]
+    matched = [w for w in whole if any(math.hypot(d["y_px"] - w.row, d["x_px"] - w.col) * nm <= 0.2 for d in early)]
+    assert len(matched) >= len(whole) - 1
+    extras = [d for d in early if not any(math.hypot(d["y_px"] - w.row, d["x_px"] - w.col) * nm <= 0.4 for w in whole)]
+    assert len(extras) <= 1
+
+
+def test_live_flips_must_be_1_2_or_4():
+    from stmwatch.daemon.config import ConfigError, config_from_dict
+
+    assert config_from_dict({"live": {"flips": 2}}).live.flips == 2
+    with pytest.raises(ConfigError, match="flips"):
+        config_from_dict({"live": {"flips": 3}})

@@ -11,14 +11,19 @@ from stmwatch.drivers.sxm import read_sxm, stored_to_display
 from stmwatch.models.preprocess import (
     PreprocessSettings,
     align_rows,
+    apparent_height,
     combine_directions,
     fill_nan_rows,
     find_scars,
+    fit_plane,
     level_plane,
+    model_shape,
     normalise,
     prepare,
     repair_scars,
     resample,
+    robust_sigma,
+    row_offsets,
 )
 from stmwatch.models.surfaces import get_surface
 
@@ -307,3 +312,229 @@ def test_prepare_aborted_real_file_valid_rows():
     # model rows of 1.6 scan rows: row 59 spans scan rows 94.4-96.0 (valid), row 60 96.0-97.6
     assert np.array_equal(np.flatnonzero(prepared.valid.all(axis=1)), np.arange(60))
     assert not prepared.valid[60:].any()
+
+
+# ---- the vectorised steps against the loops they replaced (issue 17) ---------------------------
+# Reference copies of the step functions as they were before issue 17 (a design-matrix lstsq on
+# every pixel, loops over rows and blocks, np.interp column by column). They live here only,
+# to hold the faster code to the old results; do not import them elsewhere.
+def _ref_robust_sigma(values):
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0
+    mad = float(np.median(np.abs(values - np.median(values))))
+    return 1.4826 * mad if mad > 0 else float(values.std())
+
+
+def _ref_fill_nan_rows(image):
+    image = np.asarray(image, dtype=float)
+    valid = np.isfinite(image)
+    if valid.all():
+        return image.copy(), valid
+    filled = image.copy()
+    global_median = float(np.median(image[valid])) if valid.any() else 0.0
+    for r in np.flatnonzero(~valid.all(axis=1)):
+        row_valid = valid[r]
+        filled[r, ~row_valid] = float(np.median(image[r, row_valid])) if row_valid.any() else global_median
+    return filled, valid
+
+
+def _ref_fit_plane(image, mask=None, *, trim=2.5, iterations=5):
+    image = np.asarray(image, dtype=float)
+    rows, cols = image.shape
+    use = np.isfinite(image) if mask is None else (np.asarray(mask, bool) & np.isfinite(image))
+    y = np.linspace(-1.0, 1.0, rows) if rows > 1 else np.zeros(1)
+    x = np.linspace(-1.0, 1.0, cols) if cols > 1 else np.zeros(1)
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+    design = np.stack([np.ones(image.size), xx.ravel(), yy.ravel()], axis=1)
+    z = image.ravel()
+    keep = use.ravel().copy()
+    if keep.sum() < 3:
+        return np.full(image.shape, float(np.median(z[keep])) if keep.any() else 0.0)
+    coef = np.zeros(3)
+    for iteration in range(iterations + 1):
+        coef, *_ = np.linalg.lstsq(design[keep], z[keep], rcond=None)
+        if iteration == iterations:
+            break
+        residual = z - design @ coef
+        spread = _ref_robust_sigma(residual[use.ravel()])
+        if spread == 0:
+            break
+        centre = float(np.median(residual[use.ravel()]))
+        new_keep = use.ravel() & (np.abs(residual - centre) <= trim * spread)
+        if new_keep.sum() < 3 or np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    return (design @ coef).reshape(image.shape)
+
+
+def _ref_row_offsets(image, method="median_diff", mask=None):
+    image = np.asarray(image, dtype=float)
+    use = np.isfinite(image) if mask is None else (np.asarray(mask, bool) & np.isfinite(image))
+    has_data = use.any(axis=1)
+    offsets = np.zeros(image.shape[0])
+    if method == "median":
+        for r in np.flatnonzero(has_data):
+            offsets[r] = np.median(image[r, use[r]])
+    else:
+        steps = np.zeros(image.shape[0])
+        previous = None
+        for r in np.flatnonzero(has_data):
+            if previous is not None:
+                both = use[r] & use[previous]
+                if both.any():
+                    steps[r] = np.median(image[r, both] - image[previous, both])
+            previous = r
+        offsets = np.cumsum(steps)
+    if has_data.any():
+        offsets = offsets - offsets[has_data].mean()
+    return offsets
+
+
+def _ref_runs(flags):
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], flags, [False]]).astype(np.int8)))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def _ref_find_scars(image, threshold=3.0, max_width=2, min_length=16, mask=None):
+    image = np.asarray(image, dtype=float)
+    rows, cols = image.shape
+    use = np.isfinite(image) if mask is None else (np.asarray(mask, bool) & np.isfinite(image))
+    scars = np.zeros((rows, cols), dtype=bool)
+    if rows < 3:
+        return scars
+    both = use[1:] & use[:-1]
+    sigma = _ref_robust_sigma((image[1:] - image[:-1])[both])
+    if sigma == 0:
+        return scars
+    limit = threshold * sigma
+    for width in range(1, max_width + 1):
+        for top in range(1, rows - width):
+            above, below = top - 1, top + width
+            block = image[top:top + width]
+            block_ok = use[top:top + width].all(axis=0) & use[above] & use[below]
+            up = ((block - image[above]).min(axis=0) > limit) & ((block - image[below]).min(axis=0) > limit)
+            down = ((image[above] - block).min(axis=0) > limit) & ((image[below] - block).min(axis=0) > limit)
+            for start, stop in _ref_runs((up | down) & block_ok):
+                if stop - start >= min_length:
+                    scars[top:top + width, start:stop] = True
+    return scars
+
+
+def _ref_repair_scars(image, threshold=3.0, max_width=2, min_length=16, mask=None):
+    image = np.asarray(image, dtype=float)
+    scars = _ref_find_scars(image, threshold, max_width, min_length, mask)
+    repaired = image.copy()
+    rows = np.arange(image.shape[0])
+    for c in np.flatnonzero(scars.any(axis=0)):
+        good = ~scars[:, c]
+        repaired[~good, c] = np.interp(rows[~good], rows[good], image[good, c])
+    return repaired
+
+
+def _ref_normalise(image, valid=None, clip=6.0):
+    image = np.asarray(image, dtype=float)
+    use = np.isfinite(image) if valid is None else (np.asarray(valid, bool) & np.isfinite(image))
+    if not use.any():
+        return np.zeros(image.shape)
+    spread = _ref_robust_sigma(image[use])
+    if spread == 0:
+        return np.zeros(image.shape)
+    out = np.clip((image - float(np.median(image[use]))) / spread, -clip, clip)
+    out[~use] = 0.0
+    return out
+
+
+def _ref_prepare(scan, surface_key):
+    """The chain of ``prepare`` with the default settings, built from the reference steps."""
+    settings, surface = PreprocessSettings(), get_surface(surface_key)
+    rows_out, cols_out = model_shape(scan, surface)
+    scale = (scan.shape[0] / rows_out, scan.shape[1] / cols_out)
+    channel = scan.topography()
+    frames = channel.frames()
+    frames = frames * 2 if len(frames) == 1 else frames
+    filled_frames, valid = [], np.ones(scan.shape, bool)
+    for frame in frames:
+        image = apparent_height(frame, channel.unit)
+        image = image - np.median(image[np.isfinite(image)])
+        filled, frame_valid = _ref_fill_nan_rows(image)
+        filled_frames.append(filled)
+        valid &= frame_valid
+    neutral = lambda im, ok: np.where(ok, im, np.median(im[ok]))  # noqa: E731
+    outputs = []
+    for image in filled_frames:
+        image = neutral(image, valid)
+        image = neutral(image - _ref_fit_plane(image, valid), valid)
+        image = neutral(image - _ref_row_offsets(image, "median_diff", valid)[:, None], valid)
+        image = neutral(_ref_repair_scars(image, mask=valid), valid)
+        image = resample(image, scale[0], scale[1], (rows_out, cols_out))
+        model_valid = resample(valid.astype(float), scale[0], scale[1], (rows_out, cols_out)) > 0.5
+        image = neutral(image, model_valid)
+        outputs.append(neutral(_ref_normalise(image, model_valid), model_valid))
+    return np.stack(outputs).astype(np.float32), model_valid
+
+
+def _artefact_image(seed: int, shape=(90, 110)) -> tuple[np.ndarray, np.ndarray]:
+    """A lattice with a tilt, defects, line offsets, scars of 1-3 rows, isolated NaN pixels and
+    missing rows; returns the image (NaN where missing) and its valid mask."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[: shape[0], : shape[1]].astype(float)
+    image = 0.2 * np.cos(rows / 2) * np.cos(cols / 2) + 0.02 * cols - 0.03 * rows + 0.01 * rng.normal(size=shape)
+    image += _blobs(shape, rng.uniform(0, shape[0], size=(8, 2)), height=1.0, sigma=2.0)
+    image += rng.normal(scale=0.3, size=shape[0])[:, None]
+    for width in (1, 2, 3):
+        top, left = rng.integers(2, shape[0] - 5), rng.integers(0, shape[1] // 2)
+        image[top:top + width, left:left + 30] += rng.choice([-1.5, 1.5])
+    image[rng.integers(0, shape[0], 6), rng.integers(0, shape[1], 6)] = np.nan
+    image[-7:-4] = np.nan
+    return image, np.isfinite(image)
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_steps_match_the_reference_loops(seed):
+    image, valid = _artefact_image(seed)
+    filled, ok = fill_nan_rows(image)
+    ref_filled, ref_ok = _ref_fill_nan_rows(image)
+    assert np.array_equal(ok, ref_ok) and np.allclose(filled, ref_filled, rtol=0, atol=1e-12)
+    for mask in (None, valid):
+        assert np.allclose(fit_plane(filled, mask), _ref_fit_plane(filled, mask), rtol=0, atol=1e-9)
+        for method in ("median", "median_diff"):
+            assert np.allclose(row_offsets(filled, method, mask), _ref_row_offsets(filled, method, mask),
+                               rtol=0, atol=1e-12)
+        for width in (1, 2, 3):
+            scars = find_scars(filled, 3.0, width, 16, mask)
+            assert np.array_equal(scars, _ref_find_scars(filled, 3.0, width, 16, mask))
+            assert np.allclose(repair_scars(filled, 3.0, width, 16, mask),
+                               _ref_repair_scars(filled, 3.0, width, 16, mask), rtol=0, atol=1e-12)
+        assert np.allclose(normalise(filled, mask), _ref_normalise(filled, mask), rtol=0, atol=1e-12)
+    assert find_scars(filled, 3.0, 3, 16, valid).any()  # the test image has scars to find
+    assert robust_sigma(image) == pytest.approx(_ref_robust_sigma(image), rel=1e-12)
+
+
+def test_plane_fit_of_a_single_row_or_column_is_the_minimum_norm_solution():
+    image = np.tile(np.arange(7.0), (5, 1)) * 0.3 + 2.0
+    row = np.zeros((5, 7), bool)
+    row[2] = True
+    assert np.allclose(fit_plane(image, row), _ref_fit_plane(image, row), atol=1e-9)
+    column = np.zeros((5, 7), bool)
+    column[:, 3] = True
+    assert np.allclose(fit_plane(image, column), _ref_fit_plane(image, column), atol=1e-9)
+    assert np.allclose(fit_plane(image[:1]), _ref_fit_plane(image[:1]), atol=1e-9)
+
+
+@pytest.mark.parametrize("path", [REAL / "stm_moire_10nm_aborted.sxm", *real_files()[:2]], ids=lambda p: p.name)
+def test_prepare_matches_the_reference_chain_on_real_files(path):
+    scan = read_sxm(path)
+    prepared = prepare(scan, "si001h")
+    expected, expected_valid = _ref_prepare(scan, "si001h")
+    assert np.array_equal(prepared.valid, expected_valid)
+    assert np.allclose(prepared.image, expected, rtol=0, atol=1e-5)
+
+
+def test_resample_at_scale_one_is_the_input_itself():
+    image = np.random.default_rng(14).normal(size=(7, 9))
+    same = resample(image, 1.0, 1.0)
+    assert np.array_equal(same, image) and same is not image
+    half = resample(image, 1.0, 0.5)  # one axis kept, the other interpolated
+    assert half.shape == (7, 18) and np.array_equal(half[:, 1::2][:, :-1], 0.75 * image[:, :-1] + 0.25 * image[:, 1:])

@@ -204,16 +204,85 @@ def test_augmentation_keeps_the_target_on_the_forward_channel():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the TensorRT row on a machine without a GPU")
-def test_bench_rows(tmp_path):
+def test_bench_rows(tmp_path, monkeypatch):
+    from stmwatch.models import quantize
     from stmwatch.models.bench_segment import bench
 
+    calibration = [np.random.default_rng(5).normal(size=(4, 2, 64, 64)).astype(np.float32)]
+    monkeypatch.setattr(quantize, "calibration_batches", lambda tile, *a, **k: calibration)
     image = np.random.default_rng(4).normal(size=(2, 100, 100)).astype(np.float32)
     rows = bench(small_unet(), image, tile=64, overlap=16, batch=4, repeat=2, threads=1, cache_dir=str(tmp_path))
     by_name = {r["backend"]: r for r in rows}
-    assert list(by_name) == ["torch", "onnxruntime", "tensorrt"]
+    assert list(by_name) == ["torch", "onnxruntime", "onnxruntime-int8", "tensorrt"]
     assert by_name["torch"]["ratio"] == 1.0 and by_name["torch"]["ms"] > 0
     assert by_name["tensorrt"]["ms"] is None and "stmwatch[gpu]" in by_name["tensorrt"]["note"]
     if _has("onnxruntime"):
         assert by_name["onnxruntime"]["max_abs_diff"] < 1e-3
         ratio = by_name["torch"]["ms"] / by_name["onnxruntime"]["ms"]
         assert by_name["onnxruntime"]["ratio"] == pytest.approx(ratio, rel=0.01)
+
+
+def test_int8_quantization_stays_close_to_fp32_and_is_cached(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from stmwatch.models import quantize
+
+    model = small_unet(6, width=8)
+    rng = np.random.default_rng(7)
+    calibration = [rng.normal(size=(4, 2, 64, 64)).astype(np.float32) for _ in range(3)]
+    calls = []
+
+    def fake_batches(tile, *args, **kwargs):  # the real one simulates scans: seconds, not needed here
+        calls.append(tile)
+        return calibration
+
+    monkeypatch.setattr(quantize, "calibration_batches", fake_batches)
+    batch = rng.normal(size=(3, 2, 64, 64)).astype(np.float32)
+    fp32 = make_backend("onnxruntime", model, 64, cache_dir=tmp_path, threads=1)
+    int8 = make_backend("onnxruntime-int8", model, 64, cache_dir=tmp_path, threads=1)
+    assert int8.name == "onnxruntime-int8" and int8.path.exists() and int8.path != fp32.path
+    assert calls == [64]
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(int8.path)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # really quantized
+    reference, quantized = fp32(batch), int8(batch)
+    assert np.abs(quantized - reference).mean() < 0.02
+    assert ((quantized > 0.5) == (reference > 0.5)).mean() > 0.97
+    again = make_backend("onnxruntime-int8", model, 64, cache_dir=tmp_path, threads=1)
+    assert again.path == int8.path and calls == [64]  # from the cache: no second calibration
+    assert np.array_equal(again(batch), quantized)
+
+
+def test_calibration_batches_are_the_tiles_inference_sees():
+    from stmwatch.models.quantize import calibration_batches
+
+    batches = calibration_batches(64, ["si001h"], scans=1, flips=2, overlap=16)
+    assert all(b.dtype == np.float32 and b.shape[1:] == (2, 64, 64) for b in batches)
+    values = np.concatenate([b.ravel() for b in batches])
+    assert np.abs(values).max() <= 6.0 and 0.5 < values.std() < 2.0  # normalised model input
+
+
+def test_tensorrt_engine_cache_with_a_fake_engine(tmp_path):
+    """TensorRT cannot be installed here: a traced TorchScript module stands in for the engine, to
+    check the cache (written once, loaded after, keyed by model, shape and GPU)."""
+    from stmwatch.models.backends import cached_engine, engine_path
+    from stmwatch.models.unet import Probability
+
+    model = small_unet(8)
+    compiled = []
+
+    def fake_compile():
+        compiled.append(1)
+        return torch.jit.trace(Probability(model).eval(), torch.zeros(2, 2, 32, 32))
+
+    path = engine_path(tmp_path, model, 2, 32, "NVIDIA H100 80GB HBM3")
+    assert path.parent == tmp_path and "NVIDIA_H100_80GB_HBM3" in path.name and path.name.endswith("-fp16.ts")
+    first = cached_engine(path, fake_compile, "cpu")
+    second = cached_engine(path, fake_compile, "cpu")
+    assert compiled == [1] and path.exists() and not list(tmp_path.glob(".*.part"))
+    x = torch.randn(2, 2, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(first(x), second(x)) and torch.allclose(second(x), Probability(model)(x))
+    assert engine_path(tmp_path, model, 2, 32, "NVIDIA H200") != path
+    assert engine_path(tmp_path, model, 4, 32, "NVIDIA H100 80GB HBM3") != path
+    assert engine_path(tmp_path, small_unet(9), 2, 32, "NVIDIA H100 80GB HBM3") != path

@@ -1,13 +1,17 @@
-"""``stmwatch bench segment|classify|stream``: speed, reported as ratios measured in one run."""
+"""``stmwatch bench segment|classify|preprocess|pipeline|stream|all``: speed, reported as ratios
+measured in one run."""
 from __future__ import annotations
 
 from ._dispatch import add_targets, run_target
 
-HELP = "benchmark segmentation backends, classification and live-stream publish delay"
+HELP = "benchmark segmentation backends, classification, preprocessing, the pipeline and the live stream"
 TARGETS = {
     "segment": "stmwatch.daemon.targets.bench_segment",
     "classify": "stmwatch.daemon.targets.bench_classify",
+    "preprocess": "stmwatch.daemon.targets.bench_preprocess",
+    "pipeline": "stmwatch.daemon.targets.bench_pipeline",
     "stream": "stmwatch.daemon.targets.bench_stream",
+    "all": "stmwatch.daemon.targets.bench_all",
 }
 
 

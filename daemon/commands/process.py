@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from stmwatch.models.settings import BACKENDS
+
 HELP = "find and label the defects in .sxm files (JSON Lines, a table, PNG overlays)"
 DESCRIPTION = """Read each file, preprocess it, segment it with the UNet and (when a support set and the
 few-shot classifier are available) name each defect; print the result.
@@ -31,7 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per file (JSON Lines)")
     parser.add_argument("--surface", help="surface the scans show (default: [models] surface): si001h | ge001 | tio2110")
     parser.add_argument("--support", metavar="DIR", help="support set for the classifier: DIR/<class>/*.npy|png")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+    parser.add_argument("--backend", choices=BACKENDS,
                         help="inference backend (default: [models] backend)")
     parser.add_argument("--png", metavar="OUT", help="write an overlay PNG: OUT.png for one file, "
                         "else OUT is a folder and each file gives OUT/<name>.png")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from stmwatch.models.eval_segment import BLOCK_STEP, HELD_OUT_SEED, MATCH_RADIUS_NM, evaluate_surfaces
+from stmwatch.models.settings import BACKENDS
 
 HELP = "detection F1 and position error of the UNet on held-out simulated scans"
 
@@ -16,7 +17,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--blocks", type=int, default=1, help=f"blocks of --scans scans, from --seed every "
                         f"{BLOCK_STEP:,} seeds, pooled (the model card's figure: --blocks 4)")
     parser.add_argument("--weights", help="UNet checkpoint (default: the shipped weights)")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), help="inference backend")
+    parser.add_argument("--backend", choices=BACKENDS, help="inference backend")
     parser.add_argument("--artefacts", default="all", help='simulated artefacts: "all" (default), "none", '
                         'or a list such as "drift,scars=2" (names of simulate.Artefacts)')
     parser.add_argument("--radius-nm", type=float, default=MATCH_RADIUS_NM, help="match radius (nm)")

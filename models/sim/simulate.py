@@ -44,7 +44,7 @@ from .sample import DEFECTS, PointIndex, SurfaceModel, defect_mask, draw_bumps, 
 log = logging.getLogger(__name__)
 
 __all__ = ["Artefacts", "Truth", "TruthDefect", "simulate_scan", "write_example", "read_truth", "make_dataset",
-           "make_crops", "apply_noise", "to_png"]
+           "make_crops", "apply_noise", "to_png", "scan_source", "training_scan"]
 
 apply_noise = art.apply_noise
 
@@ -566,3 +566,20 @@ def write_previews(out_dir: str | Path, seed: int = 1, tile: int = 256) -> list[
         tiles.append(("all (lines flattened)", scan.topography().forward, {"flatten": True}))
         sheet(tiles, 4, out / f"sim_{key}_artefacts.png")
     return written
+
+
+def training_scan(surface: str, seed: int, double_tip_share: float | None = None):
+    """One simulated training scan: random size and geometry, and mostly every artefact at once (at
+    a random level: double tips, drift, tip changes ... all together, as in the held-out set),
+    else the simulator's realistic random mix.
+
+    ``double_tip_share`` (0-1), if given, overrides only the double tip: that share of the scans
+    has it on at a random level 0.6-1.4, the rest has it off (the other artefacts, the geometry and
+    the surface are the same as without the option). ``None`` keeps the mix above (about 82 % on)."""
+    rng = np.random.default_rng([seed, 11])
+    geometry = draw_geometry(rng, (128, 384))
+    artefacts = Artefacts.all(float(rng.uniform(0.6, 1.4))) if rng.random() < 0.8 else Artefacts.random(rng)
+    if double_tip_share is not None:
+        on, level = rng.random() < double_tip_share, float(rng.uniform(0.6, 1.4))
+        artefacts = dataclasses.replace(artefacts, double_tip=level if on else 0.0)
+    return simulate_scan(surface, seed, artefacts=artefacts, **geometry)
