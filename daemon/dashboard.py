@@ -29,6 +29,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from .dburl import mask_secret, mask_url
+
 log = logging.getLogger(__name__)
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -107,7 +109,8 @@ def read_snapshot(engine, recent: int = 10, history: int = 60) -> Snapshot:
             failed = list(s.scalars(select(ScanRow).where(ScanRow.status == "failed")
                                     .order_by(ScanRow.id.desc()).limit(3)))
     except Exception as exc:  # a database being created, locked, or gone: show it, try again later
-        return Snapshot(error=f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return Snapshot(error=mask_secret(message, engine.url.render_as_string(hide_password=False)))
 
     def summary(r, with_counts=None) -> ScanSummary:
         timing = r.timing_ms or {}
@@ -464,11 +467,14 @@ class Dashboard:
             self.engine = Database(database).engine
         except DatabaseError as exc:  # newer schema, or not there yet: shown by read_snapshot
             log.warning("%s", exc)
-            self.engine = create_engine(database)
+            try:
+                self.engine = create_engine(database)
+            except Exception as exc:  # no driver for it: nothing to show
+                raise DatabaseError(mask_secret(f"cannot open database {mask_url(database)}: {exc}", database)) from None
         self.endpoints = [e for e in endpoints if e]
         self.refresh_s = refresh_s
         self.console = console or Console()
-        self.view = View(database=_safe_url(database), endpoints=tuple(self.endpoints), thumbnails=thumbnails)
+        self.view = View(database=mask_url(database), endpoints=tuple(self.endpoints), thumbnails=thumbnails)
         self.live = LiveState()
         self._image_key: str | None = None
         self._image: np.ndarray | None = None
@@ -506,13 +512,3 @@ class Dashboard:
         finally:
             feed.close()
             self.engine.dispose()
-
-
-def _safe_url(url: str) -> str:
-    """The database URL without a password."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url

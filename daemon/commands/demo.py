@@ -97,7 +97,11 @@ def print_summary(console, database: str) -> None:
         table.add_row(str(row["id"]), row["path"].rsplit("/", 1)[-1], row["status"], str(row["n_defects"]),
                       f"{(row['timing_ms'] or {}).get('total', 0):.0f}", row["error"] or "")
     console.print(table)
-    console.print(f"database: {database}\n  stmwatch query scans --db '{database}'")
+    from stmwatch.daemon.dburl import ENV_VAR, mask_url, password_of
+
+    shown = mask_url(database)  # never the password
+    hint = f"{ENV_VAR}=... stmwatch query scans" if password_of(database) else f"stmwatch query scans --db '{database}'"
+    console.print(f"database: {shown}\n  {hint}")
 
 
 def run(args) -> int:
@@ -150,7 +154,13 @@ def run(args) -> int:
         sinks.append(lambda doc: print(f"{Path(doc.path).name}: {doc.status}, {len(doc.defects)} defects "
                                        f"{doc.counts}" + (f" ({doc.error})" if doc.error else ""), flush=True))
     daemon = Daemon(config, analyser=analyser, sinks=sinks)
-    daemon.start()
+    from stmwatch.daemon.db import DatabaseError
+
+    try:
+        daemon.start()
+    except (DatabaseError, ValueError) as exc:  # the message names the database without its password
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     stop_microscope, stop_view = threading.Event(), threading.Event()
     microscope = threading.Thread(target=_microscope, args=(args, config, stop_microscope, stream_endpoint),
                                   name="demo-microscope", daemon=True)

@@ -52,6 +52,7 @@ def run(args) -> int:
     from stmwatch.daemon.config import ConfigError
     from stmwatch.daemon.daemon import Daemon
     from stmwatch.daemon.db import DatabaseError
+    from stmwatch.daemon.dburl import mask_url, mask_logs
 
     try:
         config = effective_config(args)
@@ -60,6 +61,7 @@ def run(args) -> int:
         return 2
     if not getattr(args, "verbose", 0):
         logging.getLogger().setLevel(config.daemon.log_level.upper())
+    mask_logs(config.daemon.database)  # whatever a library logs, the password is not in it
     daemon = Daemon(config)
     try:
         daemon.start()
@@ -67,7 +69,7 @@ def run(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     source = config.folder.path if config.daemon.driver == "folder" else config.stream.endpoint
-    print(f"stmwatch: {config.daemon.driver} {source} -> {config.daemon.database}"
+    print(f"stmwatch: {config.daemon.driver} {source} -> {mask_url(config.daemon.database)}"
           + (f", overlays on {daemon.publisher.endpoint}" if daemon.publisher else ""), flush=True)
     from stmwatch.daemon.service import serve  # systemd: READY, WATCHDOG, STATUS, SIGHUP reload, SIGTERM drain
 
