@@ -110,11 +110,26 @@ engine_cache = "{CACHE_DIR}/engines"
 
 
 def installed_command() -> list[str]:
-    """How to start this stmwatch: its console script, else ``python -m stmwatch.daemon``."""
+    """How to start this stmwatch: the console script of this interpreter's environment (beside
+    ``sys.executable``, e.g. ``/opt/stmwatch/bin/stmwatch``), else the one on PATH when it runs
+    this same interpreter, else ``python -m stmwatch.daemon``. (A ``stmwatch`` found first on
+    PATH may belong to another install, e.g. a pyenv shim in a home directory.)"""
+    beside = Path(sys.executable).parent / "stmwatch"
+    if beside.is_file():
+        return [str(beside.absolute())]
     exe = shutil.which("stmwatch")
-    if exe:
+    if exe and _runs_this_python(Path(exe)):
         return [str(Path(exe).absolute())]
     return [str(Path(sys.executable).absolute()), "-m", "stmwatch.daemon"]
+
+
+def _runs_this_python(script: Path) -> bool:
+    """True when the console script ``script`` starts this interpreter (its ``#!`` line)."""
+    try:
+        first = script.read_bytes()[:512].split(b"\n", 1)[0].decode(errors="replace")
+    except OSError:
+        return False
+    return first.startswith("#!") and Path(first[2:].strip().split()[0]).resolve() == Path(sys.executable).resolve()
 
 
 def render_unit(command: list[str] | None = None, config: str = DEFAULT_CONFIG, *,
@@ -190,7 +205,7 @@ def service_config(watch: str | None = None, database: str | None = None, pollin
         text = text.replace(f'database = "sqlite:///{STATE_DIR}/stmwatch.db"', f"database = {_toml(database)}")
     if watch:
         text += (f"\n[folder]\n# where the microscope's .sxm files appear (read only)\npath = {_toml(str(Path(watch).absolute()))}\n"
-                 f"# poll: inotify does not see files another machine writes on a network share\n"
+                 f"# true on a network share (SMB/CIFS, NFS): inotify does not see files another machine writes\n"
                  f"polling = {'true' if polling else 'false'}\n")
     return text
 

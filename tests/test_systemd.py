@@ -152,3 +152,23 @@ def test_systemd_analyze_verifies_the_unit_with_watch_group_and_credential(tmp_p
     verify = subprocess.run([exe, "verify", str(unit)], capture_output=True, text=True, timeout=120)
     problems = [line for line in verify.stderr.splitlines() if "stmwatch.service" in line]
     assert verify.returncode == 0 and problems == [], verify.stderr
+
+
+def test_installed_command_is_this_environments_script(tmp_path, monkeypatch):
+    """Not whatever 'stmwatch' comes first on PATH (a pyenv shim in /root was picked before)."""
+    import sys
+
+    from stmwatch.daemon.service import installed_command
+
+    venv = tmp_path / "opt" / "stmwatch" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text("")
+    other = tmp_path / "shims"
+    other.mkdir()
+    (other / "stmwatch").write_text("#!/bin/sh\nexec pyenv exec stmwatch \"$@\"\n")
+    (other / "stmwatch").chmod(0o755)
+    monkeypatch.setenv("PATH", str(other))
+    monkeypatch.setattr(sys, "executable", str(venv / "python"))
+    assert installed_command() == [str(venv / "python"), "-m", "stmwatch.daemon"]  # the shim runs another Python
+    (venv / "stmwatch").write_text(f"#!{venv / 'python'}\n")
+    assert installed_command() == [str(venv / "stmwatch")]
