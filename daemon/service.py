@@ -308,7 +308,7 @@ class LiveSide:
                 self.publisher = LivePublisher(settings.publish)
                 self.log.info("publishing live defects and status on %s", self.publisher.endpoint)
             except ValueError as exc:
-                self.log.warning("%s; live defects and the heartbeat are off", exc)
+                self.log.warning("[live] publish: %s; live defects and the heartbeat are off", exc)
         self.attach()
 
     def attach(self) -> None:

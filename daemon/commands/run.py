@@ -59,6 +59,13 @@ def run(args) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from stmwatch.daemon.ports import port_problems
+
+    problems = port_problems(config)  # before the models load: which port, which setting
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
     if not getattr(args, "verbose", 0):
         logging.getLogger().setLevel(config.daemon.log_level.upper())
     mask_logs(config.daemon.database)  # whatever a library logs, the password is not in it
