@@ -13,6 +13,7 @@ import types
 import typing
 from pathlib import Path
 
+from stmwatch.daemon.dburl import url_from_environment
 from stmwatch.drivers.folder.settings import FolderSettings
 from stmwatch.drivers.nanonis.settings import NanonisSettings
 from stmwatch.drivers.stream.settings import StreamSettings
@@ -163,7 +164,18 @@ def config_from_dict(data: dict, source: Path | None = None) -> Config:
 
 
 def load_config(path: str | Path | None = None) -> Config:
-    """Read ``path`` (TOML), or return the defaults when ``path`` is None."""
+    """Read ``path`` (TOML), or return the defaults when ``path`` is None; the database URL is
+    then taken from ``STMWATCH_DATABASE_URL`` or the systemd credential ``database-url`` where
+    one is set (:mod:`stmwatch.daemon.dburl`), over ``[daemon] database``."""
+    config = _load_file(path)
+    found = url_from_environment()
+    if found:
+        config.daemon = dataclasses.replace(config.daemon, database=found[0])
+        config.daemon.check()
+    return config
+
+
+def _load_file(path: str | Path | None) -> Config:
     if path is None:
         return config_from_dict({})
     path = Path(path)

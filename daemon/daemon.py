@@ -105,7 +105,10 @@ class Daemon:
                 self.analyser = make_analyser(config.daemon.analyser, config)
             sinks: list[Sink] = [self.db.record]
             if config.daemon.publish:
-                self.publisher = OverlayPublisher(config.daemon.publish, png=config.daemon.publish_png)
+                try:
+                    self.publisher = OverlayPublisher(config.daemon.publish, png=config.daemon.publish_png)
+                except ValueError as exc:
+                    raise ValueError(f"[daemon] publish: {exc}") from None
                 opened.append(self.publisher)
                 sinks.append(self.publisher)
             sinks.extend(self.extra_sinks)

@@ -29,6 +29,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from .dburl import mask_secret, mask_url
+
 log = logging.getLogger(__name__)
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -51,6 +53,7 @@ class ScanSummary:
     total_ms: float | None
     segmenter: str | None
     defects: list[tuple[float, float, str]] = dataclasses.field(default_factory=list)  # (row, col, label)
+    positions: list[tuple[float, float, str]] = dataclasses.field(default_factory=list)  # scanner (x, y) nm, label
     warnings: list[str] = dataclasses.field(default_factory=list)  # what the operator should know
 
     @property
@@ -100,14 +103,16 @@ def read_snapshot(engine, recent: int = 10, history: int = 60) -> Snapshot:
                     select(DefectRow.scan_id, DefectRow.label, func.count()).where(DefectRow.scan_id.in_(ids))
                     .group_by(DefectRow.scan_id, DefectRow.label)):
                 counts[scan_id][label] = int(n)
-            last_defects = []
+            last_defects, last_positions = [], []
             if rows:
-                last_defects = [(d.y_px, d.x_px, d.label) for d in
-                                s.scalars(select(DefectRow).where(DefectRow.scan_id == rows[0].id))]
+                found = list(s.scalars(select(DefectRow).where(DefectRow.scan_id == rows[0].id).order_by(DefectRow.id)))
+                last_defects = [(d.y_px, d.x_px, d.label) for d in found]
+                last_positions = [(d.x_m * 1e9, d.y_m * 1e9, d.label) for d in found]
             failed = list(s.scalars(select(ScanRow).where(ScanRow.status == "failed")
                                     .order_by(ScanRow.id.desc()).limit(3)))
     except Exception as exc:  # a database being created, locked, or gone: show it, try again later
-        return Snapshot(error=f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return Snapshot(error=mask_secret(message, engine.url.render_as_string(hide_password=False)))
 
     def summary(r, with_counts=None) -> ScanSummary:
         timing = r.timing_ms or {}
@@ -119,7 +124,7 @@ def read_snapshot(engine, recent: int = 10, history: int = 60) -> Snapshot:
 
     snap.scans = [summary(r, counts.get(r.id)) for r in rows[:recent]]
     if snap.scans:
-        snap.scans[0].defects = last_defects
+        snap.scans[0].defects, snap.scans[0].positions = last_defects, last_positions
     hist = list(reversed(rows[:history]))
     snap.history = [r.n_defects for r in hist if r.status != "failed"]
     snap.analysis_ms = [float(r.timing_ms["total"]) for r in hist
@@ -357,6 +362,10 @@ def render(snap: Snapshot, live: LiveState | None = None, view: View | None = No
         head.append("no daemon heartbeat", style="yellow")
     if snap.error:
         head.append(f"  database: {snap.error}", style="bold red")
+    tip = double_tip_alert(snap)
+    if tip:  # the tip needs conditioning before the next scan: shown above everything else
+        detail = tip[len("double tip"):].lstrip(" :")
+        head = Text.assemble(head, "\n", (f" DOUBLE TIP on the last scan: {detail} ", "bold white on red"))
 
     # -- now: current scan, queue, backend
     now_table = Table.grid(padding=(0, 1))
@@ -442,11 +451,39 @@ def render(snap: Snapshot, live: LiveState | None = None, view: View | None = No
     left = Group(Panel(hist, title="defects per scan", box=box.ROUNDED),
                  Panel(errors if errors.plain else Text("none", style="dim"), title="errors and warnings",
                        box=box.ROUNDED))
-    right: RenderableType = Text("")
+    parts: list[RenderableType] = []
     if image is not None and colour and view.thumbnails and last is not None:
-        right = Panel(thumbnail(image, last.defects), title=f"last scan: {last.name}", box=box.ROUNDED)
-    lower.add_row(left, right)
+        parts.append(Panel(thumbnail(image, last.defects), title=f"last scan: {last.name}", box=box.ROUNDED))
+    if last is not None and last.positions:
+        parts.append(Panel(positions_table(last.positions), title=f"{last.name}: defects at (nm, scanner frame)",
+                           box=box.ROUNDED))
+    lower.add_row(left, Group(*parts) if parts else Text(""))
     return Group(head, top, Panel(scans, title="last scans", box=box.ROUNDED), lower)
+
+
+MAX_POSITIONS = 12  # defect positions listed for the last scan
+
+
+def positions_table(positions: list[tuple[float, float, str]]) -> Table:
+    """The last scan's defects, numbered as stored (as ``process`` and the overlay PNG number
+    them), with scanner-frame x, y in nm; the first :data:`MAX_POSITIONS`."""
+    table = Table(box=None, pad_edge=False, padding=(0, 1))
+    for name in ("#", "label", "x nm", "y nm"):
+        table.add_column(name, justify="left" if name == "label" else "right", no_wrap=True)
+    for i, (x, y, label) in enumerate(positions[:MAX_POSITIONS]):
+        table.add_row(str(i), label, f"{x:.2f}", f"{y:.2f}")
+    if len(positions) > MAX_POSITIONS:
+        table.add_row("", Text(f"{len(positions) - MAX_POSITIONS} more: stmwatch query defects", style="dim"), "", "")
+    return table
+
+
+def double_tip_alert(snap: Snapshot) -> str | None:
+    """The last analysed scan's double-tip warning (the tip as it is now), or None."""
+    for scan in snap.scans:
+        if scan.status == "failed":
+            continue
+        return next((w for w in scan.warnings if w.lower().startswith("double tip")), None)
+    return None
 
 
 # ---- the loop --------------------------------------------------------------------------------------
@@ -464,11 +501,14 @@ class Dashboard:
             self.engine = Database(database).engine
         except DatabaseError as exc:  # newer schema, or not there yet: shown by read_snapshot
             log.warning("%s", exc)
-            self.engine = create_engine(database)
+            try:
+                self.engine = create_engine(database)
+            except Exception as exc:  # no driver for it: nothing to show
+                raise DatabaseError(mask_secret(f"cannot open database {mask_url(database)}: {exc}", database)) from None
         self.endpoints = [e for e in endpoints if e]
         self.refresh_s = refresh_s
         self.console = console or Console()
-        self.view = View(database=_safe_url(database), endpoints=tuple(self.endpoints), thumbnails=thumbnails)
+        self.view = View(database=mask_url(database), endpoints=tuple(self.endpoints), thumbnails=thumbnails)
         self.live = LiveState()
         self._image_key: str | None = None
         self._image: np.ndarray | None = None
@@ -506,16 +546,6 @@ class Dashboard:
         finally:
             feed.close()
             self.engine.dispose()
-
-
-def _safe_url(url: str) -> str:
-    """The database URL without a password."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
 
 
 def endpoints_of(config) -> list[str]:

@@ -21,6 +21,7 @@ from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from .dburl import mask_secret, mask_url
 from .documents import ResultDocument
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class Database:
         try:
             self.engine = create_engine(url, future=True)
         except Exception as exc:  # bad URL, missing driver
-            raise DatabaseError(f"cannot open database {url!r}: {exc}") from None
+            raise DatabaseError(mask_secret(f"cannot open database {mask_url(url)}: {exc}", url)) from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_wal)
         if upgrade:
@@ -181,7 +182,7 @@ class Database:
         try:
             Base.metadata.create_all(self.engine)
         except Exception as exc:
-            raise DatabaseError(f"cannot open database {self.url!r}: {exc}") from None
+            raise DatabaseError(mask_secret(f"cannot open database {mask_url(self.url)}: {exc}", self.url)) from None
         with Session(self.engine) as s, s.begin():
             row = s.get(Meta, "schema_version")
             current = int(row.value) if row else None
@@ -189,7 +190,7 @@ class Database:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
                 return SCHEMA_VERSION
             if current > SCHEMA_VERSION:
-                raise DatabaseError(f"database {self.url!r} has schema version {current}, newer than this "
+                raise DatabaseError(f"database {mask_url(self.url)} has schema version {current}, newer than this "
                                     f"stmwatch's {SCHEMA_VERSION}; upgrade stmwatch")
             try:
                 for version in range(current + 1, SCHEMA_VERSION + 1):
@@ -197,8 +198,8 @@ class Database:
                     for step in MIGRATIONS.get(version, []):
                         _migrate(s, step)
             except Exception as exc:
-                raise DatabaseError(f"cannot upgrade database {self.url!r} from schema version {current} to "
-                                    f"{SCHEMA_VERSION}: {exc}") from None
+                raise DatabaseError(mask_secret(f"cannot upgrade database {mask_url(self.url)} from schema version "
+                                                f"{current} to {SCHEMA_VERSION}: {exc}", self.url)) from None
             row.value = str(SCHEMA_VERSION)
         return SCHEMA_VERSION
 

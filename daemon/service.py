@@ -9,6 +9,7 @@ in the repository is :func:`render_unit` with the default paths (a test keeps th
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -109,46 +110,155 @@ engine_cache = "{CACHE_DIR}/engines"
 
 
 def installed_command() -> list[str]:
-    """How to start this stmwatch: its console script, else ``python -m stmwatch.daemon``."""
+    """How to start this stmwatch: the console script of this interpreter's environment (beside
+    ``sys.executable``, e.g. ``/opt/stmwatch/bin/stmwatch``), else the one on PATH when it runs
+    this same interpreter, else ``python -m stmwatch.daemon``. (A ``stmwatch`` found first on
+    PATH may belong to another install, e.g. a pyenv shim in a home directory.)"""
+    beside = Path(sys.executable).parent / "stmwatch"
+    if beside.is_file():
+        return [str(beside.absolute())]
     exe = shutil.which("stmwatch")
-    if exe:
+    if exe and _runs_this_python(Path(exe)):
         return [str(Path(exe).absolute())]
     return [str(Path(sys.executable).absolute()), "-m", "stmwatch.daemon"]
 
 
-def render_unit(command: list[str] | None = None, config: str = DEFAULT_CONFIG) -> str:
+def _runs_this_python(script: Path) -> bool:
+    """True when the console script ``script`` starts this interpreter (its ``#!`` line)."""
+    try:
+        first = script.read_bytes()[:512].split(b"\n", 1)[0].decode(errors="replace")
+    except OSError:
+        return False
+    return first.startswith("#!") and Path(first[2:].strip().split()[0]).resolve() == Path(sys.executable).resolve()
+
+
+def render_unit(command: list[str] | None = None, config: str = DEFAULT_CONFIG, *,
+                watch: str | None = None, group: str | None = None, credential: str | None = None) -> str:
     """The unit text for ``command`` (default: this install) reading ``config``.
 
     An install under a home directory (a virtual environment in ``~``) needs ``ProtectHome=read-only``
-    instead of ``yes``, or the service could not see its own interpreter.
+    instead of ``yes``, or the service could not see its own interpreter. ``watch``: the scan
+    folder, named read-only (``ReadOnlyPaths=``; under ``/home`` it also needs
+    ``ProtectHome=read-only``); ``group``: a group that may read it, given to the dynamic user
+    (``SupplementaryGroups=``); ``credential``: a file holding the database URL, passed to the
+    service as the systemd credential ``database-url`` (``LoadCredential=``; see ``dburl.py``).
     """
     command = command or installed_command()
     paths = [command[0], str(Path(sys.prefix).resolve())] if command != [DEFAULT_EXE] else [DEFAULT_EXE]
+    if watch:
+        paths.append(str(Path(watch).absolute()))
     in_home = any(p.startswith(HOME_PREFIXES) for p in paths)
     exec_start = " ".join(_quote(c) for c in [*command, "run", "--config", config])
-    return HEADER + UNIT_TEMPLATE.format(exec_start=exec_start, protect_home="read-only" if in_home else "yes")
+    unit = HEADER + UNIT_TEMPLATE.format(exec_start=exec_start, protect_home="read-only" if in_home else "yes")
+    extra = []
+    if watch:
+        extra.append(f"# the scan folder (an SMB/CIFS mount of the Nanonis PC's data folder): read, never written\n"
+                     f"ReadOnlyPaths={_quote(str(Path(watch).absolute()))}")
+    if group:
+        extra.append(f"# the group that may read the scan folder (the mount's gid= or the folder's group)\n"
+                     f"SupplementaryGroups={group}")
+    if credential:
+        extra.append(f"# the database URL (with its password) as a credential only this service can read\n"
+                     f"LoadCredential=database-url:{credential}")
+    if extra:
+        unit = unit.replace("\n# Hardening:", "\n" + "\n".join(extra) + "\n\n# Hardening:", 1)
+    return unit
+
+
+def network_filesystem(path: str | Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the network file system ``path`` is on (``cifs``, ``smb3``, ``nfs``, ...), or
+    None: inotify sees no changes made by another machine there, so the folder must be polled."""
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return None
+    target = str(Path(path).absolute())
+    best, kind = "", None
+    for line in lines:
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        mount_point = fields[4].replace("\\040", " ")
+        fstype = line.split(" - ", 1)[1].split()[0]
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, kind = mount_point, fstype
+    return kind if kind in NETWORK_FILESYSTEMS or (kind or "").startswith("fuse.sshfs") else None
+
+
+NETWORK_FILESYSTEMS = ("cifs", "smb3", "smbfs", "nfs", "nfs4", "9p", "fuse.sshfs", "davfs")
+
+
+def service_config(watch: str | None = None, database: str | None = None, polling: bool = False,
+                   credential: str | None = None) -> str:
+    """The config the service starts from: :data:`SERVICE_CONFIG`, with the scan folder
+    (``[folder] path``, ``polling``) and the database URL when given. A URL with a password is
+    not written here but read from the credential file ``credential`` (a comment says so)."""
+    from .dburl import mask_url
+
+    text = SERVICE_CONFIG
+    if database and credential:
+        text = text.replace(f'database = "sqlite:///{STATE_DIR}/stmwatch.db"\n',
+                            f"# database: {mask_url(database)}, read from the systemd credential database-url\n"
+                            f"# ({credential}, mode 0600); it overrides any database key here\n")
+    elif database:
+        text = text.replace(f'database = "sqlite:///{STATE_DIR}/stmwatch.db"', f"database = {_toml(database)}")
+    if watch:
+        text += (f"\n[folder]\n# where the microscope's .sxm files appear (read only)\npath = {_toml(str(Path(watch).absolute()))}\n"
+                 f"# true on a network share (SMB/CIFS, NFS): inotify does not see files another machine writes\n"
+                 f"polling = {'true' if polling else 'false'}\n")
+    return text
+
+
+def _toml(text: str) -> str:
+    """``text`` as a TOML basic string."""
+    return json.dumps(text)  # a JSON string is a TOML basic string (escapes and quotes alike)
 
 
 def _quote(arg: str) -> str:
     return f'"{arg}"' if any(ch.isspace() for ch in arg) else arg
 
 
-def install(dest: str | Path = "/etc/systemd/system", config: str = DEFAULT_CONFIG,
-            write_config: bool = True, command: list[str] | None = None) -> list[Path]:
-    """Write ``stmwatch.service`` into ``dest`` (and the config, if it is missing); start nothing.
+def credential_path(config: str, database: str | None) -> str | None:
+    """Where install puts a database URL that holds a password (beside the config), else None."""
+    from .dburl import CREDENTIAL, password_of
 
-    Returns the files written.
+    return str(Path(config).parent / CREDENTIAL) if database and password_of(database) else None
+
+
+def install(dest: str | Path = "/etc/systemd/system", config: str = DEFAULT_CONFIG,
+            write_config: bool = True, command: list[str] | None = None, *, watch: str | None = None,
+            database: str | None = None, group: str | None = None, polling: bool | None = None,
+            force: bool = False) -> list[Path]:
+    """Write ``stmwatch.service`` into ``dest`` (and the config, if it is missing or ``force``);
+    start nothing. ``watch``/``database`` go into the config (:func:`service_config`; ``polling``
+    None: on when ``watch`` is on a network file system); a database URL with a password goes into
+    ``database-url`` beside the config (mode 0600), loaded as a systemd credential.
+
+    Returns the files written. A config that exists is kept, unless ``force``; asking for
+    ``watch`` or ``database`` then is a :class:`FileExistsError` (they would be silently lost).
     """
+    cfg = Path(config)
+    if cfg.exists() and write_config and not force and (watch or database):
+        raise FileExistsError(f"{cfg} exists: edit it, or give --force to replace it with --watch/--db")
+    credential = credential_path(config, database)
+    if polling is None:
+        polling = bool(watch and network_filesystem(watch))
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     unit = dest / "stmwatch.service"
-    unit.write_text(render_unit(command, config))
+    unit.write_text(render_unit(command, config, watch=watch, group=group, credential=credential))
     written = [unit]
-    cfg = Path(config)
-    if write_config and not cfg.exists():
+    if write_config and (force or not cfg.exists()):
         cfg.parent.mkdir(parents=True, exist_ok=True)
-        cfg.write_text(SERVICE_CONFIG)
+        cfg.write_text(service_config(watch, database, polling, credential))
         written.append(cfg)
+    if credential:
+        path = Path(credential)
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
+        path.write_text(database + "\n")
+        written.append(path)
     return written
 
 
@@ -198,7 +308,7 @@ class LiveSide:
                 self.publisher = LivePublisher(settings.publish)
                 self.log.info("publishing live defects and status on %s", self.publisher.endpoint)
             except ValueError as exc:
-                self.log.warning("%s; live defects and the heartbeat are off", exc)
+                self.log.warning("[live] publish: %s; live defects and the heartbeat are off", exc)
         self.attach()
 
     def attach(self) -> None:

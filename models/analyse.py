@@ -66,6 +66,19 @@ class Analysis:
         return self.scan.to_xarray(self.defects, self.warnings)
 
 
+def unlike_every_class(defects: list[Defect], surface) -> str | None:
+    """A warning when the classifier found every one of at least :data:`UNLIKE_MIN` defects unlike
+    all of ``surface``'s classes (all ``unknown``): then the scan most likely does not show that
+    surface. (One or two unknown defects on a scan of the right surface are no reason to ask.)"""
+    if len(defects) < UNLIKE_MIN or any(d.label != "unknown" for d in defects) or surface is None:
+        return None
+    return (f"all {len(defects)} defects are unlike every {surface.title} class (unknown): is it a "
+            f"{surface.title} scan ([models] surface, --surface)?")
+
+
+UNLIKE_MIN = 3
+
+
 @dataclasses.dataclass
 class Analyser:
     """A segmenter and (optionally) a classifier, applied to one scan at a time."""
@@ -106,6 +119,9 @@ class Analyser:
             for defect, (label, score) in zip(with_crops, labels):
                 defect.label, defect.label_score = label, float(score)
         t2 = time.perf_counter()
+        unlike = unlike_every_class(defects, getattr(self.segmenter, "surface", None))
+        if unlike:
+            warnings.append(unlike)
         segment_ms = (t1 - t0) * 1e3
         timing = {
             "read": read_ms,

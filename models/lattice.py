@@ -10,7 +10,8 @@ beside it (25-50 % away), on the preprocessed image (0.1 nm per pixel, Hann wind
 Measured here: 75 simulated scans with every artefact on (25 per surface) gave 0.92-33; the
 10 nm moiré scans in ``shared/data/real`` (not a trained surface) 0.15 and 0.11 for Si(001):H;
 the 2 nm AFM and 4 nm Au/mica scans are too small to tell (fewer than 6 row periods across).
-Below :data:`ROW_CONTRAST_MIN` the analyser logs a warning; the defects are still reported.
+Below :data:`ROW_CONTRAST_MIN`, and on a scan too small to tell, the analyser warns; the defects
+are still reported.
 The spectrum is taken over the acquired part of the scan (at most its central 1024² pixels).
 """
 from __future__ import annotations
@@ -61,10 +62,19 @@ def row_contrast(image: np.ndarray, valid: np.ndarray, row_nm: float, nm_per_px:
 
 
 def surface_mismatch(prepared: Prepared, surface: Surface) -> str | None:
-    """A one-line warning when ``prepared`` does not show ``surface``'s atomic rows; None when it
-    does or when the scan is too small to tell."""
+    """A one-line warning when ``prepared`` does not show ``surface``'s atomic rows, or is too
+    small to tell (narrower than 6 row periods: a 2 nm AFM scan, a 4 nm scan of a molecule);
+    None when it shows them (or too little of it was acquired to judge)."""
     contrast = row_contrast(prepared.image[0], prepared.valid, surface.row_nm, surface.nm_per_px)
-    if not contrast < ROW_CONTRAST_MIN:  # (NaN: cannot tell)
+    if np.isnan(contrast):
+        h, w = (n * surface.nm_per_px for n in prepared.image.shape[-2:])
+        if min(h, w) < 6 * surface.row_nm:
+            return (f"this {w:.2g} x {h:.2g} nm scan is too small to check that it shows {surface.title} "
+                    f"(fewer than 6 rows, {surface.row_nm} nm apart, across): is it a {surface.title} scan "
+                    f"([models] surface, --surface)? The models only know {surface.title}-like surfaces; "
+                    "a defect here may be the whole feature imaged")
+        return None
+    if not contrast < ROW_CONTRAST_MIN:
         return None
     return (f"the {surface.title} rows ({surface.row_nm} nm apart) are not seen in this scan (row contrast "
             f"{contrast:.2f} < {ROW_CONTRAST_MIN}): is it a {surface.title} scan ([models] surface, --surface)? "

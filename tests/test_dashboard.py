@@ -208,3 +208,24 @@ def test_the_dashboard_brings_an_older_database_up_to_date(tmp_path):
     snap = read_snapshot(board.engine)
     board.engine.dispose()
     assert snap.error is None and [s.name for s in snap.scans] == ["a001.sxm"] and snap.scans[0].warnings == []
+
+
+def test_last_scan_defect_positions_in_nm_and_a_double_tip_alert(tmp_path):
+    url = f"sqlite:///{tmp_path / 'tip.db'}"
+    with Database(url) as db:
+        for i, scan in enumerate(SCANS[:3]):
+            doc = make_doc(i, *scan)
+            if i == 2:
+                doc.warnings = ["double tip: a second apex images every feature again 1.20 nm away"]
+            db.record(doc)
+    text = draw(url, width=200)
+    # make_doc puts defect k at (k, 2k) nm: a003's four, numbered 0..3 as stored
+    assert "a003.sxm: defects at (nm, scanner frame)" in text
+    for k, label in enumerate(["dimer_vacancy", "step_edge_kink", "db", "db"]):
+        assert re.search(rf"\b{k}\s+{label}\s+{k:.2f}\s+{2 * k:.2f}\b", text), (k, text)
+    alert = [line for line in text.splitlines() if "DOUBLE TIP" in line]
+    assert len(alert) == 1 and "1.20 nm away" in alert[0]
+    # the alert is the current tip's: a later scan without the warning clears it
+    with Database(url) as db:
+        db.record(make_doc(3, "a009.sxm", "ok", ["db"], 300.0, 1.0))
+    assert "DOUBLE TIP" not in draw(url, width=200)

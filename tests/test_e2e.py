@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -365,6 +366,9 @@ def test_demo_runs_and_ends_with_a_summary_that_matches_its_database(tmp_path, m
     assert f"stmwatch demo: {n} scans ({totals['ok']} ok, {totals['partial']} partial, " \
            f"{totals['failed']} failed), {totals['defects']} defects" in proc.stdout
     assert "defects by label" in proc.stdout and "stmwatch query scans --db" in proc.stdout
+    # the dashboard's own subscription hears the daemon's heartbeat (it said "no daemon heartbeat")
+    heard = re.search(r"daemon heartbeat: seen \((\d+) status messages", proc.stdout)
+    assert heard and int(heard.group(1)) >= 2, proc.stdout[-2000:]
 
 
 def test_retarget_example_orders_targets_as_a_tip_path():

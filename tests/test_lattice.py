@@ -52,3 +52,29 @@ def test_a_moire_scan_is_not_si001h_and_the_analyser_says_so(caplog):
     assert any("stm_moire_10nm.sxm" in r.message and "Si(001):H rows" in r.message for r in caplog.records)
     simulated, _ = held_out_scan("si001h", 0, seed=8_700_000)
     assert not [w for w in analyser.analyse(simulated).warnings if "rows" in w]
+
+
+@pytest.mark.parametrize("name, size", [("afm_gen4_A151216.sxm", "2 x 2"), ("stm_gen5_au_mica_molecules.sxm", "4 x 4")])
+def test_tiny_scans_of_other_surfaces_are_flagged(name, size):
+    """The 2 nm AFM and 4 nm Au/mica scans gave one large 'unknown' defect with no word that
+    they are no Si(001):H; now they say the scan is too small to check."""
+    from stmwatch.daemon.config import load_config
+    from stmwatch.models.load import load_analyser
+
+    analysis = load_analyser(load_config(None)).analyse(read_sxm(REAL / name))
+    assert [w for w in analysis.warnings if f"this {size} nm scan is too small to check that it shows Si(001):H" in w]
+    # a scan just wide enough (6 row periods = 4.6 nm) is judged on its rows instead
+    scan, _ = held_out_scan("si001h", 0, seed=8_700_000)
+    assert surface_mismatch(prepare(scan, "si001h"), get_surface("si001h")) is None
+
+
+def test_all_unknown_defects_are_flagged():
+    from stmwatch.models.analyse import unlike_every_class
+    from stmwatch.models.defects import Defect
+
+    surface = get_surface("ge001")
+    unknown = [Defect(row=1, col=i, x_m=0, y_m=0, area_px=9, score=0.9, label="unknown") for i in range(3)]
+    assert "all 3 defects are unlike every Ge(001) class" in unlike_every_class(unknown, surface)
+    assert unlike_every_class(unknown[:2], surface) is None  # one or two: no reason to ask
+    mixed = unknown + [Defect(row=1, col=9, x_m=0, y_m=0, area_px=9, score=0.9, label="dimer_vacancy")]
+    assert unlike_every_class(mixed, surface) is None and unlike_every_class([], surface) is None

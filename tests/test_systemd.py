@@ -89,3 +89,86 @@ def test_systemd_analyze_verify_and_security(tmp_path):
     match = re.search(r"Overall exposure level for stmwatch\.service:\s*([0-9.]+)", security.stdout + security.stderr)
     assert match, security.stdout[-2000:] + security.stderr[-2000:]
     assert float(match.group(1)) <= 2.5
+
+
+def test_install_with_watch_and_db_writes_them_into_the_config(tmp_path, capsys):
+    """``service install --watch DIR --db URL``: the config the service will read has them; a URL
+    with a password goes into a 0600 credential file the unit loads, never the config or unit."""
+    from stmwatch.daemon.cli import main
+
+    scans = tmp_path / "stm-share"
+    scans.mkdir()
+    cfg = tmp_path / "etc" / "config.toml"
+    args = ["service", "install", "--dest", str(tmp_path / "units"), "--config", str(cfg), "--watch", str(scans)]
+    assert main([*args, "--db", "postgresql://stm:secret@db.lab:5432/stm", "--group", "stmdata", "--polling"]) == 0
+    out = capsys.readouterr().out
+    unit = (tmp_path / "units" / "stmwatch.service").read_text()
+    credential = cfg.parent / "database-url"
+    settings = unit_settings(unit)
+    assert settings["ReadOnlyPaths"] == [str(scans)] and settings["SupplementaryGroups"] == ["stmdata"]
+    assert settings["LoadCredential"] == [f"database-url:{credential}"]
+    assert credential.read_text().strip() == "postgresql://stm:secret@db.lab:5432/stm"
+    assert credential.stat().st_mode & 0o777 == 0o600
+    assert "secret" not in cfg.read_text() + unit + out
+    config = load_config(cfg)
+    assert config.folder.path == str(scans) and config.folder.polling is True
+    # the service gets the URL from its credential ($CREDENTIALS_DIRECTORY, as systemd sets it)
+    import os
+
+    os.environ["CREDENTIALS_DIRECTORY"] = str(cfg.parent)
+    try:
+        assert load_config(cfg).daemon.database == "postgresql://stm:secret@db.lab:5432/stm"
+    finally:
+        del os.environ["CREDENTIALS_DIRECTORY"]
+    # a config that exists is not overwritten without --force; a URL without a password goes into it
+    assert main([*args, "--db", "sqlite:////var/lib/stmwatch/x.db"]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert main([*args, "--db", "sqlite:////var/lib/stmwatch/x.db", "--force"]) == 0
+    config = load_config(cfg)
+    assert config.daemon.database == "sqlite:////var/lib/stmwatch/x.db" and config.folder.polling is False
+    assert main(["service", "install", "--dest", str(tmp_path / "u2"), "--config", str(tmp_path / "c2.toml"),
+                 "--watch", str(tmp_path / "not-mounted")]) == 1
+
+
+def test_network_filesystem_from_mountinfo(tmp_path):
+    from stmwatch.daemon.service import network_filesystem
+
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        "90 22 0:50 / /mnt/nanonis rw,relatime shared:40 - cifs //stm-pc/data rw,vers=3.1.1\n"
+        "91 22 0:51 / /mnt/nfs\\040share rw - nfs4 srv:/x rw\n")
+    assert network_filesystem("/mnt/nanonis/2026/scan.sxm", str(mountinfo)) == "cifs"
+    assert network_filesystem("/mnt/nanonis", str(mountinfo)) == "cifs"
+    assert network_filesystem("/mnt/nfs share/a", str(mountinfo)) == "nfs4"
+    assert network_filesystem("/mnt/nanonis2", str(mountinfo)) is None
+    assert network_filesystem("/var/lib/stmwatch", str(mountinfo)) is None
+
+
+def test_systemd_analyze_verifies_the_unit_with_watch_group_and_credential(tmp_path):
+    exe = _analyze()
+    unit = tmp_path / "stmwatch.service"
+    unit.write_text(render_unit(watch=str(tmp_path), group="stmdata", credential="/etc/stmwatch/database-url"))
+    verify = subprocess.run([exe, "verify", str(unit)], capture_output=True, text=True, timeout=120)
+    problems = [line for line in verify.stderr.splitlines() if "stmwatch.service" in line]
+    assert verify.returncode == 0 and problems == [], verify.stderr
+
+
+def test_installed_command_is_this_environments_script(tmp_path, monkeypatch):
+    """Not whatever 'stmwatch' comes first on PATH (a pyenv shim in /root was picked before)."""
+    import sys
+
+    from stmwatch.daemon.service import installed_command
+
+    venv = tmp_path / "opt" / "stmwatch" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text("")
+    other = tmp_path / "shims"
+    other.mkdir()
+    (other / "stmwatch").write_text("#!/bin/sh\nexec pyenv exec stmwatch \"$@\"\n")
+    (other / "stmwatch").chmod(0o755)
+    monkeypatch.setenv("PATH", str(other))
+    monkeypatch.setattr(sys, "executable", str(venv / "python"))
+    assert installed_command() == [str(venv / "python"), "-m", "stmwatch.daemon"]  # the shim runs another Python
+    (venv / "stmwatch").write_text(f"#!{venv / 'python'}\n")
+    assert installed_command() == [str(venv / "stmwatch")]

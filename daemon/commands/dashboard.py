@@ -27,6 +27,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from stmwatch.daemon.config import ConfigError, load_config
     from stmwatch.daemon.dashboard import Dashboard, endpoints_of
+    from stmwatch.daemon.db import DatabaseError
+    from stmwatch.daemon.dburl import mask_logs
 
     try:
         config = load_config(args.config)
@@ -34,9 +36,13 @@ def run(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     database = args.db or config.daemon.database
+    mask_logs(database)
     endpoints = args.connect if args.connect is not None else endpoints_of(config)
     try:
         Dashboard(database, endpoints, refresh_s=args.refresh, thumbnails=not args.no_thumbnail).run(once=args.once)
     except KeyboardInterrupt:
         pass
+    except DatabaseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0

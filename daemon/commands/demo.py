@@ -75,6 +75,21 @@ def _microscope(args, config, stop, stream_endpoint: str | None) -> None:
         log.exception("the simulated microscope failed")
 
 
+def _listen_like_the_dashboard(endpoints: list[str], stop) -> int:
+    """Subscribe to ``endpoints`` as the dashboard does until ``stop``; the status heartbeats heard."""
+    from stmwatch.daemon.dashboard import Feed, LiveState
+
+    state, feed, heard = LiveState(), Feed(endpoints), 0
+    try:
+        while not stop.is_set():
+            seen = state.status_at
+            feed.poll(state, timeout_s=0.1)
+            heard += state.status_at != seen
+    finally:
+        feed.close()
+    return heard
+
+
 def print_summary(console, database: str) -> None:
     """Totals by status, defects by label and the scans, from the database."""
     from rich.table import Table
@@ -99,7 +114,11 @@ def print_summary(console, database: str) -> None:
         table.add_row(str(row["id"]), row["path"].rsplit("/", 1)[-1], row["status"], str(row["n_defects"]),
                       f"{(row['timing_ms'] or {}).get('total', 0):.0f}", row["error"] or "")
     console.print(table)
-    console.print(f"database: {database}\n  stmwatch query scans --db '{database}'")
+    from stmwatch.daemon.dburl import ENV_VAR, mask_url, password_of
+
+    shown = mask_url(database)  # never the password
+    hint = f"{ENV_VAR}=... stmwatch query scans" if password_of(database) else f"stmwatch query scans --db '{database}'"
+    console.print(f"database: {shown}\n  {hint}")
 
 
 def run(args) -> int:
@@ -126,6 +145,8 @@ def run(args) -> int:
     config = Config()
     config.daemon = dataclasses.replace(config.daemon, driver="stream" if args.stream else "folder",
                                         database=database, publish="tcp://127.0.0.1:*", publish_png=args.stream)
+    # the live side as `stmwatch run` has it: the status heartbeat (and live defects) the dashboard listens to
+    config.live = dataclasses.replace(config.live, publish="tcp://127.0.0.1:*")
     config.folder = dataclasses.replace(config.folder, path=str(scans_dir), stable_s=max(2.0, args.interval))
     if stream_endpoint:
         config.stream = dataclasses.replace(config.stream, endpoint=stream_endpoint, timeout_s=max(5.0, 3 * args.interval))
@@ -153,8 +174,24 @@ def run(args) -> int:
         sinks.append(lambda doc: print(f"{Path(doc.path).name}: {doc.status}, {len(doc.defects)} defects "
                                        f"{doc.counts}" + (f" ({doc.error})" if doc.error else ""), flush=True))
     daemon = Daemon(config, analyser=analyser, sinks=sinks)
-    daemon.start()
+    from stmwatch.daemon.db import DatabaseError
+
+    try:
+        daemon.start()
+    except (DatabaseError, ValueError) as exc:  # the message names the database without its password
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from stmwatch.daemon.service import LiveSide
+
+    live = LiveSide(daemon)  # publisher, live segmentation hook, heartbeat: as under `stmwatch run`
+    endpoints = [daemon.publisher.endpoint] + ([live.publisher.endpoint] if live.publisher else [])
     stop_microscope, stop_view = threading.Event(), threading.Event()
+
+    def heartbeat() -> None:
+        while not stop_view.wait(0.25):
+            live.beat(time.monotonic())
+
+    threading.Thread(target=heartbeat, name="demo-heartbeat", daemon=True).start()
     microscope = threading.Thread(target=_microscope, args=(args, config, stop_microscope, stream_endpoint),
                                   name="demo-microscope", daemon=True)
     microscope.start()
@@ -174,11 +211,12 @@ def run(args) -> int:
             try:
                 from stmwatch.daemon.dashboard import Dashboard
 
-                Dashboard(database, [daemon.publisher.endpoint], refresh_s=0.5, console=console).run(stop=stop_view)
+                Dashboard(database, endpoints, refresh_s=0.5, console=console).run(stop=stop_view)
             except ImportError:
                 stop_view.wait()
         else:
-            stop_view.wait()
+            heard = _listen_like_the_dashboard(endpoints, stop_view)
+            console.print(f"daemon heartbeat: {'seen' if heard else 'none'} ({heard} status messages on {endpoints[-1]})")
     except KeyboardInterrupt:
         stop_microscope.set()
         console.print("interrupted: finishing the scans in hand")
@@ -186,6 +224,7 @@ def run(args) -> int:
         stop_microscope.set()
         finisher.join(180)
         daemon.stop(drain=True)
+        live.close()
     if daemon.driver_error is not None:
         log.error("the driver stopped: %s", daemon.driver_error)
     print_summary(console, database)

@@ -52,14 +52,23 @@ def run(args) -> int:
     from stmwatch.daemon.config import ConfigError
     from stmwatch.daemon.daemon import Daemon
     from stmwatch.daemon.db import DatabaseError
+    from stmwatch.daemon.dburl import mask_url, mask_logs
 
     try:
         config = effective_config(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from stmwatch.daemon.ports import port_problems
+
+    problems = port_problems(config)  # before the models load: which port, which setting
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
     if not getattr(args, "verbose", 0):
         logging.getLogger().setLevel(config.daemon.log_level.upper())
+    mask_logs(config.daemon.database)  # whatever a library logs, the password is not in it
     daemon = Daemon(config)
     try:
         daemon.start()
@@ -67,7 +76,7 @@ def run(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     source = config.folder.path if config.daemon.driver == "folder" else config.stream.endpoint
-    print(f"stmwatch: {config.daemon.driver} {source} -> {config.daemon.database}"
+    print(f"stmwatch: {config.daemon.driver} {source} -> {mask_url(config.daemon.database)}"
           + (f", overlays on {daemon.publisher.endpoint}" if daemon.publisher else ""), flush=True)
     from stmwatch.daemon.service import serve  # systemd: READY, WATCHDOG, STATUS, SIGHUP reload, SIGTERM drain
 

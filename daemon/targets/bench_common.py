@@ -10,7 +10,7 @@ import numpy as np
 def bench_scan(surface: str, pixels: int, range_nm: float | None = None, seed: int = 17, n_defects: int = 30):
     """A simulated ``pixels``² scan of ``surface`` (Z and current, forward and backward, display
     frame), ``range_nm`` wide (default: the surface's model scale, so model image = scan)."""
-    from stmwatch.models.simulate import simulate_scan
+    from stmwatch.models.sim.simulate import simulate_scan
 
     scan, _ = simulate_scan(surface, seed, pixels=(pixels, pixels), range_nm=range_nm, n_defects=n_defects)
     return scan

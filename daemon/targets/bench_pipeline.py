@@ -40,7 +40,7 @@ def measure(config, pixels: int = 512, range_nm: float | None = None, scans: int
 
     from stmwatch.daemon.daemon import make_analyser
     from stmwatch.daemon.db import Database
-    from stmwatch.daemon.documents import Acquisition
+    from stmwatch.drivers.base import Acquisition
     from stmwatch.daemon.pipeline import Pipeline, config_version
     from stmwatch.daemon.publisher import OverlayPublisher, decode_overlay
     from stmwatch.drivers.sxm import write_sxm
