@@ -168,17 +168,27 @@ class Pipeline:
             log.warning("%s: failed: %s", acq.path, error)
         else:
             status = "partial" if (scan.partial or not acq.complete) else "ok"
-        doc = ResultDocument(
-            uid=new_uid(), path=acq.path, content_hash=acq.content_hash, source=acq.source, status=status,
-            error=error, surface=acq.surface or self.surface,
-            geometry=scan.geometry() if scan is not None else None,
-            acquired=scan.acquired if scan is not None else None, received=acq.received, processed=utcnow(),
-            defects=[d.as_dict() for d in analysis.defects] if analysis else [],
-            counts=dict(analysis.counts) if analysis else {},
-            timing_ms=dict(analysis.timing_ms) if analysis else {"read": round(read_ms, 2)},
-            model_versions=dict(analysis.model_versions if analysis else self.analyser.model_versions),
-            config_version=self.config_version, nan_rows=int(scan.nan_rows) if scan is not None else 0,
-            warnings=list(analysis.warnings) if analysis else [], scan=scan)
+        try:
+            doc = ResultDocument(
+                uid=new_uid(), path=acq.path, content_hash=acq.content_hash, source=acq.source, status=status,
+                error=error, surface=acq.surface or self.surface,
+                geometry=scan.geometry() if scan is not None else None,
+                acquired=scan.acquired if scan is not None else None, received=acq.received, processed=utcnow(),
+                defects=[d.as_dict() for d in analysis.defects] if analysis else [],
+                counts=dict(analysis.counts) if analysis else {},
+                timing_ms=dict(analysis.timing_ms) if analysis else {"read": round(read_ms, 2)},
+                model_versions=dict(analysis.model_versions if analysis else self.analyser.model_versions),
+                config_version=self.config_version, nan_rows=int(scan.nan_rows) if scan is not None else 0,
+                warnings=list(analysis.warnings) if analysis else [], scan=scan)
+        except Exception as exc:  # a result that cannot be described is still recorded, as failed
+            log.exception("%s: cannot build its result", acq.path)
+            status, error = "failed", f"result not recordable: {type(exc).__name__}: {exc}"
+            doc = ResultDocument(
+                uid=new_uid(), path=acq.path, content_hash=acq.content_hash, source=acq.source, status=status,
+                error=error, surface=acq.surface or self.surface, geometry=None, acquired=None,
+                received=acq.received, processed=utcnow(), defects=[], counts={}, timing_ms={},
+                model_versions=dict(self.analyser.model_versions), config_version=self.config_version,
+                nan_rows=0, warnings=[], scan=None)
         setattr(self.stats, status, getattr(self.stats, status) + 1)
         if status != "failed":
             log.info("%s: %s, %d defect(s) %s in %.0f ms", acq.path, status, len(doc.defects), doc.counts,
