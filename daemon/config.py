@@ -41,6 +41,7 @@ class DaemonSettings:
     queue_size: int = 8  # scans waiting between driver and pipeline (back-pressure above this)
     log_level: str = "INFO"
     watchdog_s: float = 0.0  # systemd watchdog ping period; 0 = from WATCHDOG_USEC, or off
+    lease_s: float = 60.0  # the daemon holds the database this long, renewed every third of it
 
     def check(self) -> None:
         if self.driver not in DRIVERS:
@@ -58,6 +59,8 @@ class DaemonSettings:
                               f"not {self.publish!r}")
         if self.watchdog_s < 0:
             raise ConfigError("daemon.watchdog_s must be at least 0")
+        if self.lease_s < 3:
+            raise ConfigError("daemon.lease_s must be at least 3 seconds")
 
 
 @dataclasses.dataclass

@@ -357,6 +357,9 @@ def render(snap: Snapshot, live: LiveState | None = None, view: View | None = No
         head.append("no daemon heartbeat", style="yellow")
     if snap.error:
         head.append(f"  database: {snap.error}", style="bold red")
+    if status and status.get("store_error"):
+        head.append(f"  daemon cannot store ({status.get('queued', '?')} scan(s) pending, retrying): "
+                    f"{status['store_error']}", style="bold red")
 
     # -- now: current scan, queue, backend
     now_table = Table.grid(padding=(0, 1))

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
+import os
+import socket
+import time
 from typing import Any
 
 from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, func,
@@ -46,8 +50,29 @@ MIGRATIONS: dict[int, list[AddColumn | str]] = {
 }
 
 
+LEASE_KEY = "daemon_lease"  # meta row: the daemon writing this database, {"owner", "host", "pid", "expires"}
+
+
 class DatabaseError(RuntimeError):
-    """The database cannot be used (newer schema, unreachable URL)."""
+    """The database cannot be used (newer schema, unreachable URL, read-only, another daemon on it)."""
+
+
+def lease_owner() -> str:
+    """A new lease owner in this process: ``host:pid:tag``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def _owner_alive(held: dict) -> bool:
+    """False only when the holder is a process on this host that no longer exists (killed)."""
+    if held.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(held.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True
+    return True
 
 
 class Base(DeclarativeBase):
@@ -198,6 +223,60 @@ class Database:
                                     f"{SCHEMA_VERSION}: {exc}") from None
             row.value = str(SCHEMA_VERSION)
         return SCHEMA_VERSION
+
+    # ---- writing at all, and by one daemon ------------------------------------------------------
+    def check_writable(self) -> None:
+        """Write and commit one row; :class:`DatabaseError` naming the database if it cannot be written
+        (a read-only file or server role, a full disk): better than analysing scans and storing none."""
+        try:
+            with Session(self.engine) as s, s.begin():
+                s.merge(Meta(key="last_write_check", value=dt.datetime.now(dt.timezone.utc).isoformat()))
+        except Exception as exc:
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+            raise DatabaseError(f"database {self.url!r} cannot be written ({reason}); the daemon would analyse "
+                                "scans and store none of them") from None
+
+    def take_lease(self, owner: str, ttl_s: float) -> None:
+        """Hold the database for ``owner`` for ``ttl_s`` seconds (renewed by calling again).
+
+        :class:`DatabaseError` if another live daemon holds it (a holder on this host whose process
+        is gone -- killed -- or a lease not renewed in time is taken over): two daemons on one
+        database would analyse every scan twice."""
+        host, pid = (owner.split(":") + ["", ""])[:2]
+        now = time.time()
+        value = json.dumps({"owner": owner, "host": host, "pid": int(pid) if pid.isdigit() else 0,
+                            "expires": round(now + ttl_s, 3)})
+        try:
+            with Session(self.engine) as s, s.begin():
+                row = s.get(Meta, LEASE_KEY, with_for_update=True)
+                if row is None:
+                    s.add(Meta(key=LEASE_KEY, value=value))
+                    return
+                try:
+                    held = json.loads(row.value)
+                except ValueError:
+                    held = {}
+                if held.get("owner") not in (None, owner) and held.get("expires", 0) > now and _owner_alive(held):
+                    raise DatabaseError(
+                        f"database {self.url!r} is in use by another stmwatch daemon ({held.get('owner')}, lease "
+                        f"renewed until {dt.datetime.fromtimestamp(held['expires'], dt.timezone.utc):%H:%M:%S} "
+                        "UTC): stop it, or give this one another database")
+                row.value = value
+        except DatabaseError:
+            raise
+        except Exception as exc:
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+            raise DatabaseError(f"database {self.url!r}: cannot take the daemon lease ({reason})") from None
+
+    def release_lease(self, owner: str) -> None:
+        """Give the lease up if ``owner`` holds it (errors ignored: it expires anyway)."""
+        try:
+            with Session(self.engine) as s, s.begin():
+                row = s.get(Meta, LEASE_KEY)
+                if row is not None and json.loads(row.value).get("owner") == owner:
+                    s.delete(row)
+        except Exception as exc:
+            log.debug("lease not released: %s", exc)
 
     # ---- ingest ------------------------------------------------------------------------------
     def seen(self, path: str, content_hash: str) -> bool:

@@ -6,7 +6,13 @@
 that fails -- unreadable, or the analysis raised -- becomes a ``failed`` document with the reason;
 the worker goes on with the next. A sink that raises is logged and the other sinks still run.
 Scans already known (``is_known(path, content_hash)``, the database) are skipped before reading,
-so ingest is idempotent. :meth:`Pipeline.partial` hands running stream scans to ``partial_hooks``
+so ingest is idempotent. ``store`` (the database) is not a sink like the others: a scan counts as
+done only once stored. While the store (or ``is_known``) raises -- disk full, database server
+gone -- the worker keeps the scan in hand and retries with backoff (``retry_s``: first and
+longest wait); ``store_error`` says why meanwhile (logged once; the daemon's STATUS= line and
+heartbeat carry it), the queue fills and the driver waits, so every scan is stored once the
+database is back. A stop while it is down leaves the scan unstored (a folder scan is taken again
+on the next start). :meth:`Pipeline.partial` hands running stream scans to ``partial_hooks``
 (live segmentation hooks in there); they never reach the sinks.
 """
 from __future__ import annotations
@@ -51,9 +57,15 @@ class PipelineStats:
     ok: int = 0
     partial: int = 0
     failed: int = 0
+    store_retries: int = 0  # store / is_known calls that raised and were retried
+    unstored: int = 0  # scans given up on at a stop while the database was unavailable
 
 
 _STOP = object()
+
+
+class NotStored(RuntimeError):
+    """The database stayed unavailable until the pipeline was stopped."""
 
 
 class Pipeline:
@@ -65,9 +77,14 @@ class Pipeline:
 
     def __init__(self, analyser: Analyser, sinks: list[Sink], *, surface: str | None, config_version: str,
                  queue_size: int = 8, is_known: Callable[[str, str], bool] | None = None,
-                 partial_hooks: list[Callable[[PartialScan], None]] | None = None):
+                 partial_hooks: list[Callable[[PartialScan], None]] | None = None,
+                 store: Sink | None = None, retry_s: tuple[float, float] = (1.0, 30.0)):
         self.analyser = analyser
         self.sinks = list(sinks)
+        self.store = store
+        self.retry_s = retry_s
+        self.store_error: str | None = None  # why the database cannot be used now; None when it can
+        self._halt = threading.Event()
         self.surface = surface
         self.config_version = config_version
         self.is_known = is_known
@@ -114,6 +131,7 @@ class Pipeline:
         """Stop the worker: after the queued scans (``drain``), or after the scan in hand."""
         if self._thread is None:
             return
+        self._halt.set()  # a scan waiting for the database is given up on, not waited for
         if not drain:
             while True:
                 try:
@@ -126,6 +144,7 @@ class Pipeline:
         self._queue.put(_STOP)
         self._thread.join(timeout)
         self._thread = None
+        self._halt.clear()
 
     # ---- the worker --------------------------------------------------------------------------
     def _work(self) -> None:
@@ -142,9 +161,40 @@ class Pipeline:
                     self._busy -= 1
                     self._idle.notify_all()
 
+    def _retry(self, call: Callable[[], object], path: str):
+        """``call()``, retried with backoff while it raises (the database is unavailable); the first
+        failure is logged, and the recovery. :class:`NotStored` if the pipeline is stopped meanwhile."""
+        delay = self.retry_s[0]
+        while True:
+            try:
+                result = call()
+            except Exception as exc:
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+                if self.store_error is None:
+                    log.error("database unavailable (%s); %s and the scans after it stay pending, retried "
+                              "every %g-%g s", reason, path, self.retry_s[0], self.retry_s[1])
+                self.store_error = reason
+                self.stats.store_retries += 1
+                if self._halt.is_set():
+                    raise NotStored(reason) from None
+                self._halt.wait(delay)
+                delay = min(2 * delay, self.retry_s[1])
+                continue
+            if self.store_error is not None:
+                log.warning("database available again after %d retries; storing the pending scans",
+                            self.stats.store_retries)
+                self.store_error = None
+            return result
+
     def process(self, acq: Acquisition) -> ResultDocument | None:
-        """Read, analyse and hand ``acq`` to the sinks; the document, or None if already known."""
-        if self.is_known is not None and self.is_known(acq.path, acq.content_hash):
+        """Read, analyse, store and hand ``acq`` to the sinks; the document, or None if already
+        known (or not stored because the pipeline stopped while the database was unavailable)."""
+        try:
+            known = self.is_known is not None and self._retry(lambda: self.is_known(acq.path, acq.content_hash),
+                                                              acq.path)
+        except NotStored as exc:
+            return self._not_stored(acq, exc)
+        if known:
             log.info("%s: already in the database, skipped", acq.path)
             self.stats.skipped += 1
             return None
@@ -189,6 +239,11 @@ class Pipeline:
                 received=acq.received, processed=utcnow(), defects=[], counts={}, timing_ms={},
                 model_versions=dict(self.analyser.model_versions), config_version=self.config_version,
                 nan_rows=0, warnings=[], scan=None)
+        if self.store is not None:
+            try:
+                self._retry(lambda: self.store(doc), acq.path)
+            except NotStored as exc:
+                return self._not_stored(acq, exc)
         setattr(self.stats, status, getattr(self.stats, status) + 1)
         if status != "failed":
             log.info("%s: %s, %d defect(s) %s in %.0f ms", acq.path, status, len(doc.defects), doc.counts,
@@ -202,3 +257,8 @@ class Pipeline:
                 log.exception("%s: sink %r failed", acq.path, sink)
         return doc
 
+    def _not_stored(self, acq: Acquisition, exc: Exception) -> None:
+        self.stats.unstored += 1
+        log.error("%s: not stored, the database is unavailable (%s); a file is taken again on the next start",
+                  acq.path, exc)
+        return None

@@ -160,6 +160,7 @@ def daemon_status(daemon) -> dict:
     out = {k: int(getattr(stats, k, 0)) for k in ("submitted", "ok", "partial", "failed", "skipped")}
     out["done"] = out["ok"] + out["partial"] + out["failed"]
     out["queued"] = int(getattr(pipeline, "_busy", 0)) if pipeline is not None else 0
+    out["store_error"] = getattr(pipeline, "store_error", None) if pipeline is not None else None
     out["driver"] = getattr(getattr(daemon, "config", None), "daemon", None) and daemon.config.daemon.driver
     segmenter = getattr(getattr(daemon, "analyser", None), "segmenter", None)
     backend = getattr(segmenter, "backend", None)
@@ -171,7 +172,9 @@ def daemon_status(daemon) -> dict:
 
 def status_line(daemon) -> str:
     s = daemon_status(daemon)
-    return (f"{s['done']} scans done ({s['ok']} ok, {s['partial']} partial, {s['failed']} failed), "
+    waiting = (f"database unavailable, {s['queued']} scan(s) pending, retrying: {s['store_error']}; "
+               if s["store_error"] else "")
+    return (f"{waiting}{s['done']} scans done ({s['ok']} ok, {s['partial']} partial, {s['failed']} failed), "
             f"{s['queued']} queued, driver {s['driver']}")
 
 
