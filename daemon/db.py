@@ -8,6 +8,10 @@ up to date on start and refuses a newer one.
 Ingest is idempotent: a scan is recorded once per content hash (a failed file once per path and
 content hash, so a bad file is not retried endlessly but a fixed file with new content is).
 Times are naive UTC.
+
+A file name that is not UTF-8 (``scan_\xff\xfe.sxm`` from a Windows share: Python holds it with
+surrogate escapes, which no database can encode) is stored as ``fsbytes:`` and its bytes
+percent-encoded (:func:`path_text`); :func:`path_from_text` gives back the exact name.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import os
 import socket
 import time
 from typing import Any
+
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, func,
                         inspect, select, text)
@@ -142,8 +148,36 @@ DEFECT_COLUMNS = ("id", "scan_id", "path", "surface", "label", "score", "x_px", 
                   "area_px", "processed")
 
 
+FS_BYTES = "fsbytes:"  # prefix of a path stored as percent-encoded bytes
+
+
+def path_text(path: str) -> str:
+    """``path`` as storable text: itself when it is UTF-8, else ``fsbytes:`` and its file-system bytes
+    percent-encoded (a name that itself starts with the prefix too, so the form is unambiguous)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        if not path.startswith(FS_BYTES):
+            return path
+    return FS_BYTES + quote_from_bytes(os.fsencode(path), safe="/:._-~ ")
+
+
+def path_from_text(text: str) -> str:
+    """The inverse of :func:`path_text`: the exact name (with surrogate escapes where not UTF-8)."""
+    return os.fsdecode(unquote_to_bytes(text[len(FS_BYTES):])) if text.startswith(FS_BYTES) else text
+
+
+def readable(text: str | None) -> str | None:
+    """Free text (an error naming a file) storable as UTF-8: bytes that are not shown as ``\\xff``."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def dedup_key(content_hash: str, status: str, path: str) -> str:
-    return f"{content_hash}@{path}" if status == "failed" else content_hash
+    return f"{content_hash}@{path_text(path)}" if status == "failed" else content_hash
 
 
 @dataclasses.dataclass
@@ -292,8 +326,8 @@ class Database:
         range_m = g.get("range_m") or [None, None]
         offset_m = g.get("offset_m") or [None, None]
         row = ScanRow(
-            uid=doc.uid, dedup_key=dedup_key(doc.content_hash, doc.status, doc.path), path=doc.path,
-            content_hash=doc.content_hash, source=doc.source, status=doc.status, error=doc.error,
+            uid=doc.uid, dedup_key=dedup_key(doc.content_hash, doc.status, doc.path), path=path_text(doc.path),
+            content_hash=doc.content_hash, source=doc.source, status=doc.status, error=readable(doc.error),
             surface=doc.surface, acquired=doc.acquired, received=doc.received, processed=doc.processed,
             columns=pixels[0], rows=pixels[1], range_x_m=range_m[0], range_y_m=range_m[1],
             offset_x_m=offset_m[0], offset_y_m=offset_m[1], angle_deg=g.get("angle_deg"),
