@@ -180,7 +180,8 @@ def status_line(daemon) -> str:
 
 class LiveSide:
     """The live publisher, the live segmentation hook and the status heartbeat of a running daemon
-    (``[live]``); every part is optional and a failure to set one up is logged, not fatal."""
+    (``[live]``). An endpoint that cannot be bound is a :class:`ValueError`, as for ``[daemon]
+    publish``: one rule, the daemon stops at start; a live analyser that cannot load is logged."""
 
     def __init__(self, daemon) -> None:
         import logging
@@ -197,11 +198,8 @@ class LiveSide:
         if settings.publish:
             from .live import LivePublisher
 
-            try:
-                self.publisher = LivePublisher(settings.publish)
-                self.log.info("publishing live defects and status on %s", self.publisher.endpoint)
-            except ValueError as exc:
-                self.log.warning("%s; live defects and the heartbeat are off", exc)
+            self.publisher = LivePublisher(settings.publish)  # ValueError naming the endpoint if taken
+            self.log.info("publishing live defects and status on %s", self.publisher.endpoint)
         self.attach()
 
     def attach(self) -> None:
@@ -254,7 +252,7 @@ class LiveSide:
 
 
 def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_s: float = 80.0,
-          dashboard: bool = False) -> int:
+          dashboard: bool = False, live: LiveSide | None = None) -> int:
     """Run a started ``daemon`` under systemd's eyes until SIGTERM/SIGINT; the exit code.
 
     Sends READY (with a STATUS line) at once, WATCHDOG pings from this loop while the driver and
@@ -277,7 +275,7 @@ def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_
                 signal.SIGHUP: lambda *_: reload.set()}
     previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
     code = 0
-    live = LiveSide(daemon)
+    live = live or LiveSide(daemon)
     board = _start_dashboard(daemon) if dashboard else None
     try:
         last = status_line(daemon)
