@@ -7,7 +7,13 @@ up to date on start and refuses a newer one.
 
 Ingest is idempotent: a scan is recorded once per content hash (a failed file once per path and
 content hash, so a bad file is not retried endlessly but a fixed file with new content is).
-Times are naive UTC.
+
+Times (``acquired``, ``received``, ``processed``) are instants: :class:`UTCDateTime` columns, a
+``timestamp with time zone`` in PostgreSQL and UTC in SQLite (which has no time zones). A naive
+time given to the database is UTC; the pipeline makes a scan's naive ``acquired`` (the
+microscope PC's local clock in an ``.sxm`` header) aware in this host's time zone first. Read
+back, times are naive UTC in Python and ISO 8601 with ``+00:00`` in query output. (Databases
+written before this stored ``acquired`` as naive local time; those rows are not converted.)
 
 A file name that is not UTF-8 (``scan_\xff\xfe.sxm`` from a Windows share: Python holds it with
 surrogate escapes, which no database can encode) is stored as ``fsbytes:`` and its bytes
@@ -30,6 +36,7 @@ from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text
                         inspect, select, text)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 from .documents import ResultDocument
 
@@ -81,6 +88,25 @@ def _owner_alive(held: dict) -> bool:
     return True
 
 
+class UTCDateTime(TypeDecorator):
+    """An instant: aware times are converted to UTC, naive ones are taken as UTC; stored with the
+    zone where the database has one (PostgreSQL), as UTC elsewhere; read back as naive UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        value = (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        if value is None or value.tzinfo is None:
+            return value
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -104,9 +130,9 @@ class ScanRow(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)  # ok | partial | failed
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     surface: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
-    acquired: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, index=True)
-    received: Mapped[dt.datetime] = mapped_column(DateTime)
-    processed: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    acquired: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    received: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    processed: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
     columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
     range_x_m: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -413,7 +439,7 @@ def _migrate(session: Session, step: AddColumn | str) -> None:
 
 
 def _plain(value):
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
+    if isinstance(value, dt.datetime):  # naive UTC as read back (UTCDateTime)
+        return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).isoformat()
     return value
 

@@ -18,6 +18,7 @@ on the next start). :meth:`Pipeline.partial` hands running stream scans to ``par
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -35,6 +36,12 @@ from stmwatch.drivers.base import Acquisition, PartialScan
 from .documents import ResultDocument, new_uid, utcnow
 
 log = logging.getLogger(__name__)
+
+
+def local_aware(when: dt.datetime | None) -> dt.datetime | None:
+    """A scan's acquisition time as an instant: a naive time (an ``.sxm`` header's, the microscope
+    PC's clock) is taken in this host's time zone, the daemon running beside the microscope."""
+    return when.astimezone() if when is not None and when.tzinfo is None else when
 
 
 class Sink(Protocol):
@@ -223,7 +230,8 @@ class Pipeline:
                 uid=new_uid(), path=acq.path, content_hash=acq.content_hash, source=acq.source, status=status,
                 error=error, surface=acq.surface or self.surface,
                 geometry=scan.geometry() if scan is not None else None,
-                acquired=scan.acquired if scan is not None else None, received=acq.received, processed=utcnow(),
+                acquired=local_aware(scan.acquired) if scan is not None else None, received=acq.received,
+                processed=utcnow(),
                 defects=[d.as_dict() for d in analysis.defects] if analysis else [],
                 counts=dict(analysis.counts) if analysis else {},
                 timing_ms=dict(analysis.timing_ms) if analysis else {"read": round(read_ms, 2)},
