@@ -55,6 +55,13 @@ WorkingDirectory=/var/lib/stmwatch
 Environment=HOME=/var/lib/stmwatch XDG_CACHE_HOME=/var/cache PYTHONUNBUFFERED=1
 UMask=0077
 
+# Resource limits: a runaway (a scan or message too big for the caps) is throttled above
+# MemoryHigh and killed above MemoryMax (then restarted), never the whole lab PC.
+MemoryHigh=6G
+MemoryMax=8G
+MemorySwapMax=0
+TasksMax=512
+
 # Hardening: read-only system, no home, no privileges, only the GPU among devices.
 ProtectSystem=strict
 ReadWritePaths=/var/lib/stmwatch /var/cache/stmwatch
