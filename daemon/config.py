@@ -16,6 +16,7 @@ from pathlib import Path
 from stmwatch.drivers.folder.settings import FolderSettings
 from stmwatch.drivers.nanonis.settings import NanonisSettings
 from stmwatch.drivers.stream.settings import StreamSettings
+from stmwatch.drivers.wire import SecuritySettings, check_endpoint, insecure_message, is_loopback
 from stmwatch.models.preprocess import PreprocessSettings
 from stmwatch.models.settings import ANALYSERS, ModelSettings
 
@@ -54,9 +55,11 @@ class DaemonSettings:
             raise ConfigError(f"daemon.log_level must be one of {LOG_LEVELS}, not {self.log_level!r}")
         if not self.database:
             raise ConfigError("daemon.database must be an SQLAlchemy URL, e.g. sqlite:///stmwatch.db")
-        if self.publish and "://" not in self.publish:
-            raise ConfigError(f"daemon.publish must be a ZeroMQ endpoint like tcp://127.0.0.1:5556, "
-                              f"not {self.publish!r}")
+        if self.publish:
+            try:
+                check_endpoint(self.publish, bind=True, what="daemon.publish")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.watchdog_s < 0:
             raise ConfigError("daemon.watchdog_s must be at least 0")
         if self.lease_s < 3:
@@ -74,6 +77,7 @@ class Config:
     preprocess: PreprocessSettings = dataclasses.field(default_factory=PreprocessSettings)
     models: ModelSettings = dataclasses.field(default_factory=ModelSettings)
     live: LiveSettings = dataclasses.field(default_factory=LiveSettings)
+    security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
     source: Path | None = None  # the file it was read from, if any
 
     def check(self) -> None:
@@ -86,6 +90,13 @@ class Config:
                     raise
                 except ValueError as exc:
                     raise ConfigError(f"[{field.name}] {exc}") from None
+        if not self.security.curve and not self.security.allow_insecure_remote:
+            binds = [("[daemon] publish", self.daemon.publish), ("[live] publish", self.live.publish)]
+            if self.daemon.driver == "stream" and self.stream.bind:
+                binds.append(("[stream] endpoint", self.stream.endpoint))
+            for what, endpoint in binds:
+                if endpoint and not is_loopback(endpoint):
+                    raise ConfigError(insecure_message(what, endpoint))
 
     def as_dict(self) -> dict:
         """Plain values, for recording the config a result was made with."""

@@ -47,7 +47,7 @@ def open_driver(config: Config):
     if driver == "stream":
         from stmwatch.drivers.stream.connection import StreamConnection
 
-        return StreamConnection(config.stream)
+        return StreamConnection(config.stream, security=config.security)
     if driver == "nanonis":
         try:
             from stmwatch.drivers.nanonis.connection import NanonisConnection
@@ -109,7 +109,8 @@ class Daemon:
                 self.analyser = make_analyser(config.daemon.analyser, config)
             sinks: list[Sink] = []
             if config.daemon.publish:
-                self.publisher = OverlayPublisher(config.daemon.publish, png=config.daemon.publish_png)
+                self.publisher = OverlayPublisher(config.daemon.publish, png=config.daemon.publish_png,
+                                                  security=config.security)
                 opened.append(self.publisher)
                 sinks.append(self.publisher)
             sinks.extend(self.extra_sinks)

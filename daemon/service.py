@@ -205,7 +205,8 @@ class LiveSide:
         if settings.publish:
             from .live import LivePublisher
 
-            self.publisher = LivePublisher(settings.publish)  # ValueError naming the endpoint if taken
+            # ValueError naming the endpoint if taken, or open to the network without CURVE
+            self.publisher = LivePublisher(settings.publish, security=getattr(daemon.config, "security", None))
             self.log.info("publishing live defects and status on %s", self.publisher.endpoint)
         self.attach()
 
@@ -346,7 +347,7 @@ def _start_dashboard(daemon):
     for handler in logging.getLogger().handlers:
         handler.setLevel(max(handler.level, logging.WARNING))
     stop = threading.Event()
-    board = Dashboard(daemon.config.daemon.database, endpoints_of(daemon.config))
+    board = Dashboard(daemon.config.daemon.database, endpoints_of(daemon.config), security=daemon.config.security)
     thread = threading.Thread(target=board.run, kwargs={"stop": stop}, name="stmwatch-dashboard", daemon=True)
     thread.start()
     return thread, stop

@@ -27,7 +27,7 @@ import zmq
 
 from stmwatch.drivers.base import Acquisition, PartialScan
 
-from stmwatch.drivers.wire import resolve_endpoint
+from stmwatch.drivers.wire import SecuritySettings, resolve_endpoint, secure_server
 
 from .acquisition import NotOpenError, StreamAssembler
 from .protocol import OversizeError, ProtocolError, parse_message
@@ -41,8 +41,11 @@ class StreamConnection:
     ``drops`` by reason (``oversize``, ``too_many_scans``, ``protocol``, ``error``)."""
 
     def __init__(self, settings: StreamSettings, endpoint: str | None = None, *,
-                 context: zmq.Context | None = None, emit_partial: bool = True):
+                 context: zmq.Context | None = None, emit_partial: bool = True,
+                 security: SecuritySettings | None = None):
         self.settings = settings
+        self.security = security  # [security]: CURVE server (only allowed microscopes get in)
+        self._auth = None
         self.endpoint = endpoint or settings.endpoint
         self.emit_partial = emit_partial
         self.assembler = StreamAssembler(settings.timeout_s, where="stream", max_bytes=settings.max_message_bytes,
@@ -71,8 +74,10 @@ class StreamConnection:
         try:
             if not self.settings.bind:
                 resolve_endpoint(self.endpoint, "stream endpoint")
+            self._auth = secure_server(ctx, sock, self.security, self.endpoint, self.settings.bind, "[stream] endpoint")
         except ValueError:
             sock.close()
+            self._close_auth()
             raise
         try:
             if self.settings.bind:
@@ -82,16 +87,23 @@ class StreamConnection:
                 sock.connect(self.endpoint)
         except zmq.ZMQError as exc:
             sock.close()
+            self._close_auth()
             raise ValueError(f"stream endpoint {self.endpoint!r}: {exc}") from None
         self._socket = sock
         log.info("stream: %s %s %s (topic %r)", self.settings.socket.upper(),
                  "bound to" if self.settings.bind else "connected to", self.endpoint, self.settings.topic)
         return self
 
+    def _close_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
     def __exit__(self, *exc) -> None:
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
+        self._close_auth()
         if self._own_context and self._context is not None:
             self._context.term()
             self._context = None
