@@ -116,7 +116,8 @@ class StreamAssembler:
         # lines
         ny, nx = o.scan.shape
         row, count = msg.header.get("row"), msg.header.get("count", 1)
-        if not isinstance(row, int) or not isinstance(count, int) or isinstance(row, bool) or count < 1:
+        if not isinstance(row, int) or not isinstance(count, int) or isinstance(row, bool) or isinstance(count, bool) \
+                or count < 1:
             raise ProtocolError(f"lines: row {row!r} and count {count!r} must be integers, count >= 1")
         if row < 0 or row + count > ny:
             raise ProtocolError(f"lines: rows {row}..{row + count - 1} outside 0..{ny - 1}")

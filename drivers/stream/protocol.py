@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 
 import numpy as np
 
@@ -77,8 +78,8 @@ def parse_message(frames: list[bytes], max_bytes: int | None = None) -> StreamMe
         raise OversizeError(f"message of {size} bytes, more than max_message_bytes = {max_bytes}")
     try:
         header = json.loads(bytes(frames[1]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"header is not JSON: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: [[[[...]]]]
+        raise ProtocolError(f"header is not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a JSON object")
     version = header.get("version")
@@ -103,9 +104,10 @@ def _pair(header: dict, key: str, kind=float) -> tuple:
         raise ProtocolError(f"{key} must be a pair, got {value!r}")
     try:
         out = tuple(kind(v) for v in value)
-    except (TypeError, ValueError):
-        raise ProtocolError(f"{key} must be two numbers, got {value!r}") from None
-    if not all(np.isfinite(out)):
+        finite = all(math.isfinite(v) for v in out)  # math: np.isfinite raises on a huge int
+    except (TypeError, ValueError, OverflowError):
+        raise ProtocolError(f"{key} must be two finite numbers, got {str(value)[:80]}") from None
+    if not finite:
         raise ProtocolError(f"{key} must be finite, got {value!r}")
     return out
 
@@ -165,7 +167,7 @@ def empty_scan(header: dict, max_bytes: int | None = None, max_channels: int | N
                     offset_m=_pair(header, "offset_m") if "offset_m" in header else (0.0, 0.0),
                     angle_deg=angle, direction=str(header.get("direction", "down")), bias_v=bias,
                     acquired=acquired)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"bad geometry: {exc}") from None
 
 
