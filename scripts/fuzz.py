@@ -145,7 +145,7 @@ def mutate_messages(messages: list[list[bytes]], rng: random.Random) -> list[lis
         if op in ("header", "huge"):
             try:
                 header = json.loads(m[1])
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if op == "huge":
                 header["pixels"] = [rng.choice([4096, 2048, 16384]), rng.choice([4096, 2048])]
