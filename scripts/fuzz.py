@@ -167,7 +167,7 @@ def mutate_messages(messages: list[list[bytes]], rng: random.Random) -> list[lis
                 buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
             m[1] = bytes(buf)
         elif op == "frames":
-            m[:] = rng.choice([m[:1], m + [b"extra"], [], m[:2], [m[0], b"[" * 100_000 + b"]" * 100_000, b""]])
+            m[:] = rng.choice([m[:1], m + [b"extra"], [], m[:2], [b"stm", b"[" * 100_000 + b"]" * 100_000, b""]])
     if rng.random() < 0.2:
         rng.shuffle(messages)
     return messages
