@@ -28,7 +28,7 @@ def config_for(tmp_path, url=None) -> Config:
     watch = tmp_path / "scans"
     watch.mkdir(exist_ok=True)
     return Config(daemon=DaemonSettings(database=url or f"sqlite:///{tmp_path / 'x.db'}", publish="",
-                                        analyser="standin"),
+                                        analyser="standin", lease_s=30.0),
                   folder=FolderSettings(path=str(watch), stable_s=0.5, poll_interval_s=0.2))
 
 
@@ -45,11 +45,18 @@ def wait_until(predicate, timeout=30.0):
         time.sleep(0.05)
 
 
-def test_a_read_only_database_stops_the_start_with_the_reason(tmp_path):
-    Database(f"sqlite:///{tmp_path / 'x.db'}").close()  # exists, schema current
-    config = config_for(tmp_path, f"sqlite:///file:{tmp_path / 'x.db'}?mode=ro&uri=true")
+def read_only(url: str, tmp_path) -> str:
+    """The same database opened read-only: SQLite's mode=ro, PostgreSQL's read-only transactions."""
+    if url.startswith("sqlite"):
+        return f"sqlite:///file:{url[len('sqlite:///'):]}?mode=ro&uri=true"
+    return url + "&options=-c%20default_transaction_read_only%3Don"
+
+
+def test_a_read_only_database_stops_the_start_with_the_reason(tmp_path, database_url):
+    Database(database_url).close()  # exists, schema current
+    config = config_for(tmp_path, read_only(database_url, tmp_path))
     daemon = Daemon(config, analyser=standin_analyser())
-    with pytest.raises(DatabaseError, match="cannot be written.*readonly"):
+    with pytest.raises(DatabaseError, match="cannot be written.*read.?only"):
         daemon.start()
     assert daemon.pipeline is None and not daemon.running
 
@@ -66,8 +73,8 @@ class DiskFull:
             raise sqlite3.OperationalError("database or disk is full")
 
 
-def test_a_full_disk_keeps_scans_pending_and_stores_each_once_when_it_is_back(tmp_path, caplog):
-    config = config_for(tmp_path)
+def test_a_full_disk_keeps_scans_pending_and_stores_each_once_when_it_is_back(tmp_path, caplog, database_url):
+    config = config_for(tmp_path, database_url)
     daemon = Daemon(config, analyser=standin_analyser())
     daemon.start()
     try:
@@ -93,10 +100,10 @@ def test_a_full_disk_keeps_scans_pending_and_stores_each_once_when_it_is_back(tm
         daemon.stop()
 
 
-def test_a_second_daemon_on_the_same_database_refuses_naming_the_first(tmp_path):
-    first = Daemon(config_for(tmp_path), analyser=standin_analyser())
+def test_a_second_daemon_on_the_same_database_refuses_naming_the_first(tmp_path, database_url):
+    first = Daemon(config_for(tmp_path, database_url), analyser=standin_analyser())
     first.start()
-    second = Daemon(config_for(tmp_path), analyser=standin_analyser())
+    second = Daemon(config_for(tmp_path, database_url), analyser=standin_analyser())
     try:
         with pytest.raises(DatabaseError, match="in use by another stmwatch daemon"):
             second.start()
@@ -107,10 +114,10 @@ def test_a_second_daemon_on_the_same_database_refuses_naming_the_first(tmp_path)
     second.stop()
 
 
-def test_a_lease_of_a_killed_daemon_is_taken_over(tmp_path):
+def test_a_lease_of_a_killed_daemon_is_taken_over(tmp_path, database_url):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
-    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    db = Database(database_url)
     host = lease_owner().split(":")[0]
     db.take_lease(f"{host}:{pid}:dead", ttl_s=600)
     db.take_lease(lease_owner(), ttl_s=600)  # the holder's process is gone: taken over

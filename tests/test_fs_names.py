@@ -29,8 +29,8 @@ def test_path_text_round_trips_every_name(name):
     assert os.fsencode(path_from_text(text)) == name
 
 
-def test_non_utf8_names_are_stored_once_good_and_bad(tmp_path):
-    config = config_for(tmp_path)
+def test_non_utf8_names_are_stored_once_good_and_bad(tmp_path, database_url):
+    config = config_for(tmp_path, database_url)
     folder = tmp_path / "scans"
     scan, _ = simulate_scan("si001h", 1, pixels=(48, 48), n_defects=2)
     write_sxm(scan, os.fsdecode(os.fsencode(folder) + b"/scan_\xff\xfe.sxm"))

@@ -24,11 +24,11 @@ def utc_plus_5(monkeypatch):
     time.tzset()
 
 
-def test_acquired_and_processed_are_the_same_kind_of_instant(tmp_path, utc_plus_5):
+def test_acquired_and_processed_are_the_same_kind_of_instant(database_url, utc_plus_5):
     scan, _ = simulate_scan("si001h", 1, pixels=(48, 48), n_defects=1)
     scan.acquired = dt.datetime(2026, 3, 1, 12, 0, 0)  # what the header says: the lab's clock
     raw = sxm_bytes(scan)
-    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    db = Database(database_url)
     p = Pipeline(standin_analyser(), [], surface="si001h", config_version="c", store=db.record)
     doc = p.process(Acquisition(path="a.sxm", content_hash=sha256(raw), source="folder", raw=raw))
     assert doc.acquired.isoformat() == "2026-03-01T12:00:00+05:00"  # overlay JSON says which clock
@@ -40,8 +40,8 @@ def test_acquired_and_processed_are_the_same_kind_of_instant(tmp_path, utc_plus_
     db.close()
 
 
-def test_an_aware_stream_time_is_stored_as_the_same_instant(tmp_path):
-    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+def test_an_aware_stream_time_is_stored_as_the_same_instant(database_url):
+    db = Database(database_url)
     from stmwatch.daemon.db import ScanRow
     from sqlalchemy.orm import Session
 
