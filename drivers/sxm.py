@@ -28,6 +28,7 @@ DATA_MARKER = b"\x1a\x04"
 DATA_INFO_COLUMNS = ("Channel", "Name", "Unit", "Direction", "Calibration", "Offset")
 MAX_HEADER_BYTES = 1 << 20  # a header larger than 1 MiB is not a Nanonis header
 MAX_PIXELS = 16384  # per side; Nanonis scans are at most a few thousand pixels wide
+MAX_CHANNELS = 256  # DATA_INFO rows; Nanonis records at most a few dozen signals
 # A file cut short (its writer stopped) is read as a partial scan only when its data covers at
 # least this fraction of what its header declares: the reader allocates what the header declares,
 # so this bounds that to 1 / MIN_TRUNCATED_COVERAGE times the bytes the file holds (a 1 MB file
@@ -90,6 +91,8 @@ def _numbers(header: dict[str, str], key: str, count: int, kind=float, path=None
 
 def parse_data_info(value: str, path=None) -> list[dict[str, str]]:
     """The ``DATA_INFO`` table → one dict per channel with the keys of :data:`DATA_INFO_COLUMNS`."""
+    if value.count("\n") > MAX_CHANNELS + 8:  # checked before splitting a megabyte of rows
+        raise ScanReadError(path, f"DATA_INFO lists more than {MAX_CHANNELS} channels")
     rows = [line.strip().split("\t") for line in value.split("\n") if line.strip()]
     if not rows:
         raise ScanReadError(path, "DATA_INFO is empty")
