@@ -87,3 +87,11 @@ def test_poison_file_taken_by_the_folder_driver_is_recorded_failed_once(tmp_path
     assert row["status"] == "failed" and row["path"] == str(path) and "refused" in row["error"]
     assert p.process(acq) is None  # known: skipped after a restart
     db.close()
+
+
+def test_a_header_listing_thousands_of_channels_is_refused_before_parsing_them():
+    raw = (REAL / "stm_A250320.sxm").read_bytes()
+    m = re.search(rb"(:DATA_INFO:\r?\n[^\n]*\n)([^\n]*\n)", raw)
+    flood = raw[:m.end(1)] + m.group(2) * 20000 + raw[m.end(1):]
+    with pytest.raises(ScanReadError, match="more than 256 channels"):
+        read_sxm_bytes(flood, "flood.sxm", allow_truncated=True)
