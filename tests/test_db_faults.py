@@ -124,3 +124,18 @@ def test_a_lease_of_a_killed_daemon_is_taken_over(tmp_path, database_url):
     with pytest.raises(DatabaseError, match="in use"):
         db.take_lease(lease_owner(), ttl_s=60)  # this process is alive
     db.close()
+
+
+def test_the_dashboard_shows_a_daemon_that_cannot_store():
+    import time as _time
+
+    from rich.console import Console
+
+    from stmwatch.daemon.dashboard import LiveState, Snapshot, render
+
+    live = LiveState(status={"driver": "folder", "queued": 3, "store_error": "OperationalError: database or disk is full"},
+                     status_at=_time.monotonic())
+    console = Console(width=200, record=True, color_system=None)
+    console.print(render(Snapshot(), live))
+    text = console.export_text()
+    assert "cannot store (3 scan(s) pending, retrying)" in text and "disk is full" in text
