@@ -15,7 +15,6 @@ import pytest
 
 from stmwatch.daemon.db import Database
 from stmwatch.daemon.pipeline import Pipeline
-from stmwatch.drivers.base import Acquisition, sha256
 from stmwatch.drivers.folder.acquisition import FileTracker
 from stmwatch.drivers.sxm import MIN_TRUNCATED_COVERAGE, ScanReadError, read_sxm_bytes, sxm_bytes
 from stmwatch.models.analyse import Analyser
