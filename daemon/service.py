@@ -168,6 +168,7 @@ def daemon_status(daemon) -> dict:
     out["done"] = out["ok"] + out["partial"] + out["failed"]
     out["queued"] = int(getattr(pipeline, "_busy", 0)) if pipeline is not None else 0
     out["store_error"] = getattr(pipeline, "store_error", None) if pipeline is not None else None
+    out["dropped"] = int(getattr(getattr(daemon, "connection", None), "dropped", 0) or 0)  # stream messages
     out["driver"] = getattr(getattr(daemon, "config", None), "daemon", None) and daemon.config.daemon.driver
     segmenter = getattr(getattr(daemon, "analyser", None), "segmenter", None)
     backend = getattr(segmenter, "backend", None)
