@@ -22,6 +22,7 @@ from stmwatch.daemon.publisher import OverlayPublisher
 from stmwatch.drivers.stream.connection import StreamConnection
 from stmwatch.drivers.stream.protocol import encode_frame
 from stmwatch.drivers.stream.settings import StreamSettings
+from stmwatch.drivers.stream.sim import StreamSimulator
 from stmwatch.drivers.wire import SecuritySettings, secure_client
 from stmwatch.models.sim.simulate import simulate_scan
 
@@ -120,6 +121,10 @@ def test_only_allowed_microscopes_can_send_scans_into_the_stream(keys):
                 s.send_multipart(encode_frame(scan, name), zmq.NOBLOCK)  # a refused peer never gets a pipe
             except zmq.Again:
                 pass
+        # the simulated microscope with the keys (stmwatch simulate-stream --server-key --client-key)
+        with StreamSimulator(conn.endpoint, socket="push", bind=False, context=ctx,
+                             curve=(str(keys / "server.key"), str(keys / "client.key_secret"))) as sim:
+            sim.send_frame(scan, "simulated")
         got = []
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
@@ -129,7 +134,7 @@ def test_only_allowed_microscopes_can_send_scans_into_the_stream(keys):
         for s in senders.values():
             s.close(0)
     ctx.term()
-    assert got == ["stream:allowed"]
+    assert sorted(got) == ["stream:allowed", "stream:simulated"]
 
 
 @pytest.mark.parametrize("section, key, endpoint", [
