@@ -26,6 +26,7 @@ COMMANDS = {
     "support": "support",
     "bench": "bench",
     "service": "service",
+    "keys": "keys",
 }
 
 

@@ -17,6 +17,7 @@ from stmwatch.daemon.dburl import url_from_environment
 from stmwatch.drivers.folder.settings import FolderSettings
 from stmwatch.drivers.nanonis.settings import NanonisSettings
 from stmwatch.drivers.stream.settings import StreamSettings
+from stmwatch.drivers.wire import SecuritySettings, check_endpoint, insecure_message, is_loopback
 from stmwatch.models.preprocess import PreprocessSettings
 from stmwatch.models.settings import ANALYSERS, ModelSettings
 
@@ -42,6 +43,7 @@ class DaemonSettings:
     queue_size: int = 8  # scans waiting between driver and pipeline (back-pressure above this)
     log_level: str = "INFO"
     watchdog_s: float = 0.0  # systemd watchdog ping period; 0 = from WATCHDOG_USEC, or off
+    lease_s: float = 60.0  # the daemon holds the database this long, renewed every third of it
 
     def check(self) -> None:
         if self.driver not in DRIVERS:
@@ -54,11 +56,15 @@ class DaemonSettings:
             raise ConfigError(f"daemon.log_level must be one of {LOG_LEVELS}, not {self.log_level!r}")
         if not self.database:
             raise ConfigError("daemon.database must be an SQLAlchemy URL, e.g. sqlite:///stmwatch.db")
-        if self.publish and "://" not in self.publish:
-            raise ConfigError(f"daemon.publish must be a ZeroMQ endpoint like tcp://127.0.0.1:5556, "
-                              f"not {self.publish!r}")
+        if self.publish:
+            try:
+                check_endpoint(self.publish, bind=True, what="daemon.publish")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.watchdog_s < 0:
             raise ConfigError("daemon.watchdog_s must be at least 0")
+        if self.lease_s < 3:
+            raise ConfigError("daemon.lease_s must be at least 3 seconds")
 
 
 @dataclasses.dataclass
@@ -72,6 +78,7 @@ class Config:
     preprocess: PreprocessSettings = dataclasses.field(default_factory=PreprocessSettings)
     models: ModelSettings = dataclasses.field(default_factory=ModelSettings)
     live: LiveSettings = dataclasses.field(default_factory=LiveSettings)
+    security: SecuritySettings = dataclasses.field(default_factory=SecuritySettings)
     source: Path | None = None  # the file it was read from, if any
 
     def check(self) -> None:
@@ -84,6 +91,13 @@ class Config:
                     raise
                 except ValueError as exc:
                     raise ConfigError(f"[{field.name}] {exc}") from None
+        if not self.security.curve and not self.security.allow_insecure_remote:
+            binds = [("[daemon] publish", self.daemon.publish), ("[live] publish", self.live.publish)]
+            if self.daemon.driver == "stream" and self.stream.bind:
+                binds.append(("[stream] endpoint", self.stream.endpoint))
+            for what, endpoint in binds:
+                if endpoint and not is_loopback(endpoint):
+                    raise ConfigError(insecure_message(what, endpoint))
 
     def as_dict(self) -> dict:
         """Plain values, for recording the config a result was made with."""

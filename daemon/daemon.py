@@ -24,7 +24,7 @@ from stmwatch.drivers.base import PartialScan
 from stmwatch.models.analyse import Analyser
 
 from .config import Config, ConfigError
-from .db import Database
+from .db import Database, DatabaseError, lease_owner
 from .pipeline import Pipeline, Sink, config_version
 from .publisher import OverlayPublisher
 
@@ -47,7 +47,7 @@ def open_driver(config: Config):
     if driver == "stream":
         from stmwatch.drivers.stream.connection import StreamConnection
 
-        return StreamConnection(config.stream)
+        return StreamConnection(config.stream, security=config.security)
     if driver == "nanonis":
         try:
             from stmwatch.drivers.nanonis.connection import NanonisConnection
@@ -75,6 +75,8 @@ class Daemon:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.driver_error: BaseException | None = None  # set when the driver thread gave up
+        self._owner = lease_owner()  # this daemon, as the holder of the database's lease
+        self._lease_thread: threading.Thread | None = None
         self.last_driver_error: BaseException | None = None
 
     def _state(self, state: str) -> None:
@@ -99,14 +101,17 @@ class Daemon:
         try:
             self.db = Database(config.daemon.database)
             opened.append(self.db)
+            self.db.check_writable()  # a read-only or full database stops the start, with the reason
+            self.db.take_lease(self._owner, config.daemon.lease_s)  # one daemon per database
             if self.analyser is None:
                 from stmwatch.models.load import make_analyser
 
                 self.analyser = make_analyser(config.daemon.analyser, config)
-            sinks: list[Sink] = [self.db.record]
+            sinks: list[Sink] = []
             if config.daemon.publish:
                 try:
-                    self.publisher = OverlayPublisher(config.daemon.publish, png=config.daemon.publish_png)
+                    self.publisher = OverlayPublisher(config.daemon.publish, png=config.daemon.publish_png,
+                                                      security=config.security)
                 except ValueError as exc:
                     raise ValueError(f"[daemon] publish: {exc}") from None
                 opened.append(self.publisher)
@@ -114,7 +119,8 @@ class Daemon:
             sinks.extend(self.extra_sinks)
             self.pipeline = Pipeline(
                 self.analyser, sinks, surface=config.models.surface, config_version=config_version(config),
-                queue_size=config.daemon.queue_size, is_known=self.db.seen, partial_hooks=self.partial_hooks)
+                queue_size=config.daemon.queue_size, is_known=self.db.seen, partial_hooks=self.partial_hooks,
+                store=self.db.record)
             self.connection = connection.__enter__()
         except BaseException:
             for thing in reversed(opened):
@@ -127,7 +133,22 @@ class Daemon:
         self._stopping.clear()
         self._thread = threading.Thread(target=self._drive, name="stmwatch-driver", daemon=True)
         self._thread.start()
+        self._lease_thread = threading.Thread(target=self._renew_lease, args=(self.db,), name="stmwatch-lease",
+                                              daemon=True)
+        self._lease_thread.start()
         self._state("ready")
+
+    def _renew_lease(self, db: Database) -> None:
+        """Renew the database lease every third of ``lease_s`` until stopped (failures logged once)."""
+        period, failing = self.config.daemon.lease_s / 3, False
+        while not self._stopping.wait(period):
+            try:
+                db.take_lease(self._owner, self.config.daemon.lease_s)
+                failing = False
+            except DatabaseError as exc:
+                if not failing:
+                    log.error("%s", exc)
+                failing = True
 
     def _drive(self) -> None:
         """The driver thread: events from the connection into the pipeline (blocking when full).
@@ -173,14 +194,17 @@ class Daemon:
             return
         self._state("stopping")
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        for thread in (self._thread, self._lease_thread):
+            if thread is not None:
+                thread.join(timeout)
+        self._thread = self._lease_thread = None
         with contextlib.suppress(Exception):
             if self.connection is not None:
                 self.connection.__exit__(None, None, None)
         self.connection = None
         self.pipeline.stop(drain=drain, timeout=timeout)
+        if self.db is not None:
+            self.db.release_lease(self._owner)
         for thing in (self.publisher, self.db):
             if thing is not None:
                 with contextlib.suppress(Exception):

@@ -181,14 +181,20 @@ class LiveState:
 class Feed:
     """SUB sockets on the daemon's overlay and live endpoints; :meth:`poll` drains them."""
 
-    def __init__(self, endpoints: list[str]):
+    def __init__(self, endpoints: list[str], security=None):
         import zmq
+
+        from stmwatch.drivers.wire import client_socket
 
         self._zmq = zmq
         self.context = zmq.Context()
         self.sockets = []
         for endpoint in [e for e in endpoints if e]:
-            sock = self.context.socket(zmq.SUB)
+            try:  # [security] curve: a CURVE client with client_secret_key
+                sock = client_socket(self.context, zmq.SUB, security)
+            except ValueError as exc:
+                log.warning("not subscribing to %s: %s", endpoint, exc)
+                continue
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RECONNECT_IVL, 200)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
@@ -366,6 +372,9 @@ def render(snap: Snapshot, live: LiveState | None = None, view: View | None = No
     if tip:  # the tip needs conditioning before the next scan: shown above everything else
         detail = tip[len("double tip"):].lstrip(" :")
         head = Text.assemble(head, "\n", (f" DOUBLE TIP on the last scan: {detail} ", "bold white on red"))
+    if status and status.get("store_error"):
+        head.append(f"  daemon cannot store ({status.get('queued', '?')} scan(s) pending, retrying): "
+                    f"{status['store_error']}", style="bold red")
 
     # -- now: current scan, queue, backend
     now_table = Table.grid(padding=(0, 1))
@@ -491,7 +500,7 @@ class Dashboard:
     """Refreshes the screen every ``refresh_s`` from the database and the publishers."""
 
     def __init__(self, database: str, endpoints: list[str], refresh_s: float = 1.0,
-                 console: Console | None = None, thumbnails: bool = True):
+                 console: Console | None = None, thumbnails: bool = True, security=None):
         from sqlalchemy import create_engine
 
         from .db import Database, DatabaseError
@@ -506,6 +515,7 @@ class Dashboard:
             except Exception as exc:  # no driver for it: nothing to show
                 raise DatabaseError(mask_secret(f"cannot open database {mask_url(database)}: {exc}", database)) from None
         self.endpoints = [e for e in endpoints if e]
+        self.security = security  # [security]: the publishers' CURVE keys
         self.refresh_s = refresh_s
         self.console = console or Console()
         self.view = View(database=mask_url(database), endpoints=tuple(self.endpoints), thumbnails=thumbnails)
@@ -529,7 +539,7 @@ class Dashboard:
     def run(self, stop=None, once: bool = False) -> None:
         from rich.live import Live
 
-        feed = Feed(self.endpoints)
+        feed = Feed(self.endpoints, self.security)
         try:
             if once:
                 feed.poll(self.live, timeout_s=min(self.refresh_s, 0.5))

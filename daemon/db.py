@@ -7,19 +7,36 @@ up to date on start and refuses a newer one.
 
 Ingest is idempotent: a scan is recorded once per content hash (a failed file once per path and
 content hash, so a bad file is not retried endlessly but a fixed file with new content is).
-Times are naive UTC.
+
+Times (``acquired``, ``received``, ``processed``) are instants: :class:`UTCDateTime` columns, a
+``timestamp with time zone`` in PostgreSQL and UTC in SQLite (which has no time zones). A naive
+time given to the database is UTC; the pipeline makes a scan's naive ``acquired`` (the
+microscope PC's local clock in an ``.sxm`` header) aware in this host's time zone first. Read
+back, times are naive UTC in Python and ISO 8601 with ``+00:00`` in query output. (Databases
+written before this stored ``acquired`` as naive local time; those rows are not converted.)
+
+A file name that is not UTF-8 (``scan_\xff\xfe.sxm`` from a Windows share: Python holds it with
+surrogate escapes, which no database can encode) is stored as ``fsbytes:`` and its bytes
+percent-encoded (:func:`path_text`); :func:`path_from_text` gives back the exact name.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
+import os
+import socket
+import time
 from typing import Any
+
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, func,
                         inspect, select, text)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 from .dburl import mask_secret, mask_url
 from .documents import ResultDocument
@@ -47,8 +64,48 @@ MIGRATIONS: dict[int, list[AddColumn | str]] = {
 }
 
 
+LEASE_KEY = "daemon_lease"  # meta row: the daemon writing this database, {"owner", "host", "pid", "expires"}
+
+
 class DatabaseError(RuntimeError):
-    """The database cannot be used (newer schema, unreachable URL)."""
+    """The database cannot be used (newer schema, unreachable URL, read-only, another daemon on it)."""
+
+
+def lease_owner() -> str:
+    """A new lease owner in this process: ``host:pid:tag``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def _owner_alive(held: dict) -> bool:
+    """False only when the holder is a process on this host that no longer exists (killed)."""
+    if held.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(held.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True
+    return True
+
+
+class UTCDateTime(TypeDecorator):
+    """An instant: aware times are converted to UTC, naive ones are taken as UTC; stored with the
+    zone where the database has one (PostgreSQL), as UTC elsewhere; read back as naive UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        value = (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        if value is None or value.tzinfo is None:
+            return value
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):
@@ -74,9 +131,9 @@ class ScanRow(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)  # ok | partial | failed
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     surface: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
-    acquired: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, index=True)
-    received: Mapped[dt.datetime] = mapped_column(DateTime)
-    processed: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    acquired: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    received: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    processed: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
     columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
     range_x_m: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -121,8 +178,36 @@ GEOMETRY_COLUMNS = ("status", "acquired", "columns", "rows", "range_x_m", "range
                     "offset_y_m", "angle_deg", "direction")
 
 
+FS_BYTES = "fsbytes:"  # prefix of a path stored as percent-encoded bytes
+
+
+def path_text(path: str) -> str:
+    """``path`` as storable text: itself when it is UTF-8, else ``fsbytes:`` and its file-system bytes
+    percent-encoded (a name that itself starts with the prefix too, so the form is unambiguous)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        if not path.startswith(FS_BYTES):
+            return path
+    return FS_BYTES + quote_from_bytes(os.fsencode(path), safe="/:._-~ ")
+
+
+def path_from_text(text: str) -> str:
+    """The inverse of :func:`path_text`: the exact name (with surrogate escapes where not UTF-8)."""
+    return os.fsdecode(unquote_to_bytes(text[len(FS_BYTES):])) if text.startswith(FS_BYTES) else text
+
+
+def readable(text: str | None) -> str | None:
+    """Free text (an error naming a file) storable as UTF-8: bytes that are not shown as ``\\xff``."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def dedup_key(content_hash: str, status: str, path: str) -> str:
-    return f"{content_hash}@{path}" if status == "failed" else content_hash
+    return f"{content_hash}@{path_text(path)}" if status == "failed" else content_hash
 
 
 @dataclasses.dataclass
@@ -203,6 +288,60 @@ class Database:
             row.value = str(SCHEMA_VERSION)
         return SCHEMA_VERSION
 
+    # ---- writing at all, and by one daemon ------------------------------------------------------
+    def check_writable(self) -> None:
+        """Write and commit one row; :class:`DatabaseError` naming the database if it cannot be written
+        (a read-only file or server role, a full disk): better than analysing scans and storing none."""
+        try:
+            with Session(self.engine) as s, s.begin():
+                s.merge(Meta(key="last_write_check", value=dt.datetime.now(dt.timezone.utc).isoformat()))
+        except Exception as exc:
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+            raise DatabaseError(f"database {self.url!r} cannot be written ({reason}); the daemon would analyse "
+                                "scans and store none of them") from None
+
+    def take_lease(self, owner: str, ttl_s: float) -> None:
+        """Hold the database for ``owner`` for ``ttl_s`` seconds (renewed by calling again).
+
+        :class:`DatabaseError` if another live daemon holds it (a holder on this host whose process
+        is gone -- killed -- or a lease not renewed in time is taken over): two daemons on one
+        database would analyse every scan twice."""
+        host, pid = (owner.split(":") + ["", ""])[:2]
+        now = time.time()
+        value = json.dumps({"owner": owner, "host": host, "pid": int(pid) if pid.isdigit() else 0,
+                            "expires": round(now + ttl_s, 3)})
+        try:
+            with Session(self.engine) as s, s.begin():
+                row = s.get(Meta, LEASE_KEY, with_for_update=True)
+                if row is None:
+                    s.add(Meta(key=LEASE_KEY, value=value))
+                    return
+                try:
+                    held = json.loads(row.value)
+                except ValueError:
+                    held = {}
+                if held.get("owner") not in (None, owner) and held.get("expires", 0) > now and _owner_alive(held):
+                    raise DatabaseError(
+                        f"database {self.url!r} is in use by another stmwatch daemon ({held.get('owner')}, lease "
+                        f"renewed until {dt.datetime.fromtimestamp(held['expires'], dt.timezone.utc):%H:%M:%S} "
+                        "UTC): stop it, or give this one another database")
+                row.value = value
+        except DatabaseError:
+            raise
+        except Exception as exc:
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+            raise DatabaseError(f"database {self.url!r}: cannot take the daemon lease ({reason})") from None
+
+    def release_lease(self, owner: str) -> None:
+        """Give the lease up if ``owner`` holds it (errors ignored: it expires anyway)."""
+        try:
+            with Session(self.engine) as s, s.begin():
+                row = s.get(Meta, LEASE_KEY)
+                if row is not None and json.loads(row.value).get("owner") == owner:
+                    s.delete(row)
+        except Exception as exc:
+            log.debug("lease not released: %s", exc)
+
     # ---- ingest ------------------------------------------------------------------------------
     def seen(self, path: str, content_hash: str) -> bool:
         """True when this content is recorded (as a scan, or as this path failing)."""
@@ -217,8 +356,8 @@ class Database:
         range_m = g.get("range_m") or [None, None]
         offset_m = g.get("offset_m") or [None, None]
         row = ScanRow(
-            uid=doc.uid, dedup_key=dedup_key(doc.content_hash, doc.status, doc.path), path=doc.path,
-            content_hash=doc.content_hash, source=doc.source, status=doc.status, error=doc.error,
+            uid=doc.uid, dedup_key=dedup_key(doc.content_hash, doc.status, doc.path), path=path_text(doc.path),
+            content_hash=doc.content_hash, source=doc.source, status=doc.status, error=readable(doc.error),
             surface=doc.surface, acquired=doc.acquired, received=doc.received, processed=doc.processed,
             columns=pixels[0], rows=pixels[1], range_x_m=range_m[0], range_y_m=range_m[1],
             offset_x_m=offset_m[0], offset_y_m=offset_m[1], angle_deg=g.get("angle_deg"),
@@ -308,7 +447,7 @@ def _migrate(session: Session, step: AddColumn | str) -> None:
 
 
 def _plain(value):
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
+    if isinstance(value, dt.datetime):  # naive UTC as read back (UTCDateTime)
+        return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).isoformat()
     return value
 

@@ -80,22 +80,26 @@ class LiveSettings:
             raise ValueError(f"flips must be 1, 2 or 4, not {self.flips}")
         if self.context_nm <= 0 or self.match_nm <= 0 or self.heartbeat_s <= 0 or self.stable_px <= 0:
             raise ValueError("context_nm, match_nm and heartbeat_s must be positive")
-        if self.publish and "://" not in self.publish:
-            raise ValueError(f"publish must be a ZeroMQ endpoint like tcp://127.0.0.1:5558, not {self.publish!r}")
+        if self.publish:
+            from stmwatch.drivers.wire import check_endpoint
+
+            check_endpoint(self.publish, bind=True, what="publish")
 
 
 class LivePublisher:
     """A PUB socket for ``[b"live", JSON]`` messages; thread-safe (one lock around the socket)."""
 
-    def __init__(self, endpoint: str, context=None):
+    def __init__(self, endpoint: str, context=None, security=None):
         import zmq
 
         from .publisher import bind_publisher
 
         self._own = context is None
         self._context = context or zmq.Context()
+        self._auth = None
         try:
-            self._socket = bind_publisher(self._context, endpoint, linger_ms=200)
+            self._socket, self._auth = bind_publisher(self._context, endpoint, linger_ms=200, security=security,
+                                                      what="[live] publish")
         except ValueError as exc:
             self._socket = None
             self.close()
@@ -110,10 +114,12 @@ class LivePublisher:
                 self._socket.send_multipart([TOPIC, data])
 
     def close(self) -> None:
+        from .publisher import close_publisher
+
         with getattr(self, "_lock", threading.Lock()):
-            if getattr(self, "_socket", None) is not None:
-                self._socket.close()
-                self._socket = None
+            if getattr(self, "_socket", None) is not None or getattr(self, "_auth", None) is not None:
+                close_publisher(self._socket, self._auth)
+                self._socket = self._auth = None
         if self._own and self._context is not None:
             self._context.term()
             self._context = None

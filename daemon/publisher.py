@@ -14,6 +14,8 @@ import logging
 
 import zmq
 
+from stmwatch.drivers.wire import SecuritySettings, secure_server
+
 from .documents import ResultDocument, overlay_message
 
 log = logging.getLogger(__name__)
@@ -33,29 +35,48 @@ def overlay_png_bytes(doc: ResultDocument) -> bytes:
     return overlay_png(doc.scan, defects, notes=doc.warnings)
 
 
-def bind_publisher(context: zmq.Context, endpoint: str, linger_ms: int) -> zmq.Socket:
-    """A PUB socket bound to ``endpoint`` with a deep send queue (10 000 messages) and
-    ``linger_ms`` to flush on close; a :class:`ValueError` naming the endpoint if it cannot bind."""
+def bind_publisher(context: zmq.Context, endpoint: str, linger_ms: int, security: SecuritySettings | None = None,
+                   what: str = "publish endpoint"):
+    """``(socket, authenticator)``: a PUB socket bound to ``endpoint`` with a deep send queue
+    (10 000 messages) and ``linger_ms`` to flush on close, a CURVE server per ``security``
+    (:func:`stmwatch.drivers.wire.secure_server`; the authenticator, or None, is stopped by
+    :func:`close_publisher`); a :class:`ValueError` naming the endpoint if it cannot bind, or if
+    it would open to the network without CURVE."""
     socket = context.socket(zmq.PUB)
     socket.setsockopt(zmq.LINGER, linger_ms)
     socket.setsockopt(zmq.SNDHWM, 10_000)
+    auth = None
     try:
+        auth = secure_server(context, socket, security, endpoint, bind=True, what=what)
         socket.bind(endpoint)
-    except zmq.ZMQError as exc:
-        socket.close(0)
+    except (zmq.ZMQError, ValueError) as exc:
+        close_publisher(socket, auth, 0)
+        if isinstance(exc, ValueError):
+            raise
         raise ValueError(f"cannot publish on {endpoint!r}: {exc}") from None
-    return socket
+    return socket, auth
+
+
+def close_publisher(socket, auth, linger_ms: int | None = None) -> None:
+    """Close a socket of :func:`bind_publisher` and stop its authenticator."""
+    if socket is not None:
+        socket.close(linger_ms)
+    if auth is not None:
+        auth.stop()
 
 
 class OverlayPublisher:
     """A sink: publishes each result document; ``endpoint`` is the address actually bound."""
 
-    def __init__(self, endpoint: str, png: bool = False, context: zmq.Context | None = None):
+    def __init__(self, endpoint: str, png: bool = False, context: zmq.Context | None = None,
+                 security: SecuritySettings | None = None):
         self.png = png
         self._own_context = context is None
         self._context = context or zmq.Context()
+        self._auth = None
         try:
-            self._socket = bind_publisher(self._context, endpoint, linger_ms=500)
+            self._socket, self._auth = bind_publisher(self._context, endpoint, linger_ms=500, security=security,
+                                                      what="[daemon] publish")
         except ValueError:
             self._socket = None
             self.close()
@@ -75,9 +96,9 @@ class OverlayPublisher:
         self.published += 1
 
     def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
+        if self._socket is not None or self._auth is not None:
+            close_publisher(self._socket, self._auth)
+            self._socket = self._auth = None
         if self._own_context and self._context is not None:
             self._context.term()
             self._context = None

@@ -56,6 +56,13 @@ WorkingDirectory=/var/lib/stmwatch
 Environment=HOME=/var/lib/stmwatch XDG_CACHE_HOME=/var/cache PYTHONUNBUFFERED=1
 UMask=0077
 
+# Resource limits: a runaway (a scan or message too big for the caps) is throttled above
+# MemoryHigh and killed above MemoryMax (then restarted), never the whole lab PC.
+MemoryHigh=6G
+MemoryMax=8G
+MemorySwapMax=0
+TasksMax=512
+
 # Hardening: read-only system, no home, no privileges, only the GPU among devices.
 ProtectSystem=strict
 ReadWritePaths=/var/lib/stmwatch /var/cache/stmwatch
@@ -270,6 +277,8 @@ def daemon_status(daemon) -> dict:
     out = {k: int(getattr(stats, k, 0)) for k in ("submitted", "ok", "partial", "failed", "skipped")}
     out["done"] = out["ok"] + out["partial"] + out["failed"]
     out["queued"] = int(getattr(pipeline, "_busy", 0)) if pipeline is not None else 0
+    out["store_error"] = getattr(pipeline, "store_error", None) if pipeline is not None else None
+    out["dropped"] = int(getattr(getattr(daemon, "connection", None), "dropped", 0) or 0)  # stream messages
     out["driver"] = getattr(getattr(daemon, "config", None), "daemon", None) and daemon.config.daemon.driver
     segmenter = getattr(getattr(daemon, "analyser", None), "segmenter", None)
     backend = getattr(segmenter, "backend", None)
@@ -281,13 +290,16 @@ def daemon_status(daemon) -> dict:
 
 def status_line(daemon) -> str:
     s = daemon_status(daemon)
-    return (f"{s['done']} scans done ({s['ok']} ok, {s['partial']} partial, {s['failed']} failed), "
+    waiting = (f"database unavailable, {s['queued']} scan(s) pending, retrying: {s['store_error']}; "
+               if s["store_error"] else "")
+    return (f"{waiting}{s['done']} scans done ({s['ok']} ok, {s['partial']} partial, {s['failed']} failed), "
             f"{s['queued']} queued, driver {s['driver']}")
 
 
 class LiveSide:
     """The live publisher, the live segmentation hook and the status heartbeat of a running daemon
-    (``[live]``); every part is optional and a failure to set one up is logged, not fatal."""
+    (``[live]``). An endpoint that cannot be bound is a :class:`ValueError`, as for ``[daemon]
+    publish``: one rule, the daemon stops at start; a live analyser that cannot load is logged."""
 
     def __init__(self, daemon) -> None:
         import logging
@@ -304,11 +316,9 @@ class LiveSide:
         if settings.publish:
             from .live import LivePublisher
 
-            try:
-                self.publisher = LivePublisher(settings.publish)
-                self.log.info("publishing live defects and status on %s", self.publisher.endpoint)
-            except ValueError as exc:
-                self.log.warning("[live] publish: %s; live defects and the heartbeat are off", exc)
+            # ValueError naming the endpoint if taken, or open to the network without CURVE
+            self.publisher = LivePublisher(settings.publish, security=getattr(daemon.config, "security", None))
+            self.log.info("publishing live defects and status on %s", self.publisher.endpoint)
         self.attach()
 
     def attach(self) -> None:
@@ -361,7 +371,7 @@ class LiveSide:
 
 
 def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_s: float = 80.0,
-          dashboard: bool = False) -> int:
+          dashboard: bool = False, live: LiveSide | None = None) -> int:
     """Run a started ``daemon`` under systemd's eyes until SIGTERM/SIGINT; the exit code.
 
     Sends READY (with a STATUS line) at once, WATCHDOG pings from this loop while the driver and
@@ -384,7 +394,7 @@ def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_
                 signal.SIGHUP: lambda *_: reload.set()}
     previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
     code = 0
-    live = LiveSide(daemon)
+    live = live or LiveSide(daemon)
     board = _start_dashboard(daemon) if dashboard else None
     try:
         last = status_line(daemon)
@@ -448,7 +458,7 @@ def _start_dashboard(daemon):
     for handler in logging.getLogger().handlers:
         handler.setLevel(max(handler.level, logging.WARNING))
     stop = threading.Event()
-    board = Dashboard(daemon.config.daemon.database, endpoints_of(daemon.config))
+    board = Dashboard(daemon.config.daemon.database, endpoints_of(daemon.config), security=daemon.config.security)
     thread = threading.Thread(target=board.run, kwargs={"stop": stop}, name="stmwatch-dashboard", daemon=True)
     thread.start()
     return thread, stop

@@ -28,6 +28,12 @@ DATA_MARKER = b"\x1a\x04"
 DATA_INFO_COLUMNS = ("Channel", "Name", "Unit", "Direction", "Calibration", "Offset")
 MAX_HEADER_BYTES = 1 << 20  # a header larger than 1 MiB is not a Nanonis header
 MAX_PIXELS = 16384  # per side; Nanonis scans are at most a few thousand pixels wide
+MAX_CHANNELS = 256  # DATA_INFO rows; Nanonis records at most a few dozen signals
+# A file cut short (its writer stopped) is read as a partial scan only when its data covers at
+# least this fraction of what its header declares: the reader allocates what the header declares,
+# so this bounds that to 1 / MIN_TRUNCATED_COVERAGE times the bytes the file holds (a 1 MB file
+# claiming 16384 x 16384 pixels would otherwise take gigabytes).
+MIN_TRUNCATED_COVERAGE = 0.125
 
 
 class ScanReadError(ValueError):
@@ -85,6 +91,8 @@ def _numbers(header: dict[str, str], key: str, count: int, kind=float, path=None
 
 def parse_data_info(value: str, path=None) -> list[dict[str, str]]:
     """The ``DATA_INFO`` table → one dict per channel with the keys of :data:`DATA_INFO_COLUMNS`."""
+    if value.count("\n") > MAX_CHANNELS + 8:  # checked before splitting a megabyte of rows
+        raise ScanReadError(path, f"DATA_INFO lists more than {MAX_CHANNELS} channels")
     rows = [line.strip().split("\t") for line in value.split("\n") if line.strip()]
     if not rows:
         raise ScanReadError(path, "DATA_INFO is empty")
@@ -184,6 +192,13 @@ def read_sxm_bytes(raw: bytes, path: str | os.PathLike | None = None, allow_trun
         raise ScanReadError(
             path, f"data truncated: {have} bytes after the header, header implies {need} "
             f"({n_frames} frames of {nx} x {ny} float32)")
+    if have < 4:
+        raise ScanReadError(path, "every pixel is NaN: the scan was stopped before its first line (no data)")
+    if have < need * MIN_TRUNCATED_COVERAGE:  # checked before allocating what the header declares
+        raise ScanReadError(
+            path, f"data truncated: {have} bytes after the header cover {100 * have / need:.3g} % of the "
+            f"{need} the header declares ({n_frames} frames of {nx} x {ny} float32); a file holding "
+            f"less than {100 * MIN_TRUNCATED_COVERAGE:g} % is refused")
     # a file cut short (its writer stopped) keeps what was written; the rest is NaN, as never acquired
     values = min(have, need) // 4
     data = np.full(n_frames * ny * nx, np.nan, dtype=np.float32)

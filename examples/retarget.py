@@ -1,6 +1,8 @@
 """Turn the daemon's overlays into a target list for lithography or atom manipulation.
 
     python examples/retarget.py --endpoint tcp://127.0.0.1:5556 --label dangling_bond --out targets.csv
+    # a daemon with [security] curve = true (keys from `stmwatch keys generate DIR`):
+    python examples/retarget.py --endpoint tcp://stm-pc:5556 --server-key DIR/server.key --client-key DIR/client.key_secret
 
 Each overlay (one per processed scan) carries every defect's position in the scanner frame --
 metres, x right and y up, with the frame's offset and rotation already applied -- so a target can be
@@ -48,6 +50,17 @@ def targets_from_overlay(message: dict, labels: set[str] | None = None, min_scor
     return ordered
 
 
+def curve_client(sock, server_key: Path | None, client_key: Path | None) -> None:
+    """Make ``sock`` a CURVE client: the daemon's public key file and this client's secret key file
+    (zmq.auth certificates, as ``stmwatch keys generate`` writes them)."""
+    import zmq.auth
+
+    if not (server_key and client_key):
+        raise SystemExit("error: CURVE needs both --server-key and --client-key")
+    sock.curve_serverkey = zmq.auth.load_certificate(str(server_key))[0]
+    sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(str(client_key))
+
+
 def main(argv: list[str] | None = None) -> int:
     import zmq
 
@@ -60,10 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=0, help="stop after this many scans (0 = never)")
     parser.add_argument("--skip-warned", action="store_true", help="no targets from a scan with warnings "
                         "(e.g. a double tip)")
+    parser.add_argument("--server-key", type=Path, help="CURVE: the daemon's public key file (DIR/server.key)")
+    parser.add_argument("--client-key", type=Path, help="CURVE: this client's secret key file (DIR/client.key_secret)")
     args = parser.parse_args(argv)
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB)
+    if args.server_key or args.client_key:
+        curve_client(sock, args.server_key, args.client_key)
     sock.setsockopt(zmq.SUBSCRIBE, b"overlay")
     sock.connect(args.endpoint)
     print(f"waiting for overlays on {args.endpoint}", file=sys.stderr)

@@ -29,3 +29,27 @@ def bad_files() -> list[Path]:
 def manifest() -> dict:
     """``../shared/data/real/manifest.json``: facts read by an independent reader."""
     return json.loads((REAL / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for this session (``tests/postgres.py``); skipped with the reason
+    where it cannot be installed or started."""
+    from .postgres import PostgresServer, PostgresUnavailable
+
+    server = PostgresServer()
+    try:
+        server.start()
+    except PostgresUnavailable as exc:
+        server.stop()
+        pytest.skip(f"PostgreSQL tests skipped: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """An empty database's URL: a SQLite file, and (second run) a database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    return request.getfixturevalue("postgres_server").url()

@@ -28,8 +28,9 @@ def make_doc(path="a.sxm", content_hash="h1", status="ok", defects=(), surface="
 
 
 @pytest.fixture
-def db(tmp_path):
-    with Database(f"sqlite:///{tmp_path / 'd.db'}") as database:
+def db(database_url):
+    """The database under test: SQLite, and a real PostgreSQL server (conftest.database_url)."""
+    with Database(database_url) as database:
         yield database
 
 

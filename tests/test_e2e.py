@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -230,30 +229,11 @@ def test_folder_end_to_end_against_simulator_truth(tmp_path):
     db.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _daemon_process(config_path: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "stmwatch.daemon", "run", "--config", str(config_path)],
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=config_path.parent,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def _count(db_path: Path) -> int:
-    if not db_path.exists():
-        return 0
-    import sqlite3
-
-    con = sqlite3.connect(db_path, timeout=10)
-    try:
-        return con.execute("SELECT count(*) FROM scans").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        con.close()
+sys.path.insert(0, str(REPO / "scripts"))
+try:  # the kill -9 helpers are shared with scripts/killtest.py (24 kills; docs/reliability.md)
+    from killtest import count as _count, free_port as _free_port, start as _daemon_process
+finally:
+    sys.path.pop(0)
 
 
 def test_kill_9_in_the_middle_then_restart_loses_and_duplicates_nothing(tmp_path):

@@ -39,7 +39,8 @@ def run(args) -> int:
     mask_logs(database)
     endpoints = args.connect if args.connect is not None else endpoints_of(config)
     try:
-        Dashboard(database, endpoints, refresh_s=args.refresh, thumbnails=not args.no_thumbnail).run(once=args.once)
+        Dashboard(database, endpoints, refresh_s=args.refresh, thumbnails=not args.no_thumbnail,
+                  security=config.security).run(once=args.once)
     except KeyboardInterrupt:
         pass
     except DatabaseError as exc:

@@ -17,6 +17,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--png", metavar="DIR", help="save attached overlay PNGs into DIR")
     parser.add_argument("--count", type=int, default=0, help="stop after this many messages (0 = never)")
     parser.add_argument("--timeout", type=float, default=0.0, help="stop after this many seconds of silence")
+    parser.add_argument("--server-key", metavar="FILE", help="CURVE: the daemon's public key (DIR/server.key "
+                        "from stmwatch keys generate; default: from --config [security])")
+    parser.add_argument("--client-key", metavar="FILE", help="CURVE: this client's secret key (DIR/client.key_secret; "
+                        "default: [security] client_secret_key)")
 
 
 def describe(message: dict) -> str:
@@ -40,16 +44,25 @@ def run(args) -> int:
     from stmwatch.daemon.config import ConfigError, load_config
     from stmwatch.daemon.publisher import TOPIC, decode_overlay
 
+    from stmwatch.drivers.wire import client_socket
+
     try:
-        endpoint = args.endpoint or load_config(args.config).daemon.publish
+        config = load_config(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    endpoint = args.endpoint or config.daemon.publish
     if not endpoint:
         print("error: no endpoint: publishing is off ([daemon] publish = '')", file=sys.stderr)
         return 2
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.SUB)
+    try:
+        sock = client_socket(ctx, zmq.SUB, config.security if args.config else None,
+                             getattr(args, "server_key", None), getattr(args, "client_key", None))
+    except ValueError as exc:
+        ctx.term()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SUBSCRIBE, TOPIC)
     sock.connect(endpoint.replace("tcp://*", "tcp://127.0.0.1").replace("tcp://0.0.0.0", "tcp://127.0.0.1"))

@@ -75,9 +75,15 @@ def run(args) -> int:
     except (ConfigError, DatabaseError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from stmwatch.daemon.service import LiveSide, serve  # systemd: READY, WATCHDOG, STATUS, SIGHUP reload, SIGTERM drain
+
+    try:
+        live = LiveSide(daemon)  # [live] publish: a taken endpoint stops the start, as [daemon] publish does
+    except ValueError as exc:
+        daemon.stop(drain=False)
+        print(f"error: [live] publish: {exc}", file=sys.stderr)
+        return 2
     source = config.folder.path if config.daemon.driver == "folder" else config.stream.endpoint
     print(f"stmwatch: {config.daemon.driver} {source} -> {mask_url(config.daemon.database)}"
           + (f", overlays on {daemon.publisher.endpoint}" if daemon.publisher else ""), flush=True)
-    from stmwatch.daemon.service import serve  # systemd: READY, WATCHDOG, STATUS, SIGHUP reload, SIGTERM drain
-
-    return serve(daemon, lambda: effective_config(args), dashboard=getattr(args, "dashboard", False))
+    return serve(daemon, lambda: effective_config(args), dashboard=getattr(args, "dashboard", False), live=live)

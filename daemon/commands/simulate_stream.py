@@ -27,6 +27,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--junk", type=int, default=0, metavar="N", help="a junk message after every N lines")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between scans")
     parser.add_argument("--wait", type=float, default=30.0, help="seconds to wait for a subscriber (pub)")
+    parser.add_argument("--server-key", metavar="FILE", help="CURVE: the daemon's public key (DIR/server.key)")
+    parser.add_argument("--client-key", metavar="FILE", help="CURVE: this sender's secret key (DIR/client.key_secret)")
 
 
 def run(args) -> int:
@@ -37,7 +39,10 @@ def run(args) -> int:
     from stmwatch.models.sim.simulate import simulate_scan
 
     try:
-        sim = StreamSimulator(args.endpoint, socket=args.socket, bind=not args.connect, topic=args.topic)
+        curve = (args.server_key, args.client_key) if args.server_key or args.client_key else None
+        if curve and not all(curve):
+            raise ValueError("CURVE needs both --server-key and --client-key")
+        sim = StreamSimulator(args.endpoint, socket=args.socket, bind=not args.connect, topic=args.topic, curve=curve)
         sim.__enter__()
     except Exception as exc:
         print(f"error: cannot open {args.endpoint}: {exc}", file=sys.stderr)

@@ -8,10 +8,12 @@ a file event only makes a path a *candidate*. :class:`FileTracker` takes a candi
   decides whether it is a partial scan or a broken file),
 
 and never takes the same (size, mtime) of a path twice: a file is read again only when its content
-changes. Temporary names (hidden files, ``*.part``, ``*.tmp``, ``*~``) are never candidates.
+changes. What was taken is remembered for the last :data:`MAX_TAKEN` paths (memory stays bounded
+over a long run; an older file touched again is read and then skipped by the database as known). Temporary names (hidden files, ``*.part``, ``*.tmp``, ``*~``) are never candidates.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fnmatch
 import itertools
@@ -27,6 +29,7 @@ from stmwatch.drivers.sxm import expected_size
 
 log = logging.getLogger(__name__)
 
+MAX_TAKEN = 10_000  # paths whose taken (size, mtime) is remembered
 TEMPORARY_SUFFIXES = (".part", ".tmp", ".partial", "~", ".crdownload")
 
 
@@ -38,6 +41,12 @@ def matches(path: str | os.PathLike, patterns: list[str]) -> bool:
     """True when the file name matches one of the glob ``patterns`` and is not a temporary file."""
     name = os.path.basename(os.fspath(path))
     return not is_temporary(name) and any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def inside(root: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """True when ``path`` with every symlink resolved lies under ``root`` (resolved too)."""
+    real_root = os.path.realpath(root)
+    return os.path.realpath(path).startswith(real_root.rstrip(os.sep) + os.sep)
 
 
 def existing_files(root: Path, patterns: list[str], recursive: bool) -> list[Path]:
@@ -68,12 +77,15 @@ class FileTracker:
     ``stable_s`` seconds of unchanged size make a short file ready; ``clock`` is in seconds.
     """
 
-    def __init__(self, stable_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, stable_s: float, clock: Callable[[], float] = time.monotonic,
+                 accept: Callable[[str], bool] | None = None):
         self.stable_s = stable_s
         self.clock = clock
+        self.accept = accept  # checked again just before reading (a path may be replaced by a symlink)
         self._lock = threading.Lock()
         self._candidates: dict[str, _Candidate] = {}
-        self._taken: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) when taken
+        # path -> (size, mtime_ns) when taken, the last MAX_TAKEN paths
+        self._taken: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
         self._counter = itertools.count()
 
     def touch(self, path: str | os.PathLike) -> None:
@@ -123,6 +135,9 @@ class FileTracker:
 
     def take(self, path: str, complete: bool, source: str = "folder") -> Acquisition | None:
         """Read ``path`` and mark that content taken; None if it changed while being read."""
+        if self.accept is not None and not self.accept(path):
+            self.forget(path)
+            return None
         try:
             before = os.stat(path)
             raw = Path(path).read_bytes()
@@ -135,6 +150,9 @@ class FileTracker:
             return None  # still being written: stays a candidate
         with self._lock:
             self._taken[path] = (after.st_size, after.st_mtime_ns)
+            self._taken.move_to_end(path)
+            while len(self._taken) > MAX_TAKEN:
+                self._taken.popitem(last=False)
             self._candidates.pop(path, None)
         if not complete:
             log.info("%s: size %d stable for %.1f s but not what its header implies; taking it as it is",

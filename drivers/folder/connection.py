@@ -8,11 +8,13 @@
 
 On entering, files already in the folder are queued first (the backlog, oldest first); the
 pipeline skips those already in the database by content hash. Use ``polling = true`` on SMB/NFS
-shares, where inotify does not see writes made by another machine.
+shares, where inotify does not see writes made by another machine. A file whose real path (symlinks
+resolved) is outside the folder is left alone with one warning unless ``follow_symlinks``.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from watchdog.observers.polling import PollingObserver
 
 from stmwatch.drivers.base import Acquisition
 
-from .acquisition import FileTracker, existing_files, matches
+from .acquisition import FileTracker, existing_files, inside, matches
 from .settings import FolderSettings
 
 log = logging.getLogger(__name__)
@@ -48,12 +50,26 @@ class FolderConnection:
     def __init__(self, settings: FolderSettings, path: str | Path | None = None):
         self.settings = settings
         self.root = Path(path if path is not None else settings.path).expanduser()
-        self.tracker = FileTracker(settings.stable_s)
+        self.tracker = FileTracker(settings.stable_s, accept=self._allowed)
         self._wake = threading.Event()
         self._observer = None
+        self._refused: set[str] = set()  # paths outside the folder already warned about (bounded)
+
+    def _allowed(self, path) -> bool:
+        """False (with one warning per path) for a path leading outside the folder through a symlink."""
+        if self.settings.follow_symlinks or inside(self.root, path):
+            return True
+        key = os.fspath(path)
+        if key not in self._refused:
+            if len(self._refused) > 10_000:
+                self._refused.clear()
+            self._refused.add(key)
+            log.warning("%s: a symlink to %s, outside the watched folder; not taken ([folder] follow_symlinks)",
+                        key, os.path.realpath(key))
+        return False
 
     def _notice(self, path) -> None:
-        if matches(path, self.settings.patterns):
+        if matches(path, self.settings.patterns) and self._allowed(path):
             self.tracker.touch(path)
             self._wake.set()
 
@@ -67,6 +83,7 @@ class FolderConnection:
         self._observer = observer
         if self.settings.backlog:
             backlog = existing_files(self.root, self.settings.patterns, self.settings.recursive)
+            backlog = [p for p in backlog if self._allowed(p)]
             for p in backlog:
                 self.tracker.touch(p)
             log.info("watching %s (%s); %d file(s) already there", self.root,

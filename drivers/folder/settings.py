@@ -13,6 +13,7 @@ class FolderSettings:
     poll_interval_s: float = 1.0  # polling period, seconds
     stable_s: float = 5.0  # a file whose size has not changed for this long is taken as it is
     backlog: bool = True  # on start, process files already there but not in the database
+    follow_symlinks: bool = False  # take files whose real path (symlinks resolved) is outside the folder
 
     def check(self) -> None:
         if self.stable_s <= 0 or self.poll_interval_s <= 0:

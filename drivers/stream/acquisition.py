@@ -17,7 +17,8 @@ import numpy as np
 from stmwatch.drivers.base import Acquisition, Event, PartialScan
 from stmwatch.drivers.scan import Scan
 
-from .protocol import ProtocolError, StreamMessage, empty_scan, frames_per_line, stream_content_hash
+from .protocol import (ProtocolError, StreamMessage, declared_bytes, empty_scan, frames_per_line,
+                       stream_content_hash)
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,11 @@ def _fill_rows(scan: Scan, first_row: int, count: int, values: np.ndarray) -> No
 class StreamAssembler:
     """Builds scans from stream messages; one scan is open at a time (a microscope scans one)."""
 
-    def __init__(self, timeout_s: float, where: str = "stream"):
+    def __init__(self, timeout_s: float, where: str = "stream", max_bytes: int | None = None,
+                 max_channels: int | None = None):
         self.timeout_s = timeout_s
         self.where = where
+        self.max_bytes, self.max_channels = max_bytes, max_channels  # caps checked before allocating
         self.current: _Open | None = None
 
     def _acquisition(self, o: _Open, complete: bool) -> Acquisition:
@@ -73,14 +76,20 @@ class StreamAssembler:
     def feed(self, msg: StreamMessage, now: float) -> list[Event]:
         """The events ``msg`` gives (may be none); :class:`ProtocolError` if it does not fit."""
         if msg.kind == "scan_start":
-            scan = empty_scan(msg.header)
+            if msg.payload.size:
+                raise ProtocolError("scan_start carries no payload")
+            scan = empty_scan(msg.header, self.max_bytes, self.max_channels)
             if msg.payload.size:
                 raise ProtocolError("scan_start carries no payload")
             events = self._close(False, f"a new scan {msg.scan_id} started") if self.current else []
             self.current = _Open(msg.scan_id, msg.header, scan, last_message=now)
             return events
         if msg.kind == "frame":
-            scan = empty_scan(msg.header)
+            need = declared_bytes(msg.header, self.max_channels, self.max_bytes)
+            if msg.payload.size * 4 != need:
+                raise ProtocolError(f"frame {msg.scan_id}: {msg.payload.size * 4} bytes of data, its header "
+                                    f"declares {need}")
+            scan = empty_scan(msg.header, self.max_bytes, self.max_channels)
             ny, nx = scan.shape
             n_frames = frames_per_line(scan)
             if msg.payload.size != n_frames * ny * nx:
@@ -107,7 +116,8 @@ class StreamAssembler:
         # lines
         ny, nx = o.scan.shape
         row, count = msg.header.get("row"), msg.header.get("count", 1)
-        if not isinstance(row, int) or not isinstance(count, int) or isinstance(row, bool) or count < 1:
+        if not isinstance(row, int) or not isinstance(count, int) or isinstance(row, bool) or isinstance(count, bool) \
+                or count < 1:
             raise ProtocolError(f"lines: row {row!r} and count {count!r} must be integers, count >= 1")
         if row < 0 or row + count > ny:
             raise ProtocolError(f"lines: rows {row}..{row + count - 1} outside 0..{ny - 1}")

@@ -38,13 +38,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 
 import numpy as np
 
 from stmwatch.drivers.base import ProtocolError, content_hash, scan_geometry
 from stmwatch.drivers.scan import Channel, Scan
 
-__all__ = ["STREAM_VERSION", "STREAM_KINDS", "ProtocolError", "StreamMessage", "parse_message", "empty_scan",
+__all__ = ["STREAM_VERSION", "STREAM_KINDS", "ProtocolError", "OversizeError", "StreamMessage", "parse_message",
+           "declared_bytes", "empty_scan",
            "frames_per_line", "scan_header", "encode_scan_start", "encode_lines", "encode_scan_end",
            "encode_frame", "stream_content_hash"]
 
@@ -62,18 +64,22 @@ class StreamMessage:
     payload: np.ndarray
 
 
-def parse_message(frames: list[bytes]) -> StreamMessage:
+def parse_message(frames: list[bytes], max_bytes: int | None = None) -> StreamMessage:
     """Multipart frames → :class:`StreamMessage`, or :class:`ProtocolError` saying what is wrong.
 
-    Checks the framing, JSON, version, kind and that the payload is whole float32 values; sizes
-    against the scan's geometry are checked by the assembler that knows the geometry.
+    Checks the framing, the size (at most ``max_bytes`` in all: :class:`OversizeError`), JSON,
+    version, kind and that the payload is whole float32 values; sizes against the scan's geometry
+    are checked by the assembler that knows the geometry.
     """
     if len(frames) not in (2, 3):
         raise ProtocolError(f"expected 3 frames [topic, header, payload], got {len(frames)}")
+    size = sum(len(f) for f in frames)
+    if max_bytes is not None and size > max_bytes:
+        raise OversizeError(f"message of {size} bytes, more than max_message_bytes = {max_bytes}")
     try:
         header = json.loads(bytes(frames[1]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"header is not JSON: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: [[[[...]]]]
+        raise ProtocolError(f"header is not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a JSON object")
     version = header.get("version")
@@ -98,21 +104,46 @@ def _pair(header: dict, key: str, kind=float) -> tuple:
         raise ProtocolError(f"{key} must be a pair, got {value!r}")
     try:
         out = tuple(kind(v) for v in value)
-    except (TypeError, ValueError):
-        raise ProtocolError(f"{key} must be two numbers, got {value!r}") from None
-    if not all(np.isfinite(out)):
+        finite = all(math.isfinite(v) for v in out)  # math: np.isfinite raises on a huge int
+    except (TypeError, ValueError, OverflowError):
+        raise ProtocolError(f"{key} must be two finite numbers, got {str(value)[:80]}") from None
+    if not finite:
         raise ProtocolError(f"{key} must be finite, got {value!r}")
     return out
 
 
-def empty_scan(header: dict) -> Scan:
-    """A :class:`Scan` of NaN frames with the geometry and channels of a ``scan_start``/``frame``."""
+class OversizeError(ProtocolError):
+    """A message, or the scan a header declares, larger than the configured caps."""
+
+
+def declared_bytes(header: dict, max_channels: int | None = None, max_bytes: int | None = None) -> int:
+    """Bytes of float32 data the scan of a ``scan_start``/``frame`` header declares, from the header
+    alone (nothing allocated); :class:`OversizeError` for more than ``max_channels`` channels or
+    ``max_bytes`` bytes."""
     nx, ny = _pair(header, "pixels", int)
     if nx <= 0 or ny <= 0 or nx * ny > 1 << 24:
         raise ProtocolError(f"pixels {nx} x {ny} out of range")
     channels_in = header.get("channels")
     if not isinstance(channels_in, list) or not channels_in:
         raise ProtocolError("channels must be a non-empty list")
+    if max_channels is not None and len(channels_in) > max_channels:
+        raise OversizeError(f"{len(channels_in)} channels declared, more than max_channels = {max_channels}")
+    n_frames = sum(len(ch.get("directions", ["forward", "backward"])) if isinstance(ch, dict)
+                   and isinstance(ch.get("directions", []), list) else 1 for ch in channels_in)
+    need = 4 * nx * ny * max(1, n_frames)
+    if max_bytes is not None and need > max_bytes:
+        raise OversizeError(f"header declares {need} bytes of scan data, more than max_message_bytes = {max_bytes}")
+    return need
+
+
+def empty_scan(header: dict, max_bytes: int | None = None, max_channels: int | None = None) -> Scan:
+    """A :class:`Scan` of NaN frames with the geometry and channels of a ``scan_start``/``frame``.
+
+    The declared size is checked against ``max_bytes`` and ``max_channels`` before anything is
+    allocated (:class:`OversizeError`)."""
+    declared_bytes(header, max_channels, max_bytes)
+    nx, ny = _pair(header, "pixels", int)
+    channels_in = header["channels"]
     channels = []
     for i, ch in enumerate(channels_in):
         if not isinstance(ch, dict) or not isinstance(ch.get("name"), str):
@@ -136,7 +167,7 @@ def empty_scan(header: dict) -> Scan:
                     offset_m=_pair(header, "offset_m") if "offset_m" in header else (0.0, 0.0),
                     angle_deg=angle, direction=str(header.get("direction", "down")), bias_v=bias,
                     acquired=acquired)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"bad geometry: {exc}") from None
 
 

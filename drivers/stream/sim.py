@@ -30,7 +30,8 @@ class StreamSimulator:
     """Sends scans over ZeroMQ as a microscope would; ``endpoint`` is where it really is bound."""
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:*", socket: str = "pub", bind: bool = True,
-                 topic: str = "stm", context: zmq.Context | None = None):
+                 topic: str = "stm", context: zmq.Context | None = None, curve: tuple[str, str] | None = None):
+        self.curve = curve  # (the daemon's public key, this sender's secret key): a CURVE client
         self.endpoint = endpoint
         self.kind = socket
         self.bind = bind
@@ -46,6 +47,10 @@ class StreamSimulator:
         sock = ctx.socket(zmq.XPUB if self.kind == "pub" else zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 10_000)  # on close, wait up to 10 s for queued messages to go out
         sock.setsockopt(zmq.SNDHWM, 100_000)
+        if self.curve:
+            from stmwatch.drivers.wire import secure_client
+
+            secure_client(sock, *self.curve)
         try:
             if self.bind:
                 deadline = time.monotonic() + 5.0
