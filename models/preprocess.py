@@ -91,16 +91,21 @@ class PreprocessSettings:
 
 
 # ---- small helpers ---------------------------------------------------------------------------
-def _median(values: np.ndarray, axis: int | None = None):
+def _median(values: np.ndarray, axis: int | None = None, overwrite: bool = False):
     """Median of finite, non-empty ``values`` (flattened, or along ``axis``), as ``np.median``
     gives it, from one partition at the middle (``np.median`` partitions at both middle positions
-    and checks for NaN: several times slower on a whole image)."""
+    and checks for NaN: several times slower on a whole image). ``overwrite``: partition
+    ``values`` in place (a temporary of the caller's) instead of a copy."""
     if axis is None:
         values = np.ravel(values)
         axis = 0
     n = values.shape[axis]
     k = n // 2
-    part = np.partition(values, k, axis=axis)
+    if overwrite and values.flags.writeable:
+        part = values
+        part.partition(k, axis=axis)
+    else:
+        part = np.partition(values, k, axis=axis)
     upper = np.take(part, k, axis=axis)
     if n % 2:
         return float(upper) if upper.ndim == 0 else upper
@@ -119,7 +124,8 @@ def _finite(values: np.ndarray) -> np.ndarray:
 def _centre_and_sigma(values: np.ndarray) -> tuple[float, float]:
     """Median and robust sigma (see :func:`robust_sigma`) of finite, non-empty 1-D ``values``."""
     centre = _median(values)
-    mad = _median(np.abs(values - centre))
+    deviation = values - centre
+    mad = _median(np.abs(deviation, out=deviation), overwrite=True)
     return centre, (MAD_TO_SIGMA * mad if mad > 0 else float(values.std()))
 
 
@@ -234,7 +240,9 @@ def fit_plane(image: np.ndarray, mask: np.ndarray | None = None, *, trim: float 
         coef = _plane_coefficients(image, keep, y, x)
         if iteration == iterations:
             break
-        residual = image - _evaluate_plane(coef, y, x)
+        residual = image - coef[0]  # minus the plane, without building it
+        residual -= coef[1] * x
+        residual -= (coef[2] * y)[:, None]
         centre, spread = _centre_and_sigma(_masked(residual, use))
         if spread == 0:
             break
@@ -286,11 +294,11 @@ def row_offsets(image: np.ndarray, method: str = "median_diff", mask: np.ndarray
         both_full = full[current] & full[previous]
         if both_full.all() and with_data.size == rows:
             if rows > 1:
-                steps[1:] = _median(image[1:] - image[:-1], axis=1)
+                steps[1:] = _median(image[1:] - image[:-1], axis=1, overwrite=True)
         else:
             pairs = np.flatnonzero(both_full)
             if pairs.size:
-                steps[current[pairs]] = _median(image[current[pairs]] - image[previous[pairs]], axis=1)
+                steps[current[pairs]] = _median(image[current[pairs]] - image[previous[pairs]], axis=1, overwrite=True)
             for r, p in zip(current[~both_full], previous[~both_full]):
                 both = use[r] & use[p]
                 if both.any():
