@@ -131,12 +131,14 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
     name = "onnxruntime-int8"
 
     def _model_path(self, fp32_path: Path, tile: int) -> Path:
-        from .quantize import CALIBRATION_RECIPE, calibration_batches, quantize_unet
+        from . import quantize
 
-        path = fp32_path.with_name(f"{fp32_path.stem}-int8-t{tile}-{CALIBRATION_RECIPE}.onnx")
+        path = fp32_path.with_name(f"{fp32_path.stem}-int8-t{tile}-{quantize.CALIBRATION_RECIPE}.onnx")
         if not path.exists():
+            if importlib.util.find_spec("onnx") is None:
+                raise BackendUnavailable("int8 quantization needs the onnx package; pip install 'stmwatch[onnx]'")
             log.info("quantizing the UNet to int8 (calibration on simulated scans, once); cached at %s", path)
-            quantize_unet(fp32_path, path, calibration_batches(tile))
+            quantize.quantize_unet(fp32_path, path, quantize.calibration_batches(tile))
         return path
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -63,6 +64,7 @@ class PreprocessSettings:
     scar_min_length: int = 16  # repair_scars: shortest scar, in scan columns
     clip: float = 6.0  # normalise: values clipped to ±clip (robust sigmas)
     max_model_px: int = 8192  # refuse scans whose model image would be larger than this on a side
+    threads: int = 2  # frames (forward, backward) preprocessed at once; 1 = one after the other
 
     def check(self) -> None:
         unknown = [s for s in self.steps if s not in STEPS]
@@ -84,6 +86,8 @@ class PreprocessSettings:
             raise ValueError("clip must be > 0")
         if self.max_model_px < 1:
             raise ValueError("max_model_px must be >= 1")
+        if self.threads < 1:
+            raise ValueError("threads must be >= 1")
 
 
 # ---- small helpers ---------------------------------------------------------------------------
@@ -186,7 +190,9 @@ def fit_plane(image: np.ndarray, mask: np.ndarray | None = None, *, trim: float 
         coef = _plane_coefficients(image, keep, y, x)
         if iteration == iterations:
             break
-        residual = image - _evaluate_plane(coef, y, x)
+        residual = image - coef[0]  # minus the plane, without building it
+        residual -= coef[1] * x
+        residual -= (coef[2] * y)[:, None]
         centre, spread = centre_and_sigma(_masked(residual, use))
         if spread == 0:
             break
@@ -238,11 +244,11 @@ def row_offsets(image: np.ndarray, method: str = "median_diff", mask: np.ndarray
         both_full = full[current] & full[previous]
         if both_full.all() and with_data.size == rows:
             if rows > 1:
-                steps[1:] = median(image[1:] - image[:-1], axis=1)
+                steps[1:] = median(image[1:] - image[:-1], axis=1, overwrite=True)
         else:
             pairs = np.flatnonzero(both_full)
             if pairs.size:
-                steps[current[pairs]] = median(image[current[pairs]] - image[previous[pairs]], axis=1)
+                steps[current[pairs]] = median(image[current[pairs]] - image[previous[pairs]], axis=1, overwrite=True)
             for r, p in zip(current[~both_full], previous[~both_full]):
                 both = use[r] & use[p]
                 if both.any():
@@ -511,22 +517,14 @@ def prepare(scan: Scan, surface: Surface | str, settings: PreprocessSettings | N
     if len(frames) == 1:
         frames = frames * 2
 
-    filled_frames, valid = [], np.ones(scan.shape, dtype=bool)
-    for frame in frames:
+    def fill(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         image = apparent_height(frame, channel.unit)
         finite = np.isfinite(image)
         if finite.any():
-            image = image - median(image[finite])  # remove the big absolute Z before any fit
-        filled, frame_valid = fill_nan_rows(image)
-        filled_frames.append(filled)
-        valid &= frame_valid
+            image -= median(image[finite])  # remove the big absolute Z before any fit
+        return fill_nan_rows(image)
 
-    if valid.all():  # resampled, a mask of ones stays all True: no need to resample it
-        resampled_valid = np.ones((rows_out, cols_out), dtype=bool)
-    else:
-        resampled_valid = resample(valid.astype(float), scale[0], scale[1], (rows_out, cols_out)) > 0.5
-    outputs = []
-    for image in filled_frames:
+    def chain(image: np.ndarray) -> np.ndarray:
         current_valid = valid
         image = _neutralise(image, valid)
         for step in settings.steps[1:]:
@@ -544,8 +542,18 @@ def prepare(scan: Scan, surface: Surface | str, settings: PreprocessSettings | N
             elif step == "normalise":
                 image = normalise(image, current_valid, settings.clip)
             image = _neutralise(image, current_valid)
-        outputs.append(image)
-        model_valid = current_valid
+        return image
+
+    # the frames are independent: numpy releases the GIL in its array loops, so threads overlap
+    with ThreadPoolExecutor(max_workers=max(1, min(settings.threads, len(frames)))) as pool:
+        filled = list(pool.map(fill, frames))
+        valid = np.logical_and.reduce([frame_valid for _, frame_valid in filled])
+        if valid.all():  # resampled, a mask of ones stays all True: no need to resample it
+            resampled_valid = np.ones((rows_out, cols_out), dtype=bool)
+        else:
+            resampled_valid = resample(valid.astype(float), scale[0], scale[1], (rows_out, cols_out)) > 0.5
+        model_valid = resampled_valid  # resample is always a step (check())
+        outputs = list(pool.map(chain, [image for image, _ in filled]))
 
     stacked = np.stack(outputs).astype(np.float32)
     if not np.isfinite(stacked).all():  # cannot happen for finite input; never hand NaN on

@@ -6,16 +6,21 @@ import numpy as np
 MAD_TO_SIGMA = 1.4826  # median absolute deviation × this = standard deviation of a Gaussian
 
 
-def median(values: np.ndarray, axis: int | None = None):
+def median(values: np.ndarray, axis: int | None = None, overwrite: bool = False):
     """Median of finite, non-empty ``values`` (flattened, or along ``axis``), as ``np.median``
     gives it, from one partition at the middle (``np.median`` partitions at both middle positions
-    and checks for NaN: several times slower on a whole image)."""
+    and checks for NaN: several times slower on a whole image). ``overwrite``: partition
+    ``values`` in place (a temporary of the caller's) instead of a copy."""
     if axis is None:
         values = np.ravel(values)
         axis = 0
     n = values.shape[axis]
     k = n // 2
-    part = np.partition(values, k, axis=axis)
+    if overwrite and values.flags.writeable:
+        part = values
+        part.partition(k, axis=axis)
+    else:
+        part = np.partition(values, k, axis=axis)
     upper = np.take(part, k, axis=axis)
     if n % 2:
         return float(upper) if upper.ndim == 0 else upper
@@ -34,7 +39,8 @@ def finite_values(values: np.ndarray) -> np.ndarray:
 def centre_and_sigma(values: np.ndarray) -> tuple[float, float]:
     """Median and robust sigma (see :func:`robust_sigma`) of finite, non-empty 1-D ``values``."""
     centre = median(values)
-    mad = median(np.abs(values - centre))
+    deviation = values - centre
+    mad = median(np.abs(deviation, out=deviation), overwrite=True)
     return centre, (MAD_TO_SIGMA * mad if mad > 0 else float(values.std()))
 
 

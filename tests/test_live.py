@@ -197,7 +197,7 @@ def test_unet_band_passes_publish_the_whole_frame_defects(direction, tmp_path):
     from stmwatch.daemon.config import config_from_dict
     from stmwatch.daemon.live import live_analyser
 
-    config = config_from_dict({"models": {"engine_cache": str(tmp_path)}})
+    config = config_from_dict({"models": {"engine_cache": str(tmp_path), "backend": "onnxruntime"}})
     analyser = live_analyser(config)
     segmenter = analyser.segmenter
     assert segmenter.backend.name == "onnxruntime" and segmenter.flips == 4
@@ -223,3 +223,21 @@ def test_live_flips_must_be_1_2_or_4():
     assert config_from_dict({"live": {"flips": 2}}).live.flips == 2
     with pytest.raises(ConfigError, match="flips"):
         config_from_dict({"live": {"flips": 3}})
+
+
+def test_live_analyser_runs_int8_for_auto_on_a_cpu(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from stmwatch.daemon.config import config_from_dict
+    from stmwatch.daemon.live import live_analyser
+    from stmwatch.models import quantize
+
+    if torch.cuda.is_available():
+        pytest.skip("auto picks the GPU there")
+    calibration = [np.random.default_rng(2).normal(size=(2, 2, 256, 256)).astype(np.float32)]
+    monkeypatch.setattr(quantize, "calibration_batches", lambda tile, *a, **k: calibration)  # seconds saved
+    auto = live_analyser(config_from_dict({"models": {"engine_cache": str(tmp_path)}}))
+    assert auto.segmenter.backend.name == "onnxruntime-int8"
+    named = live_analyser(config_from_dict({"models": {"engine_cache": str(tmp_path), "backend": "torch"}}))
+    assert named.segmenter.backend.name == "torch"

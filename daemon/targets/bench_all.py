@@ -1,7 +1,7 @@
 """``stmwatch bench all``: every benchmark in one go, shortened to fit in a few minutes.
 
-Runs ``segment`` (3 timed runs per backend), ``classify`` (10 batches), ``preprocess`` (5),
-``pipeline`` (4 scans) and ``stream`` (2 scans), each with its own defaults otherwise and each
+Runs ``segment`` (one flip, 2 timed runs per backend), ``classify`` (10 batches), ``preprocess`` (5),
+``pipeline`` (3 scans) and ``stream`` (2 scans), each with its own defaults otherwise and each
 printing its table; with ``--json``, one JSON object ``{target: figures, ..., "seconds": {...}}``.
 Every figure is a ratio or a delay measured within its own run, so runs on a loaded machine are
 comparable only as ratios. Target: the whole run in under 5 minutes on 2 cores.
@@ -18,10 +18,10 @@ import time
 
 HELP = "run every benchmark (segment, classify, preprocess, pipeline, stream), shortened"
 SHORT = {  # target -> (module, arguments that keep it short)
-    "segment": ("stmwatch.daemon.targets.bench_segment", ["--repeat", "3"]),
+    "segment": ("stmwatch.daemon.targets.bench_segment", ["--repeat", "2", "--flips", "1"]),
     "classify": ("stmwatch.daemon.targets.bench_classify", ["--repeats", "10"]),
     "preprocess": ("stmwatch.daemon.targets.bench_preprocess", ["--repeat", "5"]),
-    "pipeline": ("stmwatch.daemon.targets.bench_pipeline", ["--scans", "4"]),
+    "pipeline": ("stmwatch.daemon.targets.bench_pipeline", ["--scans", "3"]),
     "stream": ("stmwatch.daemon.targets.bench_stream", []),
 }
 

@@ -38,16 +38,16 @@ def measure(config, pixels: int = 512, range_nm: float | None = None, scans: int
 
     import zmq
 
-    from stmwatch.daemon.daemon import make_analyser
     from stmwatch.daemon.db import Database
-    from stmwatch.drivers.base import Acquisition
     from stmwatch.daemon.pipeline import Pipeline, config_version
     from stmwatch.daemon.publisher import OverlayPublisher, decode_overlay
+    from stmwatch.drivers.base import Acquisition
     from stmwatch.drivers.sxm import write_sxm
+    from stmwatch.models.load import make_analyser
     from stmwatch.models.preprocess import prepare
     from stmwatch.models.unet import flip_averaged_predict
 
-    analyser = make_analyser(config)
+    analyser = make_analyser(config.daemon.analyser, config)
     segmenter = analyser.segmenter
     scan = bench_scan(config.models.surface, pixels, range_nm)
     with tempfile.TemporaryDirectory(prefix="stmwatch-bench-") as tmp:
