@@ -159,8 +159,12 @@ def simulate_scan(surface: str, seed: int, *, pixels: tuple[int, int] = (256, 25
                   range_nm: float | tuple[float, float] | None = None, offset_m: tuple[float, float] = (0.0, 0.0),
                   angle_deg: float = 0.0, direction: str = "down", bias_v: float | None = None,
                   n_defects: int | None = None, artefacts: Artefacts | None = None,
-                  place: Sequence[tuple[str, float, float]] = ()) -> tuple[Scan, Truth]:
+                  place: Sequence[tuple[str, float, float]] = (), style: str = "training") -> tuple[Scan, Truth]:
     """Simulate one STM scan of ``surface`` (a key of ``SURFACES``) and its ground truth.
+
+    ``style`` "training" is the simulator the models learn from; "foreign" is another microscope
+    (:mod:`.foreign`, frozen, for measuring only: it has its own artefacts, so ``artefacts`` and
+    ``place`` are ignored there).
 
     ``pixels`` is ``(columns, rows)`` as ``Scan.pixels``; ``range_nm`` the frame's width (or
     ``(width, height)``) in nm, by default 0.1 nm per pixel; ``offset_m`` its centre (metres) and
@@ -172,6 +176,13 @@ def simulate_scan(surface: str, seed: int, *, pixels: tuple[int, int] = (256, 25
     Returns the :class:`Scan` (channels ``Z`` in m and ``Current`` in A, forward and backward,
     display frame) and its :class:`Truth`.
     """
+    if style == "foreign":
+        from .foreign import simulate_foreign
+
+        return simulate_foreign(surface, seed, pixels=pixels, range_nm=range_nm, offset_m=offset_m,
+                                angle_deg=angle_deg, direction=direction, bias_v=bias_v, n_defects=n_defects)
+    if style != "training":
+        raise ValueError(f"unknown simulator style {style!r}; styles are 'training' and 'foreign'")
     surf = get_surface(surface)
     nx, ny = int(pixels[0]), int(pixels[1])
     if range_nm is None:
