@@ -171,4 +171,10 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     threshold = unknown_distance or meta.get("unknown_distance", float("inf"))
     log.info("classifier %s (%s): %d support classes for %s, unknown above %.3g", weights.name, runner,
              len(support.crops), surface, threshold)
+    pool = weights.parent / meta["pool"] if meta.get("pool") else None
+    if pool is not None and pool.is_file():  # an adapted classifier (stmwatch adapt): refine on the lab's crops
+        from .transductive import TransductiveClassifier
+
+        return TransductiveClassifier(net, support, threshold, version=file_version(weights),
+                                      pool=np.load(pool), steps=int(meta.get("refine_steps", 3)))
     return PrototypicalClassifier(net, support, threshold, version=file_version(weights))
