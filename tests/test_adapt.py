@@ -15,6 +15,7 @@ from stmwatch.daemon.config import Config
 from stmwatch.models.adapt import AdaptSettings, PseudoLabels, UNetConfidentLabels, adapt, kmeans, split_scans
 from stmwatch.models.bundle import load_bundle
 from stmwatch.models.clicks import least_sure
+from stmwatch.models.fewshot.classifier import PrototypicalClassifier
 from stmwatch.models.fewshot.crops import CropSet
 from stmwatch.models.fewshot.transductive import TransductiveClassifier
 from stmwatch.models.load import load_analyser
@@ -56,9 +57,9 @@ class Identity(torch.nn.Module):
 
 
 def test_transductive_prototypes_move_to_the_lab_crops():
-    """Embedding = the first two pixels. One support crop per class sits off its lab cluster; the
-    pool's clusters pull each prototype to their centre, so crops near the cluster centre that the
-    plain prototypes mislabel are labelled right."""
+    """Embedding = the first two pixels. Class b's one click sits off its lab cluster, near the
+    middle; the pool's clusters pull each prototype to their centre, so a crop nearer cluster a
+    that the plain prototypes call b is labelled right."""
     from stmwatch.models.fewshot.backbones import Conv4  # noqa: F401 (only to be sure the package imports)
     from stmwatch.models.fewshot.proto import ProtoNet
 
@@ -67,14 +68,16 @@ def test_transductive_prototypes_move_to_the_lab_crops():
         c = np.zeros((2, 32, 32), np.float32)
         c[0, 0, 0], c[0, 0, 1] = a, b
         return c
-    support = CropSet("si001h", {"a": np.stack([crop(0.0, 1.4)]), "b": np.stack([crop(0.0, -1.4)])})
+    support = CropSet("si001h", {"a": np.stack([crop(0.0, 1.0)]), "b": np.stack([crop(0.0, 0.2)])})  # b: off-centre
     rng = np.random.default_rng(0)
-    pool = np.stack([crop(*xy) for xy in rng.normal([3.0, 1.0], 0.2, (30, 2))]
-                    + [crop(*xy) for xy in rng.normal([3.0, -1.0], 0.2, (30, 2))])
-    query = np.stack([crop(3.0, 0.2), crop(3.0, -0.2)])  # near cluster a and cluster b
-    trans = TransductiveClassifier(net, support, float("inf"), pool=pool, steps=5)
+    pool = np.stack([crop(*xy) for xy in rng.normal([0.0, 1.0], 0.2, (30, 2))]
+                    + [crop(*xy) for xy in rng.normal([0.0, -1.0], 0.2, (30, 2))])
+    query = np.stack([crop(0.0, 0.55), crop(0.0, -0.2)])  # nearer cluster a's centre, and cluster b's
+    plain = PrototypicalClassifier(net, support, float("inf"))
+    assert [lab for lab, _ in plain.classify(query)] == ["b", "b"]
+    trans = TransductiveClassifier(PrototypicalClassifier(net, support, float("inf")), pool, steps=5)
     protos = trans.net.prototypes.numpy()
-    assert np.allclose(protos[0], [2.9, 1.0], atol=0.3) and np.allclose(protos[1], [2.9, -1.0], atol=0.3)
+    assert np.allclose(protos[0], [0.0, 1.0], atol=0.15) and np.allclose(protos[1], [0.0, -0.9], atol=0.15)
     assert [lab for lab, _ in trans.classify(query)] == ["a", "b"]
 
 

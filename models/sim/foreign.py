@@ -25,6 +25,7 @@ import numpy as np
 from stmwatch.drivers.scan import Channel, Scan
 
 from ..surfaces import get_surface
+from .truth import Truth, TruthDefect  # the truth format is shared with the training style
 
 __all__ = ["STYLE", "ForeignStyle", "simulate_foreign"]
 
@@ -329,8 +330,6 @@ def simulate_foreign(surface: str, seed: int, *, pixels: tuple[int, int] = (256,
     (tip, noise, glitches, patches) without the defects, for tests that compare what is drawn with
     the truth. ``Truth.artefacts`` records what was drawn (tip, density, lines, patches, the
     glitched rows)."""
-    from .simulate import Truth, TruthDefect  # the truth format is shared with the training style
-
     surf = get_surface(surface)
     key = sum(surface.encode())  # a per-surface stream: the same seed draws different samples per surface
     nx, ny = int(pixels[0]), int(pixels[1])
