@@ -13,7 +13,6 @@ and the label accuracy of the matched defects (the pairs of
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import tempfile
@@ -26,21 +25,12 @@ from stmwatch.drivers.sxm import read_sxm
 
 from .clicks import add_examples
 from .eval_segment import MATCH_RADIUS_NM, DetectionScore, match_points
+from .sim.truth import TruthDefect as TruthPoint  # the truth files' defects
 
 log = logging.getLogger(__name__)
 
 EDGE_NM = 2.0  # a click is at least this far from the frame's edge
 CLEAR_NM = 1.5  # ... and this far from any other defect (beyond both footprints)
-
-
-@dataclasses.dataclass
-class TruthPoint:
-    cls: str
-    row: float
-    col: float
-    x_m: float
-    y_m: float
-    radius_nm: float
 
 
 def read_truth_points(sxm: Path) -> list[TruthPoint]:
