@@ -118,10 +118,11 @@ def score_scans(analyser, scans: list[Path], radius_nm: float = MATCH_RADIUS_NM,
     }
 
 
-def evaluate_oneclick(scan_dir: str | Path, surface: str, make_analyser: Callable[[Path], object], shots: int = 1,
+def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_analyser: Callable[[Path], object], shots: int = 1,
                       radius_nm: float = MATCH_RADIUS_NM, preprocess=None, support_dir: str | Path | None = None,
                       progress=None) -> dict:
-    """The one-click figures of the labelled ``.sxm`` files in ``scan_dir`` (name order).
+    """The one-click figures of the labelled ``.sxm`` files in ``scan_dir`` (a folder, or a list
+    of files; name order).
 
     ``make_analyser(support_folder)`` builds the analyser on the clicked support set (e.g.
     ``load_analyser(config, surface, support=folder)``). ``support_dir`` keeps the clicked set
@@ -129,7 +130,7 @@ def evaluate_oneclick(scan_dir: str | Path, surface: str, make_analyser: Callabl
     ``shots``, ``support_scans`` and ``eval_scans``."""
     from .surfaces import get_surface
 
-    scans = sorted(Path(scan_dir).glob("*.sxm"))
+    scans = sorted(Path(p) for p in scan_dir) if isinstance(scan_dir, list) else sorted(Path(scan_dir).glob("*.sxm"))
     if len(scans) < 2:
         raise ValueError(f"{scan_dir}: eval oneclick needs at least 2 labelled .sxm files, found {len(scans)}")
     classes = get_surface(surface).classes

@@ -100,8 +100,8 @@ def tiny_setup(tmp_path):
     torch.manual_seed(0)
     save_checkpoint(UNet(UNetConfig(width=4, depth=2)), tmp_path / "tiny.pt")
     scans = tmp_path / "scans"
-    for i in range(4):
-        scan, truth = simulate_scan("si001h", 60 + i, pixels=(64, 64), n_defects=6)
+    for i in range(8):
+        scan, truth = simulate_scan("si001h", 60 + i, pixels=(96, 96), n_defects=8)
         write_example(scan, truth, scans / f"s{i}")
     config = Config(models=ModelSettings(segmenter_weights=str(tmp_path / "tiny.pt"), backend="torch",
                                          test_time_flips=1, surface_thresholds={}, threshold=0.5),
@@ -135,11 +135,11 @@ def test_adapt_writes_a_bundle_that_loads_and_keeps_the_held_back_scans_out(tiny
     bundle = load_bundle(tmp_path / "bundle")
     assert figures["bundle"] == bundle.id and bundle.unet and bundle.classifier
     made = json.loads((tmp_path / "bundle" / "config.json").read_text())
-    assert made["held_back"] == ["s3.sxm"] and "s3.sxm" not in made["trained_on"]
-    assert figures["held_back_scans"] == 1 and "before" in figures and "after" in figures
+    assert made["held_back"] == ["s6.sxm", "s7.sxm"] and not set(made["held_back"]) & set(made["trained_on"])
+    assert figures["held_back_scans"] == 2 and "before" in figures and "after" in figures
     assert "before" in (tmp_path / "bundle" / "CARD.md").read_text()
     pool = np.load(tmp_path / "bundle" / "lab_crops.npy")
-    assert pool.shape[1:] == (2, 32, 32) and len(pool) >= 8  # 3 scans x ~6 defects
+    assert pool.shape[1:] == (2, 32, 32) and len(pool) >= 8  # 6 scans x ~8 defects
     after = dataclasses.replace(config, models=dataclasses.replace(config.models, bundle=str(tmp_path / "bundle"),
                                                                    segmenter_weights=""))
     analyser = load_analyser(after, "si001h")
