@@ -80,3 +80,20 @@ def test_several_at_points_save_one_crop_each_centred_on_its_point(tmp_path):
     else:
         raise AssertionError("a point outside the scan was accepted")
     assert not list((tmp_path / "s").glob("c/*.npy"))
+
+
+def test_support_suggest_lists_defects_by_margin_smallest_first(tmp_path, capsys):
+    import json
+
+    from stmwatch.models.fewshot.classifier import SUPPORT
+    from stmwatch.models.sim.simulate import simulate_scan, write_example
+
+    scan, truth = simulate_scan("si001h", 8, pixels=(128, 128), n_defects=10, bias_v=-1.8)
+    sxm = write_example(scan, truth, tmp_path / "s")
+    assert main(["support", "suggest", "--surface", "si001h", "--scan", str(sxm), "--support",
+                 str(SUPPORT / "si001h"), "--n", "4", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert 1 <= len(rows) <= 4
+    margins = [r["margin"] for r in rows]
+    assert margins == sorted(margins) and all(0 <= m <= 1 for m in margins)
+    assert all(r["p"] >= r["p_second"] and r["nearest"] != r["second"] for r in rows)
