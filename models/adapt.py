@@ -346,6 +346,7 @@ def card_figures(held: list[Path], surface: str, config, bundle: Path, support, 
                 continue
             except ValueError as exc:  # too few clear examples in the held-back scans
                 log.info("card: one-click figures not possible (%s); label-free figures", exc)
+                out["note"] = f"no one-click figures on the held-back scans: {exc}"
         analyser = load_analyser(cfg, surface, "torch", support)
         counts, confidence = [], []
         for p in held:
@@ -370,8 +371,10 @@ def card_text(surface: str, path: Path, made_with: dict, figures: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(str(row.get(k)) for k in sorted(figures.get("before", {}))) + " |")
     lines += ["", "With truth files beside the held-back scans: one-click label accuracy (1 click per class from "
               "the first held-back scans) and detection F1 at 0.5 nm; without: defects per scan and the mean "
-              "classifier confidence (label-free, only a hint).", "",
-              "Settings: `config.json`. Files and sha256: `bundle.json`.", ""]
+              "classifier confidence (label-free, only a hint).", ""]
+    if figures.get("note"):
+        lines += [f"Note: {figures['note']}.", ""]
+    lines += ["Settings: `config.json`. Files and sha256: `bundle.json`.", ""]
     return "\n".join(lines)
 
 
