@@ -71,10 +71,12 @@ def add_examples(folder: str | Path, label: str, scan: Scan, surface: str, point
 
 
 def least_sure(analysis, classifier, n: int = 10) -> list[dict]:
-    """The ``n`` defects of ``analysis`` the few-shot ``classifier`` is least sure of: sorted by the
-    margin between the probabilities of the nearest and the second-nearest class (smallest first),
-    so the operator knows where another click helps most. Each: ``row``, ``col`` (scan display
-    pixels), ``label``, ``p`` (its probability), ``second``, ``p_second``, ``margin``."""
+    """The ``n`` defects of ``analysis`` the few-shot ``classifier`` is least sure of, so the
+    operator knows where another click helps most: sorted by the margin between the nearest and
+    the second-nearest prototype, ``(d2 - d1) / (d2 + d1)`` of their squared embedding distances
+    (0: half-way between two classes, 1: on a prototype; the softmax probabilities saturate with
+    a Euclidean metric, the relative gap does not). Each: ``row``, ``col`` (scan display pixels),
+    ``label``, ``nearest``, ``p`` (its probability), ``second``, ``p_second``, ``margin``."""
     import torch
 
     defects = [d for d in analysis.defects if d.crop is not None]
@@ -83,12 +85,12 @@ def least_sure(analysis, classifier, n: int = 10) -> list[dict]:
     d2 = classifier.distances(np.stack([d.crop for d in defects]))
     temperature = float(getattr(getattr(classifier, "net", None), "temperature", 1.0))
     p = torch.softmax(torch.from_numpy(-temperature * d2), dim=1).numpy()
-    order = np.argsort(-p, axis=1)
     out = []
     for i, d in enumerate(defects):
-        a, b = order[i, 0], order[i, 1]
+        a, b = np.argsort(d2[i])[:2]
+        gap = (d2[i, b] - d2[i, a]) / max(float(d2[i, b] + d2[i, a]), 1e-12)
         out.append({"row": round(float(d.row), 2), "col": round(float(d.col), 2), "label": d.label,
                     "nearest": classifier.labels[a], "p": round(float(p[i, a]), 4), "second": classifier.labels[b],
-                    "p_second": round(float(p[i, b]), 4), "margin": round(float(p[i, a] - p[i, b]), 4)})
+                    "p_second": round(float(p[i, b]), 4), "margin": round(float(gap), 4)})
     out.sort(key=lambda r: r["margin"])
     return out[:n]

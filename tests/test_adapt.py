@@ -87,12 +87,13 @@ def test_least_sure_lists_the_smallest_margins_first():
         net = types.SimpleNamespace(temperature=1.0)
 
         def distances(self, crops):
-            return np.array([[0.0, 5.0, 9.0], [1.0, 1.1, 9.0], [2.0, 0.0, 3.0]])
+            return np.array([[0.0, 5.0, 9.0], [1.0, 1.1, 9.0], [2.0, 1.0, 3.0]])  # gaps 1, 0.05, 0.33
 
     defects = [types.SimpleNamespace(row=float(i), col=0.0, label="x", crop=np.zeros((2, 32, 32))) for i in range(3)]
     rows = least_sure(types.SimpleNamespace(defects=defects), Fake(), n=2)
     assert [r["row"] for r in rows] == [1.0, 2.0]
-    assert rows[0]["nearest"] == "a" and rows[0]["second"] == "b" and rows[0]["margin"] < rows[1]["margin"]
+    assert rows[0]["nearest"] == "a" and rows[0]["second"] == "b" and rows[1]["nearest"] == "b"
+    assert rows[0]["margin"] == pytest.approx(0.1 / 2.1, abs=1e-4) and rows[1]["margin"] == pytest.approx(1 / 3, abs=1e-4)
 
 
 @pytest.fixture()

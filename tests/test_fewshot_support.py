@@ -97,3 +97,4 @@ def test_support_suggest_lists_defects_by_margin_smallest_first(tmp_path, capsys
     margins = [r["margin"] for r in rows]
     assert margins == sorted(margins) and all(0 <= m <= 1 for m in margins)
     assert all(r["p"] >= r["p_second"] and r["nearest"] != r["second"] for r in rows)
+    assert margins[0] < 1.0  # not saturated (the softmax probabilities of a Euclidean net are)
