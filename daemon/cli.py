@@ -24,6 +24,7 @@ COMMANDS = {
     "train": "train",
     "eval": "evaluate",
     "support": "support",
+    "adapt": "adapt",
     "bench": "bench",
     "service": "service",
     "keys": "keys",

@@ -217,10 +217,18 @@ class Daemon:
         config.check()
         models_changed = (dataclasses.asdict(config.models) != dataclasses.asdict(self.config.models)
                           or config.preprocess != self.config.preprocess
-                          or config.daemon.analyser != self.config.daemon.analyser)
+                          or config.daemon.analyser != self.config.daemon.analyser
+                          or bundle_changed(config, self.analyser))
+        new_analyser = None
+        if models_changed and self.analyser is not None:
+            # Load the new models before stopping anything: a bad bundle or missing weights raise
+            # here, and the daemon carries on with the models it has.
+            from stmwatch.models.load import make_analyser
+
+            new_analyser = make_analyser(config.daemon.analyser, config)
         self.stop(drain=True)
         if models_changed:
-            self.analyser = None
+            self.analyser = new_analyser
         self.config = config
         self.start()
 
@@ -242,3 +250,17 @@ class Daemon:
 
     def __exit__(self, *exc) -> None:
         self.stop(drain=True)
+
+
+def bundle_changed(config: Config, analyser) -> bool:
+    """True when ``[models] bundle`` names a bundle whose files changed since ``analyser`` was
+    built from it (the same path, rewritten by ``stmwatch adapt``); a bundle that cannot be read
+    counts as changed, so that loading it reports why."""
+    if not config.models.bundle or analyser is None:
+        return False
+    from stmwatch.models.bundle import BundleError, load_bundle
+
+    try:
+        return load_bundle(config.models.bundle).id != getattr(analyser, "bundle", None)
+    except BundleError:
+        return True

@@ -85,12 +85,15 @@ class Analyser:
 
     segmenter: Segmenter
     classifier: Classifier | None = None
+    bundle: str | None = None  # the id of the model bundle the models came from (models/bundle.py)
 
     @property
     def model_versions(self) -> dict[str, str]:
         versions = {"segmenter": f"{self.segmenter.name}@{self.segmenter.version}"}
         if self.classifier is not None:
             versions["classifier"] = f"{self.classifier.name}@{self.classifier.version}"
+        if self.bundle:
+            versions["bundle"] = self.bundle
         return versions
 
     def check_surface(self, scan: Scan) -> str | None:

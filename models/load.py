@@ -98,9 +98,30 @@ def load_analyser(config, surface: str | None = None, backend: str | None = None
     ``backend`` and ``support``."""
     settings: ModelSettings = config.models
     chosen = get_surface(surface or settings.surface)
+    bundle = None
+    if settings.bundle:
+        settings, bundle = with_bundle(settings, chosen.key)
+        if support is None and not config.models.support and bundle.support is not None:
+            support = bundle.support
     segmenter = load_segmenter(settings, chosen, getattr(config, "preprocess", None), backend)
     classifier = load_classifier(settings, chosen, find_support(settings, chosen, support), backend)
-    return Analyser(segmenter, classifier)
+    return Analyser(segmenter, classifier, bundle=bundle.id if bundle else None)
+
+
+def with_bundle(settings: ModelSettings, surface: str):
+    """``settings`` with the weights of the bundle ``settings.bundle`` (checked: a
+    :class:`~.bundle.BundleError` names what is wrong), and the bundle. A bundle made for another
+    surface is refused."""
+    import dataclasses
+
+    from .bundle import BundleError, load_bundle
+
+    bundle = load_bundle(settings.bundle)
+    if bundle.surface and bundle.surface != surface:
+        raise BundleError(f"model bundle {bundle.path} is for {bundle.surface}, not {surface}")
+    return dataclasses.replace(
+        settings, segmenter_weights=str(bundle.unet) if bundle.unet else settings.segmenter_weights,
+        classifier_weights=str(bundle.classifier) if bundle.classifier else settings.classifier_weights), bundle
 
 
 

@@ -15,6 +15,7 @@ class ModelSettings:
     segmenter_weights: str = ""  # UNet checkpoint; "" = the shipped weights
     classifier_weights: str = ""  # prototypical-network checkpoint; "" = the shipped weights
     support: str = ""  # folder of labelled crops <support>/<class>/*.npy; "" = shipped set
+    bundle: str = ""  # a model bundle folder (stmwatch adapt): its UNet, classifier and support set; "" = none
     threshold: float = 0.4  # defect probability above which a pixel is defect (0.4: best F1 with 4 flips)
     # per-surface thresholds where validation chose another (Si(001):H: its depressions are faint)
     surface_thresholds: dict[str, float] = dataclasses.field(default_factory=lambda: {"si001h": 0.25})

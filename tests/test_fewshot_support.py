@@ -57,3 +57,44 @@ def test_support_list_counts_examples(tmp_path, capsys):
     capsys.readouterr()
     assert main(["support", "list", "--surface", "si001h", "--support", str(tmp_path / "support")]) == 0
     assert capsys.readouterr().out.split() == ["bump", "1"]
+
+
+def test_several_at_points_save_one_crop_each_centred_on_its_point(tmp_path):
+    path = write_sxm(bump_scan(160), tmp_path / "scan.sxm")
+    px = 160 / SIZE_NM  # scan pixels per nm
+    row, col = BUMP_NM[0] * px - 0.5, BUMP_NM[1] * px - 0.5
+    # the bump itself, and 1 nm left of it (repeat --at, and a ';' list)
+    assert main(["support", "add", "--surface", "si001h", "--label", "b", "--scan", str(path),
+                 "--at", f"{row},{col}", "--at", f"{row},{col - px};{row},{col}",
+                 "--support", str(tmp_path / "s")]) == 0
+    saved = sorted((tmp_path / "s" / "b").glob("*.npy"), key=lambda p: p.stem[-3:])  # in click order
+    assert len(saved) == 3
+    centres = [bright_centre(np.load(p)) for p in saved]
+    assert abs(centres[0][1] - 16) <= 1 and abs(centres[1][1] - 26) <= 1 and abs(centres[2][1] - 16) <= 1
+    # a point outside the scan: a clear message, nothing written
+    try:
+        main(["support", "add", "--surface", "si001h", "--label", "c", "--scan", str(path), "--at", "5,5;900,5",
+              "--support", str(tmp_path / "s")])
+    except SystemExit as exc:
+        assert "outside" in str(exc)
+    else:
+        raise AssertionError("a point outside the scan was accepted")
+    assert not list((tmp_path / "s").glob("c/*.npy"))
+
+
+def test_support_suggest_lists_defects_by_margin_smallest_first(tmp_path, capsys):
+    import json
+
+    from stmwatch.models.fewshot.classifier import SUPPORT
+    from stmwatch.models.sim.simulate import simulate_scan, write_example
+
+    scan, truth = simulate_scan("si001h", 8, pixels=(128, 128), n_defects=10, bias_v=-1.8)
+    sxm = write_example(scan, truth, tmp_path / "s")
+    assert main(["support", "suggest", "--surface", "si001h", "--scan", str(sxm), "--support",
+                 str(SUPPORT / "si001h"), "--n", "4", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert 1 <= len(rows) <= 4
+    margins = [r["margin"] for r in rows]
+    assert margins == sorted(margins) and all(0 <= m <= 1 for m in margins)
+    assert all(r["p"] >= r["p_second"] and r["nearest"] != r["second"] for r in rows)
+    assert margins[0] < 1.0  # not saturated (the softmax probabilities of a Euclidean net are)

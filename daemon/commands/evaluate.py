@@ -4,7 +4,8 @@ from __future__ import annotations
 from ._dispatch import add_targets, run_target
 
 HELP = "evaluate the few-shot classifier (accuracy ± 95 % CI over episodes) or the segmenter"
-TARGETS = {"fewshot": "stmwatch.daemon.targets.eval_fewshot", "segment": "stmwatch.daemon.targets.eval_segment"}
+TARGETS = {"fewshot": "stmwatch.daemon.targets.eval_fewshot", "segment": "stmwatch.daemon.targets.eval_segment",
+           "oneclick": "stmwatch.daemon.targets.eval_oneclick"}
 
 
 def add_arguments(parser) -> None:

@@ -33,6 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per file (JSON Lines)")
     parser.add_argument("--surface", help="surface the scans show (default: [models] surface): si001h | ge001 | tio2110")
     parser.add_argument("--support", metavar="DIR", help="support set for the classifier: DIR/<class>/*.npy|png")
+    parser.add_argument("--models", metavar="BUNDLE", help="a model bundle folder (stmwatch adapt) instead of "
+                        "[models] bundle / the shipped models")
     parser.add_argument("--backend", choices=BACKENDS,
                         help="inference backend (default: [models] backend)")
     parser.add_argument("--png", metavar="OUT", help="write an overlay PNG: OUT.png for one file, "
@@ -96,8 +98,12 @@ def run(args) -> int:
 
     try:
         config = load_config(args.config)
+        if getattr(args, "models", None):
+            import dataclasses
+
+            config = dataclasses.replace(config, models=dataclasses.replace(config.models, bundle=args.models))
         analyser = load_analyser(config, surface=args.surface, backend=args.backend, support=args.support)
-    except (ConfigError, KeyError, FileNotFoundError, RuntimeError) as exc:
+    except (ConfigError, KeyError, FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     console = Console()

@@ -34,6 +34,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--artefacts", default="random", help="none | all | random | comma list (see above)")
     parser.add_argument("--random-geometry", action="store_true",
                         help="random size, scale, angle, offset and direction per scan (ignores the geometry options)")
+    parser.add_argument("--style", choices=("training", "foreign"), default="training",
+                        help="'training' (the models' simulator) or 'foreign' (another microscope, frozen, for "
+                             "measuring only: docs/foreign_style.md; its own artefacts, --artefacts ignored)")
     parser.add_argument("--crops", type=int, default=0, metavar="PER_CLASS", help="also write few-shot crops")
     parser.add_argument("--png", action="store_true", help="also write NAME.png (forward Z) for a quick look")
     parser.add_argument("--json", action="store_true", help="one JSON line per scan written")
@@ -69,16 +72,20 @@ def run(args) -> int:
                             "direction": args.direction,
                             "offset_m": (args.offset_nm[0] * 1e-9, args.offset_nm[1] * 1e-9)}
             artefacts = fixed if fixed is not None else Artefacts.random(rng)
-            scan, truth = simulate_scan(key, scan_seed, bias_v=args.bias, artefacts=artefacts, **geometry)
-            path = write_example(scan, truth, out / f"{key}_{args.seed}_{i:04d}")
+            if args.style == "foreign" and args.size_nm is None and not args.random_geometry:
+                geometry["range_nm"] = None  # the foreign microscope draws its own pixel size
+            scan, truth = simulate_scan(key, scan_seed, bias_v=args.bias, artefacts=artefacts, style=args.style,
+                                        **geometry)
+            stem = f"{key}_{args.seed}_{i:04d}" if args.style == "training" else f"{key}_foreign_{args.seed}_{i:04d}"
+            path = write_example(scan, truth, out / stem)
             if args.png:
                 to_png(scan.topography().forward, path.with_suffix(".png"))
             if args.json:
                 print(json.dumps({"file": str(path), "surface": key, "defects": truth.counts(),
                                   "artefacts": artefacts.on(), "bias_v": scan.bias_v}), flush=True)
             else:
-                print(f"{path}: {len(truth.defects)} defects {truth.counts()}, bias {scan.bias_v:g} V, "
-                      f"artefacts {','.join(artefacts.on()) or 'none'}")
+                made = "foreign style" if args.style == "foreign" else f"artefacts {','.join(artefacts.on()) or 'none'}"
+                print(f"{path}: {len(truth.defects)} defects {truth.counts()}, bias {scan.bias_v:g} V, {made}")
     if args.crops > 0:
         counts = make_crops(out / "crops", surfaces, args.crops, args.seed)
         print(f"{out / 'crops'}: {sum(sum(c.values()) for c in counts.values())} crops")

@@ -5,14 +5,19 @@ import argparse
 import shutil
 from pathlib import Path
 
-HELP = "label a new defect class from one example in a scan, or list a support set"
+HELP = "label defect classes from examples clicked in a scan, list a support set, or suggest where to click"
 DESCRIPTION = """A support set is a folder <DIR>/<class>/*.npy of (2, 32, 32) crops at the model scale; the
 classifier names each defect after the nearest class (or 'unknown').
 
   stmwatch support add --surface si001h --label my_defect --scan scan.sxm --at 120.5,88
 cuts the crop centred on scan pixel (row 120.5, column 88) -- display frame, as 'process --json'
 prints y_px, x_px -- through the same preprocessing the daemon applies (so at 0.1 nm/px whatever
-the scan's size), and saves it as a new example of the class.
+the scan's size), and saves it as a new example of the class. Several examples at once: repeat --at, or
+--at "120.5,88;40,17".
+
+  stmwatch support suggest --surface si001h --scan scan.sxm [--n 10]
+lists the defects of the scan the classifier is least sure of (smallest margin between its two
+nearest classes): where a second click helps most.
 
 --support DIR: the support folder of that surface (default: [models] support of --config, else
 ~/.local/share/stmwatch/support/<surface>, which starts as a copy of the shipped set). Point
@@ -27,9 +32,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--surface", required=True, help="si001h | ge001 | tio2110")
     add.add_argument("--label", required=True, help="class name (a new or an existing class)")
     add.add_argument("--scan", required=True, metavar="FILE", help=".sxm file with the example")
-    add.add_argument("--at", required=True, metavar="ROW,COL", help="defect centre, scan display-frame pixels")
+    add.add_argument("--at", required=True, action="append", metavar="ROW,COL",
+                     help="defect centre, scan display-frame pixels (repeat, or ROW,COL;ROW,COL for several)")
     add.add_argument("--support", metavar="DIR", help="support folder of the surface (see above)")
     add.add_argument("--config", metavar="TOML", help="config file (for [models] support and [preprocess])")
+    hint = sub.add_parser("suggest", help="the defects of a scan the classifier is least sure of")
+    hint.add_argument("--surface", required=True)
+    hint.add_argument("--scan", required=True, metavar="FILE", help=".sxm file")
+    hint.add_argument("--support", metavar="DIR")
+    hint.add_argument("--config", metavar="TOML")
+    hint.add_argument("--models", metavar="BUNDLE", help="a model bundle (stmwatch adapt) instead of the shipped models")
+    hint.add_argument("--n", type=int, default=10, help="how many to list (default 10)")
+    hint.add_argument("--json", action="store_true", help="one JSON object per defect")
     show = sub.add_parser("list", help="the classes of a support set and their example counts")
     show.add_argument("--surface", required=True)
     show.add_argument("--support", metavar="DIR")
@@ -52,20 +66,46 @@ def support_folder(surface: str, explicit: str | None, config) -> Path:
 
 
 def cut_crop(scan, surface: str, row: float, col: float, preprocess=None):
-    """The ``(2, 32, 32)`` classifier crop centred on scan display pixel ``(row, col)``: the scan
-    is prepared as for the models, the position mapped to model pixels with ``Prepared.from_scan``
-    and cut with the segmenter's own ``crops_at``. Returns ``(crop, (model_row, model_col))``."""
-    from stmwatch.models.preprocess import prepare
-    from stmwatch.models.segment import crops_at
+    """See :func:`stmwatch.models.clicks.cut_crop` (kept here for callers of the old place)."""
+    from stmwatch.models.clicks import cut_crop as cut
 
-    prepared = prepare(scan, surface, preprocess)
-    r, c = prepared.from_scan(row, col)
-    return crops_at(prepared.image, [float(r)], [float(c)])[0], (float(r), float(c))
+    return cut(scan, surface, row, col, preprocess)
+
+
+def _suggest(args, config, folder) -> int:
+    import json
+
+    from stmwatch.drivers.sxm import ScanReadError, read_sxm
+    from stmwatch.models.clicks import least_sure
+    from stmwatch.models.load import load_analyser
+
+    if config is None:
+        from stmwatch.daemon.config import load_config
+
+        config = load_config(None)
+    if getattr(args, "models", None):
+        import dataclasses
+
+        config = dataclasses.replace(config, models=dataclasses.replace(config.models, bundle=args.models))
+    try:
+        scan = read_sxm(args.scan)
+        analyser = load_analyser(config, surface=args.surface, support=folder)
+    except (ScanReadError, FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if analyser.classifier is None:
+        raise SystemExit(f"error: no few-shot classifier with support set {folder}")
+    rows = least_sure(analyser.analyse(scan), analyser.classifier, args.n)
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    print("row\tcol\tlabel\tp\tsecond\tp_second\tmargin")
+    for r in rows:
+        print(f"{r['row']:.1f}\t{r['col']:.1f}\t{r['label']}\t{r['p']:.2f}\t{r['second']}\t{r['p_second']:.2f}\t{r['margin']:.2f}")
+    return 0
 
 
 def run(args) -> int:
-    import numpy as np
-
     config = None
     if args.config:
         from stmwatch.daemon.config import load_config
@@ -79,25 +119,29 @@ def run(args) -> int:
             print(f"{label}\t{n}")
         return 0
 
+    if args.action == "suggest":
+        return _suggest(args, config, folder)
+
     from stmwatch.drivers.sxm import ScanReadError, read_sxm
+    from stmwatch.models.clicks import add_examples, parse_points
     from stmwatch.models.surfaces import get_surface
 
     get_surface(args.surface)  # a clear error for an unknown surface
     try:
-        row, col = (float(v) for v in args.at.split(","))
-    except ValueError:
-        raise SystemExit(f"--at must be ROW,COL (scan pixels), not {args.at!r}") from None
+        points = parse_points(args.at)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     try:
         scan = read_sxm(args.scan)
     except ScanReadError as exc:
         raise SystemExit(f"error: {exc}") from None
-    if not (-0.5 <= row <= scan.shape[0] - 0.5 and -0.5 <= col <= scan.shape[1] - 0.5):
-        raise SystemExit(f"--at {row},{col} is outside the {scan.shape[0]} x {scan.shape[1]} scan")
-    crop, (mr, mc) = cut_crop(scan, args.surface, row, col, getattr(config, "preprocess", None))
-    target = folder / args.label
-    target.mkdir(parents=True, exist_ok=True)
-    n = len(list(target.glob("*.npy")))
-    path = target / f"{Path(args.scan).stem}_r{row:g}_c{col:g}_{n:03d}.npy"
-    np.save(path, crop)
-    print(f"added {path} (model pixel {mr:.1f}, {mc:.1f}); class {args.label} has {n + 1} example(s)")
+    try:
+        added = add_examples(folder, args.label, scan, args.surface, points, getattr(config, "preprocess", None),
+                             stem=Path(args.scan).stem)
+    except ValueError as exc:
+        raise SystemExit(f"--at {exc}") from None
+    total = len(list((folder / args.label).glob("*.npy")))
+    for path, (mr, mc) in added:
+        print(f"added {path} (model pixel {mr:.1f}, {mc:.1f})")
+    print(f"class {args.label} has {total} example(s)")
     return 0

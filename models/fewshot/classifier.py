@@ -47,6 +47,7 @@ class PrototypicalClassifier:
 
     def set_support(self, support: CropSet) -> None:
         """Compute the prototypes of ``support`` (once; every later crop is compared with them)."""
+        self.support = support
         self.labels = support.labels
         x = np.concatenate([support.crops[k] for k in self.labels])
         y = np.concatenate([np.full(len(support.crops[k]), i) for i, k in enumerate(self.labels)])
@@ -171,4 +172,10 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     threshold = unknown_distance or meta.get("unknown_distance", float("inf"))
     log.info("classifier %s (%s): %d support classes for %s, unknown above %.3g", weights.name, runner,
              len(support.crops), surface, threshold)
+    pool = weights.parent / meta["pool"] if meta.get("pool") else None
+    if pool is not None and pool.is_file():  # an adapted classifier (stmwatch adapt): refine on the lab's crops
+        from .transductive import TransductiveClassifier
+
+        base = PrototypicalClassifier(net, support, threshold, version=file_version(weights))
+        return TransductiveClassifier(base, np.load(pool), steps=int(meta.get("refine_steps", 3)))
     return PrototypicalClassifier(net, support, threshold, version=file_version(weights))

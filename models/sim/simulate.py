@@ -40,6 +40,7 @@ from ..surfaces import SURFACES, get_surface
 from . import artefacts as art
 from .artefacts import AcquisitionOrder, Artefacts, Tip
 from .sample import DEFECTS, PointIndex, SurfaceModel, defect_mask, draw_bumps, draw_surface, place_defect, render
+from .truth import Truth, TruthDefect
 
 log = logging.getLogger(__name__)
 
@@ -48,48 +49,7 @@ __all__ = ["Artefacts", "Truth", "TruthDefect", "simulate_scan", "write_example"
 
 apply_noise = art.apply_noise
 
-# ---- ground truth ------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class TruthDefect:
-    """A simulated defect: ``row``/``col`` are fractional display-frame pixels of the forward
-    frame (an integer is a pixel centre), ``x_m``/``y_m`` the scanner-frame metres of that pixel
-    (``Scan.pixel_to_scanner``), ``radius_nm`` the radius of its footprint in the mask."""
-
-    cls: str
-    row: float
-    col: float
-    x_m: float
-    y_m: float
-    radius_nm: float
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class Truth:
-    """What a simulated scan contains. ``mask`` is ``(rows, cols)`` uint8: 0 background, else the
-    index + 1 of the defect's class in ``Surface.classes``; it is zero on lines never acquired,
-    and only defects on acquired lines are listed."""
-
-    surface: str
-    defects: list[TruthDefect]
-    mask: np.ndarray
-    bias_v: float | None = None
-    seed: int | None = None
-    artefacts: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return get_surface(self.surface).classes
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for d in self.defects:
-            out[d.cls] = out.get(d.cls, 0) + 1
-        return dict(sorted(out.items()))
+# ---- ground truth: Truth, TruthDefect (in .truth, shared with the foreign style) ------------------
 
 
 # ---- the simulation ----------------------------------------------------------------------------
@@ -159,8 +119,12 @@ def simulate_scan(surface: str, seed: int, *, pixels: tuple[int, int] = (256, 25
                   range_nm: float | tuple[float, float] | None = None, offset_m: tuple[float, float] = (0.0, 0.0),
                   angle_deg: float = 0.0, direction: str = "down", bias_v: float | None = None,
                   n_defects: int | None = None, artefacts: Artefacts | None = None,
-                  place: Sequence[tuple[str, float, float]] = ()) -> tuple[Scan, Truth]:
+                  place: Sequence[tuple[str, float, float]] = (), style: str = "training") -> tuple[Scan, Truth]:
     """Simulate one STM scan of ``surface`` (a key of ``SURFACES``) and its ground truth.
+
+    ``style`` "training" is the simulator the models learn from; "foreign" is another microscope
+    (:mod:`.foreign`, frozen, for measuring only: it has its own artefacts, so ``artefacts`` and
+    ``place`` are ignored there).
 
     ``pixels`` is ``(columns, rows)`` as ``Scan.pixels``; ``range_nm`` the frame's width (or
     ``(width, height)``) in nm, by default 0.1 nm per pixel; ``offset_m`` its centre (metres) and
@@ -172,6 +136,13 @@ def simulate_scan(surface: str, seed: int, *, pixels: tuple[int, int] = (256, 25
     Returns the :class:`Scan` (channels ``Z`` in m and ``Current`` in A, forward and backward,
     display frame) and its :class:`Truth`.
     """
+    if style == "foreign":
+        from .foreign import simulate_foreign
+
+        return simulate_foreign(surface, seed, pixels=pixels, range_nm=range_nm, offset_m=offset_m,
+                                angle_deg=angle_deg, direction=direction, bias_v=bias_v, n_defects=n_defects)
+    if style != "training":
+        raise ValueError(f"unknown simulator style {style!r}; styles are 'training' and 'foreign'")
     surf = get_surface(surface)
     nx, ny = int(pixels[0]), int(pixels[1])
     if range_nm is None:

@@ -1,0 +1,382 @@
+"""Adapt the models to one microscope from its unlabelled scans (``stmwatch adapt``).
+
+1. **Labels** come from a pluggable :class:`LabelSource`: by default the shipped UNet's *confident*
+   output (:class:`UNetConfidentLabels`: components whose mean probability is above
+   ``confident`` are defects; pixels the network is unsure of, away from those, are left out of
+   the loss). An auto-labeller plugs in as another source (:data:`LABEL_SOURCES`).
+2. **The UNet** is fine-tuned on patches of the lab's scans with those labels, with the training's
+   own augmentation and noise (:func:`stmwatch.models.train_unet.augment`), its BatchNorm
+   statistics following the lab's images.
+3. **The few-shot embedding**: its BatchNorm statistics are re-estimated on the lab's defect crops
+   (AdaBN), the unknown distance is re-calibrated there (same-cluster pairs of crops), and the
+   crops are stored as a pool for *transductive prototype refinement*: whatever support set the
+   operator clicks later, each prototype moves towards the lab crops it attracts (soft k-means,
+   :class:`~stmwatch.models.fewshot.transductive.TransductiveClassifier`).
+4. A part of the given scans is **held back**; the card reports before/after figures on it: with
+   truth files beside the scans (simulated data) detection F1 and one-click label accuracy,
+   else label-free figures (defects per scan, mean classifier confidence). The held-back scans
+   are never trained on, and nothing is selected on them.
+
+Everything is written as a model bundle (:mod:`.bundle`). The settings are fixed in
+:class:`AdaptSettings` (chosen before measuring on the foreign style; not tuned on it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stmwatch.drivers.sxm import read_sxm
+
+from .preprocess import Prepared, prepare
+from .segment import crops_at, find_components
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class AdaptSettings:
+    held_back: float = 0.25  # share of the scans (the last ones by name) kept for the card
+    confident: float = 0.6  # a pseudo-label: a component whose mean probability is above this
+    unsure_low: float = 0.1  # pixels above this but not in a confident component are left out of the loss
+    disc_nm: float = 0.4  # target disc radius (as in training)
+    patch: int = 96  # model pixels
+    steps: int = 240  # UNet optimiser steps
+    batch: int = 8
+    lr: float = 3e-4
+    noise: float = 0.5  # share of patches given extra experimental noise
+    clusters: int = 8  # k-means clusters of lab crops for the unknown-distance calibration
+    refine_steps: int = 3  # soft k-means steps of the transductive prototype refinement
+    seed: int = 0
+
+
+# ---- label sources ---------------------------------------------------------------------------------
+@dataclasses.dataclass
+class PseudoLabels:
+    """Defect centres ``(k, 2)`` (model pixels, row/col) and an ``(H, W)`` bool mask of pixels to
+    leave out of the loss (unsure); both on the prepared scan's model grid."""
+
+    centres: np.ndarray
+    unsure: np.ndarray
+
+
+class LabelSource(Protocol):
+    name: str
+
+    def labels(self, path: Path, prepared: Prepared) -> PseudoLabels:
+        """The labels of the scan read from ``path`` (prepared as for the models)."""
+
+
+class UNetConfidentLabels:
+    """The UNet's confident output as labels (see the module docstring)."""
+
+    name = "unet-confident"
+
+    def __init__(self, segmenter, confident: float, unsure_low: float, min_area_px: int = 12):
+        self.segmenter, self.confident, self.unsure_low, self.min_area = segmenter, confident, unsure_low, min_area_px
+
+    def labels(self, path: Path, prepared: Prepared) -> PseudoLabels:
+        prob = self.segmenter.probability(prepared)
+        threshold = self.segmenter.threshold
+        components, label_image = find_components(prob, threshold, self.min_area, prepared.valid)
+        keep = [k for k, c in enumerate(components) if c.score >= self.confident]
+        centres = np.array([(components[k].row, components[k].col) for k in keep], dtype=float).reshape(-1, 2)
+        ids = np.unique(label_image[label_image > 0])  # label ids of kept components, in order
+        confident_ids = ids[keep] if len(ids) == len(components) else ids
+        unsure = (prob > self.unsure_low) & ~np.isin(label_image, confident_ids)
+        return PseudoLabels(centres, unsure | ~prepared.valid)
+
+
+LABEL_SOURCES: dict[str, Callable[..., LabelSource]] = {"unet": UNetConfidentLabels}
+# The auto-labeller (models/autolabel) registers here as another source once merged.
+
+
+# ---- the UNet ----------------------------------------------------------------------------------------
+def _patches(image: np.ndarray, target: np.ndarray, patch: int, count: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    c, h, w = image.shape
+    ph, pw = max(h, patch), max(w, patch)
+    image = np.pad(image, ((0, 0), (0, ph - h), (0, pw - w)))
+    target = np.pad(target, ((0, ph - h), (0, pw - w)), constant_values=-1.0)
+    xs, ys = [], []
+    for _ in range(count):
+        r0, c0 = int(rng.integers(0, ph - patch + 1)), int(rng.integers(0, pw - patch + 1))
+        xs.append(image[:, r0:r0 + patch, c0:c0 + patch])
+        ys.append(target[r0:r0 + patch, c0:c0 + patch])
+    return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
+
+
+def masked_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice (as in training) over the pixels whose target is 0 or 1; -1 = left out."""
+    logits = logits[:, 0]
+    weight = (target >= 0).float()
+    t = target.clamp(min=0)
+    bce = (F.binary_cross_entropy_with_logits(logits, t, reduction="none") * weight).sum() / weight.sum().clamp(min=1)
+    prob = torch.sigmoid(logits) * weight
+    dice = 1 - (2 * (prob * t).sum() + 1) / (prob.sum() + (t * weight).sum() + 1)
+    return bce + dice
+
+
+def finetune_unet(model, images: np.ndarray, targets: np.ndarray, settings: AdaptSettings, progress=None):
+    """Fine-tune ``model`` in place on patches ``images`` ``(N, C, P, P)`` with targets ``(N, P, P)``
+    in {-1, 0, 1}, with the training's flips and noise; returns the mean loss of the last 20 steps."""
+    from .train_unet import augment, learning_rate
+
+    rng = np.random.default_rng([settings.seed, 77])
+    torch.manual_seed(settings.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
+    model.train()
+    losses = []
+    for step in range(settings.steps):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, settings.steps, settings.lr)
+        idx = rng.integers(0, len(images), settings.batch)
+        x, y = augment(images[idx], targets[idx], rng, settings.noise)
+        loss = masked_loss(model(torch.from_numpy(x)), torch.from_numpy(y))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress()
+    model.eval()
+    return float(np.mean(losses[-20:])) if losses else float("nan")
+
+
+# ---- the few-shot embedding ----------------------------------------------------------------------------
+@torch.no_grad()
+def adapt_batchnorm(backbone: torch.nn.Module, crops: np.ndarray, batch: int = 256) -> None:
+    """AdaBN: re-estimate every BatchNorm's running mean and variance on ``crops`` (and their
+    line-preserving flips), the weights untouched."""
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(crops) < 2:
+        return
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    backbone.train()
+    x = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32))
+    for view in (x, x.flip(-1), x.flip(-2), x.flip(-2, -1)):
+        for i in range(0, len(view), batch):
+            if len(view[i:i + batch]) > 1:
+                backbone(view[i:i + batch])
+    for m in norms:
+        m.momentum = 0.1
+    backbone.eval()
+
+
+def kmeans(x: np.ndarray, k: int, seed: int, iterations: int = 30) -> np.ndarray:
+    """Cluster labels ``(n,)`` of the rows of ``x`` (k-means++ start, Lloyd steps)."""
+    rng = np.random.default_rng(seed)
+    k = max(1, min(k, len(x)))
+    centres = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+        d = np.min([((x - c) ** 2).sum(1) for c in centres], axis=0)
+        centres.append(x[rng.choice(len(x), p=d / d.sum())] if d.sum() > 0 else x[rng.integers(len(x))])
+    centres = np.array(centres)
+    labels = np.zeros(len(x), int)
+    for _ in range(iterations):
+        labels = ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+        new = np.array([x[labels == j].mean(0) if np.any(labels == j) else centres[j] for j in range(k)])
+        if np.allclose(new, centres):
+            break
+        centres = new
+    return labels
+
+
+@torch.no_grad()
+def unknown_distance(net, crops: np.ndarray, clusters: int, seed: int, percentile: float = 99.0) -> float:
+    """The ``percentile`` of the squared embedding distance between two crops of the same k-means
+    cluster of lab crops: how far a one-shot prototype's own class reaches on this microscope."""
+    emb = net.embed(torch.from_numpy(crops)).numpy()
+    labels = kmeans(emb, clusters, seed)
+    d = []
+    for j in np.unique(labels):
+        e = emb[labels == j]
+        if len(e) > 1:
+            dd = ((e[:, None] - e[None]) ** 2).sum(-1)
+            d.append(dd[np.triu_indices(len(e), 1)])
+    return float(np.percentile(np.concatenate(d), percentile)) if d else float("inf")
+
+
+# ---- the whole run -------------------------------------------------------------------------------------
+def split_scans(paths: list[Path], held_back: float) -> tuple[list[Path], list[Path]]:
+    """(train, held back): the last ``held_back`` share by name (at least 1 when there are 4+)."""
+    paths = sorted(paths)
+    n_held = int(round(held_back * len(paths))) if len(paths) >= 4 else 0
+    n_held = max(n_held, 1) if len(paths) >= 4 else 0
+    return paths[:len(paths) - n_held], paths[len(paths) - n_held:]
+
+
+def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, support: str | Path | None = None,
+          label_source: str = "unet", settings: AdaptSettings | None = None,
+          progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Adapt the models of ``config`` (``models``, ``preprocess``) to the ``.sxm`` scans in
+    ``scan_dir`` and write the bundle ``out``. ``progress(stage, done, total)`` is called as work
+    is done. Returns the card's figures."""
+    from .bundle import write_bundle
+    from .fewshot.classifier import WEIGHTS as SHIPPED_CLASSIFIER
+    from .fewshot.training import load as load_fewshot
+    from .fewshot.training import save as save_fewshot
+    from .load import load_segmenter, with_bundle
+    from .surfaces import get_surface
+    from .unet import load_checkpoint, save_checkpoint
+
+    settings = settings or AdaptSettings()
+    report = progress or (lambda stage, done, total: None)
+    t_start = time.perf_counter()
+    surf = get_surface(surface)
+    models = config.models
+    if models.bundle:  # adapt further from a bundle
+        models, _ = with_bundle(models, surface)
+    paths = sorted(Path(scan_dir).glob("*.sxm"))
+    if len(paths) < 2:
+        raise ValueError(f"{scan_dir}: adapt needs at least 2 .sxm files, found {len(paths)}")
+    train_paths, held = split_scans(paths, settings.held_back)
+    segmenter = load_segmenter(dataclasses.replace(models, backend="torch"), surf, config.preprocess, "torch")
+    if label_source not in LABEL_SOURCES:
+        raise ValueError(f"unknown label source {label_source!r}; known: {sorted(LABEL_SOURCES)}")
+    source = LABEL_SOURCES[label_source](segmenter, settings.confident, settings.unsure_low, models.min_area_px)
+
+    # 1. labels and crops
+    radius = settings.disc_nm / surf.nm_per_px
+    rng = np.random.default_rng([settings.seed, 5])
+    xs, ys, crops = [], [], []
+    for i, path in enumerate(train_paths):
+        scan = read_sxm(path)
+        prepared = prepare(scan, surf, config.preprocess)
+        labels = source.labels(path, prepared)
+        from .train_unet import disc_target
+
+        image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
+        target = disc_target(image.shape[1:], labels.centres[:, 0], labels.centres[:, 1], radius)
+        target = np.where(labels.unsure & (target == 0), -1.0, target).astype(np.float32)
+        count = int(np.clip(round(2 * image.shape[1] * image.shape[2] / settings.patch ** 2), 4, 24))
+        x, y = _patches(image, target, settings.patch, count, rng)
+        xs.append(x)
+        ys.append(y)
+        if len(labels.centres):
+            crops.append(crops_at(prepared.image, labels.centres[:, 0], labels.centres[:, 1]))
+        report("labels", i + 1, len(train_paths))
+    images, targets = np.concatenate(xs), np.concatenate(ys)
+    lab_crops = np.concatenate(crops) if crops else np.zeros((0, 2, 32, 32), np.float32)
+    n_labels = int(sum((t == 1).sum() for t in ys))
+    log.info("%d patches, %d confident defects (crops)", len(images), len(lab_crops))
+
+    with tempfile.TemporaryDirectory(prefix="adapt-") as tmp:
+        tmp = Path(tmp)
+        # 2. the UNet
+        unet_path = Path(models.segmenter_weights).expanduser() if models.segmenter_weights else None
+        from .load import shipped_weights
+
+        model, checkpoint = load_checkpoint(unet_path or shipped_weights(surface))
+        done = [0]
+
+        def step():
+            done[0] += 1
+            report("unet", done[0], settings.steps)
+
+        final_loss = finetune_unet(model, images, targets, settings, step)
+        meta = {**checkpoint.get("meta", {}), "name": "unet-adapted",
+                "adapted": {"scans": [p.name for p in train_paths], "label_source": source.name,
+                            "steps": settings.steps, "final_loss": round(final_loss, 4)}}
+        save_checkpoint(model, tmp / "unet.pt", meta=meta)
+
+        # 3. the few-shot embedding
+        fs_path = Path(models.classifier_weights).expanduser() if models.classifier_weights else SHIPPED_CLASSIFIER
+        net, fs_config, fs_meta = load_fewshot(fs_path)
+        report("embedding", 0, 1)
+        if len(lab_crops) >= 8:
+            adapt_batchnorm(net.backbone, lab_crops)
+            net.tta = fs_meta.get("tta", "none")
+            u = unknown_distance(net, lab_crops, settings.clusters, settings.seed)
+        else:
+            u = fs_meta.get("unknown_distance", float("inf"))
+        np.save(tmp / "lab_crops.npy", lab_crops.astype(np.float32))
+        save_fewshot(tmp / "fewshot.pt", net, fs_config,
+                     {**fs_meta, "unknown_distance": u, "pool": "lab_crops.npy", "refine_steps": settings.refine_steps,
+                      "adapted": {"crops": len(lab_crops), "adabn": len(lab_crops) >= 8}})
+        report("embedding", 1, 1)
+
+        made_with = {"surface": surface, "scans": [p.name for p in paths], "trained_on": [p.name for p in train_paths],
+                     "held_back": [p.name for p in held], "label_source": source.name,
+                     "settings": dataclasses.asdict(settings), "models": dataclasses.asdict(config.models),
+                     "preprocess": dataclasses.asdict(config.preprocess) if dataclasses.is_dataclass(config.preprocess) else {},
+                     "pseudo_label_pixels": n_labels}
+        bundle = write_bundle(out, surface, unet=tmp / "unet.pt", classifier=tmp / "fewshot.pt",
+                              support=support, made_with=made_with, extra={"lab_crops.npy": tmp / "lab_crops.npy"})
+        # 4. the card: before/after on the held-back scans (never trained on, nothing selected on them)
+        figures = card_figures(held, surface, config, bundle.path, support, lambda d, t: report("card", d, t))
+        figures["seconds"] = round(time.perf_counter() - t_start, 1)
+        figures["trained_on_scans"] = len(train_paths)
+        figures["crops"] = int(len(lab_crops))
+        bundle = write_bundle(out, surface, unet=tmp / "unet.pt", classifier=tmp / "fewshot.pt", support=support,
+                              made_with=made_with, figures=figures, card=card_text(surface, bundle.path, made_with, figures),
+                              extra={"lab_crops.npy": tmp / "lab_crops.npy"})
+    figures["bundle"] = bundle.id
+    return figures
+
+
+def card_figures(held: list[Path], surface: str, config, bundle: Path, support, progress) -> dict:
+    """Before/after figures on the held-back scans (see the module docstring)."""
+    from .load import load_analyser
+    from .oneclick import evaluate_oneclick
+
+    if not held:
+        return {"held_back_scans": 0}
+    before_cfg = config
+    after_cfg = dataclasses.replace(config, models=dataclasses.replace(config.models, bundle=str(bundle)))
+    has_truth = all(p.with_name(p.stem + ".truth.json").exists() for p in held)
+    out: dict = {"held_back_scans": len(held), "with_truth": has_truth}
+    for name, cfg in (("before", before_cfg), ("after", after_cfg)):
+        if has_truth and len(held) >= 2:
+            try:
+                r = evaluate_oneclick(held, surface, lambda folder, c=cfg: load_analyser(c, surface, "torch", folder),
+                                      shots=1, preprocess=config.preprocess)
+                out[name] = {k: r[k] for k in ("label_accuracy", "f1", "precision", "recall", "eval_scans", "matched")}
+                progress(1 if name == "before" else 2, 2)
+                continue
+            except ValueError as exc:  # too few clear examples in the held-back scans
+                log.info("card: one-click figures not possible (%s); label-free figures", exc)
+                out["note"] = f"no one-click figures on the held-back scans: {exc}"
+        analyser = load_analyser(cfg, surface, "torch", support)
+        counts, confidence = [], []
+        for p in held:
+            a = analyser.analyse(read_sxm(p))
+            counts.append(len(a.defects))
+            confidence += [d.label_score for d in a.defects if d.label_score is not None]
+        out[name] = {"defects_per_scan": round(float(np.mean(counts)), 2),
+                     "mean_label_confidence": round(float(np.mean(confidence)), 4) if confidence else None}
+        progress(1 if name == "before" else 2, 2)
+    return out
+
+
+def card_text(surface: str, path: Path, made_with: dict, figures: dict) -> str:
+    lines = [f"# Model bundle: {surface}, adapted by `stmwatch adapt`", "",
+             f"Made from {len(made_with['trained_on'])} unlabelled scans ({made_with['label_source']} labels), "
+             f"{figures.get('crops', 0)} defect crops; {figures.get('held_back_scans', 0)} scans held back for the "
+             f"figures below (never trained on; nothing was selected on them). {figures.get('seconds', 0)} s.", "",
+             "| | " + " | ".join(k for k in sorted(figures.get("before", {}))) + " |",
+             "|---|" + "---|" * len(figures.get("before", {}))]
+    for name in ("before", "after"):
+        row = figures.get(name, {})
+        lines.append(f"| {name} | " + " | ".join(str(row.get(k)) for k in sorted(figures.get("before", {}))) + " |")
+    lines += ["", "With truth files beside the held-back scans: one-click label accuracy (1 click per class from "
+              "the first held-back scans) and detection F1 at 0.5 nm; without: defects per scan and the mean "
+              "classifier confidence (label-free, only a hint).", ""]
+    if figures.get("note"):
+        lines += [f"Note: {figures['note']}.", ""]
+    lines += ["Settings: `config.json`. Files and sha256: `bundle.json`.", ""]
+    return "\n".join(lines)
+
+
+def write_json(figures: dict) -> str:
+    return json.dumps(figures)

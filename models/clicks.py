@@ -1,0 +1,96 @@
+"""The operator's clicks: a labelled example cut from a scan at a clicked pixel (``support add``).
+
+One code path for ``stmwatch support add``, ``stmwatch eval oneclick`` and ``stmwatch adapt``: the
+scan is prepared exactly as for the models and the crop cut with the segmenter's own ``crops_at``.
+A support set is a folder ``<dir>/<class>/*.npy`` of ``(2, 32, 32)`` float32 crops.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from stmwatch.drivers.scan import Scan
+
+
+def cut_crop(scan: Scan, surface: str, row: float, col: float, preprocess=None):
+    """The ``(2, 32, 32)`` classifier crop centred on scan display pixel ``(row, col)``: the scan
+    is prepared as for the models, the position mapped to model pixels with ``Prepared.from_scan``
+    and cut with the segmenter's own ``crops_at``. Returns ``(crop, (model_row, model_col))``."""
+    from .preprocess import prepare
+    from .segment import crops_at
+
+    prepared = prepare(scan, surface, preprocess)
+    r, c = prepared.from_scan(row, col)
+    return crops_at(prepared.image, [float(r)], [float(c)])[0], (float(r), float(c))
+
+
+def parse_points(text: str | list[str]) -> list[tuple[float, float]]:
+    """``"ROW,COL"`` or ``"R1,C1;R2,C2"`` (or a list of such strings) → ``[(row, col), ...]``."""
+    items = [text] if isinstance(text, str) else list(text)
+    points = []
+    for item in items:
+        for part in item.replace(" ", "").split(";"):
+            if not part:
+                continue
+            try:
+                row, col = (float(v) for v in part.split(","))
+            except ValueError:
+                raise ValueError(f"--at must be ROW,COL (scan pixels), not {part!r}") from None
+            points.append((row, col))
+    if not points:
+        raise ValueError("no --at point given")
+    return points
+
+
+def add_examples(folder: str | Path, label: str, scan: Scan, surface: str, points: list[tuple[float, float]],
+                 preprocess=None, stem: str | None = None) -> list[tuple[Path, tuple[float, float]]]:
+    """Save one crop per ``(row, col)`` of ``scan`` (display-frame scan pixels) as examples of
+    class ``label`` in the support folder ``folder``; the scan is prepared once.
+    Returns ``[(path, (model_row, model_col)), ...]``. Points outside the scan raise ValueError."""
+    from .preprocess import prepare
+    from .segment import crops_at
+
+    rows, cols = scan.shape
+    for row, col in points:
+        if not (-0.5 <= row <= rows - 0.5 and -0.5 <= col <= cols - 0.5):
+            raise ValueError(f"point {row:g},{col:g} is outside the {rows} x {cols} scan")
+    prepared = prepare(scan, surface, preprocess)
+    target = Path(folder) / label
+    target.mkdir(parents=True, exist_ok=True)
+    n = len(list(target.glob("*.npy")))
+    stem = stem or (Path(scan.source).stem if scan.source else "scan")
+    out = []
+    for k, (row, col) in enumerate(points):
+        r, c = prepared.from_scan(row, col)
+        crop = crops_at(prepared.image, [float(r)], [float(c)])[0]
+        path = target / f"{stem}_r{row:g}_c{col:g}_{n + k:03d}.npy"
+        np.save(path, crop)
+        out.append((path, (float(r), float(c))))
+    return out
+
+
+def least_sure(analysis, classifier, n: int = 10) -> list[dict]:
+    """The ``n`` defects of ``analysis`` the few-shot ``classifier`` is least sure of, so the
+    operator knows where another click helps most: sorted by the margin between the nearest and
+    the second-nearest prototype, ``(d2 - d1) / (d2 + d1)`` of their squared embedding distances
+    (0: half-way between two classes, 1: on a prototype; the softmax probabilities saturate with
+    a Euclidean metric, the relative gap does not). Each: ``row``, ``col`` (scan display pixels),
+    ``label``, ``nearest``, ``p`` (its probability), ``second``, ``p_second``, ``margin``."""
+    import torch
+
+    defects = [d for d in analysis.defects if d.crop is not None]
+    if not defects or classifier is None or len(getattr(classifier, "labels", [])) < 2:
+        return []
+    d2 = classifier.distances(np.stack([d.crop for d in defects]))
+    temperature = float(getattr(getattr(classifier, "net", None), "temperature", 1.0))
+    p = torch.softmax(torch.from_numpy(-temperature * d2), dim=1).numpy()
+    out = []
+    for i, d in enumerate(defects):
+        a, b = np.argsort(d2[i])[:2]
+        gap = (d2[i, b] - d2[i, a]) / max(float(d2[i, b] + d2[i, a]), 1e-12)
+        out.append({"row": round(float(d.row), 2), "col": round(float(d.col), 2), "label": d.label,
+                    "nearest": classifier.labels[a], "p": round(float(p[i, a]), 4), "second": classifier.labels[b],
+                    "p_second": round(float(p[i, b]), 4), "margin": round(float(gap), 4)})
+    out.sort(key=lambda r: r["margin"])
+    return out[:n]

@@ -1,0 +1,145 @@
+"""The operator's one-click flow, scored on a labelled folder (``stmwatch eval oneclick``).
+
+The operator clicks K examples of each defect class (``stmwatch support add``) in the first scans
+of a session, and the models label every defect of the later scans. Here the clicks come from the
+truth: the first scans (in name order) give, for each class, the first K *clear* examples (at
+least :data:`EDGE_NM` from the frame's edge and :data:`CLEAR_NM` from any other defect), cut with
+:func:`~stmwatch.models.clicks.add_examples` -- ``support add``'s own code. The scans after the
+last one needed for the support set are labelled by the analyser built on that support set and
+scored: detection F1 at ``radius_nm`` with :class:`~stmwatch.models.eval_segment.DetectionScore`,
+and the label accuracy of the matched defects (the pairs of
+:func:`~stmwatch.models.eval_segment.match_points`). Truth files are those of ``stmwatch simulate``
+(``NAME.truth.json`` beside ``NAME.sxm``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from stmwatch.drivers.sxm import read_sxm
+
+from .clicks import add_examples
+from .eval_segment import MATCH_RADIUS_NM, DetectionScore, match_points
+from .sim.truth import TruthDefect as TruthPoint  # the truth files' defects
+
+log = logging.getLogger(__name__)
+
+EDGE_NM = 2.0  # a click is at least this far from the frame's edge
+CLEAR_NM = 1.5  # ... and this far from any other defect (beyond both footprints)
+
+
+def read_truth_points(sxm: Path) -> list[TruthPoint]:
+    """The true defects of ``sxm`` from ``NAME.truth.json`` (those on acquired lines only)."""
+    doc_path = sxm.with_name(sxm.stem + ".truth.json")
+    if not doc_path.exists():
+        raise FileNotFoundError(f"{sxm}: no truth file {doc_path.name} beside it (eval oneclick needs labelled scans)")
+    doc = json.loads(doc_path.read_text())
+    return [TruthPoint(d["cls"], float(d["row"]), float(d["col"]), float(d["x_m"]), float(d["y_m"]),
+                       float(d.get("radius_nm", 0.8))) for d in doc["defects"]]
+
+
+def acquired_points(scan, points: list[TruthPoint]) -> list[TruthPoint]:
+    """The points on lines the scan acquired (an aborted scan's missing lines are not counted)."""
+    frame = scan.topography().frames()[0]
+    acquired = ~np.isnan(frame).all(axis=1)
+    return [p for p in points if acquired[int(np.clip(round(p.row), 0, len(acquired) - 1))]]
+
+
+def clear_examples(scan, points: list[TruthPoint]) -> list[TruthPoint]:
+    """The points an operator would click: away from the edge and from other defects."""
+    nm_row = scan.range_m[1] * 1e9 / scan.shape[0]
+    nm_col = scan.range_m[0] * 1e9 / scan.shape[1]
+    rows, cols = scan.shape
+    out = []
+    for i, p in enumerate(points):
+        if min(p.row * nm_row, (rows - 1 - p.row) * nm_row, p.col * nm_col, (cols - 1 - p.col) * nm_col) < EDGE_NM:
+            continue
+        if any(j != i and np.hypot(p.x_m - q.x_m, p.y_m - q.y_m) * 1e9 < p.radius_nm + q.radius_nm + CLEAR_NM
+               for j, q in enumerate(points)):
+            continue
+        out.append(p)
+    return out
+
+
+def build_support(scans: list[Path], surface: str, classes: tuple[str, ...], shots: int, folder: Path,
+                  preprocess=None) -> int:
+    """Click ``shots`` clear examples of every class in the first ``scans`` into ``folder``
+    (``<folder>/<class>/*.npy``); returns how many scans were used. Raises ValueError when the
+    folder does not hold that many examples of a class."""
+    need = {c: shots for c in classes}
+    for used, path in enumerate(scans, start=1):
+        scan = read_sxm(path)
+        for p in clear_examples(scan, acquired_points(scan, read_truth_points(path))):
+            if need.get(p.cls, 0) > 0:
+                add_examples(folder, p.cls, scan, surface, [(p.row, p.col)], preprocess, stem=path.stem)
+                need[p.cls] -= 1
+        if not any(need.values()):
+            return used
+    missing = {c: n for c, n in need.items() if n}
+    raise ValueError(f"the scans hold too few clear examples for {shots} per class: missing {missing}")
+
+
+def score_scans(analyser, scans: list[Path], radius_nm: float = MATCH_RADIUS_NM, progress=None) -> dict:
+    """Label every defect of ``scans`` with ``analyser`` and score detection and labels."""
+    score = DetectionScore()
+    correct = total = 0
+    per_class: dict[str, list[int]] = {}
+    confusion: dict[str, dict[str, int]] = {}
+    for path in scans:
+        scan = read_sxm(path)
+        truth = acquired_points(scan, read_truth_points(path))
+        analysis = analyser.analyse(scan)
+        pred = np.array([(d.x_m, d.y_m) for d in analysis.defects], dtype=float).reshape(-1, 2)
+        true = np.array([(p.x_m, p.y_m) for p in truth], dtype=float).reshape(-1, 2)
+        score.add(pred, true, radius_nm * 1e-9)
+        for i, j, _ in match_points(pred, true, radius_nm * 1e-9):
+            label, cls = analysis.defects[i].label, truth[j].cls
+            total += 1
+            correct += label == cls
+            per_class.setdefault(cls, [0, 0])
+            per_class[cls][0] += label == cls
+            per_class[cls][1] += 1
+            confusion.setdefault(cls, {})
+            confusion[cls][label] = confusion[cls].get(label, 0) + 1
+        if progress is not None:
+            progress()
+    return {
+        "scans": len(scans), "true": score.tp + score.fn, "found": score.tp + score.fp, "matched": score.tp,
+        "precision": round(score.precision, 4), "recall": round(score.recall, 4), "f1": round(score.f1, 4),
+        "f1_ci95": [round(v, 4) for v in score.f1_interval()],
+        "label_accuracy": round(correct / total, 4) if total else float("nan"),
+        "per_class_accuracy": {c: round(a / n, 4) for c, (a, n) in sorted(per_class.items())},
+        "confusion": {c: dict(sorted(v.items())) for c, v in sorted(confusion.items())},
+    }
+
+
+def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_analyser: Callable[[Path], object], shots: int = 1,
+                      radius_nm: float = MATCH_RADIUS_NM, preprocess=None, support_dir: str | Path | None = None,
+                      progress=None) -> dict:
+    """The one-click figures of the labelled ``.sxm`` files in ``scan_dir`` (a folder, or a list
+    of files; name order).
+
+    ``make_analyser(support_folder)`` builds the analyser on the clicked support set (e.g.
+    ``load_analyser(config, surface, support=folder)``). ``support_dir`` keeps the clicked set
+    there (default a temporary folder). Returns the figures of :func:`score_scans` plus
+    ``shots``, ``support_scans`` and ``eval_scans``."""
+    from .surfaces import get_surface
+
+    scans = sorted(Path(p) for p in scan_dir) if isinstance(scan_dir, list) else sorted(Path(scan_dir).glob("*.sxm"))
+    if len(scans) < 2:
+        raise ValueError(f"{scan_dir}: eval oneclick needs at least 2 labelled .sxm files, found {len(scans)}")
+    classes = get_surface(surface).classes
+    with tempfile.TemporaryDirectory(prefix="oneclick-") as tmp:
+        folder = Path(support_dir) if support_dir else Path(tmp) / surface
+        used = build_support(scans[:max(1, len(scans) // 2)], surface, classes, shots, folder, preprocess)
+        analyser = make_analyser(folder)
+        result = score_scans(analyser, scans[used:], radius_nm, progress)
+    result.update({"surface": surface, "shots": shots, "support_scans": used, "eval_scans": len(scans) - used,
+                   "radius_nm": radius_nm, "model_versions": dict(getattr(analyser, "model_versions", {}))})
+    log.info("oneclick %s: %s", surface, result)
+    return result

@@ -1,0 +1,156 @@
+"""``stmwatch adapt`` with tiny models: pseudo-labels, fine-tuning, the bundle and its card; the
+transductive prototypes; ``support suggest``'s ordering."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from stmwatch.daemon.cli import main
+from stmwatch.daemon.config import Config
+from stmwatch.models.adapt import AdaptSettings, PseudoLabels, UNetConfidentLabels, adapt, kmeans, split_scans
+from stmwatch.models.bundle import load_bundle
+from stmwatch.models.clicks import least_sure
+from stmwatch.models.fewshot.classifier import PrototypicalClassifier
+from stmwatch.models.fewshot.crops import CropSet
+from stmwatch.models.fewshot.transductive import TransductiveClassifier
+from stmwatch.models.load import load_analyser
+from stmwatch.models.preprocess import PreprocessSettings
+from stmwatch.models.settings import ModelSettings
+from stmwatch.models.sim.simulate import simulate_scan, write_example
+from stmwatch.models.unet import UNet, UNetConfig, save_checkpoint
+
+
+def test_split_holds_back_the_last_quarter_by_name(tmp_path):
+    paths = [tmp_path / f"s{i:02d}.sxm" for i in range(12)]
+    train, held = split_scans(list(reversed(paths)), 0.25)
+    assert held == paths[9:] and train == paths[:9]
+    assert split_scans(paths[:3], 0.25) == (paths[:3], [])
+
+
+def test_confident_labels_keep_sure_components_and_leave_unsure_pixels_out():
+    prob = np.zeros((40, 40), np.float32)
+    prob[5:10, 5:10] = 0.9  # sure
+    prob[20:25, 20:25] = 0.45  # above the threshold, not sure
+    prob[30:32, 30:40] = 0.2  # below the threshold, not background either
+    seg = types.SimpleNamespace(probability=lambda prepared: prob, threshold=0.4)
+    prepared = types.SimpleNamespace(valid=np.ones((40, 40), bool))
+    labels = UNetConfidentLabels(seg, confident=0.6, unsure_low=0.1, min_area_px=4).labels(None, prepared)
+    assert isinstance(labels, PseudoLabels)
+    np.testing.assert_allclose(labels.centres, [[7.0, 7.0]])
+    assert labels.unsure[22, 22] and labels.unsure[31, 35] and not labels.unsure[7, 7] and not labels.unsure[0, 0]
+
+
+def test_kmeans_finds_two_obvious_groups():
+    x = np.concatenate([np.random.default_rng(0).normal(0, 0.1, (20, 3)), np.random.default_rng(1).normal(5, 0.1, (20, 3))])
+    labels = kmeans(x, 2, seed=0)
+    assert len(set(labels[:20])) == 1 and len(set(labels[20:])) == 1 and labels[0] != labels[20]
+
+
+class Identity(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :2]
+
+
+def test_transductive_prototypes_move_to_the_lab_crops():
+    """Embedding = the first two pixels. Class b's one click sits off its lab cluster, near the
+    middle; the pool's clusters pull each prototype to their centre, so a crop nearer cluster a
+    that the plain prototypes call b is labelled right."""
+    from stmwatch.models.fewshot.backbones import Conv4  # noqa: F401 (only to be sure the package imports)
+    from stmwatch.models.fewshot.proto import ProtoNet
+
+    net = ProtoNet(Identity())
+    def crop(a, b):
+        c = np.zeros((2, 32, 32), np.float32)
+        c[0, 0, 0], c[0, 0, 1] = a, b
+        return c
+    support = CropSet("si001h", {"a": np.stack([crop(0.0, 1.0)]), "b": np.stack([crop(0.0, 0.2)])})  # b: off-centre
+    rng = np.random.default_rng(0)
+    pool = np.stack([crop(*xy) for xy in rng.normal([0.0, 1.0], 0.2, (30, 2))]
+                    + [crop(*xy) for xy in rng.normal([0.0, -1.0], 0.2, (30, 2))])
+    query = np.stack([crop(0.0, 0.55), crop(0.0, -0.2)])  # nearer cluster a's centre, and cluster b's
+    plain = PrototypicalClassifier(net, support, float("inf"))
+    assert [lab for lab, _ in plain.classify(query)] == ["b", "b"]
+    trans = TransductiveClassifier(PrototypicalClassifier(net, support, float("inf")), pool, steps=5)
+    protos = trans.net.prototypes.numpy()
+    assert np.allclose(protos[0], [0.0, 1.0], atol=0.15) and np.allclose(protos[1], [0.0, -0.9], atol=0.15)
+    assert [lab for lab, _ in trans.classify(query)] == ["a", "b"]
+
+
+def test_least_sure_lists_the_smallest_margins_first():
+    class Fake:
+        labels = ["a", "b", "c"]
+        net = types.SimpleNamespace(temperature=1.0)
+
+        def distances(self, crops):
+            return np.array([[0.0, 5.0, 9.0], [1.0, 1.1, 9.0], [2.0, 1.0, 3.0]])  # gaps 1, 0.05, 0.33
+
+    defects = [types.SimpleNamespace(row=float(i), col=0.0, label="x", crop=np.zeros((2, 32, 32))) for i in range(3)]
+    rows = least_sure(types.SimpleNamespace(defects=defects), Fake(), n=2)
+    assert [r["row"] for r in rows] == [1.0, 2.0]
+    assert rows[0]["nearest"] == "a" and rows[0]["second"] == "b" and rows[1]["nearest"] == "b"
+    assert rows[0]["margin"] == pytest.approx(0.1 / 2.1, abs=1e-4) and rows[1]["margin"] == pytest.approx(1 / 3, abs=1e-4)
+
+
+@pytest.fixture()
+def tiny_setup(tmp_path):
+    torch.manual_seed(0)
+    save_checkpoint(UNet(UNetConfig(width=4, depth=2)), tmp_path / "tiny.pt")
+    scans = tmp_path / "scans"
+    for i in range(8):
+        scan, truth = simulate_scan("si001h", 60 + i, pixels=(96, 96), n_defects=8)
+        write_example(scan, truth, scans / f"s{i}")
+    config = Config(models=ModelSettings(segmenter_weights=str(tmp_path / "tiny.pt"), backend="torch",
+                                         test_time_flips=1, surface_thresholds={}, threshold=0.5),
+                    preprocess=PreprocessSettings())
+    return tmp_path, scans, config
+
+
+def test_adapt_writes_a_bundle_that_loads_and_keeps_the_held_back_scans_out(tiny_setup, monkeypatch):
+    tmp_path, scans, config = tiny_setup
+    # the tiny UNet knows nothing: make its 'confident output' the first scans' truth, so there are labels
+    from stmwatch.models import adapt as adapt_module
+    from stmwatch.models.sim.simulate import read_truth
+
+    class TruthLabels:
+        name = "truth-for-test"
+
+        def __init__(self, *args):
+            pass
+
+        def labels(self, path, prepared):
+            truth = read_truth(path)
+            r, c = prepared.from_scan(np.array([d.row for d in truth.defects]), np.array([d.col for d in truth.defects]))
+            return PseudoLabels(np.stack([r, c], 1).reshape(-1, 2), ~prepared.valid)
+
+    monkeypatch.setitem(adapt_module.LABEL_SOURCES, "truth", TruthLabels)
+    stages = []
+    settings = AdaptSettings(steps=3, batch=2, patch=32)
+    figures = adapt(scans, "si001h", tmp_path / "bundle", config, label_source="truth", settings=settings,
+                    progress=lambda stage, done, total: stages.append(stage))
+    assert {"labels", "unet", "embedding", "card"} <= set(stages)
+    bundle = load_bundle(tmp_path / "bundle")
+    assert figures["bundle"] == bundle.id and bundle.unet and bundle.classifier
+    made = json.loads((tmp_path / "bundle" / "config.json").read_text())
+    assert made["held_back"] == ["s6.sxm", "s7.sxm"] and not set(made["held_back"]) & set(made["trained_on"])
+    assert figures["held_back_scans"] == 2 and "before" in figures and "after" in figures
+    assert "before" in (tmp_path / "bundle" / "CARD.md").read_text()
+    pool = np.load(tmp_path / "bundle" / "lab_crops.npy")
+    assert pool.shape[1:] == (2, 32, 32) and len(pool) >= 8  # 6 scans x ~8 defects
+    after = dataclasses.replace(config, models=dataclasses.replace(config.models, bundle=str(tmp_path / "bundle"),
+                                                                   segmenter_weights=""))
+    analyser = load_analyser(after, "si001h")
+    assert isinstance(analyser.classifier, TransductiveClassifier)
+    assert analyser.model_versions["bundle"] == bundle.id
+    scan, _ = simulate_scan("si001h", 99, pixels=(64, 64))
+    analyser.analyse(scan)
+
+
+def test_adapt_command_refuses_an_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["adapt", "--surface", "si001h", "--scans", str(tmp_path / "empty"), "--out", str(tmp_path / "b")]) == 1
+    assert "at least 2 .sxm" in capsys.readouterr().err

@@ -1,0 +1,87 @@
+"""``stmwatch eval oneclick``: a hand-made case scored by hand."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from stmwatch.drivers.scan import Channel, Scan
+from stmwatch.drivers.sxm import write_sxm
+from stmwatch.models.analyse import Analysis
+from stmwatch.models.defects import Defect
+from stmwatch.models.oneclick import evaluate_oneclick
+
+CLASSES = ("dangling_bond", "as_incorporated", "vacancy", "ash3_fragment")
+PX = 100  # 10 nm at 0.1 nm per pixel
+
+
+def write_case(folder, name, truth):
+    """A flat noisy 10 nm scan with bumps at the truth pixels and its truth file."""
+    rng = np.random.default_rng(len(name))
+    rows, cols = np.mgrid[0:PX, 0:PX]
+    z = rng.normal(0, 0.003, (PX, PX))
+    for _, r, c in truth:
+        z += 0.1 * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * 4.0 ** 2))
+    scan = Scan([Channel("Z", "m", (z * 1e-9).astype(np.float32), (z * 1e-9).astype(np.float32))], pixels=(PX, PX),
+                range_m=(PX * 1e-10, PX * 1e-10))
+    path = write_sxm(scan, folder / f"{name}.sxm")
+    defects = []
+    for cls, r, c in truth:
+        x, y = scan.pixel_to_scanner(r, c)
+        defects.append({"cls": cls, "row": r, "col": c, "x_m": float(x), "y_m": float(y), "radius_nm": 0.8})
+    (folder / f"{name}.truth.json").write_text(json.dumps({"surface": "si001h", "defects": defects}))
+    return scan
+
+
+class Scripted:
+    """An analyser that answers a fixed list of (row, col, label) per scan name."""
+
+    def __init__(self, script):
+        self.script = script
+        self.model_versions = {"segmenter": "scripted"}
+
+    def analyse(self, scan):
+        out = []
+        for r, c, label in self.script[scan.source.stem]:
+            x, y = scan.pixel_to_scanner(r, c)
+            out.append(Defect(r, c, float(x), float(y), 10.0, 0.9, label=label))
+        return Analysis(scan, out, {}, {}, self.model_versions)
+
+
+def test_oneclick_scores_a_hand_made_case(tmp_path):
+    # scan a: one clear example of each class (the clicks); b and c are scored
+    write_case(tmp_path, "a", [(CLASSES[0], 30, 30), (CLASSES[1], 30, 70), (CLASSES[2], 70, 30), (CLASSES[3], 70, 70)])
+    write_case(tmp_path, "b", [(CLASSES[0], 20, 20), (CLASSES[1], 20, 80), (CLASSES[2], 80, 20), (CLASSES[3], 80, 80)])
+    write_case(tmp_path, "c", [(CLASSES[2], 50, 30), (CLASSES[3], 50, 70)])
+    script = {
+        # b: three found 2 px (0.2 nm) off, labels right, right, wrong; the fourth missed; one false alarm
+        "b": [(22, 20, CLASSES[0]), (20, 82, CLASSES[1]), (78, 20, CLASSES[0]), (50, 50, CLASSES[0])],
+        # c: both found; one 6 px (0.6 nm) off: beyond 0.5 nm, so a miss and a false alarm
+        "c": [(50, 30, CLASSES[2]), (56, 70, CLASSES[3])],
+    }
+    seen = {}
+
+    def make(folder):
+        seen.update({p.name: len(list(p.glob("*.npy"))) for p in folder.iterdir()})
+        crop = np.load(next((folder / CLASSES[0]).glob("*.npy")))
+        seen["crop"] = crop
+        return Scripted(script)
+
+    r = evaluate_oneclick(tmp_path, "si001h", make, shots=1)
+    assert seen.pop("crop").shape == (2, 32, 32)
+    assert seen == {c: 1 for c in CLASSES}  # one click per class, all from scan a
+    assert (r["support_scans"], r["eval_scans"]) == (1, 2)
+    # by hand: true 6, found 6, matched 4 (b: 3, c: 1) -> P = R = F1 = 4/6; labels right 3 of 4
+    assert (r["true"], r["found"], r["matched"]) == (6, 6, 4)
+    assert r["f1"] == pytest.approx(4 / 6, abs=1e-4) and r["precision"] == pytest.approx(4 / 6, abs=1e-4)
+    assert r["label_accuracy"] == pytest.approx(0.75)
+    assert r["per_class_accuracy"] == {CLASSES[0]: 1.0, CLASSES[1]: 1.0, CLASSES[2]: 0.5}  # no ash3 matched
+    assert r["confusion"][CLASSES[2]] == {CLASSES[0]: 1, CLASSES[2]: 1}
+
+
+def test_too_few_examples_is_a_clear_error(tmp_path):
+    write_case(tmp_path, "a", [(CLASSES[0], 30, 30)])
+    write_case(tmp_path, "b", [(CLASSES[0], 30, 30)])
+    with pytest.raises(ValueError, match="missing"):
+        evaluate_oneclick(tmp_path, "si001h", lambda folder: None, shots=1)
