@@ -325,6 +325,9 @@ def add_arguments(parser) -> None:
                         help="share (0-1) of the simulated scans with a double tip, at a random level 0.6-1.4 "
                              "(default: the usual mix, about 0.82)")
     parser.add_argument("--weights", help="also copy the best weights here (e.g. models/weights/unet.pt)")
+    parser.add_argument("--labels", metavar="DIR", help="train on scans with the masks of 'stmwatch autolabel --out DIR' "
+                        "instead of simulated truth (--scans, --val-scans and --surfaces are then not used; the "
+                        "validation F1 is against the auto-labels of the last tenth of the scans)")
 
 
 def run(args) -> int:
@@ -338,10 +341,18 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     radius_px = args.disc_nm / 0.1  # every surface is seen at 0.1 nm per model pixel
     cache = out / "data.npz"
+    if getattr(args, "labels", None):
+        from .autolabel.training import labelled_patches
+
+        with console.status(f"reading scans and auto-labels from {args.labels}"):
+            data, val, args.surfaces = labelled_patches(args.labels, args.patch, radius_px, seed=args.seed)
+        console.print(f"{len(data)} training, {len(val)} validation patches from the auto-labels in {args.labels}")
     key = json.dumps({"surfaces": args.surfaces, "scans": args.scans, "val": args.val_scans, "patch": args.patch,
                       "disc": args.disc_nm, "seed": args.seed,
                       **({} if args.double_tip_share is None else {"double_tip": args.double_tip_share})})
-    if cache.exists() and str(np.load(cache)["key"]) == key:
+    if getattr(args, "labels", None):
+        pass
+    elif cache.exists() and str(np.load(cache)["key"]) == key:
         z = np.load(cache, allow_pickle=True)
         data = Patches(z["images"], z["targets"], list(z["centres"]))
         val = Patches(z["val_images"], z["val_targets"], list(z["val_centres"]))

@@ -1,13 +1,14 @@
-"""``stmwatch bench segment|classify|stream``: speed, reported as ratios measured in one run."""
+"""``stmwatch bench segment|classify|stream|autolabel``: speed, reported as ratios measured in one run."""
 from __future__ import annotations
 
 from ._dispatch import add_targets, run_target
 
-HELP = "benchmark segmentation backends, classification and live-stream publish delay"
+HELP = "benchmark segmentation backends, classification, live-stream publish delay and auto-labelling"
 TARGETS = {
     "segment": "stmwatch.models.bench_segment",
     "classify": "stmwatch.models.fewshot.bench",
     "stream": "stmwatch.daemon.bench_stream",
+    "autolabel": "stmwatch.models.autolabel.bench",
 }
 
 
