@@ -59,6 +59,9 @@ def gaussian(x: torch.Tensor, sigma: float, d_rows: int = 0, d_cols: int = 0) ->
     return _separable(x, kernels[d_rows], kernels[d_cols])
 
 
+ORIENTATION_WEIGHT = 3.0  # coherence·(cos 2θ, sin 2θ) ∈ [-1, 1] scaled to weigh like ±3 robust sigmas
+
+
 class FilterBank:
     """The weight-free default: for each channel, on its lattice-free, terrace-free residual
     (``double_tip.feature_band`` with no low-pass: the lattice's sharp Fourier peaks brought down to
@@ -67,19 +70,28 @@ class FilterBank:
     - the residual smoothed at each of ``sigmas_nm`` (signed: protrusions > 0, pits < 0);
     - the scale-normalised Laplacian of Gaussian at each sigma (blobs of that size);
     - local contrast (Gaussian-weighted RMS of the residual at the largest sigma);
-    - the gradient magnitude and the structure-tensor coherence of the raw image at the middle
-      sigma (step edges and straight rows: coherent; defects and noise: not).
+    - with ``edges``: the gradient magnitude of the raw image at the middle sigma (step edges) and
+      the structure tensor's orientation as ``coherence · (cos 2θ, sin 2θ)`` (rows along x or
+      along y: the 2×1 and 1×2 domains). Off at the model scale, where they split the lattice
+      by its rows rather than find defects; :func:`..label.autolabel` turns them on at the
+      coarser resolutions, which are there to separate terraces and domains;
+    - with ``texture`` (also at the coarser resolutions): each response replaced by its local
+      energy (|response| smoothed over the largest sigma; the orientation smoothed as it
+      is), so that clusters follow regions, not the crests and troughs of the rows;
+    - ``soft`` > 0: each standardised feature z becomes ``soft · asinh(z / soft)`` (linear near 0,
+      logarithmic far out), so that a few extreme pixels (the frame's border, a scar) do not take
+      a cluster of their own; used at the coarser resolutions.
 
-    ``(C · (2·len(sigmas) + 3), H, W)`` features; each is divided by its robust spread over the
+    ``(C · (2·len(sigmas) + 1 [+ 3 with edges]), H, W)`` features; each is divided by its robust spread over the
     valid pixels, so that k-means weighs them alike.
     """
 
     name = "filters"
 
     def __init__(self, nm_per_px: float = 0.1, sigmas_nm: tuple[float, ...] = (0.1, 0.2, 0.35),
-                 terrace_nm: float = 1.2, edges: bool = False, soft: float = 0.0):
+                 terrace_nm: float = 1.2, edges: bool = False, soft: float = 0.0, texture: bool = False):
         self.nm_per_px, self.sigmas_nm, self.terrace_nm = nm_per_px, tuple(sigmas_nm), terrace_nm
-        self.edges, self.soft = edges, soft
+        self.edges, self.soft, self.texture = edges, soft, texture
 
     def __call__(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
         out = []
@@ -99,8 +111,20 @@ class FilterBank:
             gr, gc = gaussian(raw, s, 1, 0), gaussian(raw, s, 0, 1)
             out.append(torch.hypot(gr, gc) * s)
             jrr, jcc, jrc = (gaussian(v, 2 * s) for v in (gr * gr, gc * gc, gr * gc))
-            out.append(torch.sqrt((jrr - jcc) ** 2 + 4 * jrc**2) / (jrr + jcc + 1e-6))
-        return standardise(torch.cat(out, dim=1)[0].numpy(), valid, self.soft)
+            out.append((jrr - jcc) / (jrr + jcc + 1e-6))  # orientation (doubled angle) times coherence:
+            out.append(2 * jrc / (jrr + jcc + 1e-6))  # rows along x vs along y, i.e. 2x1 vs 1x2 domains
+        if self.texture:  # energy of each response over a neighbourhood; orientation kept signed
+            wide = sig[-1]
+            per = len(out) // len(image)
+            out = [gaussian(f if (i % per) >= per - 2 and self.edges else f.abs(), wide) for i, f in enumerate(out)]
+        feats = torch.cat(out, dim=1)[0].numpy()
+        per = len(feats) // len(image)
+        oriented = np.zeros(len(feats), dtype=bool)
+        if self.edges:  # already on a fixed scale (-1..1): not standardised, where a near-constant
+            oriented[[i for i in range(len(feats)) if i % per >= per - 2]] = True  # map would blow up noise
+        feats[~oriented] = standardise(feats[~oriented], valid, self.soft)
+        feats[oriented] *= ORIENTATION_WEIGHT
+        return feats
 
 
 def standardise(features: np.ndarray, valid: np.ndarray, soft: float = 0.0) -> np.ndarray:

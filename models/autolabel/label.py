@@ -11,11 +11,11 @@ features see 0.4-0.8 nm pixels and separate terraces and domains. The defect mas
 the finest scale; the coarser ones are shown in the preview and kept in :class:`AutoLabel`.
 
 Which clusters are defects (:func:`choose_defect_clusters`, unless the user names them): the
-lattice is the most common cluster; a cluster is a defect cluster when it is rare (at most
-``max_share`` of the valid pixels), its centre lies at least ``min_distance`` (robust-standardised
-feature units) from the lattice's, and most of its pixels form compact components of defect
-size (``min_area_nm2``–``max_area_nm2``, elongation below ``max_elongation``). The union of the
-defect clusters is then split into components and only those of defect size and shape are kept.
+lattice is the most common cluster; the clusters farthest from it (robust-standardised feature
+units, at least ``min_distance``) are taken, farthest first, as long as together they are rare
+(at most ``max_share`` of the valid pixels). The union of the defect clusters is then split into
+8-connected components and only those of defect size and shape are kept
+(``min_area_nm2``–``max_area_nm2``, elongation below ``max_elongation``).
 Ghost copies made by a double tip are dropped (or moved onto the real feature) as in the UNet
 segmenter (``double_tip.resolve_double_tip``).
 """
@@ -45,12 +45,12 @@ log = logging.getLogger(__name__)
 class Rule:
     """The automatic choice of defect clusters and components (see the module docstring)."""
 
-    max_share: float = 0.12
-    min_distance: float = 2.5
-    min_area_nm2: float = 0.12
-    max_area_nm2: float = 2.0
+    max_share: float = 0.02  # of the valid pixels, all defect clusters together
+    min_distance: float = 1.5
+    min_area_nm2: float = 0.05
+    max_area_nm2: float = 3.0
     max_elongation: float = 3.0
-    min_defect_share: float = 0.5  # of a cluster's pixels in defect-sized components
+    min_defect_share: float = 0.0  # of a cluster's pixels in defect-sized components
 
 
 @dataclasses.dataclass
@@ -101,21 +101,28 @@ def defect_sized(mask: np.ndarray, rule: Rule, nm_per_px: float) -> tuple[np.nda
 
 
 def choose_defect_clusters(clusters: np.ndarray, centres: np.ndarray, rule: Rule, nm_per_px: float) -> tuple[int, ...]:
-    """The automatic rule (module docstring) on one cluster map ``(H, W)`` (−1: no data)."""
+    """The automatic rule (module docstring) on one cluster map ``(H, W)`` (−1: no data): the
+    clusters farthest from the lattice's (the most common cluster) are taken, farthest first,
+    while together they cover at most ``max_share`` of the valid pixels, each at least
+    ``min_distance`` from the lattice and with at least ``min_defect_share`` of its pixels in
+    components of defect size and shape."""
     k = len(centres)
     counts = np.bincount(clusters[clusters >= 0], minlength=k).astype(float)
     lattice = int(np.argmax(counts))
     share = counts / max(counts.sum(), 1)
     distance = np.linalg.norm(centres - centres[lattice], axis=1)
-    chosen = []
-    for j in range(k):
-        if j == lattice or share[j] == 0 or share[j] > rule.max_share or distance[j] < rule.min_distance:
+    chosen, total = [], 0.0
+    for j in np.argsort(-distance):
+        if j == lattice or distance[j] < rule.min_distance or total + share[j] > rule.max_share:
+            break
+        if share[j] == 0:
             continue
         labels, keep = defect_sized(clusters == j, rule, nm_per_px)
         if keep[labels].sum() >= rule.min_defect_share * counts[j]:
-            chosen.append(j)
+            chosen.append(int(j))
+            total += share[j]
     log.debug("clusters: share %s, distance %s → defects %s", np.round(share, 3), np.round(distance, 2), chosen)
-    return tuple(chosen)
+    return tuple(sorted(chosen))
 
 
 # ---- resolutions -----------------------------------------------------------------------------------
@@ -178,7 +185,10 @@ def autolabel(scan: Scan, surface: Surface | str, *, features: Features | None =
         image, ok = shrink(prepared.image, valid, factor)
         if not ok.any():
             raise ValueError(f"{scan.name}: no valid pixels at scale {factor}")
-        labels, centres = cluster_map(features(image, ok), ok, k, seed)
+        extractor = features
+        if factor > 1 and isinstance(features, FilterBank):
+            extractor = FilterBank(features.nm_per_px, features.sigmas_nm, features.terrace_nm, edges=True, soft=1.0, texture=True)
+        labels, centres = cluster_map(extractor(image, ok), ok, k, seed)
         labels = np.where(valid, grow(labels, factor, shape), -1)
         maps.append(labels)
         all_centres.append(centres)
