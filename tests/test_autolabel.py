@@ -63,7 +63,7 @@ def test_low_resolution_splits_two_planted_domains():
     fine, _ = cluster_map(FilterBank()(image, valid), valid, 2)
     assert _agreement(fine, left) < 0.75
     # the same through autolabel: its 1/4-resolution map is the domains
-    z = (image[0].T * 1e-10).astype(np.float32)  # Scan.pixels layout is (columns, rows)
+    z = (image[0] * 1e-10).astype(np.float32)  # display frame (rows, columns)
     scan = Scan(channels=[Channel("Z", "m", z, z, index=0)], pixels=(192, 192), range_m=(19.2e-9, 19.2e-9))
     result = autolabel(scan, "si001h", k=2, scales=(1, 4), remove_ghosts=False)
     assert _agreement(result.clusters[1], left) > 0.95
