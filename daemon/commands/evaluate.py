@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from ._dispatch import add_targets, run_target
 
-HELP = "evaluate the few-shot classifier (accuracy ± 95 % CI over episodes) or the segmenter"
-TARGETS = {"fewshot": "stmwatch.models.fewshot.evaluate", "segment": "stmwatch.models.eval_segment"}
+HELP = "evaluate the few-shot classifier (accuracy ± 95 % CI over episodes), the segmenter or the auto-labels"
+TARGETS = {"fewshot": "stmwatch.models.fewshot.evaluate", "segment": "stmwatch.models.eval_segment",
+           "autolabel": "stmwatch.models.autolabel.evaluate"}
 
 
 def add_arguments(parser) -> None:
