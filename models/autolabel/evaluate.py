@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from ..eval_segment import (HELD_OUT_SEED, MATCH_RADIUS_NM, DetectionScore, held_out_scan,
+from ..eval_segment import (HELD_OUT_SEED, MATCH_RADIUS_NM, DetectionScore, held_out_scan, score_record,
                             truth_points_m)
 from ..segment import find_components
 
@@ -54,11 +54,7 @@ def evaluate_autolabel(surfaces: list[str], n_scans: int, *, seed: int = HELD_OU
             scan, truth = held_out_scan(key, i, seed, artefacts=artefacts)
             result = autolabel(scan, key, features=extractor, k=k, scales=scales)
             score.add(mask_points_m(scan, result.mask), truth_points_m(scan, truth), radius_nm * 1e-9)
-        results[key] = {"scans": n_scans, "true": score.tp + score.fn, "found": score.tp + score.fp, "tp": score.tp,
-                        "precision": round(score.precision, 4), "recall": round(score.recall, 4),
-                        "f1": round(score.f1, 4), "f1_ci95": [round(v, 4) for v in score.f1_interval()],
-                        "median_dx_nm": round(score.median_dx * 1e9, 4), "median_dy_nm": round(score.median_dy * 1e9, 4),
-                        "seconds": round(time.perf_counter() - t0, 1)}
+        results[key] = score_record(score, n_scans, t0)
         log.info("%s: %s", key, results[key])
     return results
 
