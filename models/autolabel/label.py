@@ -117,10 +117,12 @@ def choose_defect_clusters(clusters: np.ndarray, centres: np.ndarray, rule: Rule
             break
         if share[j] == 0:
             continue
-        labels, keep = defect_sized(clusters == j, rule, nm_per_px)
-        if keep[labels].sum() >= rule.min_defect_share * counts[j]:
-            chosen.append(int(j))
-            total += share[j]
+        if rule.min_defect_share > 0:
+            labels, keep = defect_sized(clusters == j, rule, nm_per_px)
+            if keep[labels].sum() < rule.min_defect_share * counts[j]:
+                continue
+        chosen.append(int(j))
+        total += share[j]
     log.debug("clusters: share %s, distance %s → defects %s", np.round(share, 3), np.round(distance, 2), chosen)
     return tuple(sorted(chosen))
 
