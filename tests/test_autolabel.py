@@ -163,3 +163,14 @@ def test_command_skips_bad_files_one_line_each(tmp_path, capsys):
         assert sum(path.name in line for line in text.splitlines() if "error" in line) == 1
     assert (tmp_path / "out" / "good.mask.npy").exists()
     assert np.load(tmp_path / "out" / "good.mask.npy").shape == scan.shape
+
+
+def test_unet_encoder_features_follow_the_input_grid():
+    from stmwatch.models.autolabel.features import UNetEncoder
+
+    encoder = make_features("unet")
+    assert isinstance(encoder, UNetEncoder)
+    image = np.random.default_rng(0).normal(size=(2, 50, 70)).astype(np.float32)  # not a multiple of 8
+    out = encoder(image, np.ones((50, 70), bool))
+    width = encoder.model.config.width
+    assert out.shape == (width * (1 + 2 + 4), 50, 70) and np.isfinite(out).all()
