@@ -78,5 +78,5 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(results))
     else:
-        eval_segment.print_table(results, MATCH_RADIUS_NM, args.artefacts)
+        eval_segment.print_table(results, MATCH_RADIUS_NM, args.artefacts, what="auto-labels")
     return 0
