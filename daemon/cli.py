@@ -21,6 +21,7 @@ COMMANDS = {
     "dashboard": "dashboard",
     "simulate": "simulate",
     "simulate-stream": "simulate_stream",
+    "autolabel": "autolabel",
     "train": "train",
     "eval": "evaluate",
     "support": "support",

@@ -145,6 +145,16 @@ def evaluate_segmenter(segmenter, scans, radius_m: float = MATCH_RADIUS_NM * 1e-
     return score
 
 
+def score_record(score: DetectionScore, scans: int, t0: float) -> dict:
+    """The figures of one surface (errors in metres → nm), as the table and ``--json`` show them;
+    ``t0`` the ``time.perf_counter()`` at the start."""
+    return {"scans": scans, "true": score.tp + score.fn, "found": score.tp + score.fp, "tp": score.tp,
+            "precision": round(score.precision, 4), "recall": round(score.recall, 4), "f1": round(score.f1, 4),
+            "f1_ci95": [round(v, 4) for v in score.f1_interval()],
+            "median_dx_nm": round(score.median_dx * 1e9, 4), "median_dy_nm": round(score.median_dy * 1e9, 4),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def evaluate_surfaces(surfaces: list[str], n_scans: int, *, models: ModelSettings | None = None,
                       preprocess: PreprocessSettings | None = None, backend: str | None = None,
                       weights: str | None = None, seed: int = HELD_OUT_SEED, pixels=(256, 512),
@@ -167,13 +177,7 @@ def evaluate_surfaces(surfaces: list[str], n_scans: int, *, models: ModelSetting
         starts = [seed + b * BLOCK_STEP for b in range(blocks)]
         scans = (held_out_scan(key, i, start, pixels, artefacts) for start in starts for i in range(n_scans))
         score = evaluate_segmenter(segmenter, scans, radius_nm * 1e-9)
-        results[key] = {
-            "scans": n_scans * blocks, "true": score.tp + score.fn, "found": score.tp + score.fp, "tp": score.tp,
-            "precision": round(score.precision, 4), "recall": round(score.recall, 4), "f1": round(score.f1, 4),
-            "f1_ci95": [round(v, 4) for v in score.f1_interval()],
-            "median_dx_nm": round(score.median_dx * 1e9, 4), "median_dy_nm": round(score.median_dy * 1e9, 4),
-            "seconds": round(time.perf_counter() - t0, 1), "weights": segmenter.version,
-        }
+        results[key] = {**score_record(score, n_scans * blocks, t0), "weights": segmenter.version}
         if blocks > 1:
             results[key]["first_seeds"] = starts
             per_block = [DetectionScore(per_scan=score.per_scan[b * n_scans:(b + 1) * n_scans]) for b in range(blocks)]

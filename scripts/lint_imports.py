@@ -11,7 +11,6 @@ and runs ``lint-imports`` there, passing its arguments on. Exit status: lint-imp
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,14 +21,15 @@ LAYERS = ("daemon", "models", "drivers")
 
 
 def main(argv: list[str]) -> int:
-    exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    # lint-imports of this interpreter (not whichever is first on PATH), so it sees this tree
+    command = [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()"]
     with tempfile.TemporaryDirectory(prefix="stmwatch-lint-") as view:
         package = Path(view, "stmwatch")
         package.mkdir()
         for layer in LAYERS:
             (package / layer).symlink_to(ROOT / layer, target_is_directory=True)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [view, os.environ.get("PYTHONPATH")]))}
-        return subprocess.run([exe, "--no-cache", *argv], cwd=ROOT, env=env).returncode
+        return subprocess.run([*command, "--no-cache", *argv], cwd=ROOT, env=env).returncode
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from ._dispatch import add_targets, run_target
 
-HELP = "evaluate the few-shot classifier (accuracy ± 95 % CI over episodes) or the segmenter"
+HELP = "evaluate the few-shot classifier (accuracy ± 95 % CI over episodes), the segmenter, the one-click flow or the auto-labels"
 TARGETS = {"fewshot": "stmwatch.daemon.targets.eval_fewshot", "segment": "stmwatch.daemon.targets.eval_segment",
-           "oneclick": "stmwatch.daemon.targets.eval_oneclick"}
+           "oneclick": "stmwatch.daemon.targets.eval_oneclick", "autolabel": "stmwatch.daemon.targets.eval_autolabel"}
 
 
 def add_arguments(parser) -> None:

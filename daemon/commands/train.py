@@ -4,7 +4,7 @@ from __future__ import annotations
 from ._dispatch import add_targets, run_target
 
 HELP = "train the UNet segmenter or the few-shot classifier (on simulated data)"
-TARGETS = {"unet": "stmwatch.models.train_unet", "fewshot": "stmwatch.daemon.targets.train_fewshot"}
+TARGETS = {"unet": "stmwatch.daemon.targets.train_unet", "fewshot": "stmwatch.daemon.targets.train_fewshot"}
 
 
 def add_arguments(parser) -> None:

@@ -24,11 +24,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
 
-def print_table(results: dict[str, dict], radius_nm: float, artefacts: str = "all") -> None:
+def print_table(results: dict[str, dict], radius_nm: float, artefacts: str = "all", what: str = "segmentation") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"segmentation on held-out simulated scans (artefacts: {artefacts}; match radius "
+    table = Table(title=f"{what} on held-out simulated scans (artefacts: {artefacts}; match radius "
                         f"{radius_nm} nm)", title_justify="left")
     for name in ("surface", "scans", "true", "found", "precision", "recall", "F1", "F1 95 % (scans resampled)",
                  "median |dx| nm", "median |dy| nm"):

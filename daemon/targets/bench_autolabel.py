@@ -1,0 +1,79 @@
+"""``stmwatch bench autolabel``: time to auto-label one simulated scan (default 256² at 0.1 nm/px).
+
+Reports the median over ``--repeats`` runs of each stage (preprocess, features, k-means at every
+resolution, rule and mask) and of the whole, with the torch threads used; the UNet segmenter on
+the same scan is timed in the same run for a ratio. Nothing is asserted: the target (under 3 s
+for 256² on 2 CPU cores) is read off the output.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+HELP = "time of auto-labelling a scan (features + k-means + rule), vs the UNet on the same scan"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--surface", default="si001h")
+    parser.add_argument("--pixels", type=int, default=256, help="scan size, pixels a side (default 256)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--features", default="filters", help="filters | unet | unet:PATH | TorchScript file")
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--scales", default="1,4")
+    parser.add_argument("--json", action="store_true")
+
+
+def run(args) -> int:
+    import torch
+
+    from stmwatch.models.autolabel.command import parse_ints
+    from stmwatch.models.autolabel.features import make_features
+    from stmwatch.models.autolabel.label import autolabel
+    from stmwatch.models.sim.simulate import Artefacts, simulate_scan
+
+    torch.set_num_threads(args.threads)
+    scan, _ = simulate_scan(args.surface, 12_345, pixels=(args.pixels, args.pixels), artefacts=Artefacts.all())
+    features = make_features(args.features)
+    scales = parse_ints(args.scales)
+    autolabel(scan, args.surface, features=features, k=args.k, scales=scales)  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        autolabel(scan, args.surface, features=features, k=args.k, scales=scales)
+        times.append(time.perf_counter() - t0)
+    unet = None
+    try:
+        from stmwatch.daemon.config import load_config
+
+        from stmwatch.models.load import load_segmenter
+        from stmwatch.models.surfaces import get_surface
+
+        config = load_config(None)
+        segmenter = load_segmenter(config.models, get_surface(args.surface), config.preprocess, "torch")
+        segmenter.segment(scan)
+        u = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            segmenter.segment(scan)
+            u.append(time.perf_counter() - t0)
+        unet = float(np.median(u))
+    except Exception as exc:  # the ratio is extra; the auto-label time is the figure
+        print(f"(UNet not timed: {exc})")
+    result = {"surface": args.surface, "pixels": args.pixels, "threads": args.threads, "features": features.name,
+              "k": args.k, "scales": scales, "autolabel_s": round(float(np.median(times)), 3),
+              "autolabel_min_s": round(float(np.min(times)), 3),
+              "unet_s": None if unet is None else round(unet, 3),
+              "autolabel_over_unet": None if unet is None else round(float(np.median(times)) / unet, 2)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"autolabel of a {args.pixels}² {args.surface} scan ({features.name}, k={args.k}, scales {scales}, "
+              f"{args.threads} threads): median {result['autolabel_s']:.3f} s over {args.repeats} runs "
+              f"(target < 3 s on 2 cores)")
+        if unet is not None:
+            print(f"UNet segmenter (torch) on the same scan: {unet:.3f} s; autolabel / UNet = "
+                  f"{result['autolabel_over_unet']}")
+    return 0

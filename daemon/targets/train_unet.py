@@ -1,0 +1,114 @@
+"""``stmwatch train unet``: train the UNet segmenter on simulated scans, or on auto-label masks
+(``--labels``); the training itself is :mod:`stmwatch.models.train_unet`."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stmwatch.models.train_unet import SURFACE_KEYS, Patches, simulated_patches, train
+from stmwatch.models.unet import UNet, UNetConfig
+
+HELP = "train the UNet segmenter on simulated scans (CPU in minutes; GPU with the same command)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default="runs/unet", help="output folder: data.npz, last.pt, best.pt (default runs/unet)")
+    parser.add_argument("--surfaces", nargs="+", default=list(SURFACE_KEYS), help="surfaces to train on (one model)")
+    parser.add_argument("--scans", type=int, default=60, help="simulated training scans per surface (default 60)")
+    parser.add_argument("--val-scans", type=int, default=8, help="validation scans per surface (default 8)")
+    parser.add_argument("--patch", type=int, default=128, help="patch size, model pixels (default 128)")
+    parser.add_argument("--disc-nm", type=float, default=0.4, help="target disc radius, nm (default 0.4)")
+    parser.add_argument("--width", type=int, default=12, help="UNet channels at full resolution (default 12)")
+    parser.add_argument("--depth", type=int, default=3, help="UNet down-sampling steps (default 3)")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=100, help="optimiser steps per epoch")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--noise", type=float, default=0.5, help="fraction of patches given extra noise")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the data (training scans), the order and the weights")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes that simulate the scans and augment the batches (default 0: none; "
+                             "on a GPU machine, most of its CPU cores). The data do not depend on it; the "
+                             "batches do (each worker draws its own), so a run repeats with the same --workers")
+    parser.add_argument("--resume", action="store_true", help="go on from OUT/last.pt")
+    parser.add_argument("--init", help="start from these weights (e.g. models/weights/unet.pt; their width and depth "
+                                       "replace --width/--depth) with a fresh optimiser and learning-rate schedule")
+    parser.add_argument("--double-tip-share", type=float, default=None,
+                        help="share (0-1) of the simulated scans with a double tip, at a random level 0.6-1.4 "
+                             "(default: the usual mix, about 0.82)")
+    parser.add_argument("--weights", help="also copy the best weights here (e.g. models/weights/unet.pt)")
+    parser.add_argument("--labels", metavar="DIR", help="train on scans with the masks of 'stmwatch autolabel --out DIR' "
+                        "instead of simulated truth (--scans, --val-scans and --surfaces are then not used; the "
+                        "validation F1 is against the auto-labels of the last tenth of the scans)")
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    console = Console()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    radius_px = args.disc_nm / 0.1  # every surface is seen at 0.1 nm per model pixel
+    cache = out / "data.npz"
+    if getattr(args, "labels", None):
+        from stmwatch.models.autolabel.training import labelled_patches
+
+        with console.status(f"reading scans and auto-labels from {args.labels}"):
+            data, val, args.surfaces = labelled_patches(args.labels, args.patch, radius_px, seed=args.seed)
+        console.print(f"{len(data)} training, {len(val)} validation patches from the auto-labels in {args.labels}")
+    key = json.dumps({"surfaces": args.surfaces, "scans": args.scans, "val": args.val_scans, "patch": args.patch,
+                      "disc": args.disc_nm, "seed": args.seed,
+                      **({} if args.double_tip_share is None else {"double_tip": args.double_tip_share})})
+    if getattr(args, "labels", None):
+        pass
+    elif cache.exists() and str(np.load(cache)["key"]) == key:
+        z = np.load(cache, allow_pickle=True)
+        data = Patches(z["images"], z["targets"], list(z["centres"]))
+        val = Patches(z["val_images"], z["val_targets"], list(z["val_centres"]))
+        console.print(f"data from {cache}: {len(data)} training, {len(val)} validation patches")
+    else:
+        t0 = time.perf_counter()
+        with console.status("simulating training scans"):
+            data = simulated_patches(args.surfaces, args.scans, args.patch, radius_px, seed_base=args.seed * 10_000,
+                                     double_tip_share=args.double_tip_share, workers=args.workers)
+            val = simulated_patches(args.surfaces, args.val_scans, args.patch, radius_px,
+                                    seed_base=args.seed * 10_000 + 50_000, max_per_scan=4,
+                                    double_tip_share=args.double_tip_share, workers=args.workers)
+        obj = np.empty(len(data.centres), dtype=object)
+        obj[:] = data.centres
+        vobj = np.empty(len(val.centres), dtype=object)
+        vobj[:] = val.centres
+        np.savez(cache, key=key, images=data.images, targets=data.targets, centres=obj,
+                 val_images=val.images, val_targets=val.targets, val_centres=vobj)
+        console.print(f"simulated {len(data)} training and {len(val)} validation patches "
+                      f"in {time.perf_counter() - t0:.0f} s")
+    if args.init:  # (with --resume, OUT/last.pt then replaces these weights)
+        from stmwatch.models.unet import load_checkpoint
+
+        model, state = load_checkpoint(args.init)
+        console.print(f"starting from {args.init} (width {model.config.width}, depth {model.config.depth})")
+        args.width, args.depth = model.config.width, model.config.depth  # recorded in the meta as used
+    else:
+        model = UNet(UNetConfig(width=args.width, depth=args.depth))
+    meta = {"name": "unet-multi" if len(args.surfaces) > 1 else f"unet-{args.surfaces[0]}",
+            "surfaces": args.surfaces, "train_args": {k: v for k, v in vars(args).items()
+                                                      if isinstance(v, (int, float, str, list)) and k != "command"}}
+    history = train(model, data, val, out, epochs=args.epochs, steps=args.steps, batch=args.batch, lr=args.lr,
+                    seed=args.seed, device=device, resume=args.resume, noise=args.noise, meta=meta,
+                    workers=args.workers)
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    if args.weights:
+        best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+        Path(args.weights).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(best, args.weights)
+        console.print(f"best weights (epoch {best['meta'].get('epoch')}) copied to {args.weights}")
+    return 0

@@ -1,0 +1,6 @@
+"""Auto-labelling (part 1 of the method): defect masks from a lab's own unlabelled scans.
+
+:mod:`.features` (per-pixel features: a filter bank, a UNet's encoder, any TorchScript file),
+:mod:`.kmeans`, :mod:`.label` (clusters at several resolutions → defect mask), :mod:`.preview`,
+:mod:`.command` (``stmwatch autolabel``), :mod:`.evaluate` (F1 against simulator truth).
+"""

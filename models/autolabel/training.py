@@ -1,0 +1,78 @@
+"""Training data from auto-labels: ``stmwatch train unet --labels DIR``.
+
+``DIR`` is what ``stmwatch autolabel --out DIR`` wrote: ``<stem>.mask.npy`` per scan and
+``autolabel.json`` with each scan's path and surface (a scan ``DIR/<stem>.sxm`` beside its mask is
+used when the manifest has no entry). Each scan is preprocessed exactly as at inference
+(``preprocess.prepare``); each component of its mask becomes a defect at its centroid (the same
+reading of a mask as ``evaluate.mask_points_m``), brought to the model grid, and the training
+target is the usual disc around each centre (``train_unet.cut_patches``), so that the UNet learns
+the same kind of target as from the simulator's truth, with the same augmentation and extra
+noise. No truth is read.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..train_unet import Patches, cut_patches, join
+from .evaluate import mask_centroids
+
+log = logging.getLogger(__name__)
+
+
+def labelled_scans(labels_dir: str | Path) -> list[tuple[Path, Path, str]]:
+    """``(scan path, mask path, surface)`` for each mask in ``labels_dir``, sorted by stem."""
+    folder = Path(labels_dir)
+    manifest_path = folder / "autolabel.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    out = []
+    for mask in sorted(folder.glob("*.mask.npy")):
+        stem = mask.name[: -len(".mask.npy")]
+        entry = manifest.get(stem, {})
+        scan = Path(entry.get("scan", folder / f"{stem}.sxm"))
+        if not scan.exists():
+            raise ValueError(f"{mask}: its scan {scan} is missing")
+        if "surface" not in entry:
+            raise ValueError(f"{mask}: no surface recorded in {manifest_path}")
+        out.append((scan, mask, entry["surface"]))
+    if not out:
+        raise ValueError(f"{folder}: no <stem>.mask.npy files (run stmwatch autolabel --out {folder} first)")
+    return out
+
+
+def mask_patches(scan_path: Path, mask_path: Path, surface: str, patch: int, radius_px: float,
+                 rng: np.random.Generator, max_per_scan: int = 10) -> Patches:
+    """The training patches of one scan and its mask (see the module docstring)."""
+    from stmwatch.drivers.sxm import read_sxm
+
+    from ..preprocess import prepare
+
+    scan = read_sxm(scan_path)
+    mask = np.load(mask_path)
+    if mask.shape != scan.shape:
+        raise ValueError(f"{mask_path}: mask of shape {mask.shape}, but the scan {scan_path.name} is {scan.shape}")
+    prepared = prepare(scan, surface)
+    centres = mask_centroids(mask)
+    if len(centres):
+        rows, cols = prepared.from_scan(centres[:, 0], centres[:, 1])
+        centres = np.stack([rows, cols], axis=1)
+    image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
+    count = int(np.clip(round(image.shape[1] * image.shape[2] / patch**2), 2, max_per_scan))
+    return cut_patches(image, centres.reshape(-1, 2), patch, count, radius_px, rng)
+
+
+def labelled_patches(labels_dir: str | Path, patch: int, radius_px: float, val_fraction: float = 0.1,
+                     seed: int = 0) -> tuple[Patches, Patches, list[str]]:
+    """``(training patches, validation patches, surfaces)`` from ``labels_dir``; the last
+    ``val_fraction`` of the scans (at least one, when there are two or more) are for validation,
+    whose F1 is then against the auto-labels themselves."""
+    scans = labelled_scans(labels_dir)
+    n_val = max(1, round(val_fraction * len(scans))) if len(scans) > 1 else 0
+    rng = np.random.default_rng(seed)
+    parts = [mask_patches(s, m, surf, patch, radius_px, rng) for s, m, surf in scans]
+    train, val = join(parts[: len(parts) - n_val]), join(parts[len(parts) - n_val:] or parts[:1])
+    log.info("%s: %d training, %d validation patches from %d scans", labels_dir, len(train), len(val), len(scans))
+    return train, val, sorted({surf for _, _, surf in scans})

@@ -1,0 +1,176 @@
+"""Auto-labelling: k-means, multi-resolution clusters, masks through the training loader,
+TorchScript features, the command on real and bad files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stmwatch.models.autolabel.evaluate import mask_centroids
+from stmwatch.models.autolabel.features import FilterBank, TorchScriptFeatures, make_features
+from stmwatch.models.autolabel.kmeans import assign, kmeans
+from stmwatch.models.autolabel.label import autolabel, cluster_map, grow, shrink
+from stmwatch.models.sim.simulate import simulate_scan, write_example
+
+from .conftest import bad_files
+
+
+def test_kmeans_recovers_planted_clusters():
+    rng = np.random.default_rng(0)
+    planted = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 1.0], [0.0, 7.0, -2.0], [5.0, 5.0, 5.0]])
+    truth = rng.integers(0, 4, 3000)
+    x = planted[truth] + rng.normal(0, 0.5, (3000, 3))
+    centres, labels = kmeans(x, 4, seed=1, sample=1000)
+    # each found cluster is one planted cluster: the contingency table is a permutation
+    table = np.zeros((4, 4), int)
+    np.add.at(table, (truth, labels), 1)
+    assert (table.max(axis=1) == np.bincount(truth, minlength=4)).all()
+    assert sorted(table.argmax(axis=1)) == [0, 1, 2, 3]
+    order = table.argmax(axis=0)  # planted cluster of each found one
+    assert np.abs(centres - planted[order]).max() < 0.1
+    assert (assign(x, centres) == labels).all()
+
+
+def _two_domains(size: int = 192, period: float = 24.0) -> tuple[np.ndarray, np.ndarray]:
+    """A (2, H, W) image: rows at +45 degrees on the left half, at -45 on the right (two domains
+    whose rows turn by 90 degrees, as 2x1 / 1x2 on Si(001); diagonal, so that the preprocessing's
+    line alignment leaves both alone), with noise; and the left-half mask."""
+    rr, cc = np.mgrid[0:size, 0:size].astype(float)
+    left = cc < size // 2
+    rows = np.where(left, np.cos(2 * np.pi * (rr + cc) / (period * 2**0.5)), np.cos(2 * np.pi * (rr - cc) / (period * 2**0.5)))
+    image = rows + np.random.default_rng(3).normal(0, 0.2, rows.shape)
+    return np.stack([image, image]).astype(np.float32), left
+
+
+def _agreement(labels: np.ndarray, left: np.ndarray) -> float:
+    """Share of the pixels (away from the domain border) where two clusters follow the halves."""
+    inner = np.abs(np.arange(left.shape[1]) - left.shape[1] // 2) > 12
+    agree = ((labels == 0) == left)[:, inner].mean()
+    return max(agree, 1 - agree)
+
+
+def test_low_resolution_splits_two_planted_domains():
+    from stmwatch.drivers.scan import Channel, Scan
+
+    image, left = _two_domains()
+    valid = np.ones(left.shape, bool)
+    small, ok = shrink(image, valid, 4)
+    coarse, _ = cluster_map(FilterBank(edges=True, texture=True, soft=1.0)(small, ok), ok, 2)
+    assert _agreement(grow(coarse, 4, left.shape), left) > 0.95
+    # at the model scale, two clusters split the rows' crests from their troughs, not the domains
+    fine, _ = cluster_map(FilterBank()(image, valid), valid, 2)
+    assert _agreement(fine, left) < 0.75
+    # the same through autolabel: its 1/4-resolution map is the domains
+    z = (image[0] * 1e-10).astype(np.float32)  # display frame (rows, columns)
+    scan = Scan(channels=[Channel("Z", "m", z, z, index=0)], pixels=(192, 192), range_m=(19.2e-9, 19.2e-9))
+    result = autolabel(scan, "si001h", k=2, scales=(1, 4), remove_ghosts=False)
+    assert _agreement(result.clusters[1], left) > 0.95
+
+
+def test_autolabel_mask_shape_frame_and_truth(tmp_path):
+    scan, truth = simulate_scan("si001h", 5, pixels=(96, 80), n_defects=6)
+    result = autolabel(scan, "si001h", k=6)
+    assert result.mask.shape == scan.shape and result.mask.dtype == np.uint8
+    assert set(np.unique(result.mask)) <= {0, 1}
+    assert len(result.clusters) == 2 and all(c.shape == result.model_mask.shape for c in result.clusters)
+    # user's choice of clusters replaces the rule
+    chosen = autolabel(scan, "si001h", k=6, defect_clusters=[0])
+    assert chosen.defect_clusters == (0,)
+    with pytest.raises(ValueError, match="do not exist"):
+        autolabel(scan, "si001h", k=6, defect_clusters=[9])
+
+
+def test_masks_round_trip_through_the_training_loader(tmp_path):
+    from stmwatch.daemon.cli import main
+    from stmwatch.models.autolabel.training import labelled_patches
+
+    scans = tmp_path / "scans"
+    for seed in (1, 2):
+        scan, truth = simulate_scan("ge001", seed, pixels=(96, 96), n_defects=5)
+        write_example(scan, truth, scans / f"s{seed}.sxm")
+    out = tmp_path / "labels"
+    assert main(["autolabel", str(scans), "--surface", "ge001", "--out", str(out), "--k", "6", "--png"]) == 0
+    manifest = json.loads((out / "autolabel.json").read_text())
+    assert sorted(manifest) == ["s1", "s2"] and (out / "s1.autolabel.png").stat().st_size > 0
+    # replace the auto-labels with planted masks: the loader must put discs at their centroids
+    planted = {"s1": [(20, 30), (60, 70)], "s2": [(40, 50)]}
+    for stem, points in planted.items():
+        mask = np.zeros((96, 96), np.uint8)
+        for r, c in points:
+            mask[r - 2:r + 3, c - 2:c + 3] = 1
+        np.save(out / f"{stem}.mask.npy", mask)
+    train, val, surfaces = labelled_patches(out, patch=96, radius_px=3.0)
+    assert surfaces == ["ge001"]
+    # 96 px at 0.1 nm/px is the model grid itself: centres stay where they were planted
+    found = sorted(tuple(np.round(c).astype(int)) for c in np.concatenate(train.centres) if len(c))
+    assert found and set(found) <= {(20, 30), (60, 70)}
+    for image_target, centres in zip(train.targets, train.centres):
+        for r, c in centres:
+            assert image_target[int(round(r)), int(round(c))] == 1
+        assert image_target.sum() <= len(centres) * np.pi * 4**2
+    assert all(tuple(np.round(c).astype(int)) == (40, 50) for cs in val.centres for c in cs)
+
+
+def test_mask_centroids():
+    mask = np.zeros((20, 20), np.uint8)
+    mask[2:5, 3:6] = 1
+    mask[10:12, 10:14] = 1
+    assert np.allclose(sorted(map(tuple, mask_centroids(mask))), [(3.0, 4.0), (10.5, 11.5)])
+
+
+class _Doubler(torch.nn.Module):
+    """A stand-in for an exported backbone: half-resolution features whose channels mark where
+    the input is above zero."""
+
+    def forward(self, x):
+        pooled = torch.nn.functional.avg_pool2d(x, 2)
+        return torch.cat([(pooled > 0).float() * 10.0, -pooled], dim=1)
+
+
+def test_torchscript_feature_model_given_by_path_is_used(tmp_path):
+    path = tmp_path / "backbone.pt"
+    torch.jit.script(_Doubler()).save(str(path))
+    features = make_features(str(path))
+    assert isinstance(features, TorchScriptFeatures)
+    image = np.zeros((2, 40, 40), np.float32)
+    image[:, :, 20:] = 1.0  # right half bright
+    valid = np.ones((40, 40), bool)
+    out = features(image, valid)
+    assert out.shape == (4, 40, 40)
+    labels, _ = cluster_map(out, valid, 2)
+    assert len(set(labels[:, :18].ravel())) == 1 and len(set(labels[:, 22:].ravel())) == 1
+    assert labels[0, 0] != labels[0, -1]
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a TorchScript model"):
+        make_features(str(bad))
+
+
+def test_command_skips_bad_files_one_line_each(tmp_path, capsys):
+    from stmwatch.daemon.cli import main
+
+    bad = bad_files()[:2]
+    scan, truth = simulate_scan("tio2110", 3, pixels=(64, 64), n_defects=3)
+    write_example(scan, truth, tmp_path / "scans" / "good.sxm")
+    code = main(["autolabel", *map(str, bad), str(tmp_path / "scans" / "good.sxm"), "--surface", "tio2110",
+                 "--out", str(tmp_path / "out"), "--k", "5"])
+    assert code == 2
+    err = capsys.readouterr()
+    text = err.out + err.err
+    for path in bad:
+        assert sum(path.name in line for line in text.splitlines() if "error" in line) == 1
+    assert (tmp_path / "out" / "good.mask.npy").exists()
+    assert np.load(tmp_path / "out" / "good.mask.npy").shape == scan.shape
+
+
+def test_unet_encoder_features_follow_the_input_grid():
+    from stmwatch.models.autolabel.features import UNetEncoder
+
+    encoder = make_features("unet")
+    assert isinstance(encoder, UNetEncoder)
+    image = np.random.default_rng(0).normal(size=(2, 50, 70)).astype(np.float32)  # not a multiple of 8
+    out = encoder(image, np.ones((50, 70), bool))
+    width = encoder.model.config.width
+    assert out.shape == (width * (1 + 2 + 4), 50, 70) and np.isfinite(out).all()
