@@ -87,9 +87,10 @@ def test_daemon_subprocess_ready_watchdog_stopping_and_drained_queue(tmp_path):
 
     scans = tmp_path / "scans"
     scans.mkdir()
-    n_files = 4
-    # big enough that the analysis takes a while: scans are still queued when SIGTERM comes
-    scan, _ = simulate_scan("si001h", 0, pixels=(512, 512), n_defects=5)
+    n_files = 12
+    # enough, and big enough, that the analysis takes a while: scans are still queued when SIGTERM
+    # comes (4 scans of 512² were all done by then once preprocessing became fast)
+    scan, _ = simulate_scan("si001h", 0, pixels=(768, 768), n_defects=5)
     for i in range(n_files):
         scan.channels[0].forward[0, 0] += 1e-12  # another content hash: not a duplicate
         write_sxm(scan, scans / f"scan{i:02d}.sxm")
