@@ -89,6 +89,7 @@ def onnx_embedder(backbone: torch.nn.Module, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting between runs
     session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"crops": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
