@@ -7,7 +7,8 @@ Two copies of stmwatch on one PC (two microscopes, a test copy) collide on the d
 from __future__ import annotations
 
 import socket
-from urllib.parse import urlsplit
+
+from stmwatch.drivers.wire import split_tcp
 
 HINT = ("another stmwatch (or program) on this PC holds it: give each copy its own ports "
         "([daemon] publish, [live] publish, [stream] endpoint)")
@@ -30,15 +31,14 @@ def tcp_address(endpoint: str) -> tuple[str, int] | None:
     """``tcp://HOST:PORT`` → ``(host, port)`` to bind; None for a wildcard port or another transport."""
     if not endpoint.startswith("tcp://"):
         return None
-    parts = urlsplit(endpoint.replace("tcp://*:", "tcp://0.0.0.0:", 1))
     try:
-        port = parts.port
-    except ValueError:  # "*" as the port: any free one
+        host, port = split_tcp(endpoint)
+    except ValueError:  # no HOST:PORT: the config check says so
         return None
-    if port is None or port == 0:
+    if not port.isdigit() or int(port) == 0:  # "*": any free port
         return None
-    host = parts.hostname or "0.0.0.0"
-    return ("127.0.0.1" if host == "localhost" else host), port
+    host = host.lower()
+    return {"*": "0.0.0.0", "": "0.0.0.0", "localhost": "127.0.0.1"}.get(host, host), int(port)
 
 
 def port_taken(host: str, port: int) -> str | None:
