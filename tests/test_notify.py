@@ -78,7 +78,6 @@ def test_daemon_subprocess_ready_watchdog_stopping_and_drained_queue(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     from sqlalchemy import create_engine, text
 

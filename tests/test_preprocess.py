@@ -448,7 +448,7 @@ def _ref_normalise(image, valid=None, clip=6.0):
 
 def _ref_prepare(scan, surface_key):
     """The chain of ``prepare`` with the default settings, built from the reference steps."""
-    settings, surface = PreprocessSettings(), get_surface(surface_key)
+    surface = get_surface(surface_key)
     rows_out, cols_out = model_shape(scan, surface)
     scale = (scan.shape[0] / rows_out, scan.shape[1] / cols_out)
     channel = scan.topography()

@@ -20,7 +20,7 @@ import logging
 import time
 from pathlib import Path
 
-from .crops import CropSet, load_surface
+from .crops import load_surface
 from .episodes import DEFAULT_GENERATE
 from .evaluation import evaluate
 from .registry import ROWS
