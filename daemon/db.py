@@ -450,4 +450,3 @@ def _plain(value):
     if isinstance(value, dt.datetime):  # naive UTC as read back (UTCDateTime)
         return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).isoformat()
     return value
-

@@ -124,7 +124,6 @@ def with_bundle(settings: ModelSettings, surface: str):
         classifier_weights=str(bundle.classifier) if bundle.classifier else settings.classifier_weights), bundle
 
 
-
 def make_analyser(kind: str, config, backend: str | None = None) -> Analyser:
     """The analyser of ``kind``: ``"shipped"`` (:func:`load_analyser` of ``config``) or
     ``"standin"`` (the classical blob detector of :mod:`.standin`, no weights). ``config`` is any

@@ -22,6 +22,7 @@ from .protocol import (ProtocolError, StreamMessage, declared_bytes, empty_scan,
 
 log = logging.getLogger(__name__)
 
+
 class NotOpenError(ProtocolError):
     """A ``lines``/``scan_end`` for a scan that is not open (e.g. the daemon joined mid-scan)."""
 

@@ -20,7 +20,6 @@ from ..segment import find_components
 log = logging.getLogger(__name__)
 
 
-
 def mask_centroids(mask: np.ndarray, min_area: int = 1) -> np.ndarray:
     """``(n, 2)`` row/col centroids (pixels of ``mask``'s grid) of its 8-connected components."""
     components, _ = find_components(np.asarray(mask, dtype=float), 0.5, min_area)
