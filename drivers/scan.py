@@ -49,8 +49,17 @@ class Channel:
 
 def _is_flat(channel: Channel) -> bool:
     """True when every acquired value of every frame of ``channel`` is the same."""
-    values = np.concatenate([f[np.isfinite(f)] for f in channel.frames()])
-    return values.size == 0 or bool(values.min() == values.max())
+    lows, highs = [], []
+    for frame in channel.frames():  # fmin/fmax skip NaN (NaN: no finite value) and copy nothing
+        lo, hi = (np.fmin.reduce(frame, axis=None), np.fmax.reduce(frame, axis=None)) if frame.size else (0.0, np.nan)
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # no value, or an infinity: the finite values alone
+            finite = frame[np.isfinite(frame)]
+            if not finite.size:
+                continue
+            lo, hi = finite.min(), finite.max()
+        lows.append(lo)
+        highs.append(hi)
+    return not lows or bool(min(lows) == max(highs))
 
 
 @dataclasses.dataclass

@@ -28,7 +28,7 @@ import numpy as np
 
 from stmwatch.drivers.scan import Scan
 
-from .robust import centre_and_sigma, finite_values, median, robust_sigma
+from .robust import MAD_TO_SIGMA, centre_and_sigma, finite_values, median, robust_sigma
 from .surfaces import Surface, get_surface
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,11 @@ def apparent_height(frame: np.ndarray, unit: str) -> np.ndarray:
     """A frame as an apparent height (float64, same shape): Z in nm; a tunnelling current (unit
     ``A``, a constant-height scan) as ln|I|, which grows linearly as the gap closes (I ∝ e^{-2κd}),
     so protrusions are bright whatever the bias sign; other units unchanged."""
-    values = np.asarray(frame, dtype=float)
     if unit == "A":
-        magnitude = np.abs(values)
+        magnitude = np.abs(np.asarray(frame, dtype=float))
         floor = np.nanmin(magnitude[magnitude > 0]) if np.any(magnitude > 0) else 1e-15
         return np.log(np.maximum(magnitude, floor))
-    return values * UNIT_TO_NM.get(unit, 1.0)
+    return np.multiply(frame, UNIT_TO_NM.get(unit, 1.0), dtype=float)  # one pass, float32 frames too
 
 
 @dataclasses.dataclass
@@ -147,19 +146,26 @@ def _plane_axes(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return y, x
 
 
-def _plane_coefficients(image: np.ndarray, keep: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Least-squares ``(a, b, c)`` of ``z = a + b·x + c·y`` over the ``keep`` pixels, from the 3×3
-    normal equations: their sums come from per-row and per-column sums of the image, so the
-    cost is a few passes over the image and no design matrix is built. A degenerate set of
+def _plane_coefficients(image: np.ndarray, keep: np.ndarray | None, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Least-squares ``(a, b, c)`` of ``z = a + b·x + c·y`` over the ``keep`` pixels (``None``:
+    all), from the 3×3 normal equations: their sums come from two matrix products of the image
+    (and the mask) with the columns ``1, x, x²``, then weighted by ``1, y, y²`` over the rows, so
+    the cost is a few passes over the image and no design matrix is built. A degenerate set of
     pixels (one row, one column) gets the minimum-norm solution, as ``lstsq`` would give."""
-    weight = keep.astype(float)
-    z = np.where(keep, image, 0.0)
-    n_col, n_row = weight.sum(axis=0), weight.sum(axis=1)
-    z_col, z_row = z.sum(axis=0), z.sum(axis=1)
-    n, sx, sy = n_col.sum(), n_col @ x, n_row @ y
-    sxy = y @ (weight @ x)
-    normal = np.array([[n, sx, sy], [sx, n_col @ (x * x), sxy], [sy, sxy, n_row @ (y * y)]])
-    rhs = np.array([z_col.sum(), z_col @ x, z_row @ y])
+    powers = np.stack([np.ones_like(x), x, x * x], axis=1)  # (columns, 3)
+    if keep is None:
+        per_row = np.broadcast_to(powers.sum(axis=0), (len(y), 3))  # n, Σx, Σx² of every row
+        z = image
+    else:
+        per_row = keep.astype(float) @ powers
+        z = np.where(keep, image, 0.0)
+    z_row = z @ powers[:, :2]  # Σz, Σz·x of every row
+    n, sx, sxx = per_row.sum(axis=0)
+    sy, sxy = y @ per_row[:, :2]
+    syy = per_row[:, 0] @ (y * y)
+    sz, szx = z_row.sum(axis=0)
+    normal = np.array([[n, sx, sy], [sx, sxx, sxy], [sy, sxy, syy]])
+    rhs = np.array([sz, szx, z_row[:, 0] @ y])
     coef, *_ = np.linalg.lstsq(normal, rhs, rcond=1e-12)
     return coef
 
@@ -176,29 +182,40 @@ def fit_plane(image: np.ndarray, mask: np.ndarray | None = None, *, trim: float 
     sigmas from the median residual (defects, adsorbates, a second terrace), refit on the rest,
     ``iterations`` times. ``mask`` (bool, True = use) leaves pixels out altogether. Coordinates
     are centred and scaled to [-1, 1] so the fit is well conditioned whatever the image size.
-    Each fit solves the 3×3 normal equations (:func:`_plane_coefficients`).
+    Each fit solves the 3×3 normal equations (:func:`_plane_coefficients`); the residual's
+    distance to its median serves both the robust sigma (its median) and the trimming.
     """
     image = np.asarray(image, dtype=float)
     use = _use(image, mask)
+    all_used = bool(use.all())
     y, x = _plane_axes(image.shape)
-    keep = use
-    n_keep = int(keep.sum())
+    n_keep = image.size if all_used else int(np.count_nonzero(use))
     if n_keep < 3:  # too few pixels for a plane: a constant
-        return np.full(image.shape, median(image[keep]) if n_keep else 0.0)
+        return np.full(image.shape, median(image[use]) if n_keep else 0.0)
+    keep = None if all_used else use  # None: every pixel
+    residual = np.empty_like(image)
     coef = np.zeros(3)
     for iteration in range(iterations + 1):
         coef = _plane_coefficients(image, keep, y, x)
         if iteration == iterations:
             break
-        residual = image - coef[0]  # minus the plane, without building it
-        residual -= coef[1] * x
+        np.subtract(image, coef[0] + coef[1] * x, out=residual)  # minus the plane, without building it
         residual -= (coef[2] * y)[:, None]
-        centre, spread = centre_and_sigma(_masked(residual, use))
+        centre = median(_masked(residual, use))
+        np.subtract(residual, centre, out=residual)
+        np.abs(residual, out=residual)  # distance to the median residual
+        mad = median(_masked(residual, use))
+        if mad > 0:
+            spread = MAD_TO_SIGMA * mad
+        else:  # more than half the residuals equal: the ordinary standard deviation (robust_sigma)
+            spread = float(np.std(_masked(image - _evaluate_plane(coef, y, x), use)))
         if spread == 0:
             break
-        residual -= centre
-        new_keep = use & (np.abs(residual, out=residual) <= trim * spread)
-        if new_keep.sum() < 3 or np.array_equal(new_keep, keep):
+        new_keep = residual <= trim * spread
+        if not all_used:
+            new_keep &= use
+        if np.count_nonzero(new_keep) < 3 or (keep is None and new_keep.all()) or (
+                keep is not None and np.array_equal(new_keep, keep)):
             break
         keep = new_keep
     return _evaluate_plane(coef, y, x)
@@ -291,7 +308,7 @@ def find_scars(image: np.ndarray, threshold: float = 3.0, max_width: int = 2, mi
     # the order (min over the block of block - above > limit <=> every row's difference is)
     diffs = {k: image[k:] - image[:-k] for k in range(1, max_width + 1)}
     all_used = use.all()
-    sigma = robust_sigma(diffs[1].ravel() if all_used else diffs[1][use[1:] & use[:-1]])
+    sigma = centre_and_sigma(diffs[1].ravel())[1] if all_used else robust_sigma(diffs[1][use[1:] & use[:-1]])
     if sigma == 0:
         return scars
     limit = threshold * sigma
@@ -308,26 +325,28 @@ def find_scars(image: np.ndarray, threshold: float = 3.0, max_width: int = 2, mi
         if not all_used:
             for j in range(-1, width + 1):
                 hit &= use[1 + j:1 + j + n]
-        if not hit.any():
+        blocks = np.flatnonzero(np.count_nonzero(hit, axis=1) >= min_length)  # only these can hold a scar
+        if not blocks.size:
             continue
-        edges = np.diff(np.pad(hit, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+        edges = np.diff(np.pad(hit[blocks], ((0, 0), (1, 1))).astype(np.int8), axis=1)
         starts, stops = np.nonzero(edges == 1), np.nonzero(edges == -1)[1]  # row-major: paired in order
-        for block, start, stop in zip(starts[0], starts[1], stops):
+        for block, start, stop in zip(blocks[starts[0]], starts[1], stops):
             if stop - start >= min_length:
                 scars[1 + block:1 + block + width, start:stop] = True
     return scars
 
 
 def repair_scars(image: np.ndarray, threshold: float = 3.0, max_width: int = 2, min_length: int = 16,
-                 mask: np.ndarray | None = None) -> np.ndarray:
+                 mask: np.ndarray | None = None, *, copy: bool = True) -> np.ndarray:
     """``image`` with the scars of :func:`find_scars` replaced by linear interpolation, column by
     column, between the nearest unscarred rows above and below (``np.interp``'s arithmetic, all
-    scarred pixels at once); same shape and units."""
+    scarred pixels at once); same shape and units. ``copy=False``: a float64 ``image`` without
+    scars comes back as itself, and one with scars is repaired in place."""
     image = np.asarray(image, dtype=float)
     scars = find_scars(image, threshold, max_width, min_length, mask)
-    repaired = image.copy()
     if not scars.any():
-        return repaired
+        return image.copy() if copy else image
+    repaired = image.copy() if copy else image
     rows = image.shape[0]
     columns = np.flatnonzero(scars.any(axis=0))
     scarred = scars[:, columns]
@@ -381,7 +400,12 @@ def _bilinear_axis(image: np.ndarray, scale: float, size: int, axis: int) -> np.
     shape = [1, 1]
     shape[axis] = size
     weight = weight.reshape(shape)
-    return np.take(image, lower, axis=axis) * (1 - weight) + np.take(image, upper, axis=axis) * weight
+    out = np.take(image, lower, axis=axis)
+    out *= 1 - weight
+    above = np.take(image, upper, axis=axis)
+    above *= weight
+    out += above
+    return out
 
 
 def _area_axis(image: np.ndarray, scale: float, size: int, axis: int) -> np.ndarray:
@@ -438,15 +462,20 @@ def normalise(image: np.ndarray, valid: np.ndarray | None = None, clip: float = 
     """
     image = np.asarray(image, dtype=float)
     use = _use(image, valid)
-    if not use.any():
+    all_used = bool(use.all())
+    if not all_used and not use.any():
         return np.zeros(image.shape)
-    centre, spread = centre_and_sigma(_masked(image, use))
+    values = _masked(image, use)
+    centre = median(values)
+    out = image - centre  # the deviations: their absolute median is the MAD (centre_and_sigma)
+    mad = median(np.abs(_masked(out, use)), overwrite=True)
+    spread = MAD_TO_SIGMA * mad if mad > 0 else float(values.std())
     if spread == 0:
         return np.zeros(image.shape)
-    out = image - centre
     out /= spread
     np.clip(out, -clip, clip, out=out)
-    out[~use] = 0.0
+    if not all_used:
+        out[~use] = 0.0
     return out
 
 
@@ -518,13 +547,14 @@ def prepare(scan: Scan, surface: Surface | str, settings: PreprocessSettings | N
         frames = frames * 2
 
     def fill(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        image = apparent_height(frame, channel.unit)
+        image = apparent_height(frame, channel.unit)  # a new float64 array: ours to change
         finite = np.isfinite(image)
-        if finite.any():
-            image -= median(image[finite])  # remove the big absolute Z before any fit
-        return fill_nan_rows(image)
+        all_finite = bool(finite.all())
+        if all_finite or finite.any():
+            image -= median(_masked(image, finite))  # remove the big absolute Z before any fit
+        return (image, finite) if all_finite else fill_nan_rows(image)
 
-    def chain(image: np.ndarray) -> np.ndarray:
+    def chain(index: int, image: np.ndarray) -> None:
         current_valid = valid
         image = _neutralise(image, valid)
         for step in settings.steps[1:]:
@@ -533,19 +563,21 @@ def prepare(scan: Scan, surface: Surface | str, settings: PreprocessSettings | N
                                     iterations=settings.plane_iterations)
             elif step == "align_rows":
                 image = align_rows(image, settings.align_method, current_valid)
-            elif step == "repair_scars":
+            elif step == "repair_scars":  # the image is a temporary of this chain: repaired in place
                 image = repair_scars(image, settings.scar_threshold, settings.scar_max_width,
-                                     settings.scar_min_length, current_valid)
+                                     settings.scar_min_length, current_valid, copy=False)
             elif step == "resample":
                 image = resample(image, scale[0], scale[1], (rows_out, cols_out))
                 current_valid = resampled_valid
             elif step == "normalise":
                 image = normalise(image, current_valid, settings.clip)
             image = _neutralise(image, current_valid)
-        return image
+        stacked[index] = image  # float32
 
+    stacked = np.empty((len(frames), rows_out, cols_out), dtype=np.float32)
     # the frames are independent: numpy releases the GIL in its array loops, so threads overlap
-    with ThreadPoolExecutor(max_workers=max(1, min(settings.threads, len(frames)))) as pool:
+    workers = max(1, min(settings.threads, len(frames)))
+    with ThreadPoolExecutor(max_workers=workers) if workers > 1 else _Inline() as pool:
         filled = list(pool.map(fill, frames))
         valid = np.logical_and.reduce([frame_valid for _, frame_valid in filled])
         if valid.all():  # resampled, a mask of ones stays all True: no need to resample it
@@ -553,10 +585,23 @@ def prepare(scan: Scan, surface: Surface | str, settings: PreprocessSettings | N
         else:
             resampled_valid = resample(valid.astype(float), scale[0], scale[1], (rows_out, cols_out)) > 0.5
         model_valid = resampled_valid  # resample is always a step (check())
-        outputs = list(pool.map(chain, [image for image, _ in filled]))
+        list(pool.map(chain, range(len(frames)), [image for image, _ in filled]))
 
-    stacked = np.stack(outputs).astype(np.float32)
     if not np.isfinite(stacked).all():  # cannot happen for finite input; never hand NaN on
         log.warning("%s: non-finite values after preprocessing, set to 0", scan.name)
         stacked = np.nan_to_num(stacked, nan=0.0, posinf=0.0, neginf=0.0)
     return Prepared(image=stacked, valid=model_valid, scale=scale, surface=surface.key)
+
+
+class _Inline:
+    """A stand-in for a one-thread pool: ``map`` in the calling thread (no thread to start)."""
+
+    def __enter__(self) -> "_Inline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    @staticmethod
+    def map(fn, *iterables):
+        return map(fn, *iterables)

@@ -21,10 +21,11 @@ def median(values: np.ndarray, axis: int | None = None, overwrite: bool = False)
         part.partition(k, axis=axis)
     else:
         part = np.partition(values, k, axis=axis)
-    upper = np.take(part, k, axis=axis)
+    before = (slice(None),) * (axis % values.ndim)
+    upper = part[before + (k,)]
     if n % 2:
-        return float(upper) if upper.ndim == 0 else upper
-    lower = np.take(part, np.arange(k), axis=axis).max(axis=axis)
+        return float(upper) if upper.ndim == 0 else upper.copy()
+    lower = part[before + (slice(0, k),)].max(axis=axis)  # a view: no copy of the lower half
     middle = (lower + upper) / 2
     return float(middle) if middle.ndim == 0 else middle
 
