@@ -9,8 +9,9 @@ probabilities (the :class:`~stmwatch.models.unet.Probability` of the UNet), so
   ``torch.inference_mode``.
 - ``onnxruntime``: the model exported once to ONNX (batch, height and width dynamic), cached on
   disk by model hash, run with all graph optimisations and one thread per core.
-- ``onnxruntime-int8``: the same export statically quantized to int8 (:mod:`.quantize`), calibrated
-  once on simulated scans and cached; chosen only by name.
+- ``onnxruntime-int8``: the model exported with its up-samplings as 1×1 convolutions and a pixel
+  shuffle (:mod:`.export`) and statically quantized to int8 (:mod:`.quantize`), calibrated once
+  on simulated scans and cached; chosen by name (and by the live path under ``auto``).
 - ``tensorrt``: torch-tensorrt (the ``[gpu]`` extra), imported only when asked for, fp16, the
   compiled engine cached on disk keyed by model hash, input shape and GPU name.
 
@@ -72,12 +73,17 @@ class TorchBackend:
             return self.module(x).float().cpu().numpy()
 
 
-def export_onnx(model: UNet, path: Path, channels: int, tile: int) -> Path:
+def export_onnx(model: UNet, path: Path, channels: int, tile: int, *, for_int8: bool = False) -> Path:
     """Export the UNet + sigmoid to ONNX with input ``(batch, channels, height, width)``, all but
     the channels dynamic (``height`` and ``width`` multiples of ``model.multiple``: whole-frame
     tiles and the live path's bands run on the same file); traced at ``tile``². BatchNorm is
-    folded into the convolutions (eval mode, constant folding)."""
-    module = Probability(model).eval()
+    folded into the convolutions (eval mode, constant folding). ``for_int8``: the graph that
+    :mod:`.quantize` quantizes (:class:`~stmwatch.models.export.ExportProbability`: the same
+    function, up-sampling as 1×1 convolutions and a pixel shuffle; slower than the plain graph in
+    float32, 1.4× faster once quantized)."""
+    from .export import ExportProbability
+
+    module = (ExportProbability(model) if for_int8 else Probability(model)).eval()
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
@@ -108,7 +114,7 @@ class OnnxRuntimeBackend:
         if not self.path.exists():
             log.info("exporting the UNet to %s", self.path)
             export_onnx(model, self.path, channels, tile)
-        self.path = self._model_path(self.path, tile)
+        self.path = self._model_path(model, self.path, tile)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or os.cpu_count() or 1
@@ -119,7 +125,7 @@ class OnnxRuntimeBackend:
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.tile = tile
 
-    def _model_path(self, fp32_path: Path, tile: int) -> Path:
+    def _model_path(self, model: UNet, fp32_path: Path, tile: int) -> Path:
         """The ONNX file the session runs, given the fp32 export."""
         return fp32_path
 
@@ -133,7 +139,7 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
 
     name = "onnxruntime-int8"
 
-    def _model_path(self, fp32_path: Path, tile: int) -> Path:
+    def _model_path(self, model: UNet, fp32_path: Path, tile: int) -> Path:
         from . import quantize
 
         path = fp32_path.with_name(f"{fp32_path.stem}-int8-t{tile}-{quantize.CALIBRATION_RECIPE}.onnx")
@@ -141,7 +147,12 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
             if importlib.util.find_spec("onnx") is None:
                 raise BackendUnavailable("int8 quantization needs the onnx package; pip install 'stmwatch[onnx]'")
             log.info("quantizing the UNet to int8 (calibration on simulated scans, once); cached at %s", path)
-            quantize.quantize_unet(fp32_path, path, quantize.calibration_batches(tile))
+            source = path.with_name(f".{path.stem}.{os.getpid()}.fp32.onnx")  # the graph to quantize
+            try:
+                export_onnx(model, source, model.config.in_channels, tile, for_int8=True)
+                quantize.quantize_unet(source, path, quantize.calibration_batches(tile))
+            finally:
+                source.unlink(missing_ok=True)
         return path
 
 

@@ -1,6 +1,7 @@
 """Static int8 quantization of the UNet for ONNX Runtime on the CPU (the ``onnxruntime-int8`` backend).
 
-The fp32 ONNX export (:func:`~stmwatch.models.backends.export_onnx`) is quantized with ONNX
+The fp32 ONNX export for int8 (:func:`~stmwatch.models.backends.export_onnx` with ``for_int8``:
+the up-samplings as 1×1 convolutions and a pixel shuffle, :mod:`.export`) is quantized with ONNX
 Runtime's own tool (``onnxruntime.quantization.quantize_static``: QDQ format, int8 weights per
 output channel, uint8 activations) after its pre-processing pass (shape inference, graph
 optimisation). Activation ranges come from calibration on *simulated* scans: a few scans per
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_SEED = 8_000_000  # training seeds are below 7_000_000, the held-out set starts there
 CALIBRATION_SCANS = 3  # scans per surface
-CALIBRATION_RECIPE = f"minmax-s{CALIBRATION_SEED}-n{CALIBRATION_SCANS}-v1"  # part of the cache key
+# part of the cache key; v2: the graph of models/export.py (v1 quantized the plain export)
+CALIBRATION_RECIPE = f"minmax-s{CALIBRATION_SEED}-n{CALIBRATION_SCANS}-v2"
 
 
 def calibration_batches(tile: int, surfaces: list[str] | None = None, scans: int = CALIBRATION_SCANS,

@@ -245,6 +245,7 @@ def test_int8_quantization_stays_close_to_fp32_and_is_cached(tmp_path, monkeypat
 
     ops = {node.op_type for node in onnx.load(str(int8.path)).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # really quantized
+    assert "ConvTranspose" not in ops  # the up-samplings quantized too (models/export.py)
     reference, quantized = fp32(batch), int8(batch)
     assert np.abs(quantized - reference).mean() < 0.02
     assert ((quantized > 0.5) == (reference > 0.5)).mean() > 0.97
@@ -286,3 +287,33 @@ def test_tensorrt_engine_cache_with_a_fake_engine(tmp_path):
     assert engine_path(tmp_path, model, 2, 32, "NVIDIA H200") != path
     assert engine_path(tmp_path, model, 4, 32, "NVIDIA H100 80GB HBM3") != path
     assert engine_path(tmp_path, small_unet(9), 2, 32, "NVIDIA H100 80GB HBM3") != path
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_export_graph_computes_the_unet(depth, tmp_path):
+    """The graph the int8 backend quantizes (up-samplings as 1x1 convolutions + pixel shuffle)
+    is the UNet's function: in torch, and exported to ONNX and run at other sizes and batches
+    than it was traced at (the shuffle's sizes come from the input's shape)."""
+    from stmwatch.models.backends import export_onnx
+    from stmwatch.models.export import ExportProbability
+    from stmwatch.models.unet import Probability
+
+    torch.manual_seed(depth)
+    model = UNet(UNetConfig(width=4, depth=depth, dropout=0.5))
+    with torch.no_grad():  # biases and BatchNorm statistics away from their defaults
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.eval()
+    m = model.multiple
+    x = torch.randn(3, 2, 3 * m, 5 * m)
+    with torch.no_grad():
+        reference = Probability(model)(x)
+        assert torch.allclose(ExportProbability(model).eval()(x), reference, atol=1e-6)
+    if not _has("onnxruntime"):
+        return
+    import onnxruntime as ort
+
+    path = export_onnx(model, tmp_path / "int8-source.onnx", 2, 4 * m, for_int8=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"image": x.numpy()})[0]
+    assert out.shape == tuple(reference.shape) and np.allclose(out, reference.numpy(), atol=1e-5)
