@@ -146,12 +146,12 @@ def _plane_axes(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return y, x
 
 
-def _plane_coefficients(image: np.ndarray, keep: np.ndarray | None, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Least-squares ``(a, b, c)`` of ``z = a + b·x + c·y`` over the ``keep`` pixels (``None``:
-    all), from the 3×3 normal equations: their sums come from two matrix products of the image
+def _plane_sums(image: np.ndarray, keep: np.ndarray | None, y: np.ndarray, x: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The 3×3 normal matrix and right-hand side of the least-squares plane ``z = a + b·x + c·y``
+    over the ``keep`` pixels (``None``: all): their sums come from two matrix products of the image
     (and the mask) with the columns ``1, x, x²``, then weighted by ``1, y, y²`` over the rows, so
-    the cost is a few passes over the image and no design matrix is built. A degenerate set of
-    pixels (one row, one column) gets the minimum-norm solution, as ``lstsq`` would give."""
+    the cost is a few passes over the image and no design matrix is built."""
     powers = np.stack([np.ones_like(x), x, x * x], axis=1)  # (columns, 3)
     if keep is None:
         per_row = np.broadcast_to(powers.sum(axis=0), (len(y), 3))  # n, Σx, Σx² of every row
@@ -165,7 +165,22 @@ def _plane_coefficients(image: np.ndarray, keep: np.ndarray | None, y: np.ndarra
     syy = per_row[:, 0] @ (y * y)
     sz, szx = z_row.sum(axis=0)
     normal = np.array([[n, sx, sy], [sx, sxx, sxy], [sy, sxy, syy]])
-    rhs = np.array([sz, szx, z_row[:, 0] @ y])
+    return normal, np.array([sz, szx, z_row[:, 0] @ y])
+
+
+def _point_sums(image: np.ndarray, flat: np.ndarray, y: np.ndarray, x: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_plane_sums` over the pixels at the flat indices ``flat`` only."""
+    rows, cols = np.divmod(flat, image.shape[1])
+    xs, ys, zs = x[cols], y[rows], image.ravel()[flat]
+    sx, sy, sxy = xs.sum(), ys.sum(), xs @ ys
+    normal = np.array([[float(flat.size), sx, sy], [sx, xs @ xs, sxy], [sy, sxy, ys @ ys]])
+    return normal, np.array([zs.sum(), zs @ xs, zs @ ys])
+
+
+def _solve_plane(normal: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``(a, b, c)`` from the normal equations; a degenerate set of pixels (one row, one column)
+    gets the minimum-norm solution, as ``lstsq`` on the pixels would give."""
     coef, *_ = np.linalg.lstsq(normal, rhs, rcond=1e-12)
     return coef
 
@@ -182,8 +197,11 @@ def fit_plane(image: np.ndarray, mask: np.ndarray | None = None, *, trim: float 
     sigmas from the median residual (defects, adsorbates, a second terrace), refit on the rest,
     ``iterations`` times. ``mask`` (bool, True = use) leaves pixels out altogether. Coordinates
     are centred and scaled to [-1, 1] so the fit is well conditioned whatever the image size.
-    Each fit solves the 3×3 normal equations (:func:`_plane_coefficients`); the residual's
-    distance to its median serves both the robust sigma (its median) and the trimming.
+    Each fit solves the 3×3 normal equations: their sums over all used pixels are taken once
+    (:func:`_plane_sums`), a refit subtracts those of the dropped pixels (:func:`_point_sums`,
+    a few per cent of the image). The residual's distance to its median serves both the robust
+    sigma (its median) and the trimming; residuals are float32 (they only decide which pixels
+    are kept; a pixel within float32 rounding of the limit may go either way), sums float64.
     """
     image = np.asarray(image, dtype=float)
     use = _use(image, mask)
@@ -193,14 +211,17 @@ def fit_plane(image: np.ndarray, mask: np.ndarray | None = None, *, trim: float 
     if n_keep < 3:  # too few pixels for a plane: a constant
         return np.full(image.shape, median(image[use]) if n_keep else 0.0)
     keep = None if all_used else use  # None: every pixel
-    residual = np.empty_like(image)
+    base = _plane_sums(image, keep, y, x)
+    normal, rhs = base
+    image32 = image.astype(np.float32)
+    residual = np.empty(image.shape, dtype=np.float32)
     coef = np.zeros(3)
     for iteration in range(iterations + 1):
-        coef = _plane_coefficients(image, keep, y, x)
+        coef = _solve_plane(normal, rhs)
         if iteration == iterations:
             break
-        np.subtract(image, coef[0] + coef[1] * x, out=residual)  # minus the plane, without building it
-        residual -= (coef[2] * y)[:, None]
+        np.subtract(image32, (coef[0] + coef[1] * x).astype(np.float32), out=residual)  # minus the plane
+        residual -= (coef[2] * y)[:, None].astype(np.float32)
         centre = median(_masked(residual, use))
         np.subtract(residual, centre, out=residual)
         np.abs(residual, out=residual)  # distance to the median residual
@@ -211,13 +232,15 @@ def fit_plane(image: np.ndarray, mask: np.ndarray | None = None, *, trim: float 
             spread = float(np.std(_masked(image - _evaluate_plane(coef, y, x), use)))
         if spread == 0:
             break
-        new_keep = residual <= trim * spread
+        new_keep = residual <= np.float32(trim * spread)
         if not all_used:
             new_keep &= use
         if np.count_nonzero(new_keep) < 3 or (keep is None and new_keep.all()) or (
                 keep is not None and np.array_equal(new_keep, keep)):
             break
         keep = new_keep
+        dropped = _point_sums(image, np.flatnonzero(use & ~keep if not all_used else ~keep), y, x)
+        normal, rhs = base[0] - dropped[0], base[1] - dropped[1]
     return _evaluate_plane(coef, y, x)
 
 
@@ -399,7 +422,7 @@ def _bilinear_axis(image: np.ndarray, scale: float, size: int, axis: int) -> np.
     weight = position - lower
     shape = [1, 1]
     shape[axis] = size
-    weight = weight.reshape(shape)
+    weight = weight.reshape(shape).astype(image.dtype)
     out = np.take(image, lower, axis=axis)
     out *= 1 - weight
     above = np.take(image, upper, axis=axis)
@@ -425,7 +448,7 @@ def _area_axis(image: np.ndarray, scale: float, size: int, axis: int) -> np.ndar
 
 
 def resample(image: np.ndarray, scale_rows: float, scale_cols: float,
-             shape: tuple[int, int] | None = None) -> np.ndarray:
+             shape: tuple[int, int] | None = None, dtype=np.float64) -> np.ndarray:
     """Resample a ``(rows, columns)`` image; ``scale_*`` are *input pixels per output pixel*.
 
     Output pixel ``(r, c)`` has its centre at input pixel coordinate
@@ -433,7 +456,8 @@ def resample(image: np.ndarray, scale_rows: float, scale_cols: float,
     input pixel centre). Each axis is interpolated linearly, or, when it shrinks by more than
     1.5× (``scale > 1.5``), area-averaged over the output pixel's footprint so an atomic lattice
     does not alias. ``shape`` is the output ``(rows, columns)``; by default
-    ``round(input size / scale)``, at least 1. Input must be finite.
+    ``round(input size / scale)``, at least 1. Input must be finite. ``dtype``: of the arithmetic
+    and the result (:func:`prepare` uses float32 from here on: its output is float32).
     """
     image = np.asarray(image, dtype=float)
     if image.ndim != 2:
@@ -446,32 +470,34 @@ def resample(image: np.ndarray, scale_rows: float, scale_cols: float,
     for axis, (scale, size) in enumerate(zip((scale_rows, scale_cols), shape)):
         if scale == 1.0 and size == image.shape[axis]:
             continue  # interpolation at the input's own pixel centres: the values themselves
-        if scale > 1.5:
-            out = _area_axis(out, scale, size, axis)
+        if scale > 1.5:  # cumulative sums: float64 whatever the dtype
+            out = _area_axis(out.astype(float, copy=False), scale, size, axis)
         else:
-            out = _bilinear_axis(out, scale, size, axis)
-    return out if out is not image else image.copy()
+            out = _bilinear_axis(out.astype(dtype, copy=False), scale, size, axis)
+    return out.astype(dtype, copy=False) if out is not image else image.astype(dtype)
 
 
 # ---- normalise -------------------------------------------------------------------------------
-def normalise(image: np.ndarray, valid: np.ndarray | None = None, clip: float = 6.0) -> np.ndarray:
+def normalise(image: np.ndarray, valid: np.ndarray | None = None, clip: float = 6.0,
+              dtype=np.float64) -> np.ndarray:
     """``(image - median) / spread`` clipped to ``±clip``; invalid pixels become 0.
 
     Median and spread (1.4826 × MAD, see :func:`robust_sigma`) are taken over the ``valid``
-    pixels. A constant image (spread 0) comes back as zeros. Dimensionless output, same shape.
+    pixels. A constant image (spread 0) comes back as zeros. Dimensionless output, same shape,
+    ``dtype`` (also that of the arithmetic).
     """
-    image = np.asarray(image, dtype=float)
+    image = np.asarray(image, dtype=dtype)
     use = _use(image, valid)
     all_used = bool(use.all())
     if not all_used and not use.any():
-        return np.zeros(image.shape)
+        return np.zeros(image.shape, dtype)
     values = _masked(image, use)
     centre = median(values)
     out = image - centre  # the deviations: their absolute median is the MAD (centre_and_sigma)
     mad = median(np.abs(_masked(out, use)), overwrite=True)
     spread = MAD_TO_SIGMA * mad if mad > 0 else float(values.std())
     if spread == 0:
-        return np.zeros(image.shape)
+        return np.zeros(image.shape, dtype)
     out /= spread
     np.clip(out, -clip, clip, out=out)
     if not all_used:
@@ -546,12 +572,17 @@ def prepare(scan: Scan, surface: Surface | str, settings: PreprocessSettings | N
     if len(frames) == 1:
         frames = frames * 2
 
+    sample = 16 if {"plane", "align_rows", "normalise"} & set(settings.steps) else 1
+
     def fill(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         image = apparent_height(frame, channel.unit)  # a new float64 array: ours to change
         finite = np.isfinite(image)
         all_finite = bool(finite.all())
         if all_finite or finite.any():
-            image -= median(_masked(image, finite))  # remove the big absolute Z before any fit
+            # remove the big absolute Z before any fit; where a later step removes a constant
+            # (plane, row alignment, normalisation), any height near the middle will do: the
+            # median of every 16th pixel (the result changes by float64 rounding only)
+            image -= median(_masked(image, finite)[::sample])
         return (image, finite) if all_finite else fill_nan_rows(image)
 
     def chain(index: int, image: np.ndarray) -> None:
@@ -566,11 +597,11 @@ def prepare(scan: Scan, surface: Surface | str, settings: PreprocessSettings | N
             elif step == "repair_scars":  # the image is a temporary of this chain: repaired in place
                 image = repair_scars(image, settings.scar_threshold, settings.scar_max_width,
                                      settings.scar_min_length, current_valid, copy=False)
-            elif step == "resample":
-                image = resample(image, scale[0], scale[1], (rows_out, cols_out))
+            elif step == "resample":  # float32 from here: the model input is float32
+                image = resample(image, scale[0], scale[1], (rows_out, cols_out), np.float32)
                 current_valid = resampled_valid
             elif step == "normalise":
-                image = normalise(image, current_valid, settings.clip)
+                image = normalise(image, current_valid, settings.clip, np.float32)
             image = _neutralise(image, current_valid)
         stacked[index] = image  # float32
 
