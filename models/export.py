@@ -51,12 +51,7 @@ class ExportProbability(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, height, width = x.shape[0], x.shape[2], x.shape[3]
         unet, depth = self.unet, len(self.unet.down)
-        skips = []
-        for block in unet.down:
-            x = block(x)
-            skips.append(x)
-            x = unet.pool(x)
-        x = unet.bottleneck(x)
+        x, skips = unet.encode(x)
         for level, (conv, merge, skip) in enumerate(zip(self.shuffles, unet.merge, reversed(skips))):
             h, w = height // 2 ** (depth - level), width // 2 ** (depth - level)  # the input's size here
             channels = conv.out_channels // 4

@@ -71,14 +71,18 @@ class UNet(nn.Module):
         """Input height and width must be multiples of this."""
         return 2**self.config.depth
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` → ``(B, 1, H, W)`` logits."""
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The contracting half: ``(bottleneck output, skip tensors from the top level down)``."""
         skips = []
         for block in self.down:
             x = block(x)
             skips.append(x)
             x = self.pool(x)
-        x = self.bottleneck(x)
+        return self.bottleneck(x), skips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` → ``(B, 1, H, W)`` logits."""
+        x, skips = self.encode(x)
         for up, merge, skip in zip(self.up, self.merge, reversed(skips)):
             x = merge(torch.cat([up(x), skip], dim=1))
         return self.head(x)
