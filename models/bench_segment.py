@@ -49,7 +49,8 @@ def bench(model, image: np.ndarray, tile: int, overlap: int, batch: int, repeat:
             predict(backend)
             times[name].append((time.perf_counter() - t0) * 1e3)
     notes = {"torch": "eager, eval mode", "onnxruntime": "graph optimisation ALL, BatchNorm folded",
-             "onnxruntime-int8": "static int8 (QDQ), calibrated on simulated scans", "tensorrt": "fp16 engine"}
+             "onnxruntime-int8": "static int8 (QDQ), up-sampling as 1x1 conv + pixel shuffle, calibrated on "
+                                 "simulated scans", "tensorrt": "fp16 engine"}
     torch_ms = float(np.median(times["torch"]))
     for name in backends:
         ms = float(np.median(times[name]))
