@@ -3,7 +3,8 @@
 Every image here is a 2-D ``(rows, columns)`` array in the *display frame* (row 0 at the top,
 column 0 at the left; see ``shared/docs/conventions.md``). Heights are in whatever unit the caller
 gives; :func:`prepare` converts Z from metres to nanometres first (values of ~1e-10 m are too
-small for comfortable least squares in float32) and works in float64 until the final float32.
+small for comfortable least squares in float32) and works in float64 up to the resampling, then
+in float32 (its output's type; the plane fit's trimming residuals are float32 too).
 NaN marks a pixel that was never measured.
 
 The chain, in the order of ``PreprocessSettings.steps``:
