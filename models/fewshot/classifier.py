@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .crops import CropSet, load_surface, to_model_input
+from .crops import CropSet, load_surface, normalise_crops, to_model_input
 from .episodes import sample_episode
 from .proto import ProtoNet
 
@@ -39,11 +39,20 @@ class PrototypicalClassifier:
 
     name = "proto-conv4"
 
-    def __init__(self, net: ProtoNet, support: CropSet, unknown_distance: float, version: str = "untracked"):
+    def __init__(self, net: ProtoNet, support: CropSet, unknown_distance: float, version: str = "untracked",
+                 crop_norm: str = "none"):
         self.net = net.eval()
         self.unknown_distance = float(unknown_distance)
         self.version = version
+        self.crop_norm = crop_norm
         self.set_support(support)
+
+    def model_input(self, crops: np.ndarray) -> np.ndarray:
+        """``crops`` as the network was trained on them: :func:`to_model_input`, and each crop
+        normalised on its own when the weights say so (``TrainConfig.crop_norm``; the crops of a
+        scan otherwise carry the whole scan's normalisation)."""
+        x = to_model_input(crops)
+        return normalise_crops(x) if self.crop_norm == "per_crop" else x
 
     def set_support(self, support: CropSet) -> None:
         """Compute the prototypes of ``support`` (once; every later crop is compared with them)."""
@@ -52,12 +61,12 @@ class PrototypicalClassifier:
         x = np.concatenate([support.crops[k] for k in self.labels])
         y = np.concatenate([np.full(len(support.crops[k]), i) for i, k in enumerate(self.labels)])
         with torch.no_grad():
-            self.net.fit(torch.from_numpy(x), torch.from_numpy(y).long())
+            self.net.fit(torch.from_numpy(self.model_input(x)), torch.from_numpy(y).long())
 
     @torch.no_grad()
     def distances(self, crops: np.ndarray) -> np.ndarray:
         """Squared embedding distance ``(n, classes)`` of each crop to each prototype; one forward pass."""
-        return self.net.distances(torch.from_numpy(to_model_input(crops))).numpy()
+        return self.net.distances(torch.from_numpy(self.model_input(crops))).numpy()
 
     def classify(self, crops: np.ndarray) -> list[tuple[str, float]]:
         """``crops`` ``(n, C, h, w)`` → ``(label, score)`` each; score = the network's softmax
@@ -177,6 +186,6 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     if pool is not None and pool.is_file():  # an adapted classifier (stmwatch adapt): refine on the lab's crops
         from .transductive import TransductiveClassifier
 
-        base = PrototypicalClassifier(net, support, threshold, version=file_version(weights))
+        base = PrototypicalClassifier(net, support, threshold, version=file_version(weights), crop_norm=config.crop_norm)
         return TransductiveClassifier(base, np.load(pool), steps=int(meta.get("refine_steps", 3)))
-    return PrototypicalClassifier(net, support, threshold, version=file_version(weights))
+    return PrototypicalClassifier(net, support, threshold, version=file_version(weights), crop_norm=config.crop_norm)

@@ -40,8 +40,8 @@ def scan_crops(surface: str, seed: int, jitter_px: float = 1.0, pixels: int = 25
     for d in truth.defects:
         r, c = prepared.from_scan(d.row, d.col)
         r, c = float(r) + rng.uniform(-jitter_px, jitter_px), float(c) + rng.uniform(-jitter_px, jitter_px)
-        ri, ci = int(np.clip(round(r), 0, prepared.valid.shape[0] - 1)), int(np.clip(round(c), 0, prepared.valid.shape[1] - 1))
-        if not prepared.valid[ri, ci]:
+        ri, ci = int(round(r)), int(round(c))
+        if not (0 <= ri < prepared.valid.shape[0] and 0 <= ci < prepared.valid.shape[1]) or not prepared.valid[ri, ci]:
             continue
         out.append((d.cls, normalise_crop(crops_at(prepared.image, [r], [c])[0])))
     return out
