@@ -56,6 +56,7 @@ class AdaptSettings:
     noise: float = 0.5  # share of patches given extra experimental noise
     clusters: int = 8  # k-means clusters of lab crops for the unknown-distance calibration
     refine_steps: int = 3  # soft k-means steps of the transductive prototype refinement
+    embedding_steps: int = 0  # episodic fine-tuning of the embedding on the lab's crops (fewshot/pseudo.py)
     seed: int = 0
 
 
@@ -295,9 +296,18 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
         net, fs_config, fs_meta = load_fewshot(fs_path)
         report("embedding", 0, 1)
         if len(lab_crops) >= 8:
-            adapt_batchnorm(net.backbone, lab_crops)
+            from .fewshot.crops import normalise_crops
+
+            seen = normalise_crops(lab_crops) if fs_config.crop_norm == "per_crop" else lab_crops  # as the net sees them
+            if settings.embedding_steps > 0:
+                from .fewshot.pseudo import PseudoSettings, finetune_on_lab_crops
+
+                tuned = finetune_on_lab_crops(net, seen, PseudoSettings(steps=settings.embedding_steps, seed=settings.seed),
+                                              lambda d, t: report("embedding", d, t + 1))
+                fs_meta = {**fs_meta, "lab_finetune": tuned}
+            adapt_batchnorm(net.backbone, seen)
             net.tta = fs_meta.get("tta", "none")
-            u = unknown_distance(net, lab_crops, settings.clusters, settings.seed)
+            u = unknown_distance(net, seen, settings.clusters, settings.seed)
         else:
             u = fs_meta.get("unknown_distance", float("inf"))
         np.save(tmp / "lab_crops.npy", lab_crops.astype(np.float32))

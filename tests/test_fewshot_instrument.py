@@ -76,3 +76,23 @@ def test_scan_crops_are_cut_at_the_true_defects_of_a_simulated_scan(tmp_path):
     assert all(n == 1 for n in counts["si001h"].values())
     assert load_surface(tmp_path, "si001h").counts() == counts["si001h"]
     assert json.dumps(counts)  # plain numbers
+
+
+def test_finetune_on_lab_crops_is_deterministic_and_moves_the_embedding():
+    from stmwatch.models.fewshot.pseudo import PseudoSettings, finetune_on_lab_crops
+
+    rng = np.random.default_rng(0)
+    crops = normalise_crops(np.concatenate([blobs(20, 1), -blobs(20, 2), rng.normal(0, 1, (20, 2, 32, 32))]))
+    results = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        net = ProtoNet(build_backbone("conv4"), metric="cosine")
+        before = [p.detach().clone() for p in net.parameters()]
+        summary = finetune_on_lab_crops(net, crops, PseudoSettings(steps=4, clusters=3, way=3, query=2))
+        assert summary["steps"] == 4 and summary["clusters"] >= 2 and not net.training
+        assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+        results.append([p.detach().clone() for p in net.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    torch.manual_seed(0)
+    few = ProtoNet(build_backbone("conv4"), metric="cosine")
+    assert finetune_on_lab_crops(few, crops[:5], PseudoSettings(steps=4))["steps"] == 0
