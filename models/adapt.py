@@ -311,6 +311,9 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
         else:
             u = fs_meta.get("unknown_distance", float("inf"))
         np.save(tmp / "lab_crops.npy", lab_crops.astype(np.float32))
+        extra = {"lab_crops.npy": tmp / "lab_crops.npy"}
+        if fs_meta.get("gate"):  # the classifier's unknown gate travels with it
+            extra[fs_meta["gate"]] = fs_path.parent / fs_meta["gate"]
         save_fewshot(tmp / "fewshot.pt", net, fs_config,
                      {**fs_meta, "unknown_distance": u, "pool": "lab_crops.npy", "refine_steps": settings.refine_steps,
                       "adapted": {"crops": len(lab_crops), "adabn": len(lab_crops) >= 8}})
@@ -322,7 +325,7 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
                      "preprocess": dataclasses.asdict(config.preprocess) if dataclasses.is_dataclass(config.preprocess) else {},
                      "pseudo_label_pixels": n_labels}
         bundle = write_bundle(out, surface, unet=tmp / "unet.pt", classifier=tmp / "fewshot.pt",
-                              support=support, made_with=made_with, extra={"lab_crops.npy": tmp / "lab_crops.npy"})
+                              support=support, made_with=made_with, extra=extra)
         # 4. the card: before/after on the held-back scans (never trained on, nothing selected on them)
         figures = card_figures(held, surface, config, bundle.path, support, lambda d, t: report("card", d, t))
         figures["seconds"] = round(time.perf_counter() - t_start, 1)
@@ -330,7 +333,7 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
         figures["crops"] = int(len(lab_crops))
         bundle = write_bundle(out, surface, unet=tmp / "unet.pt", classifier=tmp / "fewshot.pt", support=support,
                               made_with=made_with, figures=figures, card=card_text(surface, bundle.path, made_with, figures),
-                              extra={"lab_crops.npy": tmp / "lab_crops.npy"})
+                              extra=extra)
     figures["bundle"] = bundle.id
     return figures
 

@@ -96,3 +96,20 @@ def test_finetune_on_lab_crops_is_deterministic_and_moves_the_embedding():
     torch.manual_seed(0)
     few = ProtoNet(build_backbone("conv4"), metric="cosine")
     assert finetune_on_lab_crops(few, crops[:5], PseudoSettings(steps=4))["steps"] == 0
+
+
+def test_the_unknown_gate_only_ever_adds_unknown():
+    torch.manual_seed(0)
+    net = ProtoNet(build_backbone("conv4"), metric="cosine").eval()
+    gate = ProtoNet(build_backbone("conv4")).eval()
+    rng = np.random.default_rng(2)
+    support = CropSet("si001h", {"a": blobs(1, 1), "b": rng.normal(0, 1, (1, 2, 32, 32)).astype(np.float32)})
+    query = np.concatenate([blobs(3, 2), rng.normal(0, 1, (3, 2, 32, 32)).astype(np.float32)])
+    plain = PrototypicalClassifier(net, support, float("inf"), crop_norm="per_crop").classify(query)
+    assert "unknown" not in [label for label, _ in plain]
+    open_gate = PrototypicalClassifier(net, support, float("inf"), crop_norm="per_crop", gate=(gate, float("inf")))
+    assert open_gate.classify(query) == plain
+    with torch.no_grad():
+        gate.fit(torch.from_numpy(support.crops["a"]), torch.zeros(1, dtype=torch.long))
+    closed = PrototypicalClassifier(net, support, float("inf"), crop_norm="per_crop", gate=(gate, 0.0))
+    assert [label for label, _ in closed.classify(query)] == ["unknown"] * len(query)

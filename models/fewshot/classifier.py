@@ -40,11 +40,12 @@ class PrototypicalClassifier:
     name = "proto-conv4"
 
     def __init__(self, net: ProtoNet, support: CropSet, unknown_distance: float, version: str = "untracked",
-                 crop_norm: str = "none"):
+                 crop_norm: str = "none", gate: tuple[ProtoNet, float] | None = None):
         self.net = net.eval()
         self.unknown_distance = float(unknown_distance)
         self.version = version
         self.crop_norm = crop_norm
+        self.gate = (gate[0].eval(), float(gate[1])) if gate is not None else None
         self.set_support(support)
 
     def model_input(self, crops: np.ndarray) -> np.ndarray:
@@ -62,6 +63,8 @@ class PrototypicalClassifier:
         y = np.concatenate([np.full(len(support.crops[k]), i) for i, k in enumerate(self.labels)])
         with torch.no_grad():
             self.net.fit(torch.from_numpy(self.model_input(x)), torch.from_numpy(y).long())
+            if self.gate is not None:
+                self.gate[0].fit(torch.from_numpy(to_model_input(x)), torch.from_numpy(y).long())
 
     @torch.no_grad()
     def distances(self, crops: np.ndarray) -> np.ndarray:
@@ -76,9 +79,13 @@ class PrototypicalClassifier:
         d = self.distances(crops)
         p = torch.softmax(torch.from_numpy(-self.net.temperature * d), dim=1).numpy()
         best = d.argmin(axis=1)
+        far = np.zeros(len(d), bool)
+        if self.gate is not None:  # unlike every support crop to the gate's (scale-aware) embedding
+            with torch.no_grad():
+                far = self.gate[0].distances(torch.from_numpy(to_model_input(crops))).numpy().min(axis=1) > self.gate[1]
         out = []
         for i, k in enumerate(best):
-            label = self.labels[k] if d[i, k] <= self.unknown_distance else UNKNOWN
+            label = self.labels[k] if d[i, k] <= self.unknown_distance and not far[i] else UNKNOWN
             out.append((label, float(p[i, k])))
         return out
 
@@ -180,12 +187,18 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     support = load_surface(root)
     support.surface = surface
     threshold = unknown_distance or meta.get("unknown_distance", float("inf"))
+    gate = None
+    if meta.get("gate"):  # a second, scale-aware net that only says "unknown" (see docs/fewshot.md)
+        gate_net, _, gate_meta = load(weights.parent / meta["gate"])
+        gate = (gate_net, float(meta.get("gate_distance", gate_meta.get("unknown_distance", float("inf")))))
     log.info("classifier %s (%s): %d support classes for %s, unknown above %.3g", weights.name, runner,
              len(support.crops), surface, threshold)
     pool = weights.parent / meta["pool"] if meta.get("pool") else None
     if pool is not None and pool.is_file():  # an adapted classifier (stmwatch adapt): refine on the lab's crops
         from .transductive import TransductiveClassifier
 
-        base = PrototypicalClassifier(net, support, threshold, version=file_version(weights), crop_norm=config.crop_norm)
+        base = PrototypicalClassifier(net, support, threshold, version=file_version(weights), crop_norm=config.crop_norm,
+                                      gate=gate)
         return TransductiveClassifier(base, np.load(pool), steps=int(meta.get("refine_steps", 3)))
-    return PrototypicalClassifier(net, support, threshold, version=file_version(weights), crop_norm=config.crop_norm)
+    return PrototypicalClassifier(net, support, threshold, version=file_version(weights), crop_norm=config.crop_norm,
+                                  gate=gate)
