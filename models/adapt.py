@@ -57,6 +57,7 @@ class AdaptSettings:
     clusters: int = 8  # k-means clusters of lab crops for the unknown-distance calibration
     refine_steps: int = 3  # soft k-means steps of the transductive prototype refinement
     embedding_steps: int = 0  # episodic fine-tuning of the embedding on the lab's crops (fewshot/pseudo.py)
+    adabn: bool = False  # re-estimate the embedding's BatchNorm statistics on the lab's crops (docs/adapt.md)
     seed: int = 0
 
 
@@ -305,7 +306,8 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
                 tuned = finetune_on_lab_crops(net, seen, PseudoSettings(steps=settings.embedding_steps, seed=settings.seed),
                                               lambda d, t: report("embedding", d, t + 1))
                 fs_meta = {**fs_meta, "lab_finetune": tuned}
-            adapt_batchnorm(net.backbone, seen)
+            if settings.adabn:
+                adapt_batchnorm(net.backbone, seen)
             net.tta = fs_meta.get("tta", "none")
             u = unknown_distance(net, seen, settings.clusters, settings.seed)
         else:
@@ -316,7 +318,7 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
             extra[fs_meta["gate"]] = fs_path.parent / fs_meta["gate"]
         save_fewshot(tmp / "fewshot.pt", net, fs_config,
                      {**fs_meta, "unknown_distance": u, "pool": "lab_crops.npy", "refine_steps": settings.refine_steps,
-                      "adapted": {"crops": len(lab_crops), "adabn": len(lab_crops) >= 8}})
+                      "adapted": {"crops": len(lab_crops), "adabn": settings.adabn and len(lab_crops) >= 8}})
         report("embedding", 1, 1)
 
         made_with = {"surface": surface, "scans": [p.name for p in paths], "trained_on": [p.name for p in train_paths],

@@ -62,6 +62,9 @@ def finetune_on_lab_crops(net, crops: np.ndarray, settings: PseudoSettings | Non
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=s.lr)
     net.train()
+    for m in net.modules():  # BatchNorm keeps the trained statistics (re-estimating them on scan crops hurts)
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
     losses = []
     for step in range(s.steps):
         if step % 2 == 0 and len(clusters) >= 2:  # pseudo-classes
