@@ -7,8 +7,9 @@
 2. **The UNet** is fine-tuned on patches of the lab's scans with those labels, with the training's
    own augmentation and noise (:func:`stmwatch.models.train_unet.augment`), its BatchNorm
    statistics following the lab's images.
-3. **The few-shot embedding**: its BatchNorm statistics are re-estimated on the lab's defect crops
-   (AdaBN), the unknown distance is re-calibrated there (same-cluster pairs of crops), and the
+3. **The few-shot embedding**: optionally its BatchNorm statistics are re-estimated on the lab's
+   defect crops (AdaBN, ``AdaptSettings.adabn``, off: it hurt on scan crops, docs/adapt.md) and it is
+   fine-tuned on pseudo-classes (``embedding_steps``, off); the unknown distance is re-calibrated there (same-cluster pairs of crops), and the
    crops are stored as a pool for *transductive prototype refinement*: whatever support set the
    operator clicks later, each prototype moves towards the lab crops it attracts (soft k-means,
    :class:`~stmwatch.models.fewshot.transductive.TransductiveClassifier`).
