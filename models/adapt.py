@@ -7,10 +7,12 @@
 2. **The UNet** is fine-tuned on patches of the lab's scans with those labels, with the training's
    own augmentation and noise (:func:`stmwatch.models.train_unet.augment`), its BatchNorm
    statistics following the lab's images.
-3. **The few-shot embedding**: its BatchNorm statistics are re-estimated on the lab's defect crops
-   (AdaBN), the unknown distance is re-calibrated there (same-cluster pairs of crops), and the
-   crops are stored as a pool for *transductive prototype refinement*: whatever support set the
-   operator clicks later, each prototype moves towards the lab crops it attracts (soft k-means,
+3. **The few-shot embedding**: optionally its BatchNorm statistics are re-estimated on the lab's
+   defect crops (AdaBN, ``AdaptSettings.adabn``, off: it hurt on scan crops, docs/adapt.md) and it is
+   fine-tuned on pseudo-classes (``embedding_steps``, off); the unknown distance is re-calibrated
+   there (same-cluster pairs of crops), and the crops are stored as a pool for *transductive
+   prototype refinement*: whatever support set the operator clicks later, each prototype moves
+   towards the lab crops it attracts (soft k-means,
    :class:`~stmwatch.models.fewshot.transductive.TransductiveClassifier`).
 4. A part of the given scans is **held back**; the card reports before/after figures on it: with
    truth files beside the scans (simulated data) detection F1 and one-click label accuracy,
@@ -56,6 +58,8 @@ class AdaptSettings:
     noise: float = 0.5  # share of patches given extra experimental noise
     clusters: int = 8  # k-means clusters of lab crops for the unknown-distance calibration
     refine_steps: int = 3  # soft k-means steps of the transductive prototype refinement
+    embedding_steps: int = 0  # episodic fine-tuning of the embedding on the lab's crops (fewshot/pseudo.py)
+    adabn: bool = False  # re-estimate the embedding's BatchNorm statistics on the lab's crops (docs/adapt.md)
     seed: int = 0
 
 
@@ -295,15 +299,28 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
         net, fs_config, fs_meta = load_fewshot(fs_path)
         report("embedding", 0, 1)
         if len(lab_crops) >= 8:
-            adapt_batchnorm(net.backbone, lab_crops)
+            from .fewshot.crops import normalise_crops
+
+            seen = normalise_crops(lab_crops) if fs_config.crop_norm == "per_crop" else lab_crops  # as the net sees them
+            if settings.embedding_steps > 0:
+                from .fewshot.pseudo import PseudoSettings, finetune_on_lab_crops
+
+                tuned = finetune_on_lab_crops(net, seen, PseudoSettings(steps=settings.embedding_steps, seed=settings.seed),
+                                              lambda d, t: report("embedding", d, t + 1))
+                fs_meta = {**fs_meta, "lab_finetune": tuned}
+            if settings.adabn:
+                adapt_batchnorm(net.backbone, seen)
             net.tta = fs_meta.get("tta", "none")
-            u = unknown_distance(net, lab_crops, settings.clusters, settings.seed)
+            u = unknown_distance(net, seen, settings.clusters, settings.seed)
         else:
             u = fs_meta.get("unknown_distance", float("inf"))
         np.save(tmp / "lab_crops.npy", lab_crops.astype(np.float32))
+        extra = {"lab_crops.npy": tmp / "lab_crops.npy"}
+        if fs_meta.get("gate"):  # the classifier's unknown gate travels with it
+            extra[fs_meta["gate"]] = fs_path.parent / fs_meta["gate"]
         save_fewshot(tmp / "fewshot.pt", net, fs_config,
                      {**fs_meta, "unknown_distance": u, "pool": "lab_crops.npy", "refine_steps": settings.refine_steps,
-                      "adapted": {"crops": len(lab_crops), "adabn": len(lab_crops) >= 8}})
+                      "adapted": {"crops": len(lab_crops), "adabn": settings.adabn and len(lab_crops) >= 8}})
         report("embedding", 1, 1)
 
         made_with = {"surface": surface, "scans": [p.name for p in paths], "trained_on": [p.name for p in train_paths],
@@ -312,7 +329,7 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
                      "preprocess": dataclasses.asdict(config.preprocess) if dataclasses.is_dataclass(config.preprocess) else {},
                      "pseudo_label_pixels": n_labels}
         bundle = write_bundle(out, surface, unet=tmp / "unet.pt", classifier=tmp / "fewshot.pt",
-                              support=support, made_with=made_with, extra={"lab_crops.npy": tmp / "lab_crops.npy"})
+                              support=support, made_with=made_with, extra=extra)
         # 4. the card: before/after on the held-back scans (never trained on, nothing selected on them)
         figures = card_figures(held, surface, config, bundle.path, support, lambda d, t: report("card", d, t))
         figures["seconds"] = round(time.perf_counter() - t_start, 1)
@@ -320,7 +337,7 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
         figures["crops"] = int(len(lab_crops))
         bundle = write_bundle(out, surface, unet=tmp / "unet.pt", classifier=tmp / "fewshot.pt", support=support,
                               made_with=made_with, figures=figures, card=card_text(surface, bundle.path, made_with, figures),
-                              extra={"lab_crops.npy": tmp / "lab_crops.npy"})
+                              extra=extra)
     figures["bundle"] = bundle.id
     return figures
 

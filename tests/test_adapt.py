@@ -146,6 +146,9 @@ def test_adapt_writes_a_bundle_that_loads_and_keeps_the_held_back_scans_out(tiny
     analyser = load_analyser(after, "si001h")
     assert isinstance(analyser.classifier, TransductiveClassifier)
     assert analyser.model_versions["bundle"] == bundle.id
+    # the shipped classifier's unknown gate travels in the bundle and is used from there
+    assert (tmp_path / "bundle" / "fewshot_proto_conv4_gate.pt").is_file() and analyser.classifier.gate is not None
+    assert analyser.classifier.crop_norm == "per_crop"
     scan, _ = simulate_scan("si001h", 99, pixels=(64, 64))
     analyser.analyse(scan)
 

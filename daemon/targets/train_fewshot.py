@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prototypical network, cosine metric: train the temperature (starts at 10)")
     parser.add_argument("--generate", default="", metavar="T,T", help="class-generation transforms, e.g. "
                         "rot90,flip_v,invert (known: rot90,rot180,rot270,flip_h,flip_v,invert); empty = off")
+    parser.add_argument("--instrument-augment", action="store_true",
+                        help="also tip blur, feedback lag, contrast and line noise of other instruments")
+    parser.add_argument("--crop-norm", choices=("none", "per_crop"), default="none",
+                        help="per_crop: every crop normalised on its own, in training and by the classifier")
     parser.add_argument("--out", default="fewshot.pt", help="weights file to write")
     parser.add_argument("--checkpoint-every", type=int, default=250, help="save every N steps (0: only at end)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -57,7 +61,8 @@ def run(args) -> int:
     config = TrainConfig(method=args.method, backbone=args.backbone, metric=args.metric, way=args.way, shot=args.shot, query=args.query,
                          episodes=args.episodes, lr=args.lr, seed=args.seed, augment=not args.no_augment,
                          strong_augment=args.strong_augment, mix_surfaces=args.mix_surfaces,
-                         learn_temperature=args.learn_temperature,
+                         learn_temperature=args.learn_temperature, instrument_augment=args.instrument_augment,
+                         crop_norm=args.crop_norm,
                          generate=tuple(t for t in args.generate.split(",") if t), surfaces=surfaces)
     sets = [load_surface(args.data, s, min_per_class=args.shot + args.query) for s in surfaces]
     meta = {"data": str(Path(args.data).resolve()), "classes": {s.surface: s.labels for s in sets}}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .crops import CropSet, load_surface, to_model_input
+from .crops import CropSet, load_surface, normalise_crops, to_model_input
 from .episodes import sample_episode
 from .proto import ProtoNet
 
@@ -39,11 +39,21 @@ class PrototypicalClassifier:
 
     name = "proto-conv4"
 
-    def __init__(self, net: ProtoNet, support: CropSet, unknown_distance: float, version: str = "untracked"):
+    def __init__(self, net: ProtoNet, support: CropSet, unknown_distance: float, version: str = "untracked",
+                 crop_norm: str = "none", gate: tuple[ProtoNet, float] | None = None):
         self.net = net.eval()
         self.unknown_distance = float(unknown_distance)
         self.version = version
+        self.crop_norm = crop_norm
+        self.gate = (gate[0].eval(), float(gate[1])) if gate is not None else None
         self.set_support(support)
+
+    def model_input(self, crops: np.ndarray) -> np.ndarray:
+        """``crops`` as the network was trained on them: :func:`to_model_input`, and each crop
+        normalised on its own when the weights say so (``TrainConfig.crop_norm``; the crops of a
+        scan otherwise carry the whole scan's normalisation)."""
+        x = to_model_input(crops)
+        return normalise_crops(x) if self.crop_norm == "per_crop" else x
 
     def set_support(self, support: CropSet) -> None:
         """Compute the prototypes of ``support`` (once; every later crop is compared with them)."""
@@ -52,12 +62,14 @@ class PrototypicalClassifier:
         x = np.concatenate([support.crops[k] for k in self.labels])
         y = np.concatenate([np.full(len(support.crops[k]), i) for i, k in enumerate(self.labels)])
         with torch.no_grad():
-            self.net.fit(torch.from_numpy(x), torch.from_numpy(y).long())
+            self.net.fit(torch.from_numpy(self.model_input(x)), torch.from_numpy(y).long())
+            if self.gate is not None:
+                self.gate[0].fit(torch.from_numpy(to_model_input(x)), torch.from_numpy(y).long())
 
     @torch.no_grad()
     def distances(self, crops: np.ndarray) -> np.ndarray:
         """Squared embedding distance ``(n, classes)`` of each crop to each prototype; one forward pass."""
-        return self.net.distances(torch.from_numpy(to_model_input(crops))).numpy()
+        return self.net.distances(torch.from_numpy(self.model_input(crops))).numpy()
 
     def classify(self, crops: np.ndarray) -> list[tuple[str, float]]:
         """``crops`` ``(n, C, h, w)`` → ``(label, score)`` each; score = the network's softmax
@@ -67,9 +79,13 @@ class PrototypicalClassifier:
         d = self.distances(crops)
         p = torch.softmax(torch.from_numpy(-self.net.temperature * d), dim=1).numpy()
         best = d.argmin(axis=1)
+        far = np.zeros(len(d), bool)
+        if self.gate is not None:  # unlike every support crop to the gate's (scale-aware) embedding
+            with torch.no_grad():
+                far = self.gate[0].distances(torch.from_numpy(to_model_input(crops))).numpy().min(axis=1) > self.gate[1]
         out = []
         for i, k in enumerate(best):
-            label = self.labels[k] if d[i, k] <= self.unknown_distance else UNKNOWN
+            label = self.labels[k] if d[i, k] <= self.unknown_distance and not far[i] else UNKNOWN
             out.append((label, float(p[i, k])))
         return out
 
@@ -171,12 +187,18 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     support = load_surface(root)
     support.surface = surface
     threshold = unknown_distance or meta.get("unknown_distance", float("inf"))
+    gate = None
+    if meta.get("gate"):  # a second, scale-aware net that only says "unknown" (see docs/fewshot.md)
+        gate_net, _, gate_meta = load(weights.parent / meta["gate"])
+        gate = (gate_net, float(meta.get("gate_distance", gate_meta.get("unknown_distance", float("inf")))))
     log.info("classifier %s (%s): %d support classes for %s, unknown above %.3g", weights.name, runner,
              len(support.crops), surface, threshold)
     pool = weights.parent / meta["pool"] if meta.get("pool") else None
     if pool is not None and pool.is_file():  # an adapted classifier (stmwatch adapt): refine on the lab's crops
         from .transductive import TransductiveClassifier
 
-        base = PrototypicalClassifier(net, support, threshold, version=file_version(weights))
+        base = PrototypicalClassifier(net, support, threshold, version=file_version(weights), crop_norm=config.crop_norm,
+                                      gate=gate)
         return TransductiveClassifier(base, np.load(pool), steps=int(meta.get("refine_steps", 3)))
-    return PrototypicalClassifier(net, support, threshold, version=file_version(weights))
+    return PrototypicalClassifier(net, support, threshold, version=file_version(weights), crop_norm=config.crop_norm,
+                                  gate=gate)

@@ -39,6 +39,21 @@ def robust_normalise(image: np.ndarray) -> np.ndarray:
     return centred / spread if spread > 1e-12 else centred
 
 
+def normalise_crop(crop: np.ndarray) -> np.ndarray:
+    """One crop ``(C, h, w)`` (all channels together) to median 0 and robust spread 1, as the
+    simulator's training crops are (:func:`stmwatch.models.sim.simulate.normalise`); a crop cut
+    from a whole prepared scan carries the *scan's* scale instead. Idempotent."""
+    x = np.nan_to_num(np.asarray(crop, dtype=np.float32))
+    x = x - np.median(x)
+    spread = robust_sigma(x)
+    return (x / spread if spread > 1e-12 else x).astype(np.float32)
+
+
+def normalise_crops(crops: np.ndarray) -> np.ndarray:
+    """:func:`normalise_crop` of each crop of ``(n, C, h, w)``."""
+    return np.stack([normalise_crop(c) for c in crops]) if len(crops) else np.asarray(crops, np.float32)
+
+
 def to_model_input(crops: np.ndarray, size: int = INPUT_SIZE, channels: int = INPUT_CHANNELS) -> np.ndarray:
     """Crops of any size and 1 or 2 channels → float32 ``(n, channels, size, size)``.
 

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .crops import CropSet
-from .episodes import augment, generate_classes, sample_episode
 from .base import FewShotMethod
+from .crops import CropSet, normalise_crops
+from .episodes import augment, generate_classes, sample_episode
+from .instrument import instrument_augment
 from .registry import build_method
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class TrainConfig:
     mix_surfaces: bool = False  # episodes draw their classes from all surfaces together (way up to all classes)
     learn_temperature: bool = False  # prototypical network, cosine metric: train the temperature
     dihedral: bool = False  # augmentation also turns/mirrors crops
+    instrument_augment: bool = False  # also tip, lag, contrast and line noise of other instruments (instrument.py)
+    crop_norm: str = "none"  # "per_crop": crops normalised each on its own, in training and by the classifier
     generate: tuple[str, ...] = ()  # class-generation transforms; () = off
     surfaces: tuple[str, ...] = ()  # for the record
 
@@ -105,8 +108,12 @@ def _episode_steps(method: FewShotMethod, crop_sets: list[CropSet], config: Trai
         way = min(config.way, sum(len(x) >= config.shot + config.query for x in s.crops.values()))
         ep = sample_episode(s, way, config.shot, config.query, rng)
         sup, qry = ep.support, ep.query
+        if config.instrument_augment:
+            sup, qry = (instrument_augment(x, rng) for x in (sup, qry))
         if config.augment:
             sup, qry = (augment(x, rng, dihedral=config.dihedral, strong=config.strong_augment) for x in (sup, qry))
+        if config.crop_norm == "per_crop":
+            sup, qry = normalise_crops(sup), normalise_crops(qry)
         yield method.episode_loss(_tensor(sup), torch.from_numpy(ep.support_labels), _tensor(qry),
                                   torch.from_numpy(ep.query_labels))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .crops import CropSet, to_model_input
+from .crops import CropSet
 
 
 class TransductiveClassifier:
@@ -48,8 +48,8 @@ class TransductiveClassifier:
         labels = self.base.labels
         x = np.concatenate([support.crops[k] for k in labels])
         y = np.concatenate([np.full(len(support.crops[k]), i) for i, k in enumerate(labels)])
-        s_emb = net.embed(torch.from_numpy(to_model_input(x)))
-        p_emb = torch.cat([net.embed(torch.from_numpy(to_model_input(self.pool[i:i + 512])))
+        s_emb = net.embed(torch.from_numpy(self.base.model_input(x)))
+        p_emb = torch.cat([net.embed(torch.from_numpy(self.base.model_input(self.pool[i:i + 512])))
                            for i in range(0, len(self.pool), 512)])
         one_hot = torch.nn.functional.one_hot(torch.from_numpy(y).long(), len(labels)).float()
         protos = net.prototypes

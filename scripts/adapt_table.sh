@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The before/after table of docs/adapt.md, end to end (the protocol and seeds of docs/adapt.md):
+# for each surface, simulate 24 scans of each style (seed 18) and the lab's 12 unlabelled foreign
+# scans (seed 118); `stmwatch eval oneclick` with the shipped models on both styles (BEFORE);
+# `stmwatch adapt` on the lab scans; `stmwatch eval oneclick` with the bundle on both styles (AFTER).
+# One JSON file per row in OUT/json/, one summary table printed (and written to OUT/table.md).
+#
+#   scripts/adapt_table.sh [OUT]          # default OUT = adapt-table
+#   SURFACES="si001h ge001" STMWATCH=".venv/bin/stmwatch" scripts/adapt_table.sh out
+#
+# Scans already in OUT are reused (delete OUT to start afresh); a bundle is remade every run.
+# CPU: about 10 minutes per surface on 2 free cores (OMP_NUM_THREADS=1 each step).
+set -euo pipefail
+OUT=${1:-adapt-table}
+SURFACES=${SURFACES:-"si001h ge001 tio2110"}
+STMWATCH=${STMWATCH:-stmwatch}
+PYTHON=${PYTHON:-python3}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+mkdir -p "$OUT/json"
+
+simulate() {  # style surface n seed folder
+    if ! ls "$5"/*.sxm >/dev/null 2>&1; then
+        $STMWATCH simulate --style "$1" --surface "$2" --n "$3" --seed "$4" --out "$5" >/dev/null
+    fi
+}
+
+for S in $SURFACES; do
+    simulate foreign "$S" 24 18 "$OUT/foreign_$S"
+    simulate training "$S" 24 18 "$OUT/training_$S"
+    simulate foreign "$S" 12 118 "$OUT/lab_$S"
+    for STYLE in training foreign; do
+        $STMWATCH eval oneclick --scans "$OUT/${STYLE}_$S" --surface "$S" --json --backend torch \
+            > "$OUT/json/before_${STYLE}_$S.json"
+    done
+    rm -rf "$OUT/bundle_$S"
+    $STMWATCH adapt --surface "$S" --scans "$OUT/lab_$S" --out "$OUT/bundle_$S" > "$OUT/json/adapt_$S.log" 2>&1
+    for STYLE in training foreign; do
+        $STMWATCH eval oneclick --scans "$OUT/${STYLE}_$S" --surface "$S" --models "$OUT/bundle_$S" --json \
+            --backend torch > "$OUT/json/after_${STYLE}_$S.json"
+    done
+done
+
+"$PYTHON" - "$OUT" $SURFACES <<'EOF' | tee "$OUT/table.md"
+import json, sys
+from pathlib import Path
+
+out, surfaces = Path(sys.argv[1]), sys.argv[2:]
+print("| surface | style | scans clicked / scored | true defects | one-click label accuracy before → after "
+      "| detection F1 before → after (P / R after) | bundle |")
+print("|---|---|---|---|---|---|---|")
+for s in surfaces:
+    for style in ("training", "foreign"):
+        b = json.loads((out / "json" / f"before_{style}_{s}.json").read_text())
+        a = json.loads((out / "json" / f"after_{style}_{s}.json").read_text())
+        bundle = a.get("model_versions", {}).get("bundle", "")
+        print(f"| {s} | {style} | {b['support_scans']} / {b['eval_scans']} | {b['true']} | "
+              f"{b['label_accuracy']:.3f} → {a['label_accuracy']:.3f} | {b['f1']:.3f} → {a['f1']:.3f} "
+              f"({a['precision']:.3f} / {a['recall']:.3f}) | {bundle} |")
+print()
+for s in surfaces:
+    for when in ("before", "after"):
+        r = json.loads((out / "json" / f"{when}_foreign_{s}.json").read_text())
+        print(f"- {s} foreign {when}: " + ", ".join(f"{c} {v:.2f}" for c, v in r["per_class_accuracy"].items()))
+EOF
