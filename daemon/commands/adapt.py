@@ -23,7 +23,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scans", required=True, metavar="DIR", help="folder of the lab's .sxm scans (unlabelled)")
     parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
     parser.add_argument("--support", metavar="DIR", help="a support set <class>/*.npy to ship in the bundle")
-    parser.add_argument("--labels", default="unet", help="label source (default 'unet': the UNet's confident output)")
+    parser.add_argument("--labels", default="unet-flips",
+                        help="label source (default 'unet-flips': the UNet's confident output where its four mirror "
+                             "passes agree; 'unet': its confident output)")
     parser.add_argument("--steps", type=int, help="UNet fine-tuning steps (default: AdaptSettings.steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
