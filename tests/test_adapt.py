@@ -173,6 +173,37 @@ def test_adapt_writes_a_bundle_that_loads_and_keeps_the_held_back_scans_out(tiny
     analyser.analyse(scan)
 
 
+def test_the_second_round_is_labelled_by_the_fine_tuned_unet(tiny_setup, monkeypatch):
+    tmp_path, scans, config = tiny_setup
+    from stmwatch.models import adapt as adapt_module
+    from stmwatch.models.sim.simulate import read_truth
+
+    teachers = []
+
+    class Recording:
+        name = "recording"
+
+        def __init__(self, segmenter, *args):
+            self.segmenter = segmenter
+
+        def labels(self, path, prepared):
+            teachers.append({k: v.clone() for k, v in self.segmenter.model.state_dict().items()})
+            truth = read_truth(path)
+            r, c = prepared.from_scan(np.array([d.row for d in truth.defects]), np.array([d.col for d in truth.defects]))
+            return PseudoLabels(np.stack([r, c], 1).reshape(-1, 2), ~prepared.valid)
+
+    monkeypatch.setitem(adapt_module.LABEL_SOURCES, "recording", Recording)
+    monkeypatch.setattr(adapt_module, "card_figures", lambda *args: {"held_back_scans": 0})
+    adapt(scans, "si001h", tmp_path / "b2", config, label_source="recording",
+          settings=AdaptSettings(steps=4, batch=2, patch=32, rounds=2, lr=1e-2))
+    assert len(teachers) == 12  # 6 training scans, labelled in each of 2 rounds
+    first, second = teachers[0], teachers[6]
+    assert all(torch.equal(first[k], teachers[5][k]) for k in first)  # one teacher for a round
+    assert any(not torch.equal(first[k], second[k]) for k in first if first[k].is_floating_point())
+    made = json.loads((tmp_path / "b2" / "config.json").read_text())
+    assert made["settings"]["rounds"] == 2
+
+
 def test_adapt_command_refuses_an_empty_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["adapt", "--surface", "si001h", "--scans", str(tmp_path / "empty"), "--out", str(tmp_path / "b")]) == 1
