@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from .eval_segment import DetectionScore
 from .segment import find_components
-from .sim.randomise import randomised_scan
 from .sim.simulate import training_scan
 from .unet import UNet, save_checkpoint
 
@@ -119,6 +118,8 @@ def scan_patches(key: str, seed: int, patch: int, radius_px: float, max_per_scan
     from .preprocess import prepare
 
     if randomise > 0 and np.random.default_rng([seed, 77]).random() < randomise:
+        from .sim.randomise import randomised_scan  # (scipy: only for training)
+
         scan, truth, _ = randomised_scan(key, seed)
     else:
         scan, truth = training_scan(key, seed, double_tip_share)

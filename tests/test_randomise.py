@@ -96,3 +96,15 @@ def test_tip_keeps_a_protrusions_peak_and_the_lag_trails_along_the_trace():
     step[0, 4:] = 1.0
     np.testing.assert_allclose(feedback_lag(step, 1.0, True)[0, 4:7], [0.5, 0.75, 0.875])
     np.testing.assert_allclose(feedback_lag(step[:, ::-1], 1.0, False)[0, ::-1][4:7], [0.5, 0.75, 0.875])
+
+
+def test_train_unet_randomise_share_swaps_in_randomised_scans_deterministically():
+    from stmwatch.models.train_unet import scan_patches
+
+    plain = scan_patches("tio2110", 11, 64, 4.0, 2, None, 0.0)
+    randomised = scan_patches("tio2110", 11, 64, 4.0, 2, None, 1.0)
+    again = scan_patches("tio2110", 11, 64, 4.0, 2, None, 1.0)
+    np.testing.assert_array_equal(randomised.images, again.images)
+    assert not np.array_equal(plain.images, randomised.images)
+    _, truth, _ = randomised_scan("tio2110", 11)
+    assert len(truth.defects) > 0 and randomised.images.shape[1:] == (2, 64, 64)

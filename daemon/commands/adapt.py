@@ -5,8 +5,8 @@ import json
 import sys
 
 HELP = "adapt the models to this microscope from its unlabelled .sxm scans; writes a model bundle"
-DESCRIPTION = """Pseudo-label the scans with the UNet's confident output (--labels: a pluggable label source),
-fine-tune the UNet on them with the training's augmentation and noise, adapt the few-shot embedding to
+DESCRIPTION = """Pseudo-label the scans with the UNet's confident output where its four mirror passes agree (--labels:
+a pluggable label source), fine-tune the UNet on them in two rounds of self-training with the training's augmentation and noise, adapt the few-shot embedding to
 the lab's defect crops (BatchNorm statistics, unknown distance, and a pool of crops for transductive
 prototype refinement), and write a model bundle: weights, support set (--support), card with the
 before/after figures on a held-back quarter of the scans, the settings it was made with, sha256 hashes.
