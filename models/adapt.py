@@ -1,12 +1,14 @@
 """Adapt the models to one microscope from its unlabelled scans (``stmwatch adapt``).
 
-1. **Labels** come from a pluggable :class:`LabelSource`: by default the shipped UNet's *confident*
-   output (:class:`UNetConfidentLabels`: components whose mean probability is above
-   ``confident`` are defects; pixels the network is unsure of, away from those, are left out of
-   the loss). An auto-labeller plugs in as another source (:data:`LABEL_SOURCES`).
+1. **Labels** come from a pluggable :class:`LabelSource`: by default the UNet's output where its
+   four mirror passes agree (:class:`UNetFlipAgreementLabels`: confident components seen by
+   every pass are defects, only pixels every pass calls background are background, the rest is
+   left out of the loss); ``"unet"`` is the plain confident output (:class:`UNetConfidentLabels`).
+   An auto-labeller plugs in as another source (:data:`LABEL_SOURCES`).
 2. **The UNet** is fine-tuned on patches of the lab's scans with those labels, with the training's
    own augmentation and noise (:func:`stmwatch.models.train_unet.augment`), its BatchNorm
-   statistics following the lab's images.
+   statistics following the lab's images, in ``rounds`` of self-training: after each round the
+   fine-tuned UNet (a frozen copy) makes the labels of the next.
 3. **The few-shot embedding**: optionally its BatchNorm statistics are re-estimated on the lab's
    defect crops (AdaBN, ``AdaptSettings.adabn``, off: it hurt on scan crops, docs/adapt.md) and it is
    fine-tuned on pseudo-classes (``embedding_steps``, off); the unknown distance is re-calibrated
@@ -24,6 +26,7 @@ Everything is written as a model bundle (:mod:`.bundle`). The settings are fixed
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -60,6 +63,8 @@ class AdaptSettings:
     refine_steps: int = 3  # soft k-means steps of the transductive prototype refinement
     embedding_steps: int = 0  # episodic fine-tuning of the embedding on the lab's crops (fewshot/pseudo.py)
     adabn: bool = False  # re-estimate the embedding's BatchNorm statistics on the lab's crops (docs/adapt.md)
+    agree: int = 4  # "unet-flips" labels: a defect only where this many of the 4 mirror passes see it
+    rounds: int = 2  # self-training: the labels are made again by the fine-tuned UNet after each round
     seed: int = 0
 
 
@@ -100,7 +105,51 @@ class UNetConfidentLabels:
         return PseudoLabels(centres, unsure | ~prepared.valid)
 
 
-LABEL_SOURCES: dict[str, Callable[..., LabelSource]] = {"unet": UNetConfidentLabels}
+class UNetFlipAgreementLabels(UNetConfidentLabels):
+    """The UNet's output where its four mirror passes agree: a component of the mean probability
+    is a defect when its mean probability is above ``confident`` *and* at least ``agree`` of the
+    passes reach the threshold inside it; a pixel is background only where *every* pass is below
+    ``unsure_low``; everything else is left out of the loss. So a defect the network half sees is
+    never taught as background (the network does not learn its own misses back), and one that a
+    single pass makes up is not taught as a defect."""
+
+    name = "unet-flips"
+
+    def __init__(self, segmenter, confident: float, unsure_low: float, min_area_px: int = 12, agree: int = 4):
+        super().__init__(segmenter, confident, unsure_low, min_area_px)
+        self.agree = agree
+
+    def labels(self, path: Path, prepared: Prepared) -> PseudoLabels:
+        from .unet import flip_predictions
+
+        seg = self.segmenter
+        passes = np.stack(flip_predictions(prepared.image, seg.backend, 4, seg.tile_px, seg.tile_overlap_px,
+                                           seg.batch_size))
+        passes = np.where(prepared.valid, passes, 0.0)
+        prob = passes.mean(0)
+        components, label_image = find_components(prob, seg.threshold, self.min_area, prepared.valid)
+        ids = np.unique(label_image[label_image > 0])
+        centres, confident_ids = [], []
+        for k, (comp, lab) in enumerate(zip(components, ids)):
+            inside = label_image == lab
+            seen = int((passes[:, inside].max(axis=1) >= seg.threshold).sum())
+            if comp.score >= self.confident and seen >= self.agree:
+                centres.append((comp.row, comp.col))
+                confident_ids.append(lab)
+        unsure = (passes.max(0) >= self.unsure_low) & ~np.isin(label_image, confident_ids)
+        return PseudoLabels(np.array(centres, dtype=float).reshape(-1, 2), unsure | ~prepared.valid)
+
+
+def with_model(segmenter, model):
+    """A copy of ``segmenter`` that runs ``model`` (torch, eval mode): the teacher of the next round."""
+    from .backends import TorchBackend
+
+    teacher = copy.copy(segmenter)
+    teacher.model, teacher.backend = model.eval(), TorchBackend(model.eval())
+    return teacher
+
+
+LABEL_SOURCES: dict[str, Callable[..., LabelSource]] = {"unet": UNetConfidentLabels, "unet-flips": UNetFlipAgreementLabels}
 # The auto-labeller (models/autolabel) registers here as another source once merged.
 
 
@@ -116,6 +165,30 @@ def _patches(image: np.ndarray, target: np.ndarray, patch: int, count: int, rng)
         xs.append(image[:, r0:r0 + patch, c0:c0 + patch])
         ys.append(target[r0:r0 + patch, c0:c0 + patch])
     return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
+
+
+def label_patches(paths: list[Path], prepared_scans: list[Prepared], source: LabelSource, radius: float,
+                  settings: AdaptSettings, rng, progress) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Patches ``(N, C, P, P)`` of the scans with targets ``(N, P, P)`` in {-1 left out, 0, 1} from
+    ``source``'s labels (discs of ``radius`` model pixels), the crops at the labelled defects, and
+    the number of defect pixels."""
+    from .train_unet import disc_target
+
+    xs, ys, crops = [], [], []
+    for i, (path, prepared) in enumerate(zip(paths, prepared_scans)):
+        labels = source.labels(path, prepared)
+        image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
+        target = disc_target(image.shape[1:], labels.centres[:, 0], labels.centres[:, 1], radius)
+        target = np.where(labels.unsure & (target == 0), -1.0, target).astype(np.float32)
+        count = int(np.clip(round(2 * image.shape[1] * image.shape[2] / settings.patch ** 2), 4, 24))
+        x, y = _patches(image, target, settings.patch, count, rng)
+        xs.append(x)
+        ys.append(y)
+        if len(labels.centres):
+            crops.append(crops_at(prepared.image, labels.centres[:, 0], labels.centres[:, 1]))
+        progress(i + 1, len(paths))
+    lab_crops = np.concatenate(crops) if crops else np.zeros((0, 2, 32, 32), np.float32)
+    return np.concatenate(xs), np.concatenate(ys), lab_crops, int(sum((t == 1).sum() for t in ys))
 
 
 def masked_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -221,7 +294,7 @@ def split_scans(paths: list[Path], held_back: float) -> tuple[list[Path], list[P
 
 
 def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, support: str | Path | None = None,
-          label_source: str = "unet", settings: AdaptSettings | None = None,
+          label_source: str = "unet-flips", settings: AdaptSettings | None = None,
           progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Adapt the models of ``config`` (``models``, ``preprocess``) to the ``.sxm`` scans in
     ``scan_dir`` and write the bundle ``out``. ``progress(stage, done, total)`` is called as work
@@ -249,35 +322,20 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
     if label_source not in LABEL_SOURCES:
         raise ValueError(f"unknown label source {label_source!r}; known: {sorted(LABEL_SOURCES)}")
     source = LABEL_SOURCES[label_source](segmenter, settings.confident, settings.unsure_low, models.min_area_px)
+    if hasattr(source, "agree"):
+        source.agree = settings.agree
 
     # 1. labels and crops
     radius = settings.disc_nm / surf.nm_per_px
     rng = np.random.default_rng([settings.seed, 5])
-    xs, ys, crops = [], [], []
-    for i, path in enumerate(train_paths):
-        scan = read_sxm(path)
-        prepared = prepare(scan, surf, config.preprocess)
-        labels = source.labels(path, prepared)
-        from .train_unet import disc_target
-
-        image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
-        target = disc_target(image.shape[1:], labels.centres[:, 0], labels.centres[:, 1], radius)
-        target = np.where(labels.unsure & (target == 0), -1.0, target).astype(np.float32)
-        count = int(np.clip(round(2 * image.shape[1] * image.shape[2] / settings.patch ** 2), 4, 24))
-        x, y = _patches(image, target, settings.patch, count, rng)
-        xs.append(x)
-        ys.append(y)
-        if len(labels.centres):
-            crops.append(crops_at(prepared.image, labels.centres[:, 0], labels.centres[:, 1]))
-        report("labels", i + 1, len(train_paths))
-    images, targets = np.concatenate(xs), np.concatenate(ys)
-    lab_crops = np.concatenate(crops) if crops else np.zeros((0, 2, 32, 32), np.float32)
-    n_labels = int(sum((t == 1).sum() for t in ys))
+    prepared_scans = [prepare(read_sxm(path), surf, config.preprocess) for path in train_paths]
+    images, targets, lab_crops, n_labels = label_patches(train_paths, prepared_scans, source, radius, settings, rng,
+                                                         lambda d, t: report("labels", d, t))
     log.info("%d patches, %d confident defects (crops)", len(images), len(lab_crops))
 
     with tempfile.TemporaryDirectory(prefix="adapt-") as tmp:
         tmp = Path(tmp)
-        # 2. the UNet
+        # 2. the UNet: rounds of self-training, each round's labels made by the UNet of the last
         unet_path = Path(models.segmenter_weights).expanduser() if models.segmenter_weights else None
         from .load import shipped_weights
 
@@ -288,10 +346,18 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
             done[0] += 1
             report("unet", done[0], settings.steps)
 
-        final_loss = finetune_unet(model, images, targets, settings, step)
+        rounds = max(1, settings.rounds) if hasattr(source, "segmenter") else 1
+        per_round = [settings.steps // rounds + (r < settings.steps % rounds) for r in range(rounds)]
+        for r, steps in enumerate(per_round):
+            if r:
+                source.segmenter = with_model(source.segmenter, copy.deepcopy(model))
+                images, targets, _, n_labels = label_patches(train_paths, prepared_scans, source, radius, settings,
+                                                             rng, lambda d, t: report("labels", d, t))
+            final_loss = finetune_unet(model, images, targets,
+                                       dataclasses.replace(settings, steps=steps, seed=settings.seed + r), step)
         meta = {**checkpoint.get("meta", {}), "name": "unet-adapted",
                 "adapted": {"scans": [p.name for p in train_paths], "label_source": source.name,
-                            "steps": settings.steps, "final_loss": round(final_loss, 4)}}
+                            "steps": settings.steps, "rounds": rounds, "final_loss": round(final_loss, 4)}}
         save_checkpoint(model, tmp / "unet.pt", meta=meta)
 
         # 3. the few-shot embedding

@@ -94,12 +94,14 @@ def join(parts: list[Patches]) -> Patches:
 
 
 def simulated_patches(surfaces: list[str], scans: int, patch: int, radius_px: float, seed_base: int,
-                      max_per_scan: int = 10, double_tip_share: float | None = None, workers: int = 1) -> Patches:
+                      max_per_scan: int = 10, double_tip_share: float | None = None, workers: int = 1,
+                      randomise: float = 0.0) -> Patches:
     """Patches from ``scans`` simulated scans per surface (seeds ``seed_base + k*100_000 + i``):
     about one per ``patch``² of model image, 2 to ``max_per_scan`` per scan (``double_tip_share``:
-    see :func:`training_scan`); ``workers`` > 1 simulates in that many processes (same result)."""
-    jobs = [(key, seed_base + SURFACE_KEYS.index(key) * 100_000 + i, patch, radius_px, max_per_scan, double_tip_share)
-            for key in surfaces for i in range(scans)]
+    see :func:`training_scan`; ``randomise``: the share of scans that are domain-randomised, see
+    :func:`scan_patches`); ``workers`` > 1 simulates in that many processes (same result)."""
+    jobs = [(key, seed_base + SURFACE_KEYS.index(key) * 100_000 + i, patch, radius_px, max_per_scan, double_tip_share,
+             randomise) for key in surfaces for i in range(scans)]
     if workers > 1:
         import multiprocessing
 
@@ -109,11 +111,18 @@ def simulated_patches(surfaces: list[str], scans: int, patch: int, radius_px: fl
 
 
 def scan_patches(key: str, seed: int, patch: int, radius_px: float, max_per_scan: int,
-                 double_tip_share: float | None) -> Patches:
-    """The patches of one simulated training scan (see :func:`simulated_patches`)."""
+                 double_tip_share: float | None, randomise: float = 0.0) -> Patches:
+    """The patches of one simulated training scan (see :func:`simulated_patches`); with
+    probability ``randomise`` (drawn from the seed) a domain-randomised scan
+    (:func:`~stmwatch.models.sim.randomise.randomised_scan`) instead of the training style."""
     from .preprocess import prepare
 
-    scan, truth = training_scan(key, seed, double_tip_share)
+    if randomise > 0 and np.random.default_rng([seed, 77]).random() < randomise:
+        from .sim.randomise import randomised_scan  # (scipy: only for training)
+
+        scan, truth, _ = randomised_scan(key, seed)
+    else:
+        scan, truth = training_scan(key, seed, double_tip_share)
     prepared = prepare(scan, key)
     rows, cols = prepared.from_scan(np.array([d.row for d in truth.defects], dtype=float),
                                     np.array([d.col for d in truth.defects], dtype=float))

@@ -194,18 +194,27 @@ FLIPS = {1: ((False, False),), 2: ((False, False), (False, True)),
          4: ((False, False), (False, True), (True, False), (True, True))}
 
 
-def flip_averaged_predict(image: np.ndarray, predict: Callable[[np.ndarray], np.ndarray], flips: int = 1,
-                          tile: int = 256, overlap: int = 32, batch_size: int = 8) -> np.ndarray:
-    """:func:`tiled_predict` averaged over ``flips`` (1, 2 or 4) mirror images of ``image``
-    ``(C, H, W)``: identity; + left-right; + up-down and both. Each prediction is flipped back
-    before the mean, so the result is ``(H, W)`` float32 in ``image``'s frame. Test-time
-    augmentation: ``flips`` times the cost of one prediction."""
+def flip_predictions(image: np.ndarray, predict: Callable[[np.ndarray], np.ndarray], flips: int = 1,
+                     tile: int = 256, overlap: int = 32, batch_size: int = 8) -> list[np.ndarray]:
+    """:func:`tiled_predict` of each of ``flips`` (1, 2 or 4) mirror images of ``image``
+    ``(C, H, W)`` (identity; + left-right; + up-down and both), each flipped back: ``flips``
+    ``(H, W)`` float32 maps in ``image``'s frame."""
     if flips not in FLIPS:
         raise ValueError(f"flips must be one of {sorted(FLIPS)}, not {flips}")
-    total = np.zeros(image.shape[1:], dtype=np.float32)
+    out = []
     for flip_rows, flip_cols in FLIPS[flips]:
         axes = tuple(axis for axis, flip in ((1, flip_rows), (2, flip_cols)) if flip)
         flipped = np.flip(image, axes) if axes else image
         prob = tiled_predict(np.ascontiguousarray(flipped), predict, tile, overlap, batch_size)
-        total += np.flip(prob, tuple(a - 1 for a in axes)) if axes else prob
+        out.append(np.flip(prob, tuple(a - 1 for a in axes)) if axes else prob)
+    return out
+
+
+def flip_averaged_predict(image: np.ndarray, predict: Callable[[np.ndarray], np.ndarray], flips: int = 1,
+                          tile: int = 256, overlap: int = 32, batch_size: int = 8) -> np.ndarray:
+    """The mean of :func:`flip_predictions` (test-time augmentation: ``flips`` times the cost of
+    one prediction), ``(H, W)`` float32 in ``image``'s frame."""
+    total = np.zeros(image.shape[1:], dtype=np.float32)
+    for prob in flip_predictions(image, predict, flips, tile, overlap, batch_size):
+        total += prob
     return total / flips

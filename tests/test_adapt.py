@@ -12,7 +12,8 @@ import torch
 
 from stmwatch.daemon.cli import main
 from stmwatch.daemon.config import Config
-from stmwatch.models.adapt import AdaptSettings, PseudoLabels, UNetConfidentLabels, adapt, kmeans, split_scans
+from stmwatch.models.adapt import (AdaptSettings, PseudoLabels, UNetConfidentLabels, UNetFlipAgreementLabels, adapt, kmeans,
+                                  split_scans)
 from stmwatch.models.bundle import load_bundle
 from stmwatch.models.clicks import least_sure
 from stmwatch.models.fewshot.classifier import PrototypicalClassifier
@@ -43,6 +44,28 @@ def test_confident_labels_keep_sure_components_and_leave_unsure_pixels_out():
     assert isinstance(labels, PseudoLabels)
     np.testing.assert_allclose(labels.centres, [[7.0, 7.0]])
     assert labels.unsure[22, 22] and labels.unsure[31, 35] and not labels.unsure[7, 7] and not labels.unsure[0, 0]
+
+
+def test_flip_agreement_labels_need_every_mirror_pass_and_leave_half_seen_defects_out():
+    """A fake network sees channel 0 in every pass, channel 1 only in the right half of what it
+    is given: a feature there is seen by the identity and up-down passes, not the two left-right."""
+    image = np.zeros((2, 40, 40), np.float32)
+    image[0, 5:10, 5:10] = 0.9  # seen by all four passes
+    image[1, 20:25, 28:33] = 1.0  # right half: seen by two passes (mean 0.5, above threshold and 'confident')
+    image[0, 30:33, 5:8] = 0.05  # every pass below unsure_low: background
+
+    def backend(batch):
+        right = np.zeros(batch.shape[-2:], np.float32)
+        right[:, 20:] = 1.0
+        return np.maximum(batch[:, 0], batch[:, 1] * right)
+
+    seg = types.SimpleNamespace(backend=backend, threshold=0.4, tile_px=40, tile_overlap_px=0, batch_size=4)
+    prepared = types.SimpleNamespace(image=image, valid=np.ones((40, 40), bool))
+    labels = UNetFlipAgreementLabels(seg, confident=0.45, unsure_low=0.1, min_area_px=4).labels(None, prepared)
+    np.testing.assert_allclose(labels.centres, [[7.0, 7.0]])
+    assert labels.unsure[22, 30] and not labels.unsure[7, 7] and not labels.unsure[31, 6] and not labels.unsure[0, 0]
+    two = UNetFlipAgreementLabels(seg, confident=0.45, unsure_low=0.1, min_area_px=4, agree=2).labels(None, prepared)
+    assert len(two.centres) == 2 and not two.unsure[22, 30]
 
 
 def test_kmeans_finds_two_obvious_groups():
@@ -151,6 +174,37 @@ def test_adapt_writes_a_bundle_that_loads_and_keeps_the_held_back_scans_out(tiny
     assert analyser.classifier.crop_norm == "per_crop"
     scan, _ = simulate_scan("si001h", 99, pixels=(64, 64))
     analyser.analyse(scan)
+
+
+def test_the_second_round_is_labelled_by_the_fine_tuned_unet(tiny_setup, monkeypatch):
+    tmp_path, scans, config = tiny_setup
+    from stmwatch.models import adapt as adapt_module
+    from stmwatch.models.sim.simulate import read_truth
+
+    teachers = []
+
+    class Recording:
+        name = "recording"
+
+        def __init__(self, segmenter, *args):
+            self.segmenter = segmenter
+
+        def labels(self, path, prepared):
+            teachers.append({k: v.clone() for k, v in self.segmenter.model.state_dict().items()})
+            truth = read_truth(path)
+            r, c = prepared.from_scan(np.array([d.row for d in truth.defects]), np.array([d.col for d in truth.defects]))
+            return PseudoLabels(np.stack([r, c], 1).reshape(-1, 2), ~prepared.valid)
+
+    monkeypatch.setitem(adapt_module.LABEL_SOURCES, "recording", Recording)
+    monkeypatch.setattr(adapt_module, "card_figures", lambda *args: {"held_back_scans": 0})
+    adapt(scans, "si001h", tmp_path / "b2", config, label_source="recording",
+          settings=AdaptSettings(steps=4, batch=2, patch=32, rounds=2, lr=1e-2))
+    assert len(teachers) == 12  # 6 training scans, labelled in each of 2 rounds
+    first, second = teachers[0], teachers[6]
+    assert all(torch.equal(first[k], teachers[5][k]) for k in first)  # one teacher for a round
+    assert any(not torch.equal(first[k], second[k]) for k in first if first[k].is_floating_point())
+    made = json.loads((tmp_path / "b2" / "config.json").read_text())
+    assert made["settings"]["rounds"] == 2
 
 
 def test_adapt_command_refuses_an_empty_folder(tmp_path, capsys):

@@ -5,8 +5,8 @@ import json
 import sys
 
 HELP = "adapt the models to this microscope from its unlabelled .sxm scans; writes a model bundle"
-DESCRIPTION = """Pseudo-label the scans with the UNet's confident output (--labels: a pluggable label source),
-fine-tune the UNet on them with the training's augmentation and noise, adapt the few-shot embedding to
+DESCRIPTION = """Pseudo-label the scans with the UNet's confident output where its four mirror passes agree (--labels:
+a pluggable label source), fine-tune the UNet on them in two rounds of self-training with the training's augmentation and noise, adapt the few-shot embedding to
 the lab's defect crops (BatchNorm statistics, unknown distance, and a pool of crops for transductive
 prototype refinement), and write a model bundle: weights, support set (--support), card with the
 before/after figures on a held-back quarter of the scans, the settings it was made with, sha256 hashes.
@@ -23,7 +23,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scans", required=True, metavar="DIR", help="folder of the lab's .sxm scans (unlabelled)")
     parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
     parser.add_argument("--support", metavar="DIR", help="a support set <class>/*.npy to ship in the bundle")
-    parser.add_argument("--labels", default="unet", help="label source (default 'unet': the UNet's confident output)")
+    parser.add_argument("--labels", default="unet-flips",
+                        help="label source (default 'unet-flips': the UNet's confident output where its four mirror "
+                             "passes agree; 'unet': its confident output)")
     parser.add_argument("--steps", type=int, help="UNet fine-tuning steps (default: AdaptSettings.steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")

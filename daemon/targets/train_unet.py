@@ -42,6 +42,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--double-tip-share", type=float, default=None,
                         help="share (0-1) of the simulated scans with a double tip, at a random level 0.6-1.4 "
                              "(default: the usual mix, about 0.82)")
+    parser.add_argument("--randomise", type=float, default=0.0, metavar="SHARE",
+                        help="share (0-1) of the simulated scans (training and validation) that are domain-randomised "
+                             "(models/sim/randomise.py: tips, feedback lag, noise spectra, contrast, defect looks, "
+                             "density, contamination; default 0: the training style only)")
     parser.add_argument("--weights", help="also copy the best weights here (e.g. models/weights/unet.pt)")
     parser.add_argument("--labels", metavar="DIR", help="train on scans with the masks of 'stmwatch autolabel --out DIR' "
                         "instead of simulated truth (--scans, --val-scans and --surfaces are then not used; the "
@@ -67,7 +71,8 @@ def run(args) -> int:
         console.print(f"{len(data)} training, {len(val)} validation patches from the auto-labels in {args.labels}")
     key = json.dumps({"surfaces": args.surfaces, "scans": args.scans, "val": args.val_scans, "patch": args.patch,
                       "disc": args.disc_nm, "seed": args.seed,
-                      **({} if args.double_tip_share is None else {"double_tip": args.double_tip_share})})
+                      **({} if args.double_tip_share is None else {"double_tip": args.double_tip_share}),
+                      **({"randomise": args.randomise} if args.randomise else {})})
     if getattr(args, "labels", None):
         pass
     elif cache.exists() and str(np.load(cache)["key"]) == key:
@@ -79,10 +84,12 @@ def run(args) -> int:
         t0 = time.perf_counter()
         with console.status("simulating training scans"):
             data = simulated_patches(args.surfaces, args.scans, args.patch, radius_px, seed_base=args.seed * 10_000,
-                                     double_tip_share=args.double_tip_share, workers=args.workers)
+                                     double_tip_share=args.double_tip_share, workers=args.workers,
+                                     randomise=args.randomise)
             val = simulated_patches(args.surfaces, args.val_scans, args.patch, radius_px,
                                     seed_base=args.seed * 10_000 + 50_000, max_per_scan=4,
-                                    double_tip_share=args.double_tip_share, workers=args.workers)
+                                    double_tip_share=args.double_tip_share, workers=args.workers,
+                                    randomise=args.randomise)
         obj = np.empty(len(data.centres), dtype=object)
         obj[:] = data.centres
         vobj = np.empty(len(val.centres), dtype=object)
