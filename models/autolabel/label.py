@@ -35,6 +35,7 @@ from ..double_tip import DoubleTip, resolve_double_tip
 from ..preprocess import Prepared, PreprocessSettings, prepare
 from ..segment import label_components
 from ..surfaces import Surface, get_surface
+from . import DEFAULT_K
 from .features import Features, FilterBank
 from .kmeans import kmeans
 
@@ -45,12 +46,13 @@ log = logging.getLogger(__name__)
 class Rule:
     """The automatic choice of defect clusters and components (see the module docstring)."""
 
-    max_share: float = 0.02  # of the valid pixels, all defect clusters together
+    max_share: float = 0.015  # of the valid pixels, all defect clusters together
     min_distance: float = 1.5
     min_area_nm2: float = 0.05
     max_area_nm2: float = 3.0
     max_elongation: float = 3.0
-    min_defect_share: float = 0.0  # of a cluster's pixels in defect-sized components
+    min_defect_share: float = 0.5  # of a cluster's pixels in defect-sized components
+    skip_over_budget: bool = True  # a cluster that would break max_share is passed over (False: stop there)
 
 
 @dataclasses.dataclass
@@ -113,7 +115,11 @@ def choose_defect_clusters(clusters: np.ndarray, centres: np.ndarray, rule: Rule
     distance = np.linalg.norm(centres - centres[lattice], axis=1)
     chosen, total = [], 0.0
     for j in np.argsort(-distance):
-        if j == lattice or distance[j] < rule.min_distance or total + share[j] > rule.max_share:
+        if j == lattice or distance[j] < rule.min_distance:
+            break
+        if total + share[j] > rule.max_share:
+            if rule.skip_over_budget:
+                continue
             break
         if share[j] == 0:
             continue
@@ -168,7 +174,7 @@ def to_scan_mask(model_mask: np.ndarray, prepared: Prepared, shape: tuple[int, i
     return model_mask[np.ix_(r, c)].astype(np.uint8)
 
 
-def autolabel(scan: Scan, surface: Surface | str, *, features: Features | None = None, k: int = 8,
+def autolabel(scan: Scan, surface: Surface | str, *, features: Features | None = None, k: int = DEFAULT_K,
               scales: Sequence[int] = (1, 4), defect_clusters: Sequence[int] | None = None, rule: Rule | None = None,
               remove_ghosts: bool = True, preprocess: PreprocessSettings | None = None, seed: int = 0) -> AutoLabel:
     """Auto-label ``scan``: see the module docstring. ``defect_clusters`` (of the finest scale)
