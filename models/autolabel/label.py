@@ -12,8 +12,10 @@ the finest scale; the coarser ones are shown in the preview and kept in :class:`
 
 Which clusters are defects (:func:`choose_defect_clusters`, unless the user names them): the
 lattice is the most common cluster; the clusters farthest from it (robust-standardised feature
-units, at least ``min_distance``) are taken, farthest first, as long as together they are rare
-(at most ``max_share`` of the valid pixels). The union of the defect clusters is then split into
+units, at least ``min_distance``) are visited farthest first and taken when at least
+``min_defect_share`` of their pixels lie in components of defect size and shape and when they
+still fit the budget (together at most ``max_share`` of the valid pixels: defects are rare); one
+that would break the budget is passed over (``skip_over_budget``), not the end. The union of the defect clusters is then split into
 8-connected components and only those of defect size and shape are kept
 (``min_area_nm2``–``max_area_nm2``, elongation below ``max_elongation``).
 Ghost copies made by a double tip are dropped (or moved onto the real feature) as in the UNet
@@ -104,10 +106,10 @@ def defect_sized(mask: np.ndarray, rule: Rule, nm_per_px: float) -> tuple[np.nda
 
 def choose_defect_clusters(clusters: np.ndarray, centres: np.ndarray, rule: Rule, nm_per_px: float) -> tuple[int, ...]:
     """The automatic rule (module docstring) on one cluster map ``(H, W)`` (−1: no data): the
-    clusters farthest from the lattice's (the most common cluster) are taken, farthest first,
-    while together they cover at most ``max_share`` of the valid pixels, each at least
-    ``min_distance`` from the lattice and with at least ``min_defect_share`` of its pixels in
-    components of defect size and shape."""
+    clusters at least ``min_distance`` from the lattice's (the most common cluster) are visited
+    farthest first; each with at least ``min_defect_share`` of its pixels in components of defect
+    size and shape is taken if the chosen ones together still cover at most ``max_share`` of the
+    valid pixels (else passed over, or the visit ends when ``skip_over_budget`` is False)."""
     k = len(centres)
     counts = np.bincount(clusters[clusters >= 0], minlength=k).astype(float)
     lattice = int(np.argmax(counts))
