@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed of train unet (default 0)")
     args = parser.parse_args(argv)
 
     import torch
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         stmwatch(["train", "unet", "--labels", str(labels), "--out", str(run), "--epochs", str(args.epochs),
                   "--steps", str(args.steps), "--batch", str(args.batch), "--width", str(args.width),
                   "--patch", str(args.patch), "--threads", str(args.threads), "--device", args.device,
-                  "--workers", str(args.workers)])
+                  "--workers", str(args.workers), "--seed", str(args.seed)])
         print(f"{surface}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
         auto = evaluate_autolabel([surface], args.held_out)[surface]
         unet = evaluate_surfaces([surface], args.held_out, weights=str(run / "best.pt"))[surface]

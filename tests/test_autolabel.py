@@ -174,3 +174,42 @@ def test_unet_encoder_features_follow_the_input_grid():
     out = encoder(image, np.ones((50, 70), bool))
     width = encoder.model.config.width
     assert out.shape == (width * (1 + 2 + 4), 50, 70) and np.isfinite(out).all()
+
+
+def _planted_cluster_map() -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """A hand-made 200² cluster map: 0 the lattice (most pixels), 1 a big far patch (a
+    contamination bump: 4 % of the pixels, farthest from the lattice), 2 ten 3×3 dots (defects:
+    0.2 % of the pixels), 3 a long thin line (a scar, 0.5 %); and the centres of the four, in
+    feature units: 1 farthest, then 2, then 3."""
+    labels = np.zeros((200, 200), np.int64)
+    labels[10:50, 10:50] = 1  # 1600 px = 4 %
+    dots = [(80 + 10 * (i // 5) * 3, 20 + 30 * (i % 5)) for i in range(10)]
+    for r, c in dots:
+        labels[r - 1:r + 2, c - 1:c + 2] = 2
+    labels[150, :] = 3  # 200 px = 0.5 %
+    centres = np.array([[0.0, 0.0], [30.0, 0.0], [0.0, 12.0], [5.0, 5.0]])
+    return labels, centres, dots
+
+
+def test_rule_passes_over_a_cluster_too_big_for_the_budget():
+    from stmwatch.models.autolabel.label import Rule, choose_defect_clusters
+
+    labels, centres, _ = _planted_cluster_map()
+    # the farthest cluster (the bump) is over the 2 % budget: passed over, the dots are taken
+    assert 2 in choose_defect_clusters(labels, centres, Rule(), 0.1)
+    assert 1 not in choose_defect_clusters(labels, centres, Rule(), 0.1)
+    # the former rule stopped at the first cluster over the budget and found nothing
+    assert choose_defect_clusters(labels, centres, Rule(skip_over_budget=False), 0.1) == ()
+    # with a shape requirement the scar (one long line, no defect-sized component) is left out
+    chosen = choose_defect_clusters(labels, centres, Rule(min_defect_share=0.5), 0.1)
+    assert chosen == (2,)
+
+
+def test_mask_keeps_defect_sized_components_at_their_places():
+    from stmwatch.models.autolabel.label import Rule, defect_sized
+
+    labels, _, dots = _planted_cluster_map()
+    components, keep = defect_sized(np.isin(labels, (1, 2, 3)), Rule(), 0.1)
+    kept = mask_centroids(keep[components])
+    # the dots (0.09 nm²) stay, the 16 nm² bump and the 20 nm long line do not
+    assert sorted(map(tuple, np.round(kept).astype(int))) == sorted(dots)

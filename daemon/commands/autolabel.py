@@ -14,6 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
+from stmwatch.models.autolabel import DEFAULT_K
+
 log = logging.getLogger(__name__)
 
 HELP = "defect masks from unlabelled scans: per-pixel features, k-means at several resolutions"
@@ -30,7 +32,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help=".sxm files or folders of them")
     parser.add_argument("--surface", required=True, help="surface the scans show: si001h | ge001 | tio2110")
     parser.add_argument("--out", required=True, metavar="DIR", help="where the masks go (DIR/<stem>.mask.npy)")
-    parser.add_argument("--k", type=int, default=8, help="clusters at each resolution (default 8)")
+    parser.add_argument("--k", type=int, default=DEFAULT_K, help="clusters at each resolution (default %(default)s)")
     parser.add_argument("--scales", default="1,4", help="resolutions as shrink factors of the model scale "
                         "(0.1 nm/px), comma-separated; the finest gives the defects (default 1,4)")
     parser.add_argument("--defect-clusters", metavar="LIST", help="cluster numbers that are defects, e.g. 2,5 "

@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from stmwatch.models.autolabel import DEFAULT_K
+
 HELP = "time of auto-labelling a scan (features + k-means + rule), vs the UNet on the same scan"
 
 
@@ -21,7 +23,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--features", default="filters", help="filters | unet | unet:PATH | TorchScript file")
-    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--k", type=int, default=DEFAULT_K, help="clusters (default %(default)s)")
     parser.add_argument("--scales", default="1,4")
     parser.add_argument("--json", action="store_true")
 

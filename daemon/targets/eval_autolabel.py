@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from stmwatch.models.autolabel import DEFAULT_K
 from stmwatch.models.autolabel.evaluate import evaluate_autolabel
 from stmwatch.models.eval_segment import HELD_OUT_SEED, MATCH_RADIUS_NM
 
@@ -16,7 +17,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--surfaces", nargs="+", default=["si001h", "ge001", "tio2110"], help="surfaces to score")
     parser.add_argument("--scans", type=int, default=30, help="held-out scans per surface (default 30)")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="first held-out seed")
-    parser.add_argument("--k", type=int, default=8, help="clusters (default 8)")
+    parser.add_argument("--k", type=int, default=DEFAULT_K, help="clusters (default %(default)s)")
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4], help="resolutions (default 1 4)")
     parser.add_argument("--features", default="filters", help="filters | unet | unet:PATH | TorchScript file")
     parser.add_argument("--artefacts", default="all", help='simulated artefacts (default "all")')

@@ -4,3 +4,5 @@
 :mod:`.kmeans`, :mod:`.label` (clusters at several resolutions → defect mask), :mod:`.preview`,
 :mod:`.command` (``stmwatch autolabel``), :mod:`.evaluate` (F1 against simulator truth).
 """
+
+DEFAULT_K = 16  # clusters at each resolution (chosen with label.Rule's defaults on tuning seeds 8 700 000+)

@@ -35,12 +35,13 @@ def mask_points_m(scan, mask: np.ndarray) -> np.ndarray:
     return np.stack([xs, ys], axis=1)
 
 
-def evaluate_autolabel(surfaces: list[str], n_scans: int, *, seed: int = HELD_OUT_SEED, k: int = 8,
+def evaluate_autolabel(surfaces: list[str], n_scans: int, *, seed: int = HELD_OUT_SEED, k: int | None = None,
                        scales=(1, 4), features: str = "filters", artefacts: str = "all",
                        radius_nm: float = MATCH_RADIUS_NM) -> dict[str, dict]:
     """Precision, recall and F1 of the automatic auto-labels per surface on ``n_scans`` held-out
     scans (``held_out_scan(surface, i, seed)``, i = 0..n-1)."""
     from .features import make_features
+    from . import DEFAULT_K
     from .label import autolabel
 
     extractor = make_features(features)
@@ -49,7 +50,7 @@ def evaluate_autolabel(surfaces: list[str], n_scans: int, *, seed: int = HELD_OU
         score, t0 = DetectionScore(), time.perf_counter()
         for i in range(n_scans):
             scan, truth = held_out_scan(key, i, seed, artefacts=artefacts)
-            result = autolabel(scan, key, features=extractor, k=k, scales=scales)
+            result = autolabel(scan, key, features=extractor, k=k or DEFAULT_K, scales=scales)
             score.add(mask_points_m(scan, result.mask), truth_points_m(scan, truth), radius_nm * 1e-9)
         results[key] = score_record(score, n_scans, t0)
         log.info("%s: %s", key, results[key])

@@ -12,8 +12,10 @@ the finest scale; the coarser ones are shown in the preview and kept in :class:`
 
 Which clusters are defects (:func:`choose_defect_clusters`, unless the user names them): the
 lattice is the most common cluster; the clusters farthest from it (robust-standardised feature
-units, at least ``min_distance``) are taken, farthest first, as long as together they are rare
-(at most ``max_share`` of the valid pixels). The union of the defect clusters is then split into
+units, at least ``min_distance``) are visited farthest first and taken when at least
+``min_defect_share`` of their pixels lie in components of defect size and shape and when they
+still fit the budget (together at most ``max_share`` of the valid pixels: defects are rare); one
+that would break the budget is passed over (``skip_over_budget``), not the end. The union of the defect clusters is then split into
 8-connected components and only those of defect size and shape are kept
 (``min_area_nm2``–``max_area_nm2``, elongation below ``max_elongation``).
 Ghost copies made by a double tip are dropped (or moved onto the real feature) as in the UNet
@@ -35,6 +37,7 @@ from ..double_tip import DoubleTip, resolve_double_tip
 from ..preprocess import Prepared, PreprocessSettings, prepare
 from ..segment import label_components
 from ..surfaces import Surface, get_surface
+from . import DEFAULT_K
 from .features import Features, FilterBank
 from .kmeans import kmeans
 
@@ -45,12 +48,13 @@ log = logging.getLogger(__name__)
 class Rule:
     """The automatic choice of defect clusters and components (see the module docstring)."""
 
-    max_share: float = 0.02  # of the valid pixels, all defect clusters together
+    max_share: float = 0.015  # of the valid pixels, all defect clusters together
     min_distance: float = 1.5
     min_area_nm2: float = 0.05
     max_area_nm2: float = 3.0
     max_elongation: float = 3.0
-    min_defect_share: float = 0.0  # of a cluster's pixels in defect-sized components
+    min_defect_share: float = 0.5  # of a cluster's pixels in defect-sized components
+    skip_over_budget: bool = True  # a cluster that would break max_share is passed over (False: stop there)
 
 
 @dataclasses.dataclass
@@ -102,10 +106,10 @@ def defect_sized(mask: np.ndarray, rule: Rule, nm_per_px: float) -> tuple[np.nda
 
 def choose_defect_clusters(clusters: np.ndarray, centres: np.ndarray, rule: Rule, nm_per_px: float) -> tuple[int, ...]:
     """The automatic rule (module docstring) on one cluster map ``(H, W)`` (−1: no data): the
-    clusters farthest from the lattice's (the most common cluster) are taken, farthest first,
-    while together they cover at most ``max_share`` of the valid pixels, each at least
-    ``min_distance`` from the lattice and with at least ``min_defect_share`` of its pixels in
-    components of defect size and shape."""
+    clusters at least ``min_distance`` from the lattice's (the most common cluster) are visited
+    farthest first; each with at least ``min_defect_share`` of its pixels in components of defect
+    size and shape is taken if the chosen ones together still cover at most ``max_share`` of the
+    valid pixels (else passed over, or the visit ends when ``skip_over_budget`` is False)."""
     k = len(centres)
     counts = np.bincount(clusters[clusters >= 0], minlength=k).astype(float)
     lattice = int(np.argmax(counts))
@@ -113,7 +117,11 @@ def choose_defect_clusters(clusters: np.ndarray, centres: np.ndarray, rule: Rule
     distance = np.linalg.norm(centres - centres[lattice], axis=1)
     chosen, total = [], 0.0
     for j in np.argsort(-distance):
-        if j == lattice or distance[j] < rule.min_distance or total + share[j] > rule.max_share:
+        if j == lattice or distance[j] < rule.min_distance:
+            break
+        if total + share[j] > rule.max_share:
+            if rule.skip_over_budget:
+                continue
             break
         if share[j] == 0:
             continue
@@ -168,7 +176,7 @@ def to_scan_mask(model_mask: np.ndarray, prepared: Prepared, shape: tuple[int, i
     return model_mask[np.ix_(r, c)].astype(np.uint8)
 
 
-def autolabel(scan: Scan, surface: Surface | str, *, features: Features | None = None, k: int = 8,
+def autolabel(scan: Scan, surface: Surface | str, *, features: Features | None = None, k: int = DEFAULT_K,
               scales: Sequence[int] = (1, 4), defect_clusters: Sequence[int] | None = None, rule: Rule | None = None,
               remove_ghosts: bool = True, preprocess: PreprocessSettings | None = None, seed: int = 0) -> AutoLabel:
     """Auto-label ``scan``: see the module docstring. ``defect_clusters`` (of the finest scale)
