@@ -129,7 +129,8 @@ def live_analyser(config):
     """The analyser live segmentation runs: a second one beside the pipeline's (segmenters keep
     per-call state, TensorRT contexts are per thread). With ``[models] backend = "auto"`` on a
     machine without a CUDA GPU, the UNet runs on ONNX Runtime int8 (``onnxruntime-int8``: the
-    fastest CPU backend, held-out F1 within 0.002 of fp32; quantized once, about 30 s, at the first
+    fastest CPU backend; held-out F1 within 0.002 of fp32 except where a double tip's near-tie
+    copy choice flips, see models/weights/MODEL_CARD.md; quantized once, about 30 s, at the first
     start, then cached): its export takes any height and width, so a band is one untiled input.
     Falls back to fp32 ONNX Runtime, then torch, where those cannot run. A named backend is used
     as named."""
