@@ -95,14 +95,20 @@ class UNetConfidentLabels:
 
     def labels(self, path: Path, prepared: Prepared) -> PseudoLabels:
         prob = self.segmenter.probability(prepared)
-        threshold = self.segmenter.threshold
-        components, label_image = find_components(prob, threshold, self.min_area, prepared.valid)
-        keep = [k for k, c in enumerate(components) if c.score >= self.confident]
+        return self.confident_components(prob, prob > self.unsure_low, prepared.valid)
+
+    def confident_components(self, prob: np.ndarray, maybe: np.ndarray, valid: np.ndarray,
+                             accept: Callable[[np.ndarray], bool] = lambda inside: True) -> PseudoLabels:
+        """The components of ``prob`` above the segmenter's threshold whose mean probability is at
+        least ``confident`` (and which ``accept``, given the component's pixel mask) are defects;
+        the pixels of ``maybe`` outside them, and those not ``valid``, are left out of the loss."""
+        components, label_image = find_components(prob, self.segmenter.threshold, self.min_area, valid)
+        ids = np.unique(label_image[label_image > 0])  # the components' label ids, in their order
+        keep = [k for k, (c, lab) in enumerate(zip(components, ids))
+                if c.score >= self.confident and accept(label_image == lab)]
         centres = np.array([(components[k].row, components[k].col) for k in keep], dtype=float).reshape(-1, 2)
-        ids = np.unique(label_image[label_image > 0])  # label ids of kept components, in order
-        confident_ids = ids[keep] if len(ids) == len(components) else ids
-        unsure = (prob > self.unsure_low) & ~np.isin(label_image, confident_ids)
-        return PseudoLabels(centres, unsure | ~prepared.valid)
+        unsure = maybe & ~np.isin(label_image, ids[keep])
+        return PseudoLabels(centres, unsure | ~valid)
 
 
 class UNetFlipAgreementLabels(UNetConfidentLabels):
@@ -126,18 +132,12 @@ class UNetFlipAgreementLabels(UNetConfidentLabels):
         passes = np.stack(flip_predictions(prepared.image, seg.backend, 4, seg.tile_px, seg.tile_overlap_px,
                                            seg.batch_size))
         passes = np.where(prepared.valid, passes, 0.0)
-        prob = passes.mean(0)
-        components, label_image = find_components(prob, seg.threshold, self.min_area, prepared.valid)
-        ids = np.unique(label_image[label_image > 0])
-        centres, confident_ids = [], []
-        for k, (comp, lab) in enumerate(zip(components, ids)):
-            inside = label_image == lab
-            seen = int((passes[:, inside].max(axis=1) >= seg.threshold).sum())
-            if comp.score >= self.confident and seen >= self.agree:
-                centres.append((comp.row, comp.col))
-                confident_ids.append(lab)
-        unsure = (passes.max(0) >= self.unsure_low) & ~np.isin(label_image, confident_ids)
-        return PseudoLabels(np.array(centres, dtype=float).reshape(-1, 2), unsure | ~prepared.valid)
+
+        def seen_by_enough(inside: np.ndarray) -> bool:
+            return int((passes[:, inside].max(axis=1) >= seg.threshold).sum()) >= self.agree
+
+        return self.confident_components(passes.mean(0), passes.max(0) >= self.unsure_low, prepared.valid,
+                                         seen_by_enough)
 
 
 def with_model(segmenter, model):
