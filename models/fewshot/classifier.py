@@ -193,12 +193,11 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
         gate = (gate_net, float(meta.get("gate_distance", gate_meta.get("unknown_distance", float("inf")))))
     log.info("classifier %s (%s): %d support classes for %s, unknown above %.3g", weights.name, runner,
              len(support.crops), surface, threshold)
+    classifier = PrototypicalClassifier(net, support, threshold, version=file_version(weights),
+                                        crop_norm=config.crop_norm, gate=gate)
     pool = weights.parent / meta["pool"] if meta.get("pool") else None
     if pool is not None and pool.is_file():  # an adapted classifier (stmwatch adapt): refine on the lab's crops
         from .transductive import TransductiveClassifier
 
-        base = PrototypicalClassifier(net, support, threshold, version=file_version(weights), crop_norm=config.crop_norm,
-                                      gate=gate)
-        return TransductiveClassifier(base, np.load(pool), steps=int(meta.get("refine_steps", 3)))
-    return PrototypicalClassifier(net, support, threshold, version=file_version(weights), crop_norm=config.crop_norm,
-                                  gate=gate)
+        return TransductiveClassifier(classifier, np.load(pool), steps=int(meta.get("refine_steps", 3)))
+    return classifier

@@ -43,10 +43,7 @@ def normalise_crop(crop: np.ndarray) -> np.ndarray:
     """One crop ``(C, h, w)`` (all channels together) to median 0 and robust spread 1, as the
     simulator's training crops are (:func:`stmwatch.models.sim.simulate.normalise`); a crop cut
     from a whole prepared scan carries the *scan's* scale instead. Idempotent."""
-    x = np.nan_to_num(np.asarray(crop, dtype=np.float32))
-    x = x - np.median(x)
-    spread = robust_sigma(x)
-    return (x / spread if spread > 1e-12 else x).astype(np.float32)
+    return robust_normalise(np.nan_to_num(np.asarray(crop, dtype=np.float32)))
 
 
 def normalise_crops(crops: np.ndarray) -> np.ndarray:
