@@ -262,14 +262,19 @@ def line_offsets(level: float, rows: int, rng: np.random.Generator) -> np.ndarra
     return level * (walk + jumps + white)
 
 
-def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` samples of 1/f noise (power spectrum ~ 1/f), zero mean, unit standard deviation."""
+def power_law_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """``n`` samples of 1/f^``exponent`` noise, zero mean, unit standard deviation."""
     spectrum = np.fft.rfft(rng.normal(size=n))
     f = np.fft.rfftfreq(n)
     f[0] = f[1]
-    noise = np.fft.irfft(spectrum / np.sqrt(f), n)
+    noise = np.fft.irfft(spectrum / f ** (exponent / 2), n)  # numpy computes f ** 0.5 as np.sqrt(f)
     noise -= noise.mean()
     return noise / (noise.std() + 1e-12)
+
+
+def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` samples of 1/f noise (power spectrum ~ 1/f), zero mean, unit standard deviation."""
+    return power_law_noise(n, 1.0, rng)
 
 
 def add_scars(frames: list[np.ndarray], count: int, amplitude: float, rng: np.random.Generator) -> None:

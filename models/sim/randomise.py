@@ -43,7 +43,7 @@ from stmwatch.drivers.scan import Scan
 
 from ..surfaces import get_surface
 from . import artefacts as art
-from .artefacts import AcquisitionOrder, Artefacts
+from .artefacts import AcquisitionOrder, Artefacts, power_law_noise
 from .simulate import draw_geometry, simulate_scan
 from .truth import Truth
 
@@ -322,16 +322,6 @@ def feedback_lag(frame: np.ndarray, lag_px: float, forward: bool) -> np.ndarray:
     start = x[:, :1]
     y = signal.lfilter([alpha], [1.0, alpha - 1.0], x - start, axis=1) + start
     return y if forward else y[:, ::-1]
-
-
-def power_law_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
-    """``n`` samples of 1/f^``exponent`` noise, zero mean, unit standard deviation."""
-    spectrum = np.fft.rfft(rng.normal(size=n))
-    f = np.fft.rfftfreq(n)
-    f[0] = f[1]
-    noise = np.fft.irfft(spectrum / f ** (exponent / 2), n)
-    noise -= noise.mean()
-    return noise / (noise.std() + 1e-12)
 
 
 def telegraph_noise(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
