@@ -205,7 +205,11 @@ class CopyOffset:
     ``copy_ratio`` stands above the other displacements', in median absolute deviations;
     ``agreement`` the share of the detections with a visible copy that say the same about the side
     of the ghost from the copies' brightness (0.5: no side can be told, as with two apexes at one
-    height); ``used`` the number of detections (protrusions) measured."""
+    height); ``used`` the number of detections (protrusions) measured; ``one_side`` the share of
+    the detections with a visible copy that have it on the side of the offset, or on the other side,
+    whichever is larger (near 1 when the network marked mostly one copy of each feature);
+    ``side_from`` what told the side: ``"marks"`` (the network marked mostly one copy),
+    ``"brightness"`` (the brightness vote) or ``"none"`` (neither: the side of the larger median)."""
 
     offset_px: tuple[float, float]
     copy_ratio: float
@@ -213,6 +217,8 @@ class CopyOffset:
     significance: float
     agreement: float
     used: int
+    one_side: float = 1.0
+    side_from: str = "marks"
 
 
 def _radial_median(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
@@ -346,7 +352,9 @@ def _offset_at(peak: tuple[int, int], ratio: np.ndarray, copies: np.ndarray, rea
     votes, plus = int(told.sum()), int(np.where(a > b, copy < 1, copy > 1)[told].sum())
     agreement = max(plus, votes - plus) / votes if votes else 0.5
     sign, copy_ratio = 1.0, float(ratio[r, c])
-    if max(ahead, 1 - ahead) < one_sided and agreement >= min_agreement:
+    one_side = max(ahead, 1 - ahead)
+    side_from = "marks" if one_side >= one_sided else "brightness" if agreement >= min_agreement else "none"
+    if side_from == "brightness":
         # Both copies marked alike: the fainter is the ghost. Each detection's copy lies on its own
         # side, so the ratios are taken per detection: the copy over the brighter of the pair, and
         # what lies on the other side.
@@ -356,7 +364,8 @@ def _offset_at(peak: tuple[int, int], ratio: np.ndarray, copies: np.ndarray, rea
         reverse = float(np.median(np.fmin(a, b)[told] / brighter))
     offset = (sign * (fine[0] - reach), sign * (fine[1] - reach))
     centre, spread = background
-    return CopyOffset(offset, copy_ratio, float(reverse), float((ratio[r, c] - centre) / spread), agreement, used)
+    return CopyOffset(offset, copy_ratio, float(reverse), float((ratio[r, c] - centre) / spread), agreement, used,
+                      one_side, side_from)
 
 
 def copy_contrast(band: np.ndarray, points: np.ndarray, offset_px, *, nm_per_px: float = 0.1,
@@ -384,6 +393,28 @@ def copy_contrast(band: np.ndarray, points: np.ndarray, offset_px, *, nm_per_px:
         return np.where(np.isnan(other).mean(axis=(1, 2)) > 0.3, np.nan, coefficient)
 
     return copy_of_own(points - offset) - copy_of_own(points + offset)
+
+
+def ghosts_at(band: np.ndarray, points: np.ndarray, offset_px, *, nm_per_px: float = 0.1,
+              ghost_contrast: float = 0.8, same_nm: float = 0.35
+              ) -> tuple[tuple[int, ...], tuple[tuple[int, float, float], ...]]:
+    """The detections at ``points`` ``(n, 2)`` that are ghosts of a double tip whose copies lie at
+    ``offset_px`` from their real feature, as :func:`resolve_double_tip` tells them (``band``: the
+    :func:`feature_band`): ``(dropped, moved)``, the indices of the ghosts whose real copy was
+    detected too, and ``(index, row, col)`` of those detected alone with their real place."""
+    points = np.asarray(points, dtype=float).reshape(-1, 2)
+    offset = np.asarray(offset_px, dtype=float)
+    contrast = copy_contrast(band, points, offset, nm_per_px=nm_per_px)
+    real_places, n = points - offset, len(points)
+    near_real = np.zeros(n, dtype=bool)  # another detection lies at this one's real place
+    i, j = close_pairs(np.concatenate([points, real_places]), same_nm / nm_per_px)  # i < j
+    near_real[j[(i < n) & (j >= n) & (i != j - n)] - n] = True
+    protrusion = np.nan_to_num(_sample(band, points)) > 0  # depressions leave no visible copy
+    ghost = protrusion & (np.nan_to_num(contrast, nan=-np.inf) > np.where(near_real, 0.0, ghost_contrast))
+    dropped = tuple(int(k) for k in np.flatnonzero(ghost & near_real))
+    moved = tuple((int(k), float(real_places[k, 0]), float(real_places[k, 1]))
+                  for k in np.flatnonzero(ghost & ~near_real))
+    return dropped, moved
 
 
 def resolve_double_tip(points: np.ndarray, mass: np.ndarray, image: np.ndarray, valid: np.ndarray, *,
@@ -420,16 +451,21 @@ def resolve_double_tip(points: np.ndarray, mass: np.ndarray, image: np.ndarray, 
             or not found.reverse_ratio < max_reverse * found.copy_ratio):
         return find_double_tip(points, mass, nm_per_px=nm_per_px, **pair_options)
     offset = np.array(found.offset_px)
-    contrast = copy_contrast(band, points, offset, nm_per_px=nm_per_px)
-    real_places, n = points - offset, len(points)
-    near_real = np.zeros(n, dtype=bool)  # another detection lies at this one's real place
-    i, j = close_pairs(np.concatenate([points, real_places]), same_nm / nm_per_px)  # i < j
-    near_real[j[(i < n) & (j >= n) & (i != j - n)] - n] = True
-    protrusion = np.nan_to_num(_sample(band, points)) > 0  # depressions leave no visible copy
-    ghost = protrusion & (np.nan_to_num(contrast, nan=-np.inf) > np.where(near_real, 0.0, ghost_contrast))
-    dropped = tuple(int(k) for k in np.flatnonzero(ghost & near_real))
-    moved = tuple((int(k), float(real_places[k, 0]), float(real_places[k, 1]))
-                  for k in np.flatnonzero(ghost & ~near_real))
+    if found.side_from == "none":
+        # The image shows the offset but not which copy is the ghost (the network marked both alike
+        # and their brightness does not tell): the side of the larger median is a near tie that the
+        # smallest change in the detections flips, and moving every defect by the offset on a coin
+        # flip costs them all. The detections' pairs decide instead; with no pairs, nothing is put
+        # right and the operator is told of the tip.
+        log.debug("double tip from the image: offset %s px but no side (%.0f %% of the copies on one side, "
+                  "%.0f %% agreement): the pairs decide", np.round(offset, 2), 100 * found.one_side,
+                  100 * found.agreement)
+        from_pairs = find_double_tip(points, mass, nm_per_px=nm_per_px, **pair_options)
+        if from_pairs is not None or found.copy_ratio < report_ratio:
+            return from_pairs
+        return DoubleTip((float(offset[0]), float(offset[1])), 0, (), (), "image", side_known=False)
+    dropped, moved = ghosts_at(band, points, offset, nm_per_px=nm_per_px, ghost_contrast=ghost_contrast,
+                               same_nm=same_nm)
     log.debug("double tip from the image: offset %s px, copy ratio %.2f, %.0f deviations, side agreed by %.0f %% "
               "of %d protrusions", np.round(offset, 2), found.copy_ratio, found.significance, 100 * found.agreement,
               found.used)

@@ -264,3 +264,43 @@ def test_the_operator_hears_of_a_double_tip_with_its_offset():
         assert np.hypot(right + dx, down - dy) < 0.15, (seed, (right, down), (dx, dy))
         single, _ = simulate_scan("si001h", seed, artefacts=Artefacts.parse("none"), **options)
         assert analyser.analyse(single).warnings == []
+
+
+def test_copies_as_bright_as_their_features_leave_the_side_to_the_pairs():
+    """Two apexes at almost one height (0.003 nm apart): the image shows the offset but cannot tell
+    which copy is the ghost, and the network marked both copies of 22 features, the real one alone
+    of 8 (too few to say that it knew). The side is then not taken from
+    the image (a coin flip there, which the smallest change in the detections turns over); the
+    pairs decide by their mass (here the real copies' is larger), and no detection is moved."""
+    from stmwatch.models.double_tip import find_copy_offset
+
+    for seed in (20, 21, 22):
+        rng = np.random.default_rng(seed)
+        real = spread_points(30, 260, 30, rng) + 20
+        offset = np.array([7.0, -5.0])
+        image = double_tip_image(real, offset, rng, drop=0.003)
+        points = np.concatenate([real, real[:22] + offset])
+        side = find_copy_offset(feature_band(image, np.ones(image.shape, bool)), points)
+        assert side is not None and side.side_from == "none", side
+        mass = np.concatenate([rng.uniform(20, 30, 30), rng.uniform(12, 22, 22)])
+        found = resolve_double_tip(points, mass, image, np.ones(image.shape, bool))
+        assert found is not None and found.method == "pairs" and found.moved == ()
+        assert found.ghosts == tuple(range(30, 52))
+        assert np.hypot(*(np.array(found.offset_px) - offset)) < 1.0
+
+
+def test_copies_as_bright_as_their_features_marked_once_each_are_reported_not_moved():
+    """Two apexes at one height, and the network marked one copy of each feature, the real one of
+    16 and the ghost of 14: no side can be told and there are no pairs, so
+    nothing is moved (moving them all by the offset on a guess would put half of them off), and
+    the operator hears of the double tip, either way round."""
+    for seed in (23, 24):
+        rng = np.random.default_rng(seed)
+        real = spread_points(30, 260, 30, rng) + 20
+        offset = np.array([7.0, -5.0])
+        image = double_tip_image(real, offset, rng, drop=0.0)
+        points = np.concatenate([real[:16], real[16:] + offset])
+        found = resolve_double_tip(points, np.ones(30), image, np.ones(image.shape, bool))
+        assert found is not None and found.moved == () and found.ghosts == () and not found.side_known
+        assert min(np.hypot(*(np.array(found.offset_px) - offset)), np.hypot(*(np.array(found.offset_px) + offset))) < 1.2
+        assert "or the opposite way" in found.describe(0.1)
