@@ -144,7 +144,8 @@ def _densest(v: np.ndarray, tol: float, reach: float) -> tuple[np.ndarray, float
 
 def find_double_tip(points: np.ndarray, mass: np.ndarray, *, nm_per_px: float = 0.1,
                     min_nm: float = 0.5, max_nm: float = 2.5, tolerance_nm: float = 0.15,
-                    min_pairs: int = 3, min_share: float = 0.1, dominance: float = 2.0) -> DoubleTip | None:
+                    min_pairs: int = 3, min_share: float = 0.1, dominance: float = 2.0,
+                    each_pair: bool = False) -> DoubleTip | None:
     """The double tip of one scan, or ``None``.
 
     ``points`` ``(n, 2)`` are the detections' ``(row, col)`` in model pixels of ``nm_per_px``;
@@ -152,7 +153,8 @@ def find_double_tip(points: np.ndarray, mass: np.ndarray, *, nm_per_px: float = 
     least ``min_pairs`` and at least ``min_share`` × n pairs of detections, ``min_nm`` to
     ``max_nm`` apart, share one displacement within ``tolerance_nm``, and that displacement holds
     at least ``dominance`` times as many pairs as any other. Each detection is in at most one pair
-    (closest to the shared displacement first).
+    (closest to the shared displacement first). With ``each_pair`` no side is taken for the scan:
+    the fainter copy of each pair is dropped, as on a tied vote (``side_known`` False).
     """
     points = np.asarray(points, dtype=float).reshape(-1, 2)
     mass = np.asarray(mass, dtype=float).reshape(-1)
@@ -192,6 +194,8 @@ def find_double_tip(points: np.ndarray, mass: np.ndarray, *, nm_per_px: float = 
     fainter = [int(np.sign(mass[a] - mass[b])) for a, b in pairs]  # +1: the second copy is fainter
     second_fainter = sum(fainter)
     vote = max(fainter.count(1), fainter.count(-1)) / len(pairs)
+    if each_pair:
+        second_fainter = 0
     if second_fainter > 0:
         ghosts, ghost_offset = tuple(b for _, b in pairs), offset
     elif second_fainter < 0:
@@ -461,18 +465,19 @@ def resolve_double_tip(points: np.ndarray, mass: np.ndarray, image: np.ndarray, 
         return find_double_tip(points, mass, nm_per_px=nm_per_px, **pair_options)
     offset = np.array(found.offset_px)
     if found.side_from == "none":
-        # The image shows the offset but not which copy is the ghost (the network marked both alike
-        # and their brightness does not tell): the side of the larger median is a near tie that the
-        # smallest change in the detections flips, and moving every defect by the offset on a coin
-        # flip costs them all. The detections' pairs decide instead; with no pairs, nothing is put
-        # right and the operator is told of the tip.
-        log.debug("double tip from the image: offset %s px but no side (%.0f %% of the copies on one side, "
-                  "%.0f %% agreement): the pairs decide", np.round(offset, 2), 100 * found.one_side,
-                  100 * found.agreement)
+        # The image shows the offset but not which copy is the ghost: the network marked both alike
+        # and their brightness does not tell (two apexes at about one height). The side of the
+        # larger median is then a weak guess, right more often than not, but one that the smallest
+        # change in the detections can turn over. When the detections' pairs put the fainter copies
+        # on the other side, the two disagree and no side is taken: nothing is moved, and the fainter
+        # copy of each pair is dropped (each defect counted once, where the network put it).
         from_pairs = find_double_tip(points, mass, nm_per_px=nm_per_px, **pair_options)
-        if from_pairs is not None or found.copy_ratio < report_ratio:
-            return from_pairs
-        return DoubleTip((float(offset[0]), float(offset[1])), 0, (), (), "image", side_known=False)
+        if from_pairs is not None and from_pairs.side_known and float(np.dot(from_pairs.offset_px, offset)) < 0:
+            log.debug("double tip from the image: offset %s px with no side (%.0f %% of the copies on one side, "
+                      "%.0f %% agreement), the pairs' vote (%.0f %%) says the other: the fainter copy of each pair "
+                      "is dropped", np.round(offset, 2), 100 * found.one_side, 100 * found.agreement,
+                      100 * from_pairs.vote)
+            return find_double_tip(points, mass, nm_per_px=nm_per_px, **{**pair_options, "each_pair": True})
     dropped, moved = ghosts_at(band, points, offset, nm_per_px=nm_per_px, ghost_contrast=ghost_contrast,
                                same_nm=same_nm)
     log.debug("double tip from the image: offset %s px, copy ratio %.2f, %.0f deviations, side agreed by %.0f %% "

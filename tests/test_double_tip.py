@@ -266,12 +266,14 @@ def test_the_operator_hears_of_a_double_tip_with_its_offset():
         assert analyser.analyse(single).warnings == []
 
 
-def test_copies_as_bright_as_their_features_leave_the_side_to_the_pairs():
+def test_copies_as_bright_as_their_features_with_pairs_that_disagree_are_not_moved():
     """Two apexes at almost one height (0.003 nm apart): the image shows the offset but cannot tell
-    which copy is the ghost, and the network marked both copies of 22 features, the real one alone
-    of 8 (too few to say that it knew). The side is then not taken from
-    the image (a coin flip there, which the smallest change in the detections turns over); the
-    pairs decide by their mass (here the real copies' is larger), and no detection is moved."""
+    which copy is the ghost (the network marked both copies of 22 features and the real one alone
+    of 8, too few to say that it knew; the brightness vote is split). Its guess (the side where
+    most detections have their copy) is the right one here, but the pairs' mass vote says the
+    other: the side is in doubt, so no detection is moved and the fainter copy (by mass) of each
+    pair is dropped, with the side reported as unknown. (The previous code moved or dropped by the
+    image's guess alone: a near tie that int8 rounding turned over in two held-out scans.)"""
     from stmwatch.models.double_tip import find_copy_offset
 
     for seed in (20, 21, 22):
@@ -282,25 +284,26 @@ def test_copies_as_bright_as_their_features_leave_the_side_to_the_pairs():
         points = np.concatenate([real, real[:22] + offset])
         side = find_copy_offset(feature_band(image, np.ones(image.shape, bool)), points)
         assert side is not None and side.side_from == "none", side
-        mass = np.concatenate([rng.uniform(20, 30, 30), rng.uniform(12, 22, 22)])
+        assert np.hypot(*(np.array(side.offset_px) - offset)) < 1.2  # the guess is right here
+        mass = np.concatenate([rng.uniform(12, 22, 30), rng.uniform(20, 30, 22)])  # most ghosts heavier
         found = resolve_double_tip(points, mass, image, np.ones(image.shape, bool))
-        assert found is not None and found.method == "pairs" and found.moved == ()
-        assert found.ghosts == tuple(range(30, 52))
-        assert np.hypot(*(np.array(found.offset_px) - offset)) < 1.0
-
-
-def test_copies_as_bright_as_their_features_marked_once_each_are_reported_not_moved():
-    """Two apexes at one height, and the network marked one copy of each feature, the real one of
-    16 and the ghost of 14: no side can be told and there are no pairs, so
-    nothing is moved (moving them all by the offset on a guess would put half of them off), and
-    the operator hears of the double tip, either way round."""
-    for seed in (23, 24):
-        rng = np.random.default_rng(seed)
-        real = spread_points(30, 260, 30, rng) + 20
-        offset = np.array([7.0, -5.0])
-        image = double_tip_image(real, offset, rng, drop=0.0)
-        points = np.concatenate([real[:16], real[16:] + offset])
-        found = resolve_double_tip(points, np.ones(30), image, np.ones(image.shape, bool))
-        assert found is not None and found.moved == () and found.ghosts == () and not found.side_known
-        assert min(np.hypot(*(np.array(found.offset_px) - offset)), np.hypot(*(np.array(found.offset_px) + offset))) < 1.2
+        assert found is not None and found.moved == () and not found.side_known
+        lighter = tuple(sorted(k if mass[k] < mass[k + 30] else k + 30 for k in range(22)))
+        assert found.ghosts == lighter
         assert "or the opposite way" in found.describe(0.1)
+        # with the masses on the image's side, the image decides as before
+        heavier_real = np.concatenate([np.full(30, 25.0), np.full(22, 15.0)])
+        agreeing = resolve_double_tip(points, heavier_real, image, np.ones(image.shape, bool))
+        assert agreeing is not None and agreeing.method == "image" and agreeing.ghosts == tuple(range(30, 52))
+
+
+def test_each_pair_drops_the_fainter_copy_of_every_pair_whatever_the_vote():
+    rng = np.random.default_rng(3)
+    real = spread_points(20, 300, 30, rng)
+    points = np.concatenate([real, real + (6.0, 8.0)])
+    mass = np.concatenate([np.full(20, 20.0), np.full(20, 10.0)])
+    mass[[0, 1, 2]] = 5.0  # three pairs whose real copy is the fainter
+    voted = find_double_tip(points, mass)
+    assert voted is not None and voted.side_known and voted.ghosts == tuple(range(20, 40)) and voted.vote == 17 / 20
+    each = find_double_tip(points, mass, each_pair=True)
+    assert each is not None and not each.side_known and each.ghosts == (0, 1, 2) + tuple(range(23, 40))
