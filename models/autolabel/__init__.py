@@ -5,4 +5,4 @@
 :mod:`.command` (``stmwatch autolabel``), :mod:`.evaluate` (F1 against simulator truth).
 """
 
-DEFAULT_K = 16  # clusters at each resolution (chosen with label.Rule's defaults on tuning seeds 8 700 000+)
+DEFAULT_K = 32  # clusters at each resolution (chosen with label.Rule's defaults on tuning seeds 8 700 000-8 700 019; 16 before)
