@@ -1,0 +1,177 @@
+"""Crops that know how they were imaged, and cross-look episodes (issue 18, one-click labels).
+
+One click shows a class in *one* look: a scan of one bias polarity, through one tip and contrast.
+The scans it must label have other looks: the other polarity (Si/Ge classes look different in
+filled and empty states; TiO2(110) may be imaged in empty states, with the corrugation inverted)
+and other contrast. A *look* here is a small integer per crop: ``2 * empty + inverted`` (empty:
+the simulator rendered empty states; inverted: the domain randomiser inverted the corrugation).
+
+- :func:`look_crops` cuts the crops of one simulated scan the daemon's way (``prepare`` and
+  ``crops_at`` at each true defect, a small random offset, each crop normalised on its own) with
+  each crop's class and look; the scan is the training style or a domain-randomised one
+  (:func:`stmwatch.models.sim.randomise.randomised_scan`, either bias sign, 20 % inverted).
+- :class:`LookSet` holds such crops of one surface (``save``/``load`` as one ``.npz``).
+- :func:`sample_cross_episode` draws an N-way K-shot episode whose support crops of a class share
+  one look and whose queries have *another* look where the class has one: the embedding learns
+  that a class's looks belong together. Used by :mod:`.training` (``TrainConfig.cross_look``) and
+  to measure (:func:`cross_look_accuracy`).
+
+Only the training style and the randomiser are drawn here (the foreign style is for measuring).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .crops import CropSet, normalise_crop
+from .episodes import Episode
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class LookSet:
+    """Crops of one surface: ``crops`` float32 ``(n, 2, 32, 32)``, ``classes`` ``(n,)`` str,
+    ``looks`` ``(n,)`` int (``2 * empty + inverted``)."""
+
+    surface: str
+    crops: np.ndarray
+    classes: np.ndarray
+    looks: np.ndarray
+
+    def save(self, path: Path | str) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, surface=self.surface, crops=self.crops, classes=self.classes, looks=self.looks)
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> LookSet:
+        with np.load(Path(path)) as z:
+            return cls(str(z["surface"]), z["crops"].astype(np.float32), z["classes"].astype(str),
+                       z["looks"].astype(np.int64))
+
+    def crop_set(self) -> CropSet:
+        """The crops as a plain :class:`CropSet` (looks dropped)."""
+        return CropSet(self.surface, {c: self.crops[self.classes == c] for c in sorted(set(self.classes))})
+
+    def counts(self) -> dict[str, dict[int, int]]:
+        """Crops per class and look."""
+        return {c: {int(k): int(np.sum((self.classes == c) & (self.looks == k))) for k in sorted(set(self.looks))}
+                for c in sorted(set(self.classes))}
+
+
+def look_crops(surface: str, seed: int, randomised: bool, jitter_px: float = 1.0, pixels: int = 192):
+    """``(crops (n, 2, 32, 32), classes (n,), looks (n,))`` of one simulated scan of ``surface``:
+    a domain-randomised scan (``randomised``; its own size, 128-``pixels``·2 px) or a training-style
+    one (``pixels``², random artefacts and bias), cut at each true defect on an acquired line,
+    moved by up to ``jitter_px`` per axis, each crop normalised on its own."""
+    from stmwatch.models.preprocess import prepare
+    from stmwatch.models.segment import crops_at
+    from stmwatch.models.sim.artefacts import Artefacts
+    from stmwatch.models.sim.randomise import randomised_scan
+    from stmwatch.models.sim.simulate import simulate_scan
+    from stmwatch.models.surfaces import get_surface
+
+    rng = np.random.default_rng([seed, 29])
+    surf = get_surface(surface)
+    scan_seed = int(rng.integers(0, 2**31 - 1))
+    if randomised:
+        scan, truth, style = randomised_scan(surface, scan_seed, pixel_range=(128, 2 * pixels))
+        inverted = bool(style.invert)
+    else:
+        scan, truth = simulate_scan(surface, scan_seed, pixels=(pixels, pixels), range_nm=pixels * surf.nm_per_px,
+                                    artefacts=Artefacts.random(rng), style="training")
+        inverted = False
+    empty = bool(truth.bias_v is not None and truth.bias_v > 0 and not surf.filled_only)
+    look = 2 * int(empty) + int(inverted)
+    prepared = prepare(scan, surf)
+    crops, classes = [], []
+    for d in truth.defects:
+        r, c = prepared.from_scan(d.row, d.col)
+        r, c = float(r) + rng.uniform(-jitter_px, jitter_px), float(c) + rng.uniform(-jitter_px, jitter_px)
+        ri, ci = int(round(r)), int(round(c))
+        if not (0 <= ri < prepared.valid.shape[0] and 0 <= ci < prepared.valid.shape[1]) or not prepared.valid[ri, ci]:
+            continue
+        crops.append(normalise_crop(crops_at(prepared.image, [r], [c])[0]))
+        classes.append(d.cls)
+    x = np.stack(crops).astype(np.float32) if crops else np.zeros((0, 2, 32, 32), np.float32)
+    return x, np.array(classes, dtype=str), np.full(len(classes), look, np.int64)
+
+
+def make_look_set(surface: str, scans: int, seed: int, randomised: bool, per_class_look: int | None = None,
+                  progress=None) -> LookSet:
+    """A :class:`LookSet` from ``scans`` scans of ``surface`` (scan ``i`` drawn with seed
+    ``[seed, i]``), at most ``per_class_look`` crops per class and look."""
+    xs, cs, ls = [], [], []
+    kept: dict[tuple[str, int], int] = {}
+    for i in range(scans):
+        scan_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0] & 0x7FFFFFFF)
+        x, c, lk = look_crops(surface, scan_seed, randomised)
+        for j in range(len(c)):
+            key = (str(c[j]), int(lk[j]))
+            if per_class_look is not None and kept.get(key, 0) >= per_class_look:
+                continue
+            kept[key] = kept.get(key, 0) + 1
+            xs.append(x[j])
+            cs.append(c[j])
+            ls.append(lk[j])
+        if progress is not None:
+            progress(surface, i + 1, scans)
+    x = np.stack(xs) if xs else np.zeros((0, 2, 32, 32), np.float32)
+    out = LookSet(surface, x.astype(np.float32), np.array(cs, dtype=str), np.array(ls, dtype=np.int64))
+    log.info("look crops of %s: %s", surface, out.counts())
+    return out
+
+
+def sample_cross_episode(looks: LookSet, way: int, shot: int, query: int, rng: np.random.Generator) -> Episode:
+    """An episode of ``way`` classes (drawn among those with ``shot + query`` crops): for each class
+    the support is ``shot`` crops of one look (drawn among the class's looks with at least ``shot``
+    crops) and the queries ``query`` crops of the *other* looks (of any look if the class has only
+    one). Raises ``ValueError`` when too few classes have enough crops."""
+    names = sorted(set(looks.classes))
+    pool = [c for c in names if np.sum(looks.classes == c) >= shot + query]
+    if len(pool) < way:
+        raise ValueError(f"{looks.surface}: only {len(pool)} classes have {shot + query} crops; a {way}-way episode needs {way}")
+    chosen = [pool[i] for i in rng.choice(len(pool), size=way, replace=False)]
+    sup, qry = [], []
+    for c in chosen:
+        idx = np.flatnonzero(looks.classes == c)
+        lk = looks.looks[idx]
+        options = [k for k in np.unique(lk) if np.sum(lk == k) >= shot and np.sum(lk != k) >= query]
+        if options:
+            k = options[rng.integers(len(options))]
+            s = rng.choice(idx[lk == k], size=shot, replace=False)
+            q = rng.choice(idx[lk != k], size=query, replace=False)
+        else:
+            pick = rng.choice(idx, size=shot + query, replace=False)
+            s, q = pick[:shot], pick[shot:]
+        sup.append(looks.crops[s])
+        qry.append(looks.crops[q])
+    labels = np.arange(way, dtype=np.int64)
+    return Episode(np.concatenate(sup), np.repeat(labels, shot), np.concatenate(qry), np.repeat(labels, query), chosen)
+
+
+def cross_look_accuracy(embed_net, looks: LookSet, episodes: int = 60, way: int = 4, query: int = 15,
+                        seed: int = 0, cross: bool = True) -> float:
+    """Mean query accuracy of ``embed_net`` (a :class:`~.proto.ProtoNet`, crops given as they are)
+    over ``episodes`` ``way``-way 1-shot episodes of ``looks``: cross-look (:func:`sample_cross_episode`)
+    or, with ``cross`` False, any look."""
+    import torch
+
+    from .episodes import sample_episode
+
+    rng = np.random.default_rng(seed)
+    plain = looks.crop_set()
+    way = min(way, len(plain.crops))
+    hits = []
+    with torch.no_grad():
+        for _ in range(episodes):
+            ep = sample_cross_episode(looks, way, 1, query, rng) if cross else sample_episode(plain, way, 1, query, rng)
+            embed_net.fit(torch.from_numpy(ep.support), torch.from_numpy(ep.support_labels))
+            pred = embed_net.distances(torch.from_numpy(ep.query)).argmin(dim=1).numpy()
+            hits.append(np.mean(pred == ep.query_labels))
+    return float(np.mean(hits))
