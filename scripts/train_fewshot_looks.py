@@ -11,7 +11,7 @@ distance re-calibrated, and the figures of the validation sets (other seeds, nev
         [--start models/weights/fewshot_proto_conv4.pt] [--steps 800] [--seed 1]
 
 Crop sets are cached as ``runs/looks/<name>_<surface>.npz`` (``--looks DIR``) and made when absent:
-``ttrain`` (training style, seed 100, 300 scans), ``rtrain`` (randomised, seed 100, 250 scans),
+``ttrain`` (training style, seed 100, 300 scans), ``rtrain`` (randomised, seed 100, 150 scans of 128-192 px),
 ``tval`` (training style, seed 2000, 200 scans), ``rval`` (randomised, seed 5000, 70 scans).
 """
 from __future__ import annotations
@@ -31,15 +31,17 @@ from stmwatch.models.fewshot.looks import LookSet, cross_look_accuracy, make_loo
 from stmwatch.models.fewshot.training import TrainConfig, load, save, train
 
 SURFACES = ("si001h", "ge001", "tio2110")
-SETS = {"ttrain": (100, 300, False), "rtrain": (100, 250, True), "tval": (2000, 200, False), "rval": (5000, 70, True)}
+# name: (seed, scans per surface, randomised, pixels (see looks.look_crops))
+SETS = {"ttrain": (100, 300, False, 192), "rtrain": (100, 150, True, 96), "tval": (2000, 200, False, 192),
+        "rval": (5000, 70, True, 192)}
 
 
 def look_set(folder: Path, name: str, surface: str) -> LookSet:
     path = folder / f"{name}_{surface}.npz"
     if not path.is_file():
-        seed, scans, randomised = SETS[name]
-        make_look_set(surface, scans, seed, randomised).save(path)
-    return LookSet.load(path)
+        seed, scans, randomised, pixels = SETS[name]
+        make_look_set(surface, scans, seed, randomised, pixels=pixels).save(path)
+    return LookSet.load(path).within(25.0)
 
 
 def validate(net, folder: Path, surfaces=SURFACES) -> dict[str, float]:
@@ -68,8 +70,10 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     net, config, meta = load(args.start)
-    if args.validate_only:
-        print(json.dumps(validate(net, args.looks)))
+    if args.validate_only:  # the net as it is, with each test-time augmentation (proto.TTA)
+        for tta in ("none", "flips", "d8"):
+            net.tta = tta
+            print(tta, json.dumps(validate(net, args.looks)), flush=True)
         return 0
     sets = [look_set(args.looks, n, s) for n in ("ttrain", "rtrain") for s in SURFACES]
     cfg = dataclasses.replace(config, episodes=args.steps, lr=args.lr, shot=args.shot, seed=args.seed,

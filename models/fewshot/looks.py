@@ -54,6 +54,13 @@ class LookSet:
             return cls(str(z["surface"]), z["crops"].astype(np.float32), z["classes"].astype(str),
                        z["looks"].astype(np.int64))
 
+    def within(self, limit: float = 25.0) -> LookSet:
+        """The crops whose values all lie within ±``limit`` (robust spreads): a crop that is flat but
+        for a few pixels (a scan's edge, a lost line) normalises to huge values, and a handful of them
+        wreck a network's BatchNorm statistics in training."""
+        keep = np.abs(self.crops).reshape(len(self.crops), -1).max(axis=1) <= limit if len(self.crops) else []
+        return LookSet(self.surface, self.crops[keep], self.classes[keep], self.looks[keep])
+
     def crop_set(self) -> CropSet:
         """The crops as a plain :class:`CropSet` (looks dropped)."""
         return CropSet(self.surface, {c: self.crops[self.classes == c] for c in sorted(set(self.classes))})
@@ -103,14 +110,14 @@ def look_crops(surface: str, seed: int, randomised: bool, jitter_px: float = 1.0
 
 
 def make_look_set(surface: str, scans: int, seed: int, randomised: bool, per_class_look: int | None = None,
-                  progress=None) -> LookSet:
+                  progress=None, pixels: int = 192) -> LookSet:
     """A :class:`LookSet` from ``scans`` scans of ``surface`` (scan ``i`` drawn with seed
-    ``[seed, i]``), at most ``per_class_look`` crops per class and look."""
+    ``[seed, i]``, ``pixels`` as :func:`look_crops`), at most ``per_class_look`` crops per class and look."""
     xs, cs, ls = [], [], []
     kept: dict[tuple[str, int], int] = {}
     for i in range(scans):
         scan_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0] & 0x7FFFFFFF)
-        x, c, lk = look_crops(surface, scan_seed, randomised)
+        x, c, lk = look_crops(surface, scan_seed, randomised, pixels=pixels)
         for j in range(len(c)):
             key = (str(c[j]), int(lk[j]))
             if per_class_look is not None and kept.get(key, 0) >= per_class_look:
