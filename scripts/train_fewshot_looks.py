@@ -23,12 +23,12 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from stmwatch.models.fewshot.classifier import calibrate_unknown_distance
-from stmwatch.models.fewshot.looks import LookSet, cross_look_accuracy, make_look_set
-from stmwatch.models.fewshot.training import TrainConfig, load, save, train
+from stmwatch.models.fewshot.look_crops import make_look_set
+from stmwatch.models.fewshot.looks import LookSet, cross_look_accuracy
+from stmwatch.models.fewshot.training import load, save, train
 
 SURFACES = ("si001h", "ge001", "tio2110")
 # name: (seed, scans per surface, randomised, pixels (see looks.look_crops))

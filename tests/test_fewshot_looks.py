@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stmwatch.models.fewshot.looks import LookSet, cross_look_accuracy, look_crops, sample_cross_episode
+from stmwatch.models.fewshot.look_crops import look_crops
+from stmwatch.models.fewshot.looks import LookSet, cross_look_accuracy, sample_cross_episode
 from stmwatch.models.fewshot.synthetic import shape_set
 from stmwatch.models.fewshot.training import TrainConfig, load, save, train
 from stmwatch.models.robust import robust_sigma
