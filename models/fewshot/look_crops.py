@@ -8,8 +8,8 @@ import logging
 
 import numpy as np
 
-from .crops import normalise_crop
 from .looks import LookSet
+from .scan_crops import crops_at_truth
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,6 @@ def look_crops(surface: str, seed: int, randomised: bool, jitter_px: float = 1.0
     one (``pixels``², random artefacts and bias), cut at each true defect on an acquired line,
     moved by up to ``jitter_px`` per axis, each crop normalised on its own."""
     from stmwatch.models.preprocess import prepare
-    from stmwatch.models.segment import crops_at
     from stmwatch.models.sim.artefacts import Artefacts
     from stmwatch.models.sim.randomise import randomised_scan
     from stmwatch.models.sim.simulate import simulate_scan
@@ -38,16 +37,8 @@ def look_crops(surface: str, seed: int, randomised: bool, jitter_px: float = 1.0
         inverted = False
     empty = bool(truth.bias_v is not None and truth.bias_v > 0 and not surf.filled_only)
     look = 2 * int(empty) + int(inverted)
-    prepared = prepare(scan, surf)
-    crops, classes = [], []
-    for d in truth.defects:
-        r, c = prepared.from_scan(d.row, d.col)
-        r, c = float(r) + rng.uniform(-jitter_px, jitter_px), float(c) + rng.uniform(-jitter_px, jitter_px)
-        ri, ci = int(round(r)), int(round(c))
-        if not (0 <= ri < prepared.valid.shape[0] and 0 <= ci < prepared.valid.shape[1]) or not prepared.valid[ri, ci]:
-            continue
-        crops.append(normalise_crop(crops_at(prepared.image, [r], [c])[0]))
-        classes.append(d.cls)
+    pairs = crops_at_truth(prepare(scan, surf), truth, rng, jitter_px)
+    crops, classes = [c for _, c in pairs], [k for k, _ in pairs]
     x = np.stack(crops).astype(np.float32) if crops else np.zeros((0, 2, 32, 32), np.float32)
     return x, np.array(classes, dtype=str), np.full(len(classes), look, np.int64)
 
