@@ -26,7 +26,6 @@ def scan_crops(surface: str, seed: int, jitter_px: float = 1.0, pixels: int = 25
     whose centre lies on an acquired line, cut at the defect's model pixel moved by up to
     ``jitter_px`` in each axis, each crop normalised on its own."""
     from stmwatch.models.preprocess import prepare
-    from stmwatch.models.segment import crops_at
     from stmwatch.models.sim.artefacts import Artefacts
     from stmwatch.models.sim.simulate import simulate_scan
     from stmwatch.models.surfaces import get_surface
@@ -35,7 +34,15 @@ def scan_crops(surface: str, seed: int, jitter_px: float = 1.0, pixels: int = 25
     surf = get_surface(surface)
     scan, truth = simulate_scan(surface, int(rng.integers(0, 2**31 - 1)), pixels=(pixels, pixels),
                                 range_nm=pixels * surf.nm_per_px, artefacts=Artefacts.random(rng), style="training")
-    prepared = prepare(scan, surf)
+    return crops_at_truth(prepare(scan, surf), truth, rng, jitter_px)
+
+
+def crops_at_truth(prepared, truth, rng: np.random.Generator, jitter_px: float = 1.0):
+    """``[(class, crop), ...]``: one crop of ``prepared`` (``preprocess.prepare``'s output) per
+    true defect of ``truth`` whose centre lies on an acquired line, cut at the defect's model pixel
+    moved by up to ``jitter_px`` in each axis (drawn from ``rng``), normalised on its own."""
+    from stmwatch.models.segment import crops_at
+
     out = []
     for d in truth.defects:
         r, c = prepared.from_scan(d.row, d.col)

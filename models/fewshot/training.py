@@ -21,6 +21,7 @@ from .base import FewShotMethod
 from .crops import CropSet, normalise_crops
 from .episodes import augment, generate_classes, sample_episode
 from .instrument import instrument_augment
+from .looks import LookSet, sample_cross_episode
 from .registry import build_method
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class TrainConfig:
     dihedral: bool = False  # augmentation also turns/mirrors crops
     instrument_augment: bool = False  # also tip, lag, contrast and line noise of other instruments (instrument.py)
     crop_norm: str = "none"  # "per_crop": crops normalised each on its own, in training and by the classifier
+    cross_look: float = 0.0  # share of episodes from a LookSet whose queries have another look than the support (looks.py)
+    init: str = ""  # weights the run started from (fine-tuning), for the record
     generate: tuple[str, ...] = ()  # class-generation transforms; () = off
     surfaces: tuple[str, ...] = ()  # for the record
 
@@ -55,23 +58,27 @@ def _tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
-def train(crop_sets: list[CropSet], config: TrainConfig,
-          on_step: Callable[[int, float, FewShotMethod], None] | None = None) -> FewShotMethod:
+def train(crop_sets: list[CropSet | LookSet], config: TrainConfig,
+          on_step: Callable[[int, float, FewShotMethod], None] | None = None,
+          start: FewShotMethod | None = None) -> FewShotMethod:
     """A method trained on ``crop_sets`` as ``config`` says; ``on_step(step, loss, method)`` after each
-    step (for progress and checkpoints).
+    step (for progress and checkpoints). ``start``: fine-tune this method instead of a new one.
+    A :class:`~.looks.LookSet` gives cross-look episodes (``config.cross_look`` of its episodes)
+    and plain ones.
 
     Deterministic for a given seed (on one thread)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    method = build_method(config.method, config.backbone, config.metric, config.learn_temperature)
+    method = start if start is not None else build_method(config.method, config.backbone, config.metric,
+                                                          config.learn_temperature)
     if method.trained_by == "none":
         return method.eval()
     if config.generate:
-        crop_sets = [generate_classes(s, config.generate) for s in crop_sets]
+        crop_sets = [generate_classes(s.crop_set() if isinstance(s, LookSet) else s, config.generate) for s in crop_sets]
         log.info("with generated classes: %s", {s.surface: len(s.crops) for s in crop_sets})
     params = list(method.parameters())
     if method.trained_by == "supervised":
-        x, y = _pool(crop_sets)
+        x, y = _pool(crop_sets := [s.crop_set() if isinstance(s, LookSet) else s for s in crop_sets])
         head = nn.Linear(method.feature_mean.numel(), int(y.max()) + 1)  # thrown away after training
         params += list(head.parameters())
         step_fn = _supervised_steps(method, head, x, y, config, rng)
@@ -95,10 +102,14 @@ def train(crop_sets: list[CropSet], config: TrainConfig,
     return method
 
 
-def _episode_steps(method: FewShotMethod, crop_sets: list[CropSet], config: TrainConfig, rng: np.random.Generator):
-    """Yields the loss of one episode after another; each episode from one surface, drawn at random
+def _episode_steps(method: FewShotMethod, crop_sets: list[CropSet | LookSet], config: TrainConfig,
+                   rng: np.random.Generator):
+    """Yields the loss of one episode after another; each episode from one crop set, drawn at random
     with probability proportional to its number of classes (with ``mix_surfaces``: from the classes
-    of all surfaces together)."""
+    of all surfaces together); from a :class:`~.looks.LookSet`, ``config.cross_look`` of them cross-look."""
+    look_sets = [s if isinstance(s, LookSet) else None for s in crop_sets]
+    crop_sets = [s.crop_set() if isinstance(s, LookSet) else s for s in crop_sets]
+    look_of = {id(c): ls for c, ls in zip(crop_sets, look_sets) if ls is not None}
     if config.mix_surfaces:
         crop_sets = [CropSet("+".join(s.surface for s in crop_sets),
                              {f"{s.surface}/{c}": x for s in crop_sets for c, x in s.crops.items()})]
@@ -106,7 +117,11 @@ def _episode_steps(method: FewShotMethod, crop_sets: list[CropSet], config: Trai
     while True:
         s = crop_sets[rng.choice(len(crop_sets), p=weights / weights.sum())]
         way = min(config.way, sum(len(x) >= config.shot + config.query for x in s.crops.values()))
-        ep = sample_episode(s, way, config.shot, config.query, rng)
+        ls = look_of.get(id(s))
+        if ls is not None and rng.random() < config.cross_look:
+            ep = sample_cross_episode(ls, way, config.shot, config.query, rng)
+        else:
+            ep = sample_episode(s, way, config.shot, config.query, rng)
         sup, qry = ep.support, ep.query
         if config.instrument_augment:
             sup, qry = (instrument_augment(x, rng) for x in (sup, qry))

@@ -1,0 +1,68 @@
+"""Crops of simulated scans with their look (see :mod:`.looks`): training-style or domain-randomised
+scans, cut the daemon's way at each true defect. Only the training style and the randomiser are
+drawn here (the foreign style is for measuring). Kept apart from :mod:`.looks` because it draws on
+the simulator, which the inference modules must not import (pyproject.toml's import contracts)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .looks import LookSet
+from .scan_crops import crops_at_truth
+
+log = logging.getLogger(__name__)
+
+
+def look_crops(surface: str, seed: int, randomised: bool, jitter_px: float = 1.0, pixels: int = 192):
+    """``(crops (n, 2, 32, 32), classes (n,), looks (n,))`` of one simulated scan of ``surface``:
+    a domain-randomised scan (``randomised``; its own size, 128-``pixels``·2 px) or a training-style
+    one (``pixels``², random artefacts and bias), cut at each true defect on an acquired line,
+    moved by up to ``jitter_px`` per axis, each crop normalised on its own."""
+    from stmwatch.models.preprocess import prepare
+    from stmwatch.models.sim.artefacts import Artefacts
+    from stmwatch.models.sim.randomise import randomised_scan
+    from stmwatch.models.sim.simulate import simulate_scan
+    from stmwatch.models.surfaces import get_surface
+
+    rng = np.random.default_rng([seed, 29])
+    surf = get_surface(surface)
+    scan_seed = int(rng.integers(0, 2**31 - 1))
+    if randomised:
+        scan, truth, style = randomised_scan(surface, scan_seed, pixel_range=(128, 2 * pixels))
+        inverted = bool(style.invert)
+    else:
+        scan, truth = simulate_scan(surface, scan_seed, pixels=(pixels, pixels), range_nm=pixels * surf.nm_per_px,
+                                    artefacts=Artefacts.random(rng), style="training")
+        inverted = False
+    empty = bool(truth.bias_v is not None and truth.bias_v > 0 and not surf.filled_only)
+    look = 2 * int(empty) + int(inverted)
+    pairs = crops_at_truth(prepare(scan, surf), truth, rng, jitter_px)
+    crops, classes = [c for _, c in pairs], [k for k, _ in pairs]
+    x = np.stack(crops).astype(np.float32) if crops else np.zeros((0, 2, 32, 32), np.float32)
+    return x, np.array(classes, dtype=str), np.full(len(classes), look, np.int64)
+
+
+def make_look_set(surface: str, scans: int, seed: int, randomised: bool, per_class_look: int | None = None,
+                  progress=None, pixels: int = 192) -> LookSet:
+    """A :class:`LookSet` from ``scans`` scans of ``surface`` (scan ``i`` drawn with seed
+    ``[seed, i]``, ``pixels`` as :func:`look_crops`), at most ``per_class_look`` crops per class and look."""
+    xs, cs, ls = [], [], []
+    kept: dict[tuple[str, int], int] = {}
+    for i in range(scans):
+        scan_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0] & 0x7FFFFFFF)
+        x, c, lk = look_crops(surface, scan_seed, randomised, pixels=pixels)
+        for j in range(len(c)):
+            key = (str(c[j]), int(lk[j]))
+            if per_class_look is not None and kept.get(key, 0) >= per_class_look:
+                continue
+            kept[key] = kept.get(key, 0) + 1
+            xs.append(x[j])
+            cs.append(c[j])
+            ls.append(lk[j])
+        if progress is not None:
+            progress(surface, i + 1, scans)
+    x = np.stack(xs) if xs else np.zeros((0, 2, 32, 32), np.float32)
+    out = LookSet(surface, x.astype(np.float32), np.array(cs, dtype=str), np.array(ls, dtype=np.int64))
+    log.info("look crops of %s: %s", surface, out.counts())
+    return out

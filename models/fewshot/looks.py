@@ -1,0 +1,120 @@
+"""Crops that know how they were imaged, and cross-look episodes (issue 18, one-click labels).
+
+One click shows a class in *one* look: a scan of one bias polarity, through one tip and contrast.
+The scans it must label have other looks: the other polarity (Si/Ge classes look different in
+filled and empty states; TiO2(110) may be imaged in empty states, with the corrugation inverted)
+and other contrast. A *look* here is a small integer per crop: ``2 * empty + inverted`` (empty:
+the simulator rendered empty states; inverted: the domain randomiser inverted the corrugation).
+
+- :func:`.look_crops.look_crops` (a module of its own: it draws on the simulator, which
+  inference must not import) cuts the crops of one simulated scan the daemon's way (``prepare`` and
+  ``crops_at`` at each true defect, a small random offset, each crop normalised on its own) with
+  each crop's class and look; the scan is the training style or a domain-randomised one
+  (:func:`stmwatch.models.sim.randomise.randomised_scan`, either bias sign, 20 % inverted).
+- :class:`LookSet` holds such crops of one surface (``save``/``load`` as one ``.npz``).
+- :func:`sample_cross_episode` draws an N-way K-shot episode whose support crops of a class share
+  one look and whose queries have *another* look where the class has one: the embedding learns
+  that a class's looks belong together. Used by :mod:`.training` (``TrainConfig.cross_look``) and
+  to measure (:func:`cross_look_accuracy`).
+
+Only the training style and the randomiser are drawn here (the foreign style is for measuring).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from .crops import CropSet
+from .episodes import Episode
+
+
+
+@dataclasses.dataclass
+class LookSet:
+    """Crops of one surface: ``crops`` float32 ``(n, 2, 32, 32)``, ``classes`` ``(n,)`` str,
+    ``looks`` ``(n,)`` int (``2 * empty + inverted``)."""
+
+    surface: str
+    crops: np.ndarray
+    classes: np.ndarray
+    looks: np.ndarray
+
+    def save(self, path: Path | str) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, surface=self.surface, crops=self.crops, classes=self.classes, looks=self.looks)
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> LookSet:
+        with np.load(Path(path)) as z:
+            return cls(str(z["surface"]), z["crops"].astype(np.float32), z["classes"].astype(str),
+                       z["looks"].astype(np.int64))
+
+    def within(self, limit: float = 25.0) -> LookSet:
+        """The crops whose values all lie within ±``limit`` (robust spreads): a crop that is flat but
+        for a few pixels (a scan's edge, a lost line) normalises to huge values, and a handful of them
+        wreck a network's BatchNorm statistics in training."""
+        keep = np.abs(self.crops).reshape(len(self.crops), -1).max(axis=1) <= limit if len(self.crops) else []
+        return LookSet(self.surface, self.crops[keep], self.classes[keep], self.looks[keep])
+
+    def crop_set(self) -> CropSet:
+        """The crops as a plain :class:`CropSet` (looks dropped)."""
+        return CropSet(self.surface, {c: self.crops[self.classes == c] for c in sorted(set(self.classes))})
+
+    def counts(self) -> dict[str, dict[int, int]]:
+        """Crops per class and look."""
+        return {c: {int(k): int(np.sum((self.classes == c) & (self.looks == k))) for k in sorted(set(self.looks))}
+                for c in sorted(set(self.classes))}
+
+
+def sample_cross_episode(looks: LookSet, way: int, shot: int, query: int, rng: np.random.Generator) -> Episode:
+    """An episode of ``way`` classes (drawn among those with ``shot + query`` crops): for each class
+    the support is ``shot`` crops of one look (drawn among the class's looks with at least ``shot``
+    crops) and the queries ``query`` crops of the *other* looks (of any look if the class has only
+    one). Raises ``ValueError`` when too few classes have enough crops."""
+    names = sorted(set(looks.classes))
+    pool = [c for c in names if np.sum(looks.classes == c) >= shot + query]
+    if len(pool) < way:
+        raise ValueError(f"{looks.surface}: only {len(pool)} classes have {shot + query} crops; a {way}-way episode needs {way}")
+    chosen = [pool[i] for i in rng.choice(len(pool), size=way, replace=False)]
+    sup, qry = [], []
+    for c in chosen:
+        idx = np.flatnonzero(looks.classes == c)
+        lk = looks.looks[idx]
+        options = [k for k in np.unique(lk) if np.sum(lk == k) >= shot and np.sum(lk != k) >= query]
+        if options:
+            k = options[rng.integers(len(options))]
+            s = rng.choice(idx[lk == k], size=shot, replace=False)
+            q = rng.choice(idx[lk != k], size=query, replace=False)
+        else:
+            pick = rng.choice(idx, size=shot + query, replace=False)
+            s, q = pick[:shot], pick[shot:]
+        sup.append(looks.crops[s])
+        qry.append(looks.crops[q])
+    labels = np.arange(way, dtype=np.int64)
+    return Episode(np.concatenate(sup), np.repeat(labels, shot), np.concatenate(qry), np.repeat(labels, query), chosen)
+
+
+def cross_look_accuracy(embed_net, looks: LookSet, episodes: int = 60, way: int = 4, query: int = 15,
+                        seed: int = 0, cross: bool = True) -> float:
+    """Mean query accuracy of ``embed_net`` (a :class:`~.proto.ProtoNet`, crops given as they are)
+    over ``episodes`` ``way``-way 1-shot episodes of ``looks``: cross-look (:func:`sample_cross_episode`)
+    or, with ``cross`` False, any look."""
+    import torch
+
+    from .episodes import sample_episode
+
+    rng = np.random.default_rng(seed)
+    plain = looks.crop_set()
+    way = min(way, len(plain.crops))
+    hits = []
+    with torch.no_grad():
+        for _ in range(episodes):
+            ep = sample_cross_episode(looks, way, 1, query, rng) if cross else sample_episode(plain, way, 1, query, rng)
+            embed_net.fit(torch.from_numpy(ep.support), torch.from_numpy(ep.support_labels))
+            pred = embed_net.distances(torch.from_numpy(ep.query)).argmin(dim=1).numpy()
+            hits.append(np.mean(pred == ep.query_labels))
+    return float(np.mean(hits))
