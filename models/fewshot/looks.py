@@ -98,23 +98,17 @@ def sample_cross_episode(looks: LookSet, way: int, shot: int, query: int, rng: n
     return Episode(np.concatenate(sup), np.repeat(labels, shot), np.concatenate(qry), np.repeat(labels, query), chosen)
 
 
-def cross_look_accuracy(embed_net, looks: LookSet, episodes: int = 60, way: int = 4, query: int = 15,
+def cross_look_accuracy(method, looks: LookSet, episodes: int = 60, way: int = 4, query: int = 15,
                         seed: int = 0, cross: bool = True) -> float:
-    """Mean query accuracy of ``embed_net`` (a :class:`~.proto.ProtoNet`, crops given as they are)
+    """Mean query accuracy of ``method`` (a :class:`~.base.FewShotMethod`, crops given as they are)
     over ``episodes`` ``way``-way 1-shot episodes of ``looks``: cross-look (:func:`sample_cross_episode`)
     or, with ``cross`` False, any look."""
-    import torch
-
     from .episodes import sample_episode
+    from .evaluation import episode_accuracies
 
     rng = np.random.default_rng(seed)
     plain = looks.crop_set()
     way = min(way, len(plain.crops))
-    hits = []
-    with torch.no_grad():
-        for _ in range(episodes):
-            ep = sample_cross_episode(looks, way, 1, query, rng) if cross else sample_episode(plain, way, 1, query, rng)
-            embed_net.fit(torch.from_numpy(ep.support), torch.from_numpy(ep.support_labels))
-            pred = embed_net.distances(torch.from_numpy(ep.query)).argmin(dim=1).numpy()
-            hits.append(np.mean(pred == ep.query_labels))
-    return float(np.mean(hits))
+    drawn = (sample_cross_episode(looks, way, 1, query, rng) if cross else sample_episode(plain, way, 1, query, rng)
+             for _ in range(episodes))
+    return float(np.mean(episode_accuracies(method, drawn)))

@@ -58,6 +58,11 @@ def _tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
+def _plain(crops: CropSet | LookSet) -> CropSet:
+    """A crop set without its looks."""
+    return crops.crop_set() if isinstance(crops, LookSet) else crops
+
+
 def train(crop_sets: list[CropSet | LookSet], config: TrainConfig,
           on_step: Callable[[int, float, FewShotMethod], None] | None = None,
           start: FewShotMethod | None = None) -> FewShotMethod:
@@ -74,11 +79,12 @@ def train(crop_sets: list[CropSet | LookSet], config: TrainConfig,
     if method.trained_by == "none":
         return method.eval()
     if config.generate:
-        crop_sets = [generate_classes(s.crop_set() if isinstance(s, LookSet) else s, config.generate) for s in crop_sets]
+        crop_sets = [generate_classes(_plain(s), config.generate) for s in crop_sets]
         log.info("with generated classes: %s", {s.surface: len(s.crops) for s in crop_sets})
     params = list(method.parameters())
     if method.trained_by == "supervised":
-        x, y = _pool(crop_sets := [s.crop_set() if isinstance(s, LookSet) else s for s in crop_sets])
+        crop_sets = [_plain(s) for s in crop_sets]
+        x, y = _pool(crop_sets)
         head = nn.Linear(method.feature_mean.numel(), int(y.max()) + 1)  # thrown away after training
         params += list(head.parameters())
         step_fn = _supervised_steps(method, head, x, y, config, rng)
@@ -108,7 +114,7 @@ def _episode_steps(method: FewShotMethod, crop_sets: list[CropSet | LookSet], co
     with probability proportional to its number of classes (with ``mix_surfaces``: from the classes
     of all surfaces together); from a :class:`~.looks.LookSet`, ``config.cross_look`` of them cross-look."""
     look_sets = [s if isinstance(s, LookSet) else None for s in crop_sets]
-    crop_sets = [s.crop_set() if isinstance(s, LookSet) else s for s in crop_sets]
+    crop_sets = [_plain(s) for s in crop_sets]
     look_of = {id(c): ls for c, ls in zip(crop_sets, look_sets) if ls is not None}
     if config.mix_surfaces:
         crop_sets = [CropSet("+".join(s.surface for s in crop_sets),
