@@ -99,9 +99,14 @@ def test_transductive_prototypes_move_to_the_lab_crops():
     plain = PrototypicalClassifier(net, support, float("inf"))
     assert [lab for lab, _ in plain.classify(query)] == ["b", "b"]
     trans = TransductiveClassifier(PrototypicalClassifier(net, support, float("inf")), pool, steps=5)
-    protos = trans.net.prototypes.numpy()
+    protos = trans.refined_prototypes(query).numpy()
     assert np.allclose(protos[0], [0.0, 1.0], atol=0.15) and np.allclose(protos[1], [0.0, -0.9], atol=0.15)
     assert [lab for lab, _ in trans.classify(query)] == ["a", "b"]
+    assert np.allclose(trans.net.prototypes.numpy(), [[0.0, 1.0], [0.0, 0.2]])  # each call starts from the clicks
+    # without a pool, the crops of the call (one scan's defects) pull the prototypes the same way
+    scan_only = TransductiveClassifier(PrototypicalClassifier(net, support, float("inf")), None, steps=5)
+    labels = [lab for lab, _ in scan_only.classify(np.concatenate([query, pool]))]
+    assert labels[:2] == ["a", "b"] and labels[2:32] == ["a"] * 30 and labels[32:] == ["b"] * 30
 
 
 def test_least_sure_lists_the_smallest_margins_first():

@@ -46,7 +46,8 @@ def test_load_hook_and_one_forward_pass_per_scan():
     from stmwatch.models.settings import ModelSettings
 
     clf = hook(ModelSettings(), get_surface("si001h"), SUPPORT / "si001h")
-    assert isinstance(clf, PrototypicalClassifier) and clf.version != "untracked"
+    assert isinstance(clf.base, PrototypicalClassifier) and clf.version != "untracked"
+    assert clf.pool is None  # the shipped net refines its prototypes on each scan's crops only
     calls = []
     original = clf.classify
     clf.classify = lambda crops: calls.append(len(crops)) or original(crops)

@@ -20,6 +20,8 @@ import torch
 from .crops import CropSet, load_surface, normalise_crops, to_model_input
 from .episodes import sample_episode
 from .proto import ProtoNet
+from .transductive import STEPS as TRANSDUCTIVE_STEPS
+from .transductive import TransductiveClassifier
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +162,10 @@ def file_version(path: Path) -> str:
 
 def load_classifier(surface: str, support_dir: Path | str | None = None, weights: Path | str | None = None,
                     unknown_distance: float | None = None, tta: str | None = None,
-                    backend: str = "torch") -> PrototypicalClassifier:
-    """The shipped (or given) prototypical network with the support set of ``surface``.
+                    backend: str = "torch") -> TransductiveClassifier:
+    """The shipped (or given) prototypical network with the support set of ``surface``, its
+    prototypes refined on the crops of each call (:class:`~.transductive.TransductiveClassifier`;
+    an adapted network's ``meta["pool"]`` of lab crops too).
 
     ``support_dir`` is a folder ``<class>/*.npy`` (or ``<surface>/<class>/*.npy``); default the
     shipped ``models/support/<surface>``. ``weights`` default ``models/weights/fewshot_proto_conv4.pt``.
@@ -196,8 +200,8 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     classifier = PrototypicalClassifier(net, support, threshold, version=file_version(weights),
                                         crop_norm=config.crop_norm, gate=gate)
     pool = weights.parent / meta["pool"] if meta.get("pool") else None
-    if pool is not None and pool.is_file():  # an adapted classifier (stmwatch adapt): refine on the lab's crops
-        from .transductive import TransductiveClassifier
-
-        return TransductiveClassifier(classifier, np.load(pool), steps=int(meta.get("refine_steps", 3)))
-    return classifier
+    if pool is not None and not pool.is_file():
+        raise FileNotFoundError(f"{weights}: its pool of lab crops {pool.name} is missing")
+    # prototypes refined on each scan's own defects, and on the lab's crops for an adapted classifier
+    return TransductiveClassifier(classifier, np.load(pool) if pool is not None else None,
+                                  steps=int(meta.get("refine_steps", TRANSDUCTIVE_STEPS)))

@@ -1,61 +1,97 @@
-"""Transductive prototype refinement: prototypes that move towards the lab's own defect crops.
+"""Transductive prototype refinement: prototypes that move towards the defects being labelled.
 
-A one-shot prototype is a single crop's embedding; on another microscope it sits off the centre
-of its class. Given a pool of unlabelled crops from that microscope (``stmwatch adapt`` stores
-them in the bundle), each refinement step assigns every pool crop softly to the prototypes (the
-network's own softmax of minus the scaled squared distances) and moves each prototype to the
-weighted mean of its support crops and the pool crops it attracts (the soft k-means of Ren et al.
-2018, "Meta-learning for semi-supervised few-shot classification"). The support crops keep their
-labels; nothing is trained.
+A one-shot prototype is a single crop's embedding; on another microscope, or with an atypical
+click, it sits off the centre of its class. Each call to :meth:`TransductiveClassifier.classify`
+therefore first refines the prototypes on the unlabelled crops at hand: the crops of that call
+(one scan's defects) and, for an adapted classifier (``stmwatch adapt`` stores them in the
+bundle), a pool of the lab's own defect crops. A refinement step assigns every unlabelled crop
+softly to the prototypes (the network's own softmax of minus the scaled squared distances) and
+moves each prototype to the weighted mean of its support crops and the crops it attracts (the
+soft k-means of Ren et al. 2018, "Meta-learning for semi-supervised few-shot classification").
+The support crops keep their labels, nothing is trained, and every call starts again from the
+support set's own prototypes, so one scan's labels never depend on the scans before it.
+
+One step, on the scan's crops and the pool, was chosen on training-style scans
+(docs/adapt.md, "Transduction on the scan's own defects").
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
 
 from .crops import CropSet
 
+STEPS = 1  # soft k-means steps per call (docs/adapt.md)
+
 
 class TransductiveClassifier:
-    """Wraps a :class:`~.classifier.PrototypicalClassifier` ``base``: whenever the support set is
-    set, its prototypes are refined on ``pool`` ``(n, C, H, W)`` crops over ``steps`` soft k-means
-    steps; everything else is the base classifier's."""
+    """Wraps a :class:`~.classifier.PrototypicalClassifier` ``base``: each :meth:`classify` (and
+    :meth:`distances`) refines the support set's prototypes over ``steps`` soft k-means steps on
+    that call's crops together with ``pool`` ``(n, C, H, W)`` (the lab's crops, or None);
+    everything else is the base classifier's."""
 
-    def __init__(self, base, pool: np.ndarray | None, steps: int = 3):
+    def __init__(self, base, pool: np.ndarray | None = None, steps: int = STEPS):
         self.base = base
         self.pool = None if pool is None or len(pool) == 0 else np.asarray(pool, dtype=np.float32)
         self.steps = int(steps)
         self.name = f"{base.name}-transductive"
-        self.refine()
+        self._pool_embedding = self._embed(self.pool) if self.pool is not None else None
+        self._fit_support()
 
-    def __getattr__(self, name):  # labels, net, version, unknown_distance, distances ...
+    def __getattr__(self, name):  # labels, net, version, unknown_distance, support ...
         return getattr(self.__dict__["base"], name)
 
-    def classify(self, crops: np.ndarray) -> list[tuple[str, float]]:
-        return self.base.classify(crops)
+    @torch.no_grad()
+    def _embed(self, crops: np.ndarray) -> torch.Tensor:
+        net, x = self.base.net, self.base.model_input(crops)
+        return torch.cat([net.embed(torch.from_numpy(x[i:i + 512])) for i in range(0, len(x), 512)])
+
+    def _fit_support(self) -> None:
+        support, labels = self.base.support, self.base.labels
+        x = np.concatenate([support.crops[k] for k in labels])
+        y = np.concatenate([np.full(len(support.crops[k]), i) for i, k in enumerate(labels)])
+        self._support_embedding = self._embed(x)
+        self._one_hot = torch.nn.functional.one_hot(torch.from_numpy(y).long(), len(labels)).float()
+        self._support_prototypes = self.base.net.prototypes
 
     def set_support(self, support: CropSet) -> None:
         self.base.set_support(support)
-        self.refine(support)
+        self._fit_support()
 
     @torch.no_grad()
-    def refine(self, support: CropSet | None = None) -> None:
-        """Move the base's prototypes (fitted on ``support``, or on the support it holds)."""
-        if self.pool is None or self.steps <= 0:
-            return
-        net = self.base.net
-        support = support or self.base.support
-        labels = self.base.labels
-        x = np.concatenate([support.crops[k] for k in labels])
-        y = np.concatenate([np.full(len(support.crops[k]), i) for i, k in enumerate(labels)])
-        s_emb = net.embed(torch.from_numpy(self.base.model_input(x)))
-        p_emb = torch.cat([net.embed(torch.from_numpy(self.base.model_input(self.pool[i:i + 512])))
-                           for i in range(0, len(self.pool), 512)])
-        one_hot = torch.nn.functional.one_hot(torch.from_numpy(y).long(), len(labels)).float()
-        protos = net.prototypes
+    def refined_prototypes(self, crops: np.ndarray) -> torch.Tensor:
+        """The prototypes after :attr:`steps` soft k-means steps on ``crops`` and the pool."""
+        parts = [p for p in (self._pool_embedding, self._embed(crops) if len(crops) else None) if p is not None]
+        protos = self._support_prototypes
+        if not parts or self.steps <= 0:
+            return protos
+        net, unlabelled = self.base.net, torch.cat(parts)
         for _ in range(self.steps):
-            w = torch.softmax(-net.temperature * torch.cdist(p_emb, protos).pow(2), dim=1)  # (pool, way)
-            protos = (one_hot.T @ s_emb + w.T @ p_emb) / (one_hot.sum(0) + w.sum(0)).unsqueeze(1)
+            w = torch.softmax(-net.temperature * torch.cdist(unlabelled, protos).pow(2), dim=1)  # (n, way)
+            protos = (self._one_hot.T @ self._support_embedding + w.T @ unlabelled) / (
+                self._one_hot.sum(0) + w.sum(0)).unsqueeze(1)
             if net.metric == "cosine":
                 protos = torch.nn.functional.normalize(protos, dim=1)
-        net.prototypes = protos
+        return protos
+
+    @contextlib.contextmanager
+    def _prototypes_for(self, crops: np.ndarray):
+        net = self.base.net
+        net.prototypes = self.refined_prototypes(crops)
+        try:
+            yield
+        finally:
+            net.prototypes = self._support_prototypes
+
+    def distances(self, crops: np.ndarray) -> np.ndarray:
+        """Squared distances ``(n, classes)`` to the prototypes refined on ``crops``."""
+        with self._prototypes_for(crops):
+            return self.base.distances(crops)
+
+    def classify(self, crops: np.ndarray) -> list[tuple[str, float]]:
+        if len(crops) == 0:
+            return []
+        with self._prototypes_for(crops):
+            return self.base.classify(crops)
