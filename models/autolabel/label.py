@@ -156,11 +156,17 @@ def grow(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(np.repeat(labels, factor, axis=0), factor, axis=1)[:shape[0], :shape[1]]
 
 
+MIN_PIXELS_PER_CLUSTER = 500  # a small frame gets fewer clusters (k-means needs many pixels per cluster)
+
+
 def cluster_map(features: np.ndarray, valid: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """k-means of the valid pixels of ``features`` ``(F, H, W)`` → ``(labels (H, W), −1 invalid;
-    centres (k, F))``."""
+    centres (k', F))``, with k' = ``k`` but at most one cluster per :data:`MIN_PIXELS_PER_CLUSTER`
+    valid pixels: on a frame of a few hundred pixels, 32 clusters would tile it into blocks, some
+    small enough to pass for defects (every scan of the tuning and held-out sets, 154² model
+    pixels or more, keeps its k = 32)."""
     x = features[:, valid].T
-    centres, labels = kmeans(x, k, seed=seed)
+    centres, labels = kmeans(x, max(1, min(k, len(x) // MIN_PIXELS_PER_CLUSTER)), seed=seed)
     out = np.full(valid.shape, -1, dtype=np.int64)
     out[valid] = labels
     return out, centres
