@@ -14,7 +14,7 @@
    fine-tuned on pseudo-classes (``embedding_steps``, off); the unknown distance is re-calibrated
    there (same-cluster pairs of crops), and the crops are stored as a pool for *transductive
    prototype refinement*: whatever support set the operator clicks later, each prototype moves
-   towards the lab crops it attracts (soft k-means,
+   towards the lab crops and the scan's own defects it attracts (soft k-means,
    :class:`~stmwatch.models.fewshot.transductive.TransductiveClassifier`).
 4. A part of the given scans is **held back**; the card reports before/after figures on it: with
    truth files beside the scans (simulated data) detection F1 and one-click label accuracy,
