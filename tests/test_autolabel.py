@@ -216,13 +216,13 @@ def test_mask_keeps_defect_sized_components_at_their_places():
 
 
 def test_a_small_frame_gets_fewer_clusters():
-    """Four planted groups of feature values: on 4000 pixels k = 32 is allowed, on 1200 (e.g. a
-    2-4 nm frame) at most two clusters, on 400 one (the whole frame is the lattice)."""
+    """Four planted groups of feature values: 77² pixels (the smallest training scan) keep k = 32,
+    a 2 nm frame (20² pixels) gets two clusters, 12² pixels one (the whole frame is the lattice)."""
     from stmwatch.models.autolabel.label import MIN_PIXELS_PER_CLUSTER
 
     rng = np.random.default_rng(0)
-    for side, most in ((64, 32), (35, 2), (20, 1)):
+    for side, most in ((77, 32), (20, 2), (12, 1)):
         feats = rng.normal(0, 0.1, (2, side, side)) + rng.integers(0, 4, (1, side, side)) * 3.0
         labels, centres = cluster_map(feats.astype(np.float32), np.ones((side, side), bool), 32)
-        assert len(centres) == min(32, max(1, side * side // MIN_PIXELS_PER_CLUSTER)) <= most
+        assert len(centres) == min(32, max(1, side * side // MIN_PIXELS_PER_CLUSTER)) == most
         assert labels.max() < len(centres)

@@ -156,15 +156,16 @@ def grow(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(np.repeat(labels, factor, axis=0), factor, axis=1)[:shape[0], :shape[1]]
 
 
-MIN_PIXELS_PER_CLUSTER = 500  # a small frame gets fewer clusters (k-means needs many pixels per cluster)
+MIN_PIXELS_PER_CLUSTER = 180  # 1.8 nm² at 0.1 nm/px: a small frame gets fewer clusters
 
 
 def cluster_map(features: np.ndarray, valid: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """k-means of the valid pixels of ``features`` ``(F, H, W)`` → ``(labels (H, W), −1 invalid;
     centres (k', F))``, with k' = ``k`` but at most one cluster per :data:`MIN_PIXELS_PER_CLUSTER`
     valid pixels: on a frame of a few hundred pixels, 32 clusters would tile it into blocks, some
-    small enough to pass for defects (every scan of the tuning and held-out sets, 154² model
-    pixels or more, keeps its k = 32)."""
+    small enough to pass for defects. At the model scale every held-out and tuning scan (154²
+    model pixels or more) keeps k = 32, and so does every full training scan (77² or more); only
+    an aborted small one gets fewer."""
     x = features[:, valid].T
     centres, labels = kmeans(x, max(1, min(k, len(x) // MIN_PIXELS_PER_CLUSTER)), seed=seed)
     out = np.full(valid.shape, -1, dtype=np.int64)
