@@ -78,7 +78,11 @@ class PrototypicalClassifier:
         probability of the nearest class (for ``"unknown"``: of the nearest class it was not given)."""
         if len(crops) == 0:
             return []
-        d = self.distances(crops)
+        return self.label(crops, self.distances(crops))
+
+    def label(self, crops: np.ndarray, d: np.ndarray) -> list[tuple[str, float]]:
+        """:meth:`classify` from the squared distances ``d`` ``(n, classes)`` of ``crops`` to the
+        prototypes (computed here, or by a wrapper that moved the prototypes)."""
         p = torch.softmax(torch.from_numpy(-self.net.temperature * d), dim=1).numpy()
         best = d.argmin(axis=1)
         far = np.zeros(len(d), bool)

@@ -16,8 +16,6 @@ One step, on the scan's crops and the pool, was chosen on training-style scans
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
@@ -61,9 +59,8 @@ class TransductiveClassifier:
         self._fit_support()
 
     @torch.no_grad()
-    def refined_prototypes(self, crops: np.ndarray) -> torch.Tensor:
-        """The prototypes after :attr:`steps` soft k-means steps on ``crops`` and the pool."""
-        parts = [p for p in (self._pool_embedding, self._embed(crops) if len(crops) else None) if p is not None]
+    def _refine(self, embedded: torch.Tensor | None) -> torch.Tensor:
+        parts = [p for p in (self._pool_embedding, embedded) if p is not None and len(p)]
         protos = self._support_prototypes
         if not parts or self.steps <= 0:
             return protos
@@ -76,22 +73,19 @@ class TransductiveClassifier:
                 protos = torch.nn.functional.normalize(protos, dim=1)
         return protos
 
-    @contextlib.contextmanager
-    def _prototypes_for(self, crops: np.ndarray):
-        net = self.base.net
-        net.prototypes = self.refined_prototypes(crops)
-        try:
-            yield
-        finally:
-            net.prototypes = self._support_prototypes
+    def refined_prototypes(self, crops: np.ndarray) -> torch.Tensor:
+        """The prototypes after :attr:`steps` soft k-means steps on ``crops`` and the pool."""
+        return self._refine(self._embed(crops) if len(crops) else None)
 
     def distances(self, crops: np.ndarray) -> np.ndarray:
-        """Squared distances ``(n, classes)`` to the prototypes refined on ``crops``."""
-        with self._prototypes_for(crops):
-            return self.base.distances(crops)
+        """Squared distances ``(n, classes)`` of ``crops`` to the prototypes refined on them (one
+        forward pass)."""
+        if len(crops) == 0:
+            return np.zeros((0, len(self.base.labels)), dtype=np.float32)
+        embedded = self._embed(crops)
+        return torch.cdist(embedded, self._refine(embedded)).pow(2).numpy()
 
     def classify(self, crops: np.ndarray) -> list[tuple[str, float]]:
         if len(crops) == 0:
             return []
-        with self._prototypes_for(crops):
-            return self.base.classify(crops)
+        return self.base.label(crops, self.distances(crops))
