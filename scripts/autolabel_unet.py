@@ -7,7 +7,7 @@ WITHOUT their truth; (2) ``stmwatch autolabel`` them (automatic rule); (3) ``stm
 --labels``; (4) score both on the same held-out scans (``eval_segment.held_out_scan``, seeds from
 7 000 000, every artefact on), with the same matching (components -> centroids, 0.5 nm).
 
-    python scripts/autolabel_unet.py --out runs/autolabel --scans 40 --epochs 6 --steps 60 --width 8
+    OMP_NUM_THREADS=1 python scripts/autolabel_unet.py --out runs/autolabel_long_seed0 --seed 0   # docs/autolabel.md
     # a longer run on a GPU: --scans 300 --epochs 20 --steps 200 --width 16 --device cuda --workers 12
 Writes OUT/<surface>/results.json and prints one line per surface.
 """
@@ -24,10 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/autolabel")
     parser.add_argument("--surfaces", nargs="+", default=["si001h", "ge001", "tio2110"])
-    parser.add_argument("--scans", type=int, default=40, help="training scans per surface")
-    parser.add_argument("--held-out", type=int, default=30, help="held-out scans per surface for the F1")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--scans", type=int, default=60, help="training scans per surface")
+    parser.add_argument("--held-out", type=int, default=20, help="held-out scans per surface for the F1")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--patch", type=int, default=96)
