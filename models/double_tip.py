@@ -73,6 +73,11 @@ class DoubleTip:
     method: str = "pairs"
     side_known: bool = True
     vote: float = 1.0
+    fainter: tuple[int, ...] = ()  # "pairs": the fainter copy of each pair (the ghosts when no side is taken)
+
+    def without_side(self) -> DoubleTip:
+        """The same pairs with no side taken: the fainter copy of each pair is the ghost."""
+        return dataclasses.replace(self, ghosts=self.fainter, side_known=False)
 
     def describe(self, nm_per_px: float) -> str:
         """One sentence for the operator: where the second apex images each feature (nm, display
@@ -196,16 +201,16 @@ def find_double_tip(points: np.ndarray, mass: np.ndarray, *, nm_per_px: float = 
     fainter = [int(np.sign(mass[a] - mass[b])) for a, b in pairs]  # +1: the second copy is fainter
     second_fainter = sum(fainter)
     vote = max(fainter.count(1), fainter.count(-1)) / len(pairs)
-    if each_pair:
-        second_fainter = 0
+    each = tuple(sorted(b if mass[b] <= mass[a] else a for a, b in pairs))
     if second_fainter > 0:
         ghosts, ghost_offset = tuple(b for _, b in pairs), offset
     elif second_fainter < 0:
         ghosts, ghost_offset = tuple(a for a, _ in pairs), -offset
     else:
-        ghosts, ghost_offset = tuple(b if mass[b] <= mass[a] else a for a, b in pairs), offset
-    return DoubleTip((float(ghost_offset[0]), float(ghost_offset[1])), len(pairs), tuple(sorted(ghosts)),
-                     side_known=second_fainter != 0, vote=vote)
+        ghosts, ghost_offset = each, offset
+    found = DoubleTip((float(ghost_offset[0]), float(ghost_offset[1])), len(pairs), tuple(sorted(ghosts)),
+                      side_known=second_fainter != 0, vote=vote, fainter=each)
+    return found.without_side() if each_pair else found
 
 
 # ---- from the image: every feature seen again ---------------------------------------------------
@@ -483,7 +488,7 @@ def resolve_double_tip(points: np.ndarray, mass: np.ndarray, image: np.ndarray, 
                       "%.0f %% agreement), the pairs' vote (%.0f %%) says the other: the fainter copy of each pair "
                       "is dropped", np.round(offset, 2), 100 * found.one_side, 100 * found.agreement,
                       100 * from_pairs.vote)
-            return find_double_tip(points, mass, nm_per_px=nm_per_px, **{**pair_options, "each_pair": True})
+            return from_pairs.without_side()
     dropped, moved = ghosts_at(band, points, offset, nm_per_px=nm_per_px, ghost_contrast=ghost_contrast,
                                same_nm=same_nm)
     log.debug("double tip from the image: offset %s px, copy ratio %.2f, %.0f deviations, side agreed by %.0f %% "
