@@ -68,7 +68,7 @@ class LiveSettings:
     context_nm: float = 4.0  # lines above the new ones the segmenter sees (nm of scan height)
     guard_lines: int = 0  # lines that must follow a defect's last line before it can be complete
     stable_px: float = 0.25  # ... and one more pass must find it within this many pixels
-    stable_area: float = 0.1  # ... with an area within this fraction
+    stable_area: float = 0.2  # ... with an area within this fraction (docs/performance.md, "Live stream with 671d60e6ce61")
     match_nm: float = 0.4  # a detection this close to a published defect is the same defect
     heartbeat_s: float = 1.0  # status heartbeat period (s)
     flips: int = 1  # test-time flips of a band pass (1, 2 or 4); scan_end and the pipeline use [models]
