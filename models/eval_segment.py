@@ -94,13 +94,10 @@ class DetectionScore:
     def f1_interval(self, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
         """95 % interval of the pooled F1 by resampling the scans (each ``add``) with replacement:
         how much the figure would move with another set of as many scans."""
-        counts = np.array(self.per_scan, dtype=float).reshape(-1, 3)
-        if len(counts) == 0:
-            return float("nan"), float("nan")
-        rng = np.random.default_rng(seed)
-        tp, fp, fn = counts[rng.integers(0, len(counts), (resamples, len(counts)))].sum(axis=1).T
-        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
-        return float(np.percentile(f1, 2.5)), float(np.percentile(f1, 97.5))
+        def f1(tp, fp, fn):
+            return np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
+
+        return scan_resampled_interval(np.array(self.per_scan, dtype=float).reshape(-1, 3), f1, resamples, seed)
 
     @property
     def median_dx(self) -> float:
@@ -109,6 +106,21 @@ class DetectionScore:
     @property
     def median_dy(self) -> float:
         return float(np.median(self.dy)) if self.dy else float("nan")
+
+
+def scan_resampled_interval(per_scan: np.ndarray, statistic, resamples: int = 2000,
+                            seed: int = 0) -> tuple[float, float]:
+    """95 % interval of a pooled figure when the scans are resampled with replacement.
+
+    ``per_scan`` ``(scans, k)`` holds counts per scan. ``statistic(*columns)`` turns the summed
+    columns ``(resamples,)`` each into the figure, e.g. F1 from tp, fp, fn."""
+    counts = np.asarray(per_scan, dtype=float)
+    if len(counts) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    sums = counts[rng.integers(0, len(counts), (resamples, len(counts)))].sum(axis=1)
+    values = statistic(*sums.T)
+    return float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))  # NaN: no defect drawn
 
 
 def truth_points_m(scan, truth) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 from stmwatch.drivers.sxm import read_sxm
 
 from .clicks import add_examples
-from .eval_segment import MATCH_RADIUS_NM, DetectionScore, match_points
+from .eval_segment import MATCH_RADIUS_NM, DetectionScore, match_points, scan_resampled_interval
 from .sim.truth import TruthDefect as TruthPoint  # the truth files' defects
 
 log = logging.getLogger(__name__)
@@ -85,11 +85,13 @@ def build_support(scans: list[Path], surface: str, classes: tuple[str, ...], sho
 
 
 def score_scans(analyser, scans: list[Path], radius_nm: float = MATCH_RADIUS_NM, progress=None) -> dict:
-    """Label every defect of ``scans`` with ``analyser`` and score detection and labels."""
+    """Label every defect of ``scans`` with ``analyser`` and score detection and labels (with 95 %
+    intervals from resampling the scans: ``f1_ci95``, ``label_accuracy_ci95``)."""
     score = DetectionScore()
     correct = total = 0
     per_class: dict[str, list[int]] = {}
     confusion: dict[str, dict[str, int]] = {}
+    per_scan: list[tuple[int, int]] = []  # (right labels, matched defects) of each scan
     for path in scans:
         scan = read_sxm(path)
         truth = acquired_points(scan, read_truth_points(path))
@@ -97,6 +99,7 @@ def score_scans(analyser, scans: list[Path], radius_nm: float = MATCH_RADIUS_NM,
         pred = np.array([(d.x_m, d.y_m) for d in analysis.defects], dtype=float).reshape(-1, 2)
         true = np.array([(p.x_m, p.y_m) for p in truth], dtype=float).reshape(-1, 2)
         score.add(pred, true, radius_nm * 1e-9)
+        before = (correct, total)
         for i, j, _ in match_points(pred, true, radius_nm * 1e-9):
             label, cls = analysis.defects[i].label, truth[j].cls
             total += 1
@@ -106,13 +109,17 @@ def score_scans(analyser, scans: list[Path], radius_nm: float = MATCH_RADIUS_NM,
             per_class[cls][1] += 1
             confusion.setdefault(cls, {})
             confusion[cls][label] = confusion[cls].get(label, 0) + 1
+        per_scan.append((correct - before[0], total - before[1]))
         if progress is not None:
             progress()
+    accuracy_interval = scan_resampled_interval(
+        np.array(per_scan, dtype=float).reshape(-1, 2), lambda right, n: np.where(n > 0, right / np.maximum(n, 1), np.nan))
     return {
         "scans": len(scans), "true": score.tp + score.fn, "found": score.tp + score.fp, "matched": score.tp,
         "precision": round(score.precision, 4), "recall": round(score.recall, 4), "f1": round(score.f1, 4),
         "f1_ci95": [round(v, 4) for v in score.f1_interval()],
         "label_accuracy": round(correct / total, 4) if total else float("nan"),
+        "label_accuracy_ci95": [round(v, 4) for v in accuracy_interval],
         "per_class_accuracy": {c: round(a / n, 4) for c, (a, n) in sorted(per_class.items())},
         "confusion": {c: dict(sorted(v.items())) for c, v in sorted(confusion.items())},
     }

@@ -76,6 +76,8 @@ def test_oneclick_scores_a_hand_made_case(tmp_path):
     assert (r["true"], r["found"], r["matched"]) == (6, 6, 4)
     assert r["f1"] == pytest.approx(4 / 6, abs=1e-4) and r["precision"] == pytest.approx(4 / 6, abs=1e-4)
     assert r["label_accuracy"] == pytest.approx(0.75)
+    # resampling the two scored scans: b b -> 4/6, b c -> 3/4, c c -> 1/1
+    assert r["label_accuracy_ci95"] == pytest.approx([0.6667, 1.0], abs=1e-4)
     assert r["per_class_accuracy"] == {CLASSES[0]: 1.0, CLASSES[1]: 1.0, CLASSES[2]: 0.5}  # no ash3 matched
     assert r["confusion"][CLASSES[2]] == {CLASSES[0]: 1, CLASSES[2]: 1}
 

@@ -61,7 +61,8 @@ def run(args) -> int:
         print(json.dumps(result))
         return 0
     print(f"{args.surface}: {args.shots}-shot from {result['support_scans']} scan(s), scored on {result['eval_scans']} "
-          f"scans: label accuracy {result['label_accuracy']:.3f} over {result['matched']} matched defects; detection "
+          f"scans: label accuracy {result['label_accuracy']:.3f} ({result['label_accuracy_ci95'][0]:.3f}-"
+          f"{result['label_accuracy_ci95'][1]:.3f}) over {result['matched']} matched defects; detection "
           f"F1 {result['f1']:.3f} ({result['f1_ci95'][0]:.3f}-{result['f1_ci95'][1]:.3f}), precision "
           f"{result['precision']:.3f}, recall {result['recall']:.3f} at {result['radius_nm']} nm "
           f"({result['true']} true, {result['found']} found)")
