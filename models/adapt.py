@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from stmwatch.drivers.sxm import read_sxm
 
+from .fewshot.transductive import STEPS as TRANSDUCTIVE_STEPS
 from .preprocess import Prepared, prepare
 from .segment import crops_at, find_components
 
@@ -60,7 +61,7 @@ class AdaptSettings:
     lr: float = 3e-4
     noise: float = 0.5  # share of patches given extra experimental noise
     clusters: int = 8  # k-means clusters of lab crops for the unknown-distance calibration
-    refine_steps: int = 1  # soft k-means steps of the transductive refinement (each scan's crops + the pool)
+    refine_steps: int = TRANSDUCTIVE_STEPS  # soft k-means steps of the transductive refinement (each scan's crops + the pool)
     embedding_steps: int = 0  # episodic fine-tuning of the embedding on the lab's crops (fewshot/pseudo.py)
     adabn: bool = False  # re-estimate the embedding's BatchNorm statistics on the lab's crops (docs/adapt.md)
     agree: int = 4  # "unet-flips" labels: a defect only where this many of the 4 mirror passes see it

@@ -151,8 +151,7 @@ def _densest(v: np.ndarray, tol: float, reach: float) -> tuple[np.ndarray, float
 
 def find_double_tip(points: np.ndarray, mass: np.ndarray, *, nm_per_px: float = 0.1,
                     min_nm: float = 0.5, max_nm: float = 2.5, tolerance_nm: float = 0.15,
-                    min_pairs: int = 3, min_share: float = 0.1, dominance: float = 2.0,
-                    each_pair: bool = False) -> DoubleTip | None:
+                    min_pairs: int = 3, min_share: float = 0.1, dominance: float = 2.0) -> DoubleTip | None:
     """The double tip of one scan, or ``None``.
 
     ``points`` ``(n, 2)`` are the detections' ``(row, col)`` in model pixels of ``nm_per_px``;
@@ -160,8 +159,8 @@ def find_double_tip(points: np.ndarray, mass: np.ndarray, *, nm_per_px: float = 
     least ``min_pairs`` and at least ``min_share`` × n pairs of detections, ``min_nm`` to
     ``max_nm`` apart, share one displacement within ``tolerance_nm``, and that displacement holds
     at least ``dominance`` times as many pairs as any other. Each detection is in at most one pair
-    (closest to the shared displacement first). With ``each_pair`` no side is taken for the scan:
-    the fainter copy of each pair is dropped, as on a tied vote (``side_known`` False).
+    (closest to the shared displacement first). :meth:`DoubleTip.without_side` gives the same pairs
+    with no side taken: the fainter copy of each pair dropped, as on a tied vote.
     """
     points = np.asarray(points, dtype=float).reshape(-1, 2)
     mass = np.asarray(mass, dtype=float).reshape(-1)
@@ -208,9 +207,8 @@ def find_double_tip(points: np.ndarray, mass: np.ndarray, *, nm_per_px: float = 
         ghosts, ghost_offset = tuple(a for a, _ in pairs), -offset
     else:
         ghosts, ghost_offset = each, offset
-    found = DoubleTip((float(ghost_offset[0]), float(ghost_offset[1])), len(pairs), tuple(sorted(ghosts)),
-                      side_known=second_fainter != 0, vote=vote, fainter=each)
-    return found.without_side() if each_pair else found
+    return DoubleTip((float(ghost_offset[0]), float(ghost_offset[1])), len(pairs), tuple(sorted(ghosts)),
+                     side_known=second_fainter != 0, vote=vote, fainter=each)
 
 
 # ---- from the image: every feature seen again ---------------------------------------------------

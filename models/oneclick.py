@@ -88,7 +88,6 @@ def score_scans(analyser, scans: list[Path], radius_nm: float = MATCH_RADIUS_NM,
     """Label every defect of ``scans`` with ``analyser`` and score detection and labels (with 95 %
     intervals from resampling the scans: ``f1_ci95``, ``label_accuracy_ci95``)."""
     score = DetectionScore()
-    correct = total = 0
     per_class: dict[str, list[int]] = {}
     confusion: dict[str, dict[str, int]] = {}
     per_scan: list[tuple[int, int]] = []  # (right labels, matched defects) of each scan
@@ -99,19 +98,20 @@ def score_scans(analyser, scans: list[Path], radius_nm: float = MATCH_RADIUS_NM,
         pred = np.array([(d.x_m, d.y_m) for d in analysis.defects], dtype=float).reshape(-1, 2)
         true = np.array([(p.x_m, p.y_m) for p in truth], dtype=float).reshape(-1, 2)
         score.add(pred, true, radius_nm * 1e-9)
-        before = (correct, total)
+        right = matched = 0
         for i, j, _ in match_points(pred, true, radius_nm * 1e-9):
             label, cls = analysis.defects[i].label, truth[j].cls
-            total += 1
-            correct += label == cls
+            matched += 1
+            right += label == cls
             per_class.setdefault(cls, [0, 0])
             per_class[cls][0] += label == cls
             per_class[cls][1] += 1
             confusion.setdefault(cls, {})
             confusion[cls][label] = confusion[cls].get(label, 0) + 1
-        per_scan.append((correct - before[0], total - before[1]))
+        per_scan.append((right, matched))
         if progress is not None:
             progress()
+    correct, total = sum(r for r, _ in per_scan), sum(n for _, n in per_scan)
     accuracy_interval = scan_resampled_interval(
         np.array(per_scan, dtype=float).reshape(-1, 2), lambda right, n: np.where(n > 0, right / np.maximum(n, 1), np.nan))
     return {
