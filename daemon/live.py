@@ -285,7 +285,7 @@ class LiveSegmenter:
             if any(math.hypot(d.row - p["y_px"], d.col - p["x_px"]) <= match_px for p in run.published):
                 continue
             fresh_defects.append(d)
-        self._classify(fresh_defects)
+        self._classify(fresh_defects, scan.bias_v)
         fresh = []
         for d in fresh_defects:
             item = {**d.as_dict(), "id": len(run.published)}
@@ -310,12 +310,12 @@ class LiveSegmenter:
             self.publish({"kind": "scan_end", **base, **self.reconcile(scan, run)})
         return fresh
 
-    def _classify(self, defects: list) -> None:
+    def _classify(self, defects: list, bias_v: float | None) -> None:
         if self.classifier is None:
             return
         with_crops = [d for d in defects if d.crop is not None]
         if with_crops:
-            labels = self.classifier.classify(np.stack([d.crop for d in with_crops]))
+            labels = self.classifier.classify(np.stack([d.crop for d in with_crops]), bias_v=bias_v)
             for d, (label, score) in zip(with_crops, labels):
                 d.label, d.label_score = label, float(score)
 
@@ -325,7 +325,7 @@ class LiveSegmenter:
         ``id`` of the live defect it confirms, or a new id), ``retracted`` (live ids it does not
         confirm), ``confirmed`` (how many live defects it confirms)."""
         whole = self.segmenter.segment(scan)
-        self._classify(whole)
+        self._classify(whole, scan.bias_v)
         match_px = self.settings.match_nm * 1e-9 / scan.pixel_size_m[0]
         free = {p["id"]: p for p in run.published}
         final, confirmed = [], 0

@@ -6,6 +6,7 @@ A support set is a folder ``<dir>/<class>/*.npy`` of ``(2, 32, 32)`` float32 cro
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,8 @@ def parse_points(text: str | list[str]) -> list[tuple[float, float]]:
 def add_examples(folder: str | Path, label: str, scan: Scan, surface: str, points: list[tuple[float, float]],
                  preprocess=None, stem: str | None = None) -> list[tuple[Path, tuple[float, float]]]:
     """Save one crop per ``(row, col)`` of ``scan`` (display-frame scan pixels) as examples of
-    class ``label`` in the support folder ``folder``; the scan is prepared once.
+    class ``label`` in the support folder ``folder``, each with a sidecar ``.json`` (scan, pixel, the
+    scan's sample bias ``bias_v``); the scan is prepared once.
     Returns ``[(path, (model_row, model_col)), ...]``. Points outside the scan raise ValueError."""
     from .preprocess import prepare
     from .segment import crops_at
@@ -66,6 +68,8 @@ def add_examples(folder: str | Path, label: str, scan: Scan, surface: str, point
         crop = crops_at(prepared.image, [float(r)], [float(c)])[0]
         path = target / f"{stem}_r{row:g}_c{col:g}_{n + k:03d}.npy"
         np.save(path, crop)
+        path.with_suffix(".json").write_text(json.dumps(  # where it came from; the bias picks its polarity
+            {"scan": str(scan.source or stem), "row": float(row), "col": float(col), "bias_v": scan.bias_v}))
         out.append((path, (float(r), float(c))))
     return out
 
@@ -82,7 +86,8 @@ def least_sure(analysis, classifier, n: int = 10) -> list[dict]:
     defects = [d for d in analysis.defects if d.crop is not None]
     if not defects or classifier is None or len(getattr(classifier, "labels", [])) < 2:
         return []
-    d2 = classifier.distances(np.stack([d.crop for d in defects]))
+    bias_v = getattr(getattr(analysis, "scan", None), "bias_v", None)  # prototypes of the scan's polarity
+    d2 = classifier.distances(np.stack([d.crop for d in defects]), bias_v)
     temperature = float(getattr(getattr(classifier, "net", None), "temperature", 1.0))
     p = torch.softmax(torch.from_numpy(-temperature * d2), dim=1).numpy()
     out = []

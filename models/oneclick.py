@@ -67,21 +67,29 @@ def clear_examples(scan, points: list[TruthPoint]) -> list[TruthPoint]:
 
 
 def build_support(scans: list[Path], surface: str, classes: tuple[str, ...], shots: int, folder: Path,
-                  preprocess=None) -> int:
+                  preprocess=None, per_polarity: bool = False) -> int:
     """Click ``shots`` clear examples of every class in the first ``scans`` into ``folder``
-    (``<folder>/<class>/*.npy``); returns how many scans were used. Raises ValueError when the
-    folder does not hold that many examples of a class."""
-    need = {c: shots for c in classes}
+    (``<folder>/<class>/*.npy``); returns how many scans were used. With ``per_polarity``, ``shots``
+    of every class at each sign of the sample bias found among ``scans`` (filled and empty states:
+    the operator clicks again after changing the bias). Raises ValueError when the folder does not
+    hold that many examples of a class."""
+    def polarity(scan) -> int:
+        return int(np.sign(scan.bias_v or 0.0)) if per_polarity else 0
+
+    signs = sorted({polarity(read_sxm(path)) for path in scans}) if per_polarity else [0]
+    need = {(c, s): shots for c in classes for s in signs}
     for used, path in enumerate(scans, start=1):
         scan = read_sxm(path)
+        sign = polarity(scan)
         for p in clear_examples(scan, acquired_points(scan, read_truth_points(path))):
-            if need.get(p.cls, 0) > 0:
+            if need.get((p.cls, sign), 0) > 0:
                 add_examples(folder, p.cls, scan, surface, [(p.row, p.col)], preprocess, stem=path.stem)
-                need[p.cls] -= 1
+                need[(p.cls, sign)] -= 1
         if not any(need.values()):
             return used
-    missing = {c: n for c, n in need.items() if n}
-    raise ValueError(f"the scans hold too few clear examples for {shots} per class: missing {missing}")
+    missing = {(f"{c} at {'+' if s > 0 else '-'} bias" if s else c): n for (c, s), n in need.items() if n}
+    raise ValueError(f"the scans hold too few clear examples for {shots} per class"
+                     f"{' and polarity' if per_polarity else ''}: missing {missing}")
 
 
 def score_scans(analyser, scans: list[Path], radius_nm: float = MATCH_RADIUS_NM, progress=None) -> dict:
@@ -127,14 +135,15 @@ def score_scans(analyser, scans: list[Path], radius_nm: float = MATCH_RADIUS_NM,
 
 def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_analyser: Callable[[Path], object], shots: int = 1,
                       radius_nm: float = MATCH_RADIUS_NM, preprocess=None, support_dir: str | Path | None = None,
-                      progress=None) -> dict:
+                      progress=None, per_polarity: bool = False) -> dict:
     """The one-click figures of the labelled ``.sxm`` files in ``scan_dir`` (a folder, or a list
     of files; name order).
 
     ``make_analyser(support_folder)`` builds the analyser on the clicked support set (e.g.
     ``load_analyser(config, surface, support=folder)``). ``support_dir`` keeps the clicked set
-    there (default a temporary folder). Returns the figures of :func:`score_scans` plus
-    ``shots``, ``support_scans`` and ``eval_scans``."""
+    there (default a temporary folder). ``per_polarity``: the clicks are made at each bias
+    polarity (:func:`build_support`). Returns the figures of :func:`score_scans` plus ``shots``,
+    ``per_polarity``, ``clicks``, ``support_scans`` and ``eval_scans``."""
     from .surfaces import get_surface
 
     scans = sorted(Path(p) for p in scan_dir) if isinstance(scan_dir, list) else sorted(Path(scan_dir).glob("*.sxm"))
@@ -143,10 +152,13 @@ def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_anal
     classes = get_surface(surface).classes
     with tempfile.TemporaryDirectory(prefix="oneclick-") as tmp:
         folder = Path(support_dir) if support_dir else Path(tmp) / surface
-        used = build_support(scans[:max(1, len(scans) // 2)], surface, classes, shots, folder, preprocess)
+        used = build_support(scans[:max(1, len(scans) // 2)], surface, classes, shots, folder, preprocess,
+                             per_polarity)
+        clicks = sum(1 for _ in folder.glob("*/*.npy"))
         analyser = make_analyser(folder)
         result = score_scans(analyser, scans[used:], radius_nm, progress)
-    result.update({"surface": surface, "shots": shots, "support_scans": used, "eval_scans": len(scans) - used,
+    result.update({"surface": surface, "shots": shots, "per_polarity": per_polarity, "clicks": clicks,
+                   "support_scans": used, "eval_scans": len(scans) - used,
                    "radius_nm": radius_nm, "model_versions": dict(getattr(analyser, "model_versions", {}))})
     log.info("oneclick %s: %s", surface, result)
     return result

@@ -109,12 +109,46 @@ def test_transductive_prototypes_move_to_the_lab_crops():
     assert labels[:2] == ["a", "b"] and labels[2:32] == ["a"] * 30 and labels[32:] == ["b"] * 30
 
 
+def test_prototypes_come_from_the_clicks_at_the_scans_polarity():
+    """Embedding = the first two pixels. Class a was clicked at -1.8 V (look (0, 1)) and at +1.2 V
+    (look (1, 0)); class b once, bias unknown, at (-1, -1). A scan's prototype of a is its own
+    polarity's click (both, averaged, when the bias is unknown); b's click serves every scan. The
+    lab pool is cut to the scan's polarity too."""
+    from stmwatch.models.fewshot.proto import ProtoNet
+
+    def crop(a, b):
+        c = np.zeros((2, 32, 32), np.float32)
+        c[0, 0, 0], c[0, 0, 1] = a, b
+        return c
+    support = CropSet("si001h", {"a": np.stack([crop(0.0, 1.0), crop(1.0, 0.0)]), "b": np.stack([crop(-1.0, -1.0)])},
+                      bias_v={"a": np.array([-1.8, 1.2]), "b": np.array([np.nan])})
+    assert support.polarity("a").tolist() == [-1, 1] and support.polarity("b").tolist() == [0]
+    query = np.stack([crop(0.6, -0.8)])
+    clf = TransductiveClassifier(PrototypicalClassifier(ProtoNet(Identity()), support, float("inf")), None, steps=0)
+    assert np.allclose(clf.refined_prototypes(query, bias_v=None).numpy(), [[0.5, 0.5], [-1.0, -1.0]])
+    assert np.allclose(clf.refined_prototypes(query, bias_v=2.0).numpy(), [[1.0, 0.0], [-1.0, -1.0]])
+    assert np.allclose(clf.refined_prototypes(query, bias_v=-2.0).numpy(), [[0.0, 1.0], [-1.0, -1.0]])
+    # squared distances of (0.6, -0.8): to (1, 0) 0.80, (0.5, 0.5) 1.70, (-1, -1) 2.60, (0, 1) 3.60
+    assert [lab for lab, _ in clf.classify(query, bias_v=2.0)] == ["a"]
+    assert [lab for lab, _ in clf.classify(query, bias_v=None)] == ["a"]
+    assert [lab for lab, _ in clf.classify(query, bias_v=-2.0)] == ["b"]
+    # a pool of filled-state crops at (0, -1) pulls a filled-state scan's prototypes, not an empty-state one's
+    pool = np.stack([crop(0.0, -1.0)] * 20)
+    pooled = TransductiveClassifier(PrototypicalClassifier(ProtoNet(Identity()), support, float("inf")), pool,
+                                    steps=1, pool_bias_v=np.full(20, -1.5))
+    assert np.allclose(pooled.refined_prototypes(query[:0], bias_v=2.0).numpy(), [[1.0, 0.0], [-1.0, -1.0]])
+    assert not np.allclose(pooled.refined_prototypes(query[:0], bias_v=-2.0).numpy(), [[0.0, 1.0], [-1.0, -1.0]])
+    with pytest.raises(ValueError, match="bias"):
+        TransductiveClassifier(PrototypicalClassifier(ProtoNet(Identity()), support, float("inf")), pool,
+                               pool_bias_v=np.zeros(3))
+
+
 def test_least_sure_lists_the_smallest_margins_first():
     class Fake:
         labels = ["a", "b", "c"]
         net = types.SimpleNamespace(temperature=1.0)
 
-        def distances(self, crops):
+        def distances(self, crops, bias_v=None):
             return np.array([[0.0, 5.0, 9.0], [1.0, 1.1, 9.0], [2.0, 1.0, 3.0]])  # gaps 1, 0.05, 0.33
 
     defects = [types.SimpleNamespace(row=float(i), col=0.0, label="x", crop=np.zeros((2, 32, 32))) for i in range(3)]

@@ -1,6 +1,8 @@
 """The shipped classifier: weights + default support sets, wired into the analyser."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -50,7 +52,7 @@ def test_load_hook_and_one_forward_pass_per_scan():
     assert clf.pool is None  # the shipped net refines its prototypes on each scan's crops only
     calls = []
     original = clf.classify
-    clf.classify = lambda crops: calls.append(len(crops)) or original(crops)
+    clf.classify = lambda crops, bias_v=None: calls.append((len(crops), bias_v)) or original(crops, bias_v)
     support = np.load(sorted((SUPPORT / "si001h" / "vacancy").glob("*.npy"))[0])
 
     class Fake:  # a segmenter that finds three defects, one without a crop
@@ -60,8 +62,8 @@ def test_load_hook_and_one_forward_pass_per_scan():
             return [Defect(1, 2, 0, 0, 5, 0.9, crop=support), Defect(3, 4, 0, 0, 5, 0.9, crop=support),
                     Defect(5, 6, 0, 0, 5, 0.9)]
 
-    analysis = Analyser(Fake(), clf).analyse(scan=None)
-    assert calls == [2]  # the crops of one scan go through the network together
+    analysis = Analyser(Fake(), clf).analyse(scan=types.SimpleNamespace(bias_v=-1.8))
+    assert calls == [(2, -1.8)]  # the crops of one scan go through the network together, with its bias
     assert [d.label for d in analysis.defects] == ["vacancy", "vacancy", "defect"]
     assert analysis.counts == {"defect": 1, "vacancy": 2}
 

@@ -16,15 +16,15 @@ CLASSES = ("dangling_bond", "as_incorporated", "vacancy", "ash3_fragment")
 PX = 100  # 10 nm at 0.1 nm per pixel
 
 
-def write_case(folder, name, truth):
-    """A flat noisy 10 nm scan with bumps at the truth pixels and its truth file."""
+def write_case(folder, name, truth, bias_v=None):
+    """A flat noisy 10 nm scan (sample bias ``bias_v``) with bumps at the truth pixels and its truth file."""
     rng = np.random.default_rng(len(name))
     rows, cols = np.mgrid[0:PX, 0:PX]
     z = rng.normal(0, 0.003, (PX, PX))
     for _, r, c in truth:
         z += 0.1 * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * 4.0 ** 2))
     scan = Scan([Channel("Z", "m", (z * 1e-9).astype(np.float32), (z * 1e-9).astype(np.float32))], pixels=(PX, PX),
-                range_m=(PX * 1e-10, PX * 1e-10))
+                range_m=(PX * 1e-10, PX * 1e-10), bias_v=bias_v)
     path = write_sxm(scan, folder / f"{name}.sxm")
     defects = []
     for cls, r, c in truth:
@@ -87,3 +87,26 @@ def test_too_few_examples_is_a_clear_error(tmp_path):
     write_case(tmp_path, "b", [(CLASSES[0], 30, 30)])
     with pytest.raises(ValueError, match="missing"):
         evaluate_oneclick(tmp_path, "si001h", lambda folder: None, shots=1)
+
+
+def test_per_polarity_clicks_each_class_at_each_bias_sign(tmp_path):
+    """Scan a is at +1.5 V, b at -1.5 V: one click per class is taken from a alone; per polarity,
+    from both, and each click's sidecar records its scan's bias."""
+    four = [(CLASSES[0], 30, 30), (CLASSES[1], 30, 70), (CLASSES[2], 70, 30), (CLASSES[3], 70, 70)]
+    write_case(tmp_path, "a", four, bias_v=1.5)
+    write_case(tmp_path, "b", four, bias_v=-1.5)
+    for name in "cdef":
+        write_case(tmp_path, name, four[:1], bias_v=1.5)
+    script = {name: [(30, 30, CLASSES[0])] for name in "bcdef"}
+    folders = []
+    one = evaluate_oneclick(tmp_path, "si001h", lambda f: Scripted(script), support_dir=tmp_path / "one")
+    both = evaluate_oneclick(tmp_path, "si001h", lambda f: folders.append(f) or Scripted(script),
+                             support_dir=tmp_path / "both", per_polarity=True)
+    assert (one["support_scans"], one["clicks"], one["eval_scans"]) == (1, 4, 5)
+    assert (both["support_scans"], both["clicks"], both["eval_scans"], both["per_polarity"]) == (2, 8, 4, True)
+    from stmwatch.models.fewshot.crops import load_surface
+
+    support = load_surface(folders[0])
+    assert support.counts() == {c: 2 for c in sorted(CLASSES)}
+    for c in CLASSES:
+        assert sorted(support.polarity(c).tolist()) == [-1, 1] and sorted(support.bias_v[c].tolist()) == [-1.5, 1.5]

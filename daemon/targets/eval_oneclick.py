@@ -9,8 +9,8 @@ import sys
 HELP = "one-click label accuracy and detection F1 on a folder of labelled scans"
 DESCRIPTION = """Cut --shots examples of every class from the first scans of --scans (name order; the truth
 files of 'stmwatch simulate' say where, and only clear examples -- 2 nm from the edge, apart from
-other defects -- are clicked) through 'support add''s code, then label every defect of the later
-scans with the models on that support set and score them: label accuracy of the defects matched
+other defects -- are clicked; with --per-polarity, at each sign of the sample bias) through
+'support add''s code, then label every defect of the later scans with the models on that support set and score them: label accuracy of the defects matched
 within --radius-nm, and detection precision, recall and F1 (95 % interval by resampling scans).
 
   stmwatch simulate --style foreign --surface si001h --n 24 --out foreign/si
@@ -24,6 +24,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--surface", required=True, help="si001h | ge001 | tio2110")
     parser.add_argument("--models", metavar="BUNDLE", help="a model bundle (stmwatch adapt); default the shipped models")
     parser.add_argument("--shots", type=int, default=1, help="examples clicked per class (default 1)")
+    parser.add_argument("--per-polarity", action="store_true",
+                        help="click --shots per class at each bias polarity of the scans (filled and empty states)")
     parser.add_argument("--radius-nm", type=float, default=MATCH_RADIUS_NM, help="match radius (nm, default 0.5)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), help="inference backend")
     parser.add_argument("--config", metavar="TOML", help="config file ([models], [preprocess])")
@@ -53,14 +55,15 @@ def run(args) -> int:
             result = evaluate_oneclick(
                 args.scans, args.surface, lambda folder: load_analyser(config, args.surface, args.backend, folder),
                 shots=args.shots, radius_nm=args.radius_nm, preprocess=config.preprocess,
-                support_dir=args.keep_support, progress=lambda: bar.advance(task))
+                support_dir=args.keep_support, progress=lambda: bar.advance(task), per_polarity=args.per_polarity)
         except (ValueError, FileNotFoundError, KeyError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{args.surface}: {args.shots}-shot from {result['support_scans']} scan(s), scored on {result['eval_scans']} "
+    clicks = f"{args.shots}-shot per polarity" if args.per_polarity else f"{args.shots}-shot"
+    print(f"{args.surface}: {clicks} ({result['clicks']} clicks) from {result['support_scans']} scan(s), scored on {result['eval_scans']} "
           f"scans: label accuracy {result['label_accuracy']:.3f} ({result['label_accuracy_ci95'][0]:.3f}-"
           f"{result['label_accuracy_ci95'][1]:.3f}) over {result['matched']} matched defects; detection "
           f"F1 {result['f1']:.3f} ({result['f1_ci95'][0]:.3f}-{result['f1_ci95'][1]:.3f}), precision "

@@ -69,13 +69,16 @@ class PrototypicalClassifier:
                 self.gate[0].fit(torch.from_numpy(to_model_input(x)), torch.from_numpy(y).long())
 
     @torch.no_grad()
-    def distances(self, crops: np.ndarray) -> np.ndarray:
-        """Squared embedding distance ``(n, classes)`` of each crop to each prototype; one forward pass."""
+    def distances(self, crops: np.ndarray, bias_v: float | None = None) -> np.ndarray:
+        """Squared embedding distance ``(n, classes)`` of each crop to each prototype; one forward
+        pass (``bias_v``: see :meth:`classify`)."""
         return self.net.distances(torch.from_numpy(self.model_input(crops))).numpy()
 
-    def classify(self, crops: np.ndarray) -> list[tuple[str, float]]:
+    def classify(self, crops: np.ndarray, bias_v: float | None = None) -> list[tuple[str, float]]:
         """``crops`` ``(n, C, h, w)`` → ``(label, score)`` each; score = the network's softmax
-        probability of the nearest class (for ``"unknown"``: of the nearest class it was not given)."""
+        probability of the nearest class (for ``"unknown"``: of the nearest class it was not given).
+        ``bias_v`` is not used here: the prototypes of every click, fixed (the polarity choice and the
+        refinement are :class:`~.transductive.TransductiveClassifier`'s)."""
         if len(crops) == 0:
             return []
         return self.label(crops, self.distances(crops))
@@ -204,8 +207,11 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     classifier = PrototypicalClassifier(net, support, threshold, version=file_version(weights),
                                         crop_norm=config.crop_norm, gate=gate)
     pool = weights.parent / meta["pool"] if meta.get("pool") else None
-    if pool is not None and not pool.is_file():
-        raise FileNotFoundError(f"{weights}: its pool of lab crops {pool.name} is missing")
+    pool_bias = weights.parent / meta["pool_bias"] if meta.get("pool_bias") else None
+    for part in (pool, pool_bias):
+        if part is not None and not part.is_file():
+            raise FileNotFoundError(f"{weights}: its pool of lab crops {part.name} is missing")
     # prototypes refined on each scan's own defects, and on the lab's crops for an adapted classifier
     return TransductiveClassifier(classifier, np.load(pool) if pool is not None else None,
-                                  steps=int(meta.get("refine_steps", TRANSDUCTIVE_STEPS)))
+                                  steps=int(meta.get("refine_steps", TRANSDUCTIVE_STEPS)),
+                                  pool_bias_v=np.load(pool_bias) if pool_bias is not None and pool is not None else None)

@@ -7,6 +7,11 @@ crop is used twice) resized with bilinear interpolation to ``size`` pixels squar
 crop loader of the project: training, evaluation, the shipped classifier and ``support add`` all
 use it.
 
+A crop may have a sidecar ``<name>.json`` (``support add`` writes one): the scan it was cut from,
+the clicked pixel and the scan's sample bias ``bias_v`` (V). Defects look different in filled and
+empty states, so the classifier prefers the clicks made at the polarity of the scan it labels
+(:mod:`.transductive`).
+
 Units: ``.npy`` crops are taken as they are (the model's normalised units: median 0, robust spread
 1, see docs/design.md). Images (PNG/TIFF) carry arbitrary grey levels, so they are normalised per
 crop to median 0 and robust spread 1.
@@ -14,6 +19,7 @@ crop to median 0 and robust spread 1.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -95,24 +101,50 @@ def load_crop(path: Path | str) -> np.ndarray:
     return np.stack([robust_normalise(f) for f in x])
 
 
+def crop_bias(path: Path | str) -> float:
+    """The sample bias (V) of the scan a crop file was cut from, from its sidecar ``<name>.json``;
+    NaN when there is none or it does not say."""
+    sidecar = Path(path).with_suffix(".json")
+    try:
+        value = json.loads(sidecar.read_text()).get("bias_v")
+        return float(value) if value is not None else float("nan")
+    except (OSError, ValueError, TypeError, AttributeError):
+        return float("nan")
+
+
 @dataclasses.dataclass
 class CropSet:
-    """The crops of one surface: ``crops[label]`` is float32 ``(n, C, size, size)``."""
+    """The crops of one surface: ``crops[label]`` is float32 ``(n, C, size, size)``; ``bias_v[label]``
+    (optional) the sample bias (V) of each crop's scan, NaN where unknown."""
 
     surface: str
     crops: dict[str, np.ndarray]
+    bias_v: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
         return sorted(self.crops)
 
+    def polarity(self, label: str) -> np.ndarray:
+        """The sign of each crop's bias in class ``label``: +1 empty states, -1 filled states, 0 unknown."""
+        bias = self.bias_v.get(label)
+        n = len(self.crops[label])
+        if bias is None or len(bias) != n:
+            return np.zeros(n, np.int8)
+        return np.sign(np.nan_to_num(np.asarray(bias, float))).astype(np.int8)
+
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in sorted(self.crops.items())}
 
 
+def crop_files(folder: Path | str) -> list[Path]:
+    """The crop files of a class folder, in file-name order."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in CROP_SUFFIXES)
+
+
 def load_class_folder(folder: Path | str, size: int = INPUT_SIZE) -> np.ndarray:
     """Every crop file in ``folder`` as float32 ``(n, C, size, size)``, in file-name order."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in CROP_SUFFIXES)
+    files = crop_files(folder)
     if not files:
         return np.zeros((0, INPUT_CHANNELS, size, size), np.float32)
     return np.concatenate([to_model_input(load_crop(p), size) for p in files])
@@ -126,13 +158,14 @@ def load_surface(root: Path | str, surface: str | None = None, size: int = INPUT
     folder = Path(root) / surface if surface else Path(root)
     if not folder.is_dir():
         raise FileNotFoundError(f"no crop folder {folder}")
-    crops = {}
+    crops, bias = {}, {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         x = load_class_folder(sub, size)
         if len(x) < min_per_class:
             log.info("class %s of %s has %d crops (< %d): left out", sub.name, folder, len(x), min_per_class)
             continue
         crops[sub.name] = x
+        bias[sub.name] = np.array([crop_bias(p) for p in crop_files(sub)], float)
     if not crops:
         raise FileNotFoundError(f"no crops in {folder} (expected <class>/*.npy|png|tif)")
-    return CropSet(surface or folder.name, crops)
+    return CropSet(surface or folder.name, crops, bias)
