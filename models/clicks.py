@@ -99,3 +99,19 @@ def least_sure(analysis, classifier, n: int = 10) -> list[dict]:
                     "p_second": round(float(p[i, b]), 4), "margin": round(float(gap), 4)})
     out.sort(key=lambda r: r["margin"])
     return out[:n]
+
+
+def unclicked_at_polarity(support, bias_v: float | None) -> list[str]:
+    """The classes of ``support`` (a :class:`~stmwatch.models.fewshot.crops.CropSet`) clicked only
+    at the other bias polarity than ``bias_v`` (V): for a scan at that bias they fall back on
+    another polarity's look, so a click in this scan helps. Empty when the bias or the clicks'
+    biases are unknown."""
+    if bias_v is None or not np.isfinite(bias_v) or bias_v == 0:
+        return []
+    sign = int(np.sign(bias_v))
+    out = []
+    for label in support.labels:
+        polarity = support.polarity(label)
+        if (polarity != 0).all() and not (polarity == sign).any():
+            out.append(label)
+    return out

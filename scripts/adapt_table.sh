@@ -3,7 +3,9 @@
 # for each surface, simulate 24 scans of each style (seed 18) and the lab's 12 unlabelled foreign
 # scans (seed 118); `stmwatch eval oneclick` with the shipped models on both styles (BEFORE);
 # `stmwatch adapt` on the lab scans; `stmwatch eval oneclick` with the bundle on both styles (AFTER).
-# One JSON file per row in OUT/json/, one summary table printed (and written to OUT/table.md).
+# Each evaluation runs twice: one click per class, and one per class at each bias polarity
+# (--per-polarity; the JSON files named *_pp_*). One JSON file per row in OUT/json/, one summary
+# table printed (and written to OUT/table.md).
 #
 #   scripts/adapt_table.sh [OUT]          # default OUT = adapt-table
 #   SURFACES="si001h ge001" STMWATCH=".venv/bin/stmwatch" scripts/adapt_table.sh out
@@ -31,12 +33,16 @@ for S in $SURFACES; do
     for STYLE in training foreign; do
         $STMWATCH eval oneclick --scans "$OUT/${STYLE}_$S" --surface "$S" --json --backend torch \
             > "$OUT/json/before_${STYLE}_$S.json"
+        $STMWATCH eval oneclick --scans "$OUT/${STYLE}_$S" --surface "$S" --json --backend torch --per-polarity \
+            > "$OUT/json/before_pp_${STYLE}_$S.json"
     done
     rm -rf "$OUT/bundle_$S"
     $STMWATCH adapt --surface "$S" --scans "$OUT/lab_$S" --out "$OUT/bundle_$S" > "$OUT/json/adapt_$S.log" 2>&1
     for STYLE in training foreign; do
         $STMWATCH eval oneclick --scans "$OUT/${STYLE}_$S" --surface "$S" --models "$OUT/bundle_$S" --json \
             --backend torch > "$OUT/json/after_${STYLE}_$S.json"
+        $STMWATCH eval oneclick --scans "$OUT/${STYLE}_$S" --surface "$S" --models "$OUT/bundle_$S" --json \
+            --backend torch --per-polarity > "$OUT/json/after_pp_${STYLE}_$S.json"
     done
 done
 
@@ -46,15 +52,20 @@ from pathlib import Path
 
 out, surfaces = Path(sys.argv[1]), sys.argv[2:]
 print("| surface | style | scans clicked / scored | true defects | one-click label accuracy before → after "
+      "| clicks at each polarity: accuracy before → after (clicks, scans scored) "
       "| detection F1 before → after (P / R after) | bundle |")
-print("|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|")
 for s in surfaces:
     for style in ("training", "foreign"):
         b = json.loads((out / "json" / f"before_{style}_{s}.json").read_text())
         a = json.loads((out / "json" / f"after_{style}_{s}.json").read_text())
+        bp = json.loads((out / "json" / f"before_pp_{style}_{s}.json").read_text())
+        ap = json.loads((out / "json" / f"after_pp_{style}_{s}.json").read_text())
         bundle = a.get("model_versions", {}).get("bundle", "")
         print(f"| {s} | {style} | {b['support_scans']} / {b['eval_scans']} | {b['true']} | "
-              f"{b['label_accuracy']:.3f} → {a['label_accuracy']:.3f} | {b['f1']:.3f} → {a['f1']:.3f} "
+              f"{b['label_accuracy']:.3f} → {a['label_accuracy']:.3f} | "
+              f"{bp['label_accuracy']:.3f} → {ap['label_accuracy']:.3f} ({ap['clicks']}, {ap['eval_scans']}) | "
+              f"{b['f1']:.3f} → {a['f1']:.3f} "
               f"({a['precision']:.3f} / {a['recall']:.3f}) | {bundle} |")
 print()
 for s in surfaces:

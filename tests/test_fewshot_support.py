@@ -1,11 +1,16 @@
 """``stmwatch support add``: the crop is cut at the clicked defect, at the model's 0.1 nm/px."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 
 from stmwatch.daemon.cli import main
 from stmwatch.drivers.scan import Channel, Scan
 from stmwatch.drivers.sxm import write_sxm
+from stmwatch.models.clicks import unclicked_at_polarity
+from stmwatch.models.fewshot.crops import CropSet
 
 SIZE_NM = 16.0
 BUMP_NM = (5.0, 11.0)  # (down from the top, right from the left edge), nm
@@ -52,11 +57,27 @@ def test_crop_is_centred_on_the_defect_at_model_scale_whatever_the_scan_pixels(t
         assert abs(r - 21) <= 1.0 and abs(c - 26) <= 1.0
 
 
-def test_support_list_counts_examples(tmp_path, capsys):
-    add(tmp_path, 80, BUMP_NM, "bump")
+def test_support_list_counts_examples_by_polarity(tmp_path, capsys):
+    add(tmp_path, 80, BUMP_NM, "bump")  # bias unknown
+    scan = bump_scan(80)
+    scan.bias_v = -1.7
+    path = write_sxm(scan, tmp_path / "filled.sxm")
+    assert main(["support", "add", "--surface", "si001h", "--label", "bump", "--scan", str(path),
+                 "--at", "24.5,54.5", "--support", str(tmp_path / "support")]) == 0
+    sidecar = json.loads(next((tmp_path / "support" / "bump").glob("filled_*.json")).read_text())
+    assert sidecar["bias_v"] == pytest.approx(-1.7) and sidecar["row"] == 24.5 and sidecar["scan"].endswith("filled.sxm")
     capsys.readouterr()
     assert main(["support", "list", "--surface", "si001h", "--support", str(tmp_path / "support")]) == 0
-    assert capsys.readouterr().out.split() == ["bump", "1"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split("\t") == ["bump", "2", "1", "0", "1"]  # 2 examples: 1 filled-state, 1 bias unknown
+
+
+def test_classes_clicked_only_at_the_other_polarity_are_named():
+    support = CropSet("si001h", {k: np.zeros((n, 2, 32, 32), np.float32) for k, n in (("a", 2), ("b", 1), ("c", 1))},
+                      bias_v={"a": np.array([-1.0, 1.0]), "b": np.array([-2.0]), "c": np.array([np.nan])})
+    assert unclicked_at_polarity(support, 1.5) == ["b"]  # c's bias is unknown: it serves every scan
+    assert unclicked_at_polarity(support, -1.5) == []
+    assert unclicked_at_polarity(support, None) == []
 
 
 def test_several_at_points_save_one_crop_each_centred_on_its_point(tmp_path):

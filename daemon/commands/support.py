@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 HELP = "label defect classes from examples clicked in a scan, list a support set, or suggest where to click"
@@ -17,7 +18,9 @@ the scan's size), and saves it as a new example of the class. Several examples a
 
   stmwatch support suggest --surface si001h --scan scan.sxm [--n 10]
 lists the defects of the scan the classifier is least sure of (smallest margin between its two
-nearest classes): where a second click helps most.
+nearest classes): where a second click helps most. Many defects look different in filled (-)
+and empty (+) states: each click records its scan's bias, a scan is labelled with the clicks of
+its own polarity where a class has some, and suggest says which classes have none there yet.
 
 --support DIR: the support folder of that surface (default: [models] support of --config, else
 ~/.local/share/stmwatch/support/<surface>, which starts as a copy of the shipped set). Point
@@ -76,7 +79,7 @@ def _suggest(args, config, folder) -> int:
     import json
 
     from stmwatch.drivers.sxm import ScanReadError, read_sxm
-    from stmwatch.models.clicks import least_sure
+    from stmwatch.models.clicks import least_sure, unclicked_at_polarity
     from stmwatch.models.load import load_analyser
 
     if config is None:
@@ -95,6 +98,10 @@ def _suggest(args, config, folder) -> int:
     if analyser.classifier is None:
         raise SystemExit(f"error: no few-shot classifier with support set {folder}")
     rows = least_sure(analyser.analyse(scan), analyser.classifier, args.n)
+    unclicked = unclicked_at_polarity(analyser.classifier.support, scan.bias_v)
+    if unclicked:  # stderr: stdout stays a table (or JSON lines)
+        print(f"note: {', '.join(unclicked)} clicked only at the other bias polarity; this scan is at "
+              f"{scan.bias_v:+g} V: a click of each here helps most", file=sys.stderr)
     if args.json:
         for r in rows:
             print(json.dumps(r))
@@ -115,8 +122,11 @@ def run(args) -> int:
     if args.action == "list":
         from stmwatch.models.fewshot.crops import load_surface
 
-        for label, n in load_surface(folder).counts().items():
-            print(f"{label}\t{n}")
+        support = load_surface(folder)
+        print("class\texamples\tfilled (-)\tempty (+)\tbias unknown")
+        for label, n in support.counts().items():
+            polarity = support.polarity(label)
+            print(f"{label}\t{n}\t{int((polarity < 0).sum())}\t{int((polarity > 0).sum())}\t{int((polarity == 0).sum())}")
         return 0
 
     if args.action == "suggest":
