@@ -67,29 +67,46 @@ def clear_examples(scan, points: list[TruthPoint]) -> list[TruthPoint]:
 
 
 def build_support(scans: list[Path], surface: str, classes: tuple[str, ...], shots: int, folder: Path,
-                  preprocess=None, per_polarity: bool = False) -> int:
+                  preprocess=None, per_polarity: bool = False, rng: np.random.Generator | None = None) -> int:
     """Click ``shots`` clear examples of every class in the first ``scans`` into ``folder``
     (``<folder>/<class>/*.npy``); returns how many scans were used. With ``per_polarity``, ``shots``
     of every class at each sign of the sample bias found among ``scans`` (filled and empty states:
-    the operator clicks again after changing the bias). Raises ValueError when the folder does not
-    hold that many examples of a class."""
+    the operator clicks again after changing the bias). With ``rng``, the clicks are drawn at
+    random among the clear examples of all ``scans`` (which are then all "used") instead of the
+    first ones. Raises ValueError when the folder does not hold that many examples of a class."""
     def polarity(scan) -> int:
         return int(np.sign(scan.bias_v or 0.0)) if per_polarity else 0
 
     signs = sorted({polarity(read_sxm(path)) for path in scans}) if per_polarity else [0]
     need = {(c, s): shots for c in classes for s in signs}
-    for used, path in enumerate(scans, start=1):
-        scan = read_sxm(path)
-        sign = polarity(scan)
-        for p in clear_examples(scan, acquired_points(scan, read_truth_points(path))):
-            if need.get((p.cls, sign), 0) > 0:
+    if rng is not None:  # every clear example of every scan, then a random draw per class (and polarity)
+        candidates: dict[tuple[str, int], list] = {}
+        for path in scans:
+            scan = read_sxm(path)
+            for p in clear_examples(scan, acquired_points(scan, read_truth_points(path))):
+                candidates.setdefault((p.cls, polarity(scan)), []).append((path, scan, p))
+        for key, n in need.items():
+            pool = candidates.get(key, [])
+            for k in rng.permutation(len(pool))[:n]:
+                path, scan, p = pool[k]
                 add_examples(folder, p.cls, scan, surface, [(p.row, p.col)], preprocess, stem=path.stem)
-                need[(p.cls, sign)] -= 1
-        if not any(need.values()):
-            return used
+                need[key] -= 1
+        used = len(scans)
+    else:
+        for used, path in enumerate(scans, start=1):
+            scan = read_sxm(path)
+            sign = polarity(scan)
+            for p in clear_examples(scan, acquired_points(scan, read_truth_points(path))):
+                if need.get((p.cls, sign), 0) > 0:
+                    add_examples(folder, p.cls, scan, surface, [(p.row, p.col)], preprocess, stem=path.stem)
+                    need[(p.cls, sign)] -= 1
+            if not any(need.values()):
+                return used
     missing = {(f"{c} at {'+' if s > 0 else '-'} bias" if s else c): n for (c, s), n in need.items() if n}
-    raise ValueError(f"the scans hold too few clear examples for {shots} per class"
-                     f"{' and polarity' if per_polarity else ''}: missing {missing}")
+    if missing:
+        raise ValueError(f"the scans hold too few clear examples for {shots} per class"
+                         f"{' and polarity' if per_polarity else ''}: missing {missing}")
+    return used
 
 
 def score_scans(analyser, scans: list[Path], radius_nm: float = MATCH_RADIUS_NM, progress=None) -> dict:
@@ -135,30 +152,48 @@ def score_scans(analyser, scans: list[Path], radius_nm: float = MATCH_RADIUS_NM,
 
 def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_analyser: Callable[[Path], object], shots: int = 1,
                       radius_nm: float = MATCH_RADIUS_NM, preprocess=None, support_dir: str | Path | None = None,
-                      progress=None, per_polarity: bool = False) -> dict:
+                      progress=None, per_polarity: bool = False, repeats: int = 1, seed: int = 0) -> dict:
     """The one-click figures of the labelled ``.sxm`` files in ``scan_dir`` (a folder, or a list
     of files; name order).
 
     ``make_analyser(support_folder)`` builds the analyser on the clicked support set (e.g.
     ``load_analyser(config, surface, support=folder)``). ``support_dir`` keeps the clicked set
     there (default a temporary folder). ``per_polarity``: the clicks are made at each bias
-    polarity (:func:`build_support`). Returns the figures of :func:`score_scans` plus ``shots``,
-    ``per_polarity``, ``clicks``, ``support_scans`` and ``eval_scans``."""
+    polarity (:func:`build_support`).
+
+    ``repeats`` = 1: the first clear examples are clicked, and the scans after the last one used
+    are scored. ``repeats`` > 1: the first half of the scans are where the operator clicks, the
+    second half are scored, and ``repeats`` sets of clicks are drawn at random there (``seed``), so
+    that the figure does not hang on which example was clicked: the result is that of the first
+    draw, plus ``repeats``, ``label_accuracy_repeats`` (one per draw), ``label_accuracy_mean`` and
+    the 2.5 and 97.5 percentiles of the draws, ``label_accuracy_range95``. Returns the figures of
+    :func:`score_scans` plus ``shots``, ``per_polarity``, ``clicks``, ``support_scans`` and ``eval_scans``."""
     from .surfaces import get_surface
 
     scans = sorted(Path(p) for p in scan_dir) if isinstance(scan_dir, list) else sorted(Path(scan_dir).glob("*.sxm"))
     if len(scans) < 2:
         raise ValueError(f"{scan_dir}: eval oneclick needs at least 2 labelled .sxm files, found {len(scans)}")
     classes = get_surface(surface).classes
+    half = max(1, len(scans) // 2)
+    results = []
     with tempfile.TemporaryDirectory(prefix="oneclick-") as tmp:
-        folder = Path(support_dir) if support_dir else Path(tmp) / surface
-        used = build_support(scans[:max(1, len(scans) // 2)], surface, classes, shots, folder, preprocess,
-                             per_polarity)
-        clicks = sum(1 for _ in folder.glob("*/*.npy"))
-        analyser = make_analyser(folder)
-        result = score_scans(analyser, scans[used:], radius_nm, progress)
-    result.update({"surface": surface, "shots": shots, "per_polarity": per_polarity, "clicks": clicks,
-                   "support_scans": used, "eval_scans": len(scans) - used,
-                   "radius_nm": radius_nm, "model_versions": dict(getattr(analyser, "model_versions", {}))})
+        for r in range(max(1, repeats)):
+            base = Path(support_dir) if support_dir else Path(tmp)
+            folder = base / surface if repeats <= 1 else base / f"draw{r:02d}" / surface
+            rng = np.random.default_rng([seed, r]) if repeats > 1 else None
+            used = build_support(scans[:half], surface, classes, shots, folder, preprocess, per_polarity, rng)
+            clicks = sum(1 for _ in folder.glob("*/*.npy"))
+            analyser = make_analyser(folder)
+            result = score_scans(analyser, scans[used:], radius_nm, progress)
+            result.update({"surface": surface, "shots": shots, "per_polarity": per_polarity, "clicks": clicks,
+                           "support_scans": used, "eval_scans": len(scans) - used, "radius_nm": radius_nm,
+                           "model_versions": dict(getattr(analyser, "model_versions", {}))})
+            results.append(result)
+    result = results[0]
+    if repeats > 1:
+        draws = [x["label_accuracy"] for x in results]
+        result.update({"repeats": len(draws), "label_accuracy_repeats": draws,
+                       "label_accuracy_mean": round(float(np.mean(draws)), 4),
+                       "label_accuracy_range95": [round(float(v), 4) for v in np.percentile(draws, [2.5, 97.5])]})
     log.info("oneclick %s: %s", surface, result)
     return result

@@ -110,3 +110,22 @@ def test_per_polarity_clicks_each_class_at_each_bias_sign(tmp_path):
     assert support.counts() == {c: 2 for c in sorted(CLASSES)}
     for c in CLASSES:
         assert sorted(support.polarity(c).tolist()) == [-1, 1] and sorted(support.bias_v[c].tolist()) == [-1.5, 1.5]
+
+
+def test_repeats_draw_clicks_in_the_first_half_and_score_the_second(tmp_path):
+    four = [(CLASSES[0], 30, 30), (CLASSES[1], 30, 70), (CLASSES[2], 70, 30), (CLASSES[3], 70, 70)]
+    for name in "abcd":
+        write_case(tmp_path, name, four)
+    script = {"c": [(30, 30, CLASSES[0]), (30, 70, CLASSES[0])], "d": [(70, 30, CLASSES[2])]}
+    r = evaluate_oneclick(tmp_path, "si001h", lambda f: Scripted(script), repeats=8, seed=3,
+                          support_dir=tmp_path / "kept")
+    assert (r["support_scans"], r["eval_scans"], r["clicks"], r["repeats"]) == (2, 2, 4, 8)
+    # by hand: 3 matched, 2 right (the scripted labels do not depend on the clicks)
+    assert r["label_accuracy_repeats"] == [pytest.approx(2 / 3, abs=1e-4)] * 8
+    assert r["label_accuracy_mean"] == pytest.approx(2 / 3, abs=1e-4)
+    sources = set()
+    for draw in sorted((tmp_path / "kept").iterdir()):
+        crops = sorted((draw / "si001h").glob("*/*.npy"))
+        assert len(crops) == 4  # one per class in each draw
+        sources |= {json.loads(c.with_suffix(".json").read_text())["scan"].split("/")[-1] for c in crops}
+    assert sources == {"a.sxm", "b.sxm"}  # drawn from both click scans, never from the scored ones
