@@ -169,13 +169,13 @@ def _patches(image: np.ndarray, target: np.ndarray, patch: int, count: int, rng)
 
 
 def label_patches(paths: list[Path], prepared_scans: list[Prepared], source: LabelSource, radius: float,
-                  settings: AdaptSettings, rng, progress) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+                  settings: AdaptSettings, rng, progress) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Patches ``(N, C, P, P)`` of the scans with targets ``(N, P, P)`` in {-1 left out, 0, 1} from
-    ``source``'s labels (discs of ``radius`` model pixels), the crops at the labelled defects, the
-    index in ``paths`` of each crop's scan, and the number of defect pixels."""
+    ``source``'s labels (discs of ``radius`` model pixels), the crops at the labelled defects, and
+    the number of defect pixels."""
     from .train_unet import disc_target
 
-    xs, ys, crops, crop_scan = [], [], [], []
+    xs, ys, crops = [], [], []
     for i, (path, prepared) in enumerate(zip(paths, prepared_scans)):
         labels = source.labels(path, prepared)
         image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
@@ -187,11 +187,9 @@ def label_patches(paths: list[Path], prepared_scans: list[Prepared], source: Lab
         ys.append(y)
         if len(labels.centres):
             crops.append(crops_at(prepared.image, labels.centres[:, 0], labels.centres[:, 1]))
-            crop_scan += [i] * len(labels.centres)
         progress(i + 1, len(paths))
     lab_crops = np.concatenate(crops) if crops else np.zeros((0, 2, 32, 32), np.float32)
-    return (np.concatenate(xs), np.concatenate(ys), lab_crops, np.array(crop_scan, dtype=np.int64),
-            int(sum((t == 1).sum() for t in ys)))
+    return np.concatenate(xs), np.concatenate(ys), lab_crops, int(sum((t == 1).sum() for t in ys))
 
 
 def masked_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -331,9 +329,8 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
     # 1. labels and crops
     radius = settings.disc_nm / surf.nm_per_px
     rng = np.random.default_rng([settings.seed, 5])
-    train_scans = [read_sxm(path) for path in train_paths]
-    prepared_scans = [prepare(scan, surf, config.preprocess) for scan in train_scans]
-    images, targets, lab_crops, crop_scan, n_labels = label_patches(train_paths, prepared_scans, source, radius, settings, rng,
+    prepared_scans = [prepare(read_sxm(path), surf, config.preprocess) for path in train_paths]
+    images, targets, lab_crops, n_labels = label_patches(train_paths, prepared_scans, source, radius, settings, rng,
                                                          lambda d, t: report("labels", d, t))
     log.info("%d patches, %d confident defects (crops)", len(images), len(lab_crops))
 
@@ -355,7 +352,7 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
         for r, steps in enumerate(per_round):
             if r:
                 source.segmenter = with_model(source.segmenter, copy.deepcopy(model))
-                images, targets, _, _, n_labels = label_patches(train_paths, prepared_scans, source, radius, settings,
+                images, targets, _, n_labels = label_patches(train_paths, prepared_scans, source, radius, settings,
                                                              rng, lambda d, t: report("labels", d, t))
             final_loss = finetune_unet(model, images, targets,
                                        dataclasses.replace(settings, steps=steps, seed=settings.seed + r), step)
@@ -385,14 +382,11 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
         else:
             u = fs_meta.get("unknown_distance", float("inf"))
         np.save(tmp / "lab_crops.npy", lab_crops.astype(np.float32))
-        scan_bias = np.array([np.nan if scan.bias_v is None else scan.bias_v for scan in train_scans], float)
-        np.save(tmp / "lab_crops_bias.npy", scan_bias[crop_scan] if len(crop_scan) else np.zeros(0))  # V, per crop
-        extra = {"lab_crops.npy": tmp / "lab_crops.npy", "lab_crops_bias.npy": tmp / "lab_crops_bias.npy"}
+        extra = {"lab_crops.npy": tmp / "lab_crops.npy"}
         if fs_meta.get("gate"):  # the classifier's unknown gate travels with it
             extra[fs_meta["gate"]] = fs_path.parent / fs_meta["gate"]
         save_fewshot(tmp / "fewshot.pt", net, fs_config,
-                     {**fs_meta, "unknown_distance": u, "pool": "lab_crops.npy", "pool_bias": "lab_crops_bias.npy",
-                      "refine_steps": settings.refine_steps,
+                     {**fs_meta, "unknown_distance": u, "pool": "lab_crops.npy", "refine_steps": settings.refine_steps,
                       "adapted": {"crops": len(lab_crops), "adabn": settings.adabn and len(lab_crops) >= 8}})
         report("embedding", 1, 1)
 

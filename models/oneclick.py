@@ -13,6 +13,7 @@ and the label accuracy of the matched defects (the pairs of
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -150,6 +151,24 @@ def score_scans(analyser, scans: list[Path], radius_nm: float = MATCH_RADIUS_NM,
     }
 
 
+class _SegmentOnce:
+    """A segmenter that segments each scan (by its file) once and gives the same defects again:
+    the draws of ``evaluate_oneclick(repeats=...)`` share one segmentation and differ only in the
+    labels, which the classifier sets anew on every call."""
+
+    def __init__(self, segmenter):
+        self.segmenter, self.done = segmenter, {}
+
+    def __getattr__(self, name):  # name, version, surface, last_warnings ...
+        return getattr(self.__dict__["segmenter"], name)
+
+    def segment(self, scan):
+        key = str(scan.source)
+        if key not in self.done:
+            self.done[key] = self.segmenter.segment(scan)
+        return self.done[key]
+
+
 def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_analyser: Callable[[Path], object], shots: int = 1,
                       radius_nm: float = MATCH_RADIUS_NM, preprocess=None, support_dir: str | Path | None = None,
                       progress=None, per_polarity: bool = False, repeats: int = 1, seed: int = 0) -> dict:
@@ -175,7 +194,7 @@ def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_anal
         raise ValueError(f"{scan_dir}: eval oneclick needs at least 2 labelled .sxm files, found {len(scans)}")
     classes = get_surface(surface).classes
     half = max(1, len(scans) // 2)
-    results = []
+    results, memo = [], None
     with tempfile.TemporaryDirectory(prefix="oneclick-") as tmp:
         for r in range(max(1, repeats)):
             base = Path(support_dir) if support_dir else Path(tmp)
@@ -184,6 +203,10 @@ def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_anal
             used = build_support(scans[:half], surface, classes, shots, folder, preprocess, per_polarity, rng)
             clicks = sum(1 for _ in folder.glob("*/*.npy"))
             analyser = make_analyser(folder)
+            if repeats > 1 and dataclasses.is_dataclass(analyser) and hasattr(analyser, "segmenter"):
+                # the draws differ in their clicks only: segment each scored scan once
+                memo = memo or _SegmentOnce(analyser.segmenter)
+                analyser = dataclasses.replace(analyser, segmenter=memo)
             result = score_scans(analyser, scans[used:], radius_nm, progress)
             result.update({"surface": surface, "shots": shots, "per_polarity": per_polarity, "clicks": clicks,
                            "support_scans": used, "eval_scans": len(scans) - used, "radius_nm": radius_nm,

@@ -9,6 +9,7 @@
 #
 #   scripts/adapt_table.sh [OUT]          # default OUT = adapt-table
 #   SURFACES="si001h ge001" STMWATCH=".venv/bin/stmwatch" scripts/adapt_table.sh out
+#   REPEATS=10 scripts/adapt_table.sh out   # each accuracy the mean over 10 random draws of the clicks
 #
 # Scans already in OUT are reused (delete OUT to start afresh); a bundle is remade every run.
 # CPU: about 10 minutes per surface on 2 free cores (OMP_NUM_THREADS=1 each step).
@@ -17,6 +18,7 @@ OUT=${1:-adapt-table}
 SURFACES=${SURFACES:-"si001h ge001 tio2110"}
 STMWATCH=${STMWATCH:-stmwatch}
 PYTHON=${PYTHON:-python3}
+REPEATS=${REPEATS:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT/json"
 
@@ -31,18 +33,18 @@ for S in $SURFACES; do
     simulate training "$S" 24 18 "$OUT/training_$S"
     simulate foreign "$S" 12 118 "$OUT/lab_$S"
     for STYLE in training foreign; do
-        $STMWATCH eval oneclick --scans "$OUT/${STYLE}_$S" --surface "$S" --json --backend torch \
+        $STMWATCH eval oneclick --scans "$OUT/${STYLE}_$S" --surface "$S" --json --backend torch --repeats "$REPEATS" \
             > "$OUT/json/before_${STYLE}_$S.json"
-        $STMWATCH eval oneclick --scans "$OUT/${STYLE}_$S" --surface "$S" --json --backend torch --per-polarity \
+        $STMWATCH eval oneclick --scans "$OUT/${STYLE}_$S" --surface "$S" --json --backend torch --repeats "$REPEATS" --per-polarity \
             > "$OUT/json/before_pp_${STYLE}_$S.json"
     done
     rm -rf "$OUT/bundle_$S"
     $STMWATCH adapt --surface "$S" --scans "$OUT/lab_$S" --out "$OUT/bundle_$S" > "$OUT/json/adapt_$S.log" 2>&1
     for STYLE in training foreign; do
         $STMWATCH eval oneclick --scans "$OUT/${STYLE}_$S" --surface "$S" --models "$OUT/bundle_$S" --json \
-            --backend torch > "$OUT/json/after_${STYLE}_$S.json"
+            --backend torch --repeats "$REPEATS" > "$OUT/json/after_${STYLE}_$S.json"
         $STMWATCH eval oneclick --scans "$OUT/${STYLE}_$S" --surface "$S" --models "$OUT/bundle_$S" --json \
-            --backend torch --per-polarity > "$OUT/json/after_pp_${STYLE}_$S.json"
+            --backend torch --repeats "$REPEATS" --per-polarity > "$OUT/json/after_pp_${STYLE}_$S.json"
     done
 done
 
@@ -51,6 +53,12 @@ import json, sys
 from pathlib import Path
 
 out, surfaces = Path(sys.argv[1]), sys.argv[2:]
+
+
+def accuracy(r):  # the mean over the draws of the clicks, when there were several
+    return r.get("label_accuracy_mean", r["label_accuracy"])
+
+
 print("| surface | style | scans clicked / scored | true defects | one-click label accuracy before → after "
       "| clicks at each polarity: accuracy before → after (clicks, scans scored) "
       "| detection F1 before → after (P / R after) | bundle |")
@@ -63,8 +71,8 @@ for s in surfaces:
         ap = json.loads((out / "json" / f"after_pp_{style}_{s}.json").read_text())
         bundle = a.get("model_versions", {}).get("bundle", "")
         print(f"| {s} | {style} | {b['support_scans']} / {b['eval_scans']} | {b['true']} | "
-              f"{b['label_accuracy']:.3f} → {a['label_accuracy']:.3f} | "
-              f"{bp['label_accuracy']:.3f} → {ap['label_accuracy']:.3f} ({ap['clicks']}, {ap['eval_scans']}) | "
+              f"{accuracy(b):.3f} → {accuracy(a):.3f} | "
+              f"{accuracy(bp):.3f} → {accuracy(ap):.3f} ({ap['clicks']}, {ap['eval_scans']}) | "
               f"{b['f1']:.3f} → {a['f1']:.3f} "
               f"({a['precision']:.3f} / {a['recall']:.3f}) | {bundle} |")
 print()

@@ -112,8 +112,7 @@ def test_transductive_prototypes_move_to_the_lab_crops():
 def test_prototypes_come_from_the_clicks_at_the_scans_polarity():
     """Embedding = the first two pixels. Class a was clicked at -1.8 V (look (0, 1)) and at +1.2 V
     (look (1, 0)); class b once, bias unknown, at (-1, -1). A scan's prototype of a is its own
-    polarity's click (both, averaged, when the bias is unknown); b's click serves every scan. The
-    lab pool is cut to the scan's polarity too."""
+    polarity's click (both, averaged, when the bias is unknown); b's click serves every scan."""
     from stmwatch.models.fewshot.proto import ProtoNet
 
     def crop(a, b):
@@ -132,15 +131,6 @@ def test_prototypes_come_from_the_clicks_at_the_scans_polarity():
     assert [lab for lab, _ in clf.classify(query, bias_v=2.0)] == ["a"]
     assert [lab for lab, _ in clf.classify(query, bias_v=None)] == ["a"]
     assert [lab for lab, _ in clf.classify(query, bias_v=-2.0)] == ["b"]
-    # a pool of filled-state crops at (0, -1) pulls a filled-state scan's prototypes, not an empty-state one's
-    pool = np.stack([crop(0.0, -1.0)] * 20)
-    pooled = TransductiveClassifier(PrototypicalClassifier(ProtoNet(Identity()), support, float("inf")), pool,
-                                    steps=1, pool_bias_v=np.full(20, -1.5))
-    assert np.allclose(pooled.refined_prototypes(query[:0], bias_v=2.0).numpy(), [[1.0, 0.0], [-1.0, -1.0]])
-    assert not np.allclose(pooled.refined_prototypes(query[:0], bias_v=-2.0).numpy(), [[0.0, 1.0], [-1.0, -1.0]])
-    with pytest.raises(ValueError, match="bias"):
-        TransductiveClassifier(PrototypicalClassifier(ProtoNet(Identity()), support, float("inf")), pool,
-                               pool_bias_v=np.zeros(3))
 
 
 def test_least_sure_lists_the_smallest_margins_first():

@@ -207,11 +207,8 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     classifier = PrototypicalClassifier(net, support, threshold, version=file_version(weights),
                                         crop_norm=config.crop_norm, gate=gate)
     pool = weights.parent / meta["pool"] if meta.get("pool") else None
-    pool_bias = weights.parent / meta["pool_bias"] if meta.get("pool_bias") else None
-    for part in (pool, pool_bias):
-        if part is not None and not part.is_file():
-            raise FileNotFoundError(f"{weights}: its pool of lab crops {part.name} is missing")
+    if pool is not None and not pool.is_file():
+        raise FileNotFoundError(f"{weights}: its pool of lab crops {pool.name} is missing")
     # prototypes refined on each scan's own defects, and on the lab's crops for an adapted classifier
     return TransductiveClassifier(classifier, np.load(pool) if pool is not None else None,
-                                  steps=int(meta.get("refine_steps", TRANSDUCTIVE_STEPS)),
-                                  pool_bias_v=np.load(pool_bias) if pool_bias is not None and pool is not None else None)
+                                  steps=int(meta.get("refine_steps", TRANSDUCTIVE_STEPS)))

@@ -17,8 +17,9 @@ One step, on the scan's crops and the pool, was chosen on training-style scans
 **Polarity.** Many defects look different in filled states (negative sample bias) and empty
 states (positive). When the call says the scan's bias, a class's prototype is made from its
 clicks at that polarity (and those of unknown bias); a class with no click there keeps all its
-clicks. The pool is cut to the crops of that polarity the same way. A scan of unknown bias, or a
-support set without bias records, uses everything (docs/adapt.md, "Clicks at each polarity").
+clicks. A scan of unknown bias, or a support set without bias records, uses every click. The pool
+is used whole: cutting it to the scan's polarity was lower on training-style scans (docs/adapt.md,
+"Clicks at each polarity").
 """
 from __future__ import annotations
 
@@ -36,18 +37,12 @@ class TransductiveClassifier:
     that call's crops together with ``pool`` ``(n, C, H, W)`` (the lab's crops, or None);
     everything else is the base classifier's."""
 
-    def __init__(self, base, pool: np.ndarray | None = None, steps: int = STEPS,
-                 pool_bias_v: np.ndarray | None = None):
+    def __init__(self, base, pool: np.ndarray | None = None, steps: int = STEPS):
         self.base = base
         self.pool = None if pool is None or len(pool) == 0 else np.asarray(pool, dtype=np.float32)
         self.steps = int(steps)
         self.name = f"{base.name}-transductive"
         self._pool_embedding = self._embed(self.pool) if self.pool is not None else None
-        n_pool = 0 if self.pool is None else len(self.pool)
-        bias = np.full(n_pool, np.nan) if pool_bias_v is None else np.asarray(pool_bias_v, float)
-        if len(bias) != n_pool:
-            raise ValueError(f"pool of {n_pool} crops with {len(bias)} bias values")
-        self._pool_polarity = np.sign(np.nan_to_num(bias)).astype(np.int8)
         self._fit_support()
 
     def __getattr__(self, name):  # labels, net, version, unknown_distance, support ...
@@ -67,28 +62,25 @@ class TransductiveClassifier:
         self._support_prototypes = self.base.net.prototypes
         self._support_polarity = np.concatenate([support.polarity(k) for k in labels])
 
-    def _start(self, bias_v: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Support embeddings, their one-hot labels, the prototypes and the pool's embeddings to use
-        for a scan of sample bias ``bias_v`` (V; None: unknown): see "Polarity" above."""
+    def _start(self, bias_v: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Support embeddings, their one-hot labels and the prototypes to use for a scan of sample
+        bias ``bias_v`` (V; None: unknown): see "Polarity" above."""
         sign = int(np.sign(bias_v)) if bias_v is not None and np.isfinite(bias_v) else 0
-        pool = self._pool_embedding
         if sign == 0:
-            return self._support_embedding, self._one_hot, self._support_prototypes, pool
-        if pool is not None:
-            pool = pool[torch.from_numpy((self._pool_polarity == 0) | (self._pool_polarity == sign))]
+            return self._support_embedding, self._one_hot, self._support_prototypes
         keep = (self._support_polarity == 0) | (self._support_polarity == sign)
         owner = self._one_hot.argmax(1).numpy()
         for k in range(self._one_hot.shape[1]):
             if not keep[owner == k].any():
                 keep[owner == k] = True  # no click of this class at this polarity: all of them
         if keep.all():
-            return self._support_embedding, self._one_hot, self._support_prototypes, pool
+            return self._support_embedding, self._one_hot, self._support_prototypes
         mask = torch.from_numpy(keep)
         embedding, one_hot = self._support_embedding[mask], self._one_hot[mask]
         protos = (one_hot.T @ embedding) / one_hot.sum(0).unsqueeze(1)
         if self.base.net.metric == "cosine":
             protos = torch.nn.functional.normalize(protos, dim=1)
-        return embedding, one_hot, protos, pool
+        return embedding, one_hot, protos
 
     def set_support(self, support: CropSet) -> None:
         self.base.set_support(support)
@@ -96,8 +88,8 @@ class TransductiveClassifier:
 
     @torch.no_grad()
     def _refine(self, embedded: torch.Tensor | None, bias_v: float | None = None) -> torch.Tensor:
-        support, one_hot, protos, pool = self._start(bias_v)
-        parts = [p for p in (pool, embedded) if p is not None and len(p)]
+        support, one_hot, protos = self._start(bias_v)
+        parts = [p for p in (self._pool_embedding, embedded) if p is not None and len(p)]
         if not parts or self.steps <= 0:
             return protos
         net, unlabelled = self.base.net, torch.cat(parts)
