@@ -119,3 +119,13 @@ def test_support_suggest_lists_defects_by_margin_smallest_first(tmp_path, capsys
     assert margins == sorted(margins) and all(0 <= m <= 1 for m in margins)
     assert all(r["p"] >= r["p_second"] and r["nearest"] != r["second"] for r in rows)
     assert margins[0] < 1.0  # not saturated (the softmax probabilities of a Euclidean net are)
+    assert "polarity" not in capsys.readouterr().err  # the shipped set has no bias records
+    # vacancy clicked only in empty states (+1.5 V): on this filled-state scan, suggest says so
+    import shutil
+
+    support = shutil.copytree(SUPPORT / "si001h", tmp_path / "support")
+    for crop in (support / "vacancy").glob("*.npy"):
+        crop.with_suffix(".json").write_text(json.dumps({"bias_v": 1.5}))
+    assert main(["support", "suggest", "--surface", "si001h", "--scan", str(sxm), "--support", str(support)]) == 0
+    err = capsys.readouterr().err
+    assert "vacancy clicked only at the other bias polarity" in err and "-1.8 V" in err
