@@ -37,6 +37,23 @@ def test_simulated_scans_with_every_artefact_show_their_rows(surface):
         assert surface_mismatch(prepare(scan, surface), get_surface(surface)) is None
 
 
+def test_a_tio2_scan_processed_as_si001h_is_named():
+    """TiO2(110)'s rows (0.649 nm) leak onto Si(001):H's ring (0.768 nm) enough to pass the row check
+    alone; their own ring is far clearer, and the warning names the surface the scan looks like."""
+    surface = get_surface("si001h")
+    for i in (1, 3, 4):  # scans whose Si(001):H row contrast passes (0.73-1.41) though they are TiO2(110)
+        scan, _ = held_out_scan("tio2110", i, seed=8_700_000)
+        prepared = prepare(scan, "si001h")
+        own = row_contrast(prepared.image[0], prepared.valid, surface.row_nm, 0.1)
+        tio2 = row_contrast(prepared.image[0], prepared.valid, 0.649, 0.1)
+        assert own > 0.6 and tio2 >= 3 * own
+        warning = surface_mismatch(prepared, surface)
+        assert warning and "0.649 nm apart, as on TiO2(110)" in warning and "not 0.768 nm" in warning
+    # Ge(001)'s rows are 4 % from Si(001):H's: never named, one cannot tell them apart this way
+    scan, _ = held_out_scan("ge001", 0, seed=8_700_000)
+    assert surface_mismatch(prepare(scan, "si001h"), surface) is None
+
+
 def test_a_moire_scan_is_not_si001h_and_the_analyser_says_so(caplog):
     from stmwatch.daemon.config import load_config
     from stmwatch.models.load import load_analyser
