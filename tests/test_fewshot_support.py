@@ -64,6 +64,7 @@ def test_support_list_counts_examples_by_polarity(tmp_path, capsys):
     path = write_sxm(scan, tmp_path / "filled.sxm")
     assert main(["support", "add", "--surface", "si001h", "--label", "bump", "--scan", str(path),
                  "--at", "24.5,54.5", "--support", str(tmp_path / "support")]) == 0
+    assert "-1.7 V, filled states" in capsys.readouterr().out
     sidecar = json.loads(next((tmp_path / "support" / "bump").glob("filled_*.json")).read_text())
     assert sidecar["bias_v"] == pytest.approx(-1.7) and sidecar["row"] == 24.5 and sidecar["scan"].endswith("filled.sxm")
     capsys.readouterr()

@@ -151,7 +151,8 @@ def run(args) -> int:
     except ValueError as exc:
         raise SystemExit(f"--at {exc}") from None
     total = len(list((folder / args.label).glob("*.npy")))
+    states = "bias unknown" if not scan.bias_v else f"{scan.bias_v:+g} V, {'empty' if scan.bias_v > 0 else 'filled'} states"
     for path, (mr, mc) in added:
-        print(f"added {path} (model pixel {mr:.1f}, {mc:.1f})")
+        print(f"added {path} (model pixel {mr:.1f}, {mc:.1f}; {states})")
     print(f"class {args.label} has {total} example(s)")
     return 0
