@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from .preprocess import Prepared
-from .surfaces import Surface
+from .surfaces import SURFACES, Surface
 
 ROW_CONTRAST_MIN = 0.6
 OTHER_ROWS_MIN = 2.0  # another surface's rows count as seen from this contrast ...
@@ -52,34 +52,48 @@ def row_contrast(image: np.ndarray, valid: np.ndarray, row_nm: float, nm_per_px:
     False count as the mean). ≫ 1: rows of that period are seen; ≲ 1: not; NaN: the acquired
     part (the bounding box of ``valid``) is narrower than 6 row periods, too small to tell. A
     larger image is judged on its central ``max_px`` square."""
+    return row_contrasts(image, valid, [row_nm], nm_per_px, max_px)[0]
+
+
+def row_contrasts(image: np.ndarray, valid: np.ndarray, rows_nm: list[float], nm_per_px: float,
+                  max_px: int = 1024) -> list[float]:
+    """:func:`row_contrast` at each period of ``rows_nm``, from one power spectrum."""
+    nan = [float("nan")] * len(rows_nm)
     valid = np.asarray(valid, dtype=bool)
     rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
     if len(rows) == 0:
-        return float("nan")
+        return nan
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     image, valid = np.asarray(image, dtype=np.float32)[box], valid[box]
     h, w = (min(n, max_px) for n in image.shape)
     top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
     image, valid = image[top:top + h, left:left + w], valid[top:top + h, left:left + w]
-    if min(h, w) * nm_per_px < 6 * row_nm or valid.sum() < 0.5 * h * w:
-        return float("nan")
+    if valid.sum() < 0.5 * h * w:
+        return nan
     centred = np.where(valid, image - image[valid].mean(), 0.0).astype(np.float32)
     window = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
     power = np.abs(np.fft.rfft2(centred * window)) ** 2
     k = rfft_frequency((h, w), nm_per_px)
-    k0 = 1.0 / row_nm
-    ring = np.abs(k - k0) < 0.12 * k0
-    beside = (np.abs(k - k0) > 0.25 * k0) & (np.abs(k - k0) < 0.5 * k0)
-    if not ring.any() or not beside.any() or power[beside].mean() == 0:
-        return float("nan")
-    return float(power[ring].mean() / power[beside].mean())
+    out = []
+    for row_nm in rows_nm:
+        k0 = 1.0 / row_nm
+        ring = np.abs(k - k0) < 0.12 * k0
+        beside = (np.abs(k - k0) > 0.25 * k0) & (np.abs(k - k0) < 0.5 * k0)
+        if min(h, w) * nm_per_px < 6 * row_nm or not ring.any() or not beside.any() or power[beside].mean() == 0:
+            out.append(float("nan"))
+        else:
+            out.append(float(power[ring].mean() / power[beside].mean()))
+    return out
 
 
 def surface_mismatch(prepared: Prepared, surface: Surface) -> str | None:
     """A one-line warning when ``prepared`` does not show ``surface``'s atomic rows, or is too
     small to tell (narrower than 6 row periods: a 2 nm AFM scan, a 4 nm scan of a molecule);
     None when it shows them (or too little of it was acquired to judge)."""
-    contrast = row_contrast(prepared.image[0], prepared.valid, surface.row_nm, surface.nm_per_px)
+    # other trained surfaces whose rows are more than 12 % from these: told apart by their period
+    others = [o for o in SURFACES.values() if o.row_nm and abs(o.row_nm - surface.row_nm) > 0.12 * surface.row_nm]
+    contrast, *other_contrasts = row_contrasts(prepared.image[0], prepared.valid,
+                                               [surface.row_nm] + [o.row_nm for o in others], surface.nm_per_px)
     if np.isnan(contrast):
         h, w = (n * surface.nm_per_px for n in prepared.image.shape[-2:])
         if min(h, w) < 6 * surface.row_nm:
@@ -89,10 +103,11 @@ def surface_mismatch(prepared: Prepared, surface: Surface) -> str | None:
                     "a defect here may be the whole feature imaged")
         return None
     if not contrast < ROW_CONTRAST_MIN:
-        clearer = clearer_rows(prepared, surface, contrast)
-        if clearer is None:
+        clearer = [(c, o) for c, o in zip(other_contrasts, others)
+                   if c >= OTHER_ROWS_MIN and c >= OTHER_ROWS_RATIO * contrast]
+        if not clearer:
             return None
-        other, other_contrast = clearer
+        other_contrast, other = max(clearer, key=lambda pair: pair[0])
         return (f"the rows of this scan are {other.row_nm} nm apart, as on {other.title}, not {surface.row_nm} nm "
                 f"as on {surface.title} (row contrast {other_contrast:.1f} against {contrast:.1f}): "
                 f"is it a {other.title} scan ([models] surface, --surface)? Defects are reported anyway, "
@@ -100,20 +115,3 @@ def surface_mismatch(prepared: Prepared, surface: Surface) -> str | None:
     return (f"the {surface.title} rows ({surface.row_nm} nm apart) are not seen in this scan (row contrast "
             f"{contrast:.2f} < {ROW_CONTRAST_MIN}): is it a {surface.title} scan ([models] surface, --surface)? "
             f"Defects are reported anyway, but the models only know {surface.title}-like surfaces")
-
-
-
-def clearer_rows(prepared: Prepared, surface: Surface, contrast: float) -> tuple[Surface, float] | None:
-    """Another trained surface whose rows (a period more than 12 % from ``surface``'s) ``prepared``
-    (prepared for ``surface``) shows far more clearly than ``surface``'s own ``contrast``, with its
-    row contrast; None if there is none (see the module docstring)."""
-    from .surfaces import SURFACES
-
-    best = None
-    for other in SURFACES.values():
-        if not other.row_nm or abs(other.row_nm - surface.row_nm) <= 0.12 * surface.row_nm:
-            continue
-        c = row_contrast(prepared.image[0], prepared.valid, other.row_nm, surface.nm_per_px)
-        if c >= OTHER_ROWS_MIN and c >= OTHER_ROWS_RATIO * contrast and (best is None or c > best[1]):
-            best = (other, c)
-    return best
