@@ -106,9 +106,11 @@ def unclicked_at_polarity(support, bias_v: float | None) -> list[str]:
     at the other bias polarity than ``bias_v`` (V): for a scan at that bias they fall back on
     another polarity's look, so a click in this scan helps. Empty when the bias or the clicks'
     biases are unknown."""
-    if bias_v is None or not np.isfinite(bias_v) or bias_v == 0:
+    from .fewshot.crops import bias_polarity
+
+    sign = bias_polarity(bias_v)
+    if sign == 0:
         return []
-    sign = int(np.sign(bias_v))
     out = []
     for label in support.labels:
         polarity = support.polarity(label)

@@ -75,15 +75,24 @@ def build_support(scans: list[Path], surface: str, classes: tuple[str, ...], sho
     the operator clicks again after changing the bias). With ``rng``, the clicks are drawn at
     random among the clear examples of all ``scans`` (which are then all "used") instead of the
     first ones. Raises ValueError when the folder does not hold that many examples of a class."""
-    def polarity(scan) -> int:
-        return int(np.sign(scan.bias_v or 0.0)) if per_polarity else 0
+    from .fewshot.crops import bias_polarity
 
-    signs = sorted({polarity(read_sxm(path)) for path in scans}) if per_polarity else [0]
+    def polarity(scan) -> int:
+        return bias_polarity(scan.bias_v) if per_polarity else 0
+
+    read: dict[Path, object] = {}  # each scan read once
+
+    def scan_of(path: Path):
+        if path not in read:
+            read[path] = read_sxm(path)
+        return read[path]
+
+    signs = sorted({polarity(scan_of(path)) for path in scans}) if per_polarity else [0]
     need = {(c, s): shots for c in classes for s in signs}
     if rng is not None:  # every clear example of every scan, then a random draw per class (and polarity)
         candidates: dict[tuple[str, int], list] = {}
         for path in scans:
-            scan = read_sxm(path)
+            scan = scan_of(path)
             for p in clear_examples(scan, acquired_points(scan, read_truth_points(path))):
                 candidates.setdefault((p.cls, polarity(scan)), []).append((path, scan, p))
         for key, n in need.items():
@@ -95,7 +104,7 @@ def build_support(scans: list[Path], surface: str, classes: tuple[str, ...], sho
         used = len(scans)
     else:
         for used, path in enumerate(scans, start=1):
-            scan = read_sxm(path)
+            scan = scan_of(path)
             sign = polarity(scan)
             for p in clear_examples(scan, acquired_points(scan, read_truth_points(path))):
                 if need.get((p.cls, sign), 0) > 0:

@@ -134,6 +134,7 @@ def run(args) -> int:
 
     from stmwatch.drivers.sxm import ScanReadError, read_sxm
     from stmwatch.models.clicks import add_examples, parse_points
+    from stmwatch.models.fewshot.crops import bias_polarity
     from stmwatch.models.surfaces import get_surface
 
     get_surface(args.surface)  # a clear error for an unknown surface
@@ -151,7 +152,8 @@ def run(args) -> int:
     except ValueError as exc:
         raise SystemExit(f"--at {exc}") from None
     total = len(list((folder / args.label).glob("*.npy")))
-    states = "bias unknown" if not scan.bias_v else f"{scan.bias_v:+g} V, {'empty' if scan.bias_v > 0 else 'filled'} states"
+    sign = bias_polarity(scan.bias_v)
+    states = f"{scan.bias_v:+g} V, {'empty' if sign > 0 else 'filled'} states" if sign else "bias unknown"
     for path, (mr, mc) in added:
         print(f"added {path} (model pixel {mr:.1f}, {mc:.1f}; {states})")
     print(f"class {args.label} has {total} example(s)")

@@ -10,8 +10,9 @@ HELP = "one-click label accuracy and detection F1 on a folder of labelled scans"
 DESCRIPTION = """Cut --shots examples of every class from the first scans of --scans (name order; the truth
 files of 'stmwatch simulate' say where, and only clear examples -- 2 nm from the edge, apart from
 other defects -- are clicked; with --per-polarity, at each sign of the sample bias) through
-'support add''s code, then label every defect of the later scans with the models on that support set and score them: label accuracy of the defects matched
-within --radius-nm, and detection precision, recall and F1 (95 % interval by resampling scans).
+'support add''s code, then label every defect of the later scans with the models on that support
+set and score them: label accuracy of the defects matched within --radius-nm, and detection
+precision, recall and F1 (95 % interval by resampling scans).
 Which example was clicked matters: --repeats R draws R sets of clicks at random among the clear
 examples of the first half of the scans and scores the second half with each.
 

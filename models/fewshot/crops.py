@@ -101,6 +101,11 @@ def load_crop(path: Path | str) -> np.ndarray:
     return np.stack([robust_normalise(f) for f in x])
 
 
+def bias_polarity(bias_v: float | None) -> int:
+    """The sign of a sample bias (V): +1 empty states, -1 filled states, 0 unknown (None, NaN or 0)."""
+    return int(np.sign(bias_v)) if bias_v is not None and np.isfinite(bias_v) else 0
+
+
 def crop_bias(path: Path | str) -> float:
     """The sample bias (V) of the scan a crop file was cut from, from its sidecar ``<name>.json``;
     NaN when there is none or it does not say."""
@@ -131,7 +136,7 @@ class CropSet:
         n = len(self.crops[label])
         if bias is None or len(bias) != n:
             return np.zeros(n, np.int8)
-        return np.sign(np.nan_to_num(np.asarray(bias, float))).astype(np.int8)
+        return np.array([bias_polarity(b) for b in bias], np.int8)
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in sorted(self.crops.items())}

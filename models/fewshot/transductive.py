@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .crops import CropSet
+from .crops import CropSet, bias_polarity
 
 STEPS = 1  # soft k-means steps per call (docs/adapt.md)
 
@@ -65,7 +65,7 @@ class TransductiveClassifier:
     def _start(self, bias_v: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Support embeddings, their one-hot labels and the prototypes to use for a scan of sample
         bias ``bias_v`` (V; None: unknown): see "Polarity" above."""
-        sign = int(np.sign(bias_v)) if bias_v is not None and np.isfinite(bias_v) else 0
+        sign = bias_polarity(bias_v)
         if sign == 0:
             return self._support_embedding, self._one_hot, self._support_prototypes
         keep = (self._support_polarity == 0) | (self._support_polarity == sign)
