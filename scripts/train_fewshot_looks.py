@@ -65,6 +65,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--shot", type=int, default=5)
     p.add_argument("--cross", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--class-looks", type=float, default=0.0,
+                   help="share of each episode's classes given a new look of their own (fewshot/class_looks.py)")
     p.add_argument("--validate-only", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -77,7 +79,7 @@ def main(argv: list[str]) -> int:
         return 0
     sets = [look_set(args.looks, n, s) for n in ("ttrain", "rtrain") for s in SURFACES]
     cfg = dataclasses.replace(config, episodes=args.steps, lr=args.lr, shot=args.shot, seed=args.seed,
-                              cross_look=args.cross, init=str(args.start.name))
+                              cross_look=args.cross, class_looks=args.class_looks, init=str(args.start.name))
 
     def on_step(step: int, loss: float, _m) -> None:
         if step % 50 == 0:

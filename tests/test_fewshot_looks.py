@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stmwatch.models.fewshot.class_looks import class_look, episode_class_looks
 from stmwatch.models.fewshot.look_crops import look_crops
 from stmwatch.models.fewshot.looks import LookSet, cross_look_accuracy, sample_cross_episode
 from stmwatch.models.fewshot.synthetic import shape_set
@@ -70,3 +71,42 @@ def test_cross_look_training_fine_tunes_a_start_net_and_round_trips(tmp_path):
     assert config.cross_look == 1.0
     acc = cross_look_accuracy(net, looks, episodes=3, query=3)
     assert 0.0 <= acc <= 1.0
+
+
+def _blob(sigma_px: float = 2.0) -> np.ndarray:
+    yy, xx = np.mgrid[:32, :32]
+    return np.exp(-((yy - 15.5) ** 2 + (xx - 15.5) ** 2) / (2 * sigma_px**2)).astype(np.float32)
+
+
+def test_class_look_stretches_about_the_centre_and_keeps_the_surroundings(monkeypatch):
+    from stmwatch.models.fewshot import class_looks
+
+    monkeypatch.setitem(class_looks.RANGES, "size", (1.3, 1.3))
+    monkeypatch.setitem(class_looks.RANGES, "anisotropy", (1.0, 1.0))
+    monkeypatch.setitem(class_looks.RANGES, "gamma", (1.0, 1.0))
+    monkeypatch.setitem(class_looks.RANGES, "invert", 0.0)
+    monkeypatch.setitem(class_looks.RANGES, "blur_share", 0.0)
+    blob = _blob(3.0)
+    x = np.stack([blob, blob])[None] + np.float32(0.0)
+    x[0, :, 0, :] = 5.0  # a "lattice" line at the crop's edge, beyond outer_px
+    out = class_look(x, np.random.default_rng(0))
+    half_max = lambda a: int((a[4:28, 4:28] > a[4:28, 4:28].max() / 2).sum())  # noqa: E731
+    # a Gaussian magnified 1.3x covers 1.69x the area at half maximum (counted in pixels: 1.5 here)
+    assert 1.4 < half_max(out[0, 0]) / half_max(blob) < 1.9
+    assert tuple(int(v) + 4 for v in np.unravel_index(out[0, 0, 4:28, 4:28].argmax(), (24, 24))) in {(15, 15), (15, 16), (16, 15), (16, 16)}
+    np.testing.assert_allclose(out[0, :, 0, :], 5.0)  # the surroundings are not touched
+
+
+def test_episode_class_looks_give_support_and_queries_of_a_class_the_same_look():
+    blob = _blob()
+    support = np.stack([np.stack([blob, blob])] * 2)  # two classes, one crop each, identical
+    query = np.stack([np.stack([blob, blob])] * 4)
+    s_lab, q_lab = np.array([0, 1]), np.array([0, 0, 1, 1])
+    new_s, new_q = episode_class_looks(support, s_lab, query, q_lab, np.random.default_rng(4), share=1.0)
+    for label in (0, 1):
+        for q in new_q[q_lab == label]:
+            np.testing.assert_allclose(q, new_s[s_lab == label][0], atol=1e-6)
+    assert not np.allclose(new_s[0], new_s[1])  # each class its own look
+    same_s, same_q = episode_class_looks(support, s_lab, query, q_lab, np.random.default_rng(4), share=0.0)
+    np.testing.assert_array_equal(same_s, support)
+    np.testing.assert_array_equal(same_q, query)

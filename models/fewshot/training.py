@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FewShotMethod
+from .class_looks import episode_class_looks
 from .crops import CropSet, normalise_crops
 from .episodes import augment, generate_classes, sample_episode
 from .instrument import instrument_augment
@@ -49,6 +50,7 @@ class TrainConfig:
     instrument_augment: bool = False  # also tip, lag, contrast and line noise of other instruments (instrument.py)
     crop_norm: str = "none"  # "per_crop": crops normalised each on its own, in training and by the classifier
     cross_look: float = 0.0  # share of episodes from a LookSet whose queries have another look than the support (looks.py)
+    class_looks: float = 0.0  # share of an episode's classes given a new look of their own (class_looks.py)
     init: str = ""  # weights the run started from (fine-tuning), for the record
     generate: tuple[str, ...] = ()  # class-generation transforms; () = off
     surfaces: tuple[str, ...] = ()  # for the record
@@ -129,6 +131,8 @@ def _episode_steps(method: FewShotMethod, crop_sets: list[CropSet | LookSet], co
         else:
             ep = sample_episode(s, way, config.shot, config.query, rng)
         sup, qry = ep.support, ep.query
+        if config.class_looks:
+            sup, qry = episode_class_looks(sup, ep.support_labels, qry, ep.query_labels, rng, config.class_looks)
         if config.instrument_augment:
             sup, qry = (instrument_augment(x, rng) for x in (sup, qry))
         if config.augment:
