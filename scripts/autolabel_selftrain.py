@@ -5,14 +5,15 @@
 than the auto-labeller itself (Si, Ge). This takes one of its runs (``--start OUT``: the
 unlabelled training scans in ``OUT/<surface>/scans`` and the UNet in ``OUT/<surface>/unet``) and,
 for each round, lets the latest UNet find the defects of those same scans, writes them as masks
-(one pixel per detected defect, the same mask format as ``stmwatch autolabel``, read back by
+(one pixel per detected defect, the same mask format as ``stmwatch autolabel``; only confident ones, ``--confident``; read back by
 ``train unet --labels`` as defects at those centres), trains a new UNet on them from scratch with
 the same settings, and scores it on the same held-out scans. No truth is read except for the
 held-out score, and nothing is chosen by it: every round is reported.
 
     OMP_NUM_THREADS=1 python scripts/autolabel_selftrain.py --start runs/autolabel_long_seed0 \\
         --out runs/autolabel_self_seed0 --rounds 2 --surfaces si001h
-Writes OUT/<surface>/round<k>/{labels,unet}, OUT/<surface>/results.json; one line per round.
+Writes OUT/<surface>/round<k>/{labels,unet}, OUT/<surface>/results.json; one line per round. Run
+again into the same OUT, it goes on for --rounds more rounds after the last one there.
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ import time
 from pathlib import Path
 
 
-def write_detection_masks(segmenter, scans: list[Path], surface: str, out: Path) -> int:
+def write_detection_masks(segmenter, scans: list[Path], surface: str, out: Path, confident: float = 0.0) -> int:
     """One ``<stem>.mask.npy`` per scan (uint8, the scan's shape, display frame): 1 at the pixel
-    of each defect ``segmenter`` finds; and the ``autolabel.json`` that ``train unet --labels``
-    reads. Returns the number of defects written."""
+    of each defect ``segmenter`` finds whose mean probability is at least ``confident``; and the
+    ``autolabel.json`` that ``train unet --labels`` reads. Returns the number of defects written."""
     import numpy as np
 
     from stmwatch.drivers.sxm import read_sxm
@@ -37,6 +38,8 @@ def write_detection_masks(segmenter, scans: list[Path], surface: str, out: Path)
         scan = read_sxm(path)
         mask = np.zeros(scan.shape, np.uint8)
         for d in segmenter.segment(scan):
+            if d.score < confident:
+                continue
             r, c = int(round(d.row)), int(round(d.col))
             if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]:
                 mask[r, c] = 1
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--surfaces", nargs="+", default=["si001h", "ge001", "tio2110"])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--held-out", type=int, default=20)
+    parser.add_argument("--confident", type=float, default=0.0,
+                        help="a detection becomes a label only when its mean probability is at least this (default: every detection)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -76,14 +81,18 @@ def main(argv: list[str] | None = None) -> int:
         weights = start / "unet" / "best.pt"
         rounds = [{"round": 0, "labeller": "auto-labels", "f1": first["autolabel"]["f1"]},
                   {"round": 1, "labeller": "auto-labels", "unet": first["unet_on_autolabels"]}]
+        done = args.out / surface / "results.json"
+        if done.exists():  # go on from the last round of an earlier run into the same --out
+            rounds = json.loads(done.read_text())["rounds"]
+            weights = args.out / surface / f"round{rounds[-1]['round']}" / "unet" / "best.pt"
         print(f"{surface}: auto-labels F1 {first['autolabel']['f1']:.3f}, round 1 UNet "
-              f"{first['unet_on_autolabels']['f1']:.3f} ({args.start})", flush=True)
-        for k in range(2, args.rounds + 2):
+              f"{first['unet_on_autolabels']['f1']:.3f} ({args.start}); going on after round {rounds[-1]['round']}", flush=True)
+        for k in range(rounds[-1]["round"] + 1, rounds[-1]["round"] + 1 + args.rounds):
             root = args.out / surface / f"round{k}"
             t0 = time.perf_counter()
             segmenter = load_segmenter(dataclasses.replace(ModelSettings(), segmenter_weights=str(weights)),
                                        get_surface(surface), backend="torch")
-            found = write_detection_masks(segmenter, scans, surface, root / "labels")
+            found = write_detection_masks(segmenter, scans, surface, root / "labels", args.confident)
             stmwatch(["train", "unet", "--labels", str(root / "labels"), "--out", str(root / "unet"),
                       "--epochs", str(train_args["epochs"]), "--steps", str(train_args["steps"]),
                       "--batch", str(train_args["batch"]), "--width", str(train_args["width"]),

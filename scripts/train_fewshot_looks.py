@@ -8,7 +8,9 @@ episodes (support of one look, queries of another). Writes the weights with the 
 distance re-calibrated, and the figures of the validation sets (other seeds, never the foreign style).
 
     OMP_NUM_THREADS=1 python scripts/train_fewshot_looks.py --out runs/cls/looks.pt \\
-        [--start models/weights/fewshot_proto_conv4.pt] [--steps 800] [--seed 1]
+        [--start models/weights/fewshot_proto_conv4.pt] [--steps 800] [--seed 1] [--class-looks 0.6]
+    # the shipped net with test-time d8 (no training; unknown distance recalibrated):
+    OMP_NUM_THREADS=1 python scripts/train_fewshot_looks.py --steps 0 --tta d8 --out models/weights/fewshot_proto_conv4.pt
 
 Crop sets are cached as ``runs/looks/<name>_<surface>.npz`` (``--looks DIR``) and made when absent:
 ``ttrain`` (training style, seed 100, 300 scans), ``rtrain`` (randomised, seed 100, 150 scans of 128-192 px),
@@ -67,6 +69,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--class-looks", type=float, default=0.0,
                    help="share of each episode's classes given a new look of their own (fewshot/class_looks.py)")
+    p.add_argument("--tta", choices=("none", "flips", "d8"), default=None,
+                   help="test-time augmentation stored with the weights (default: the start's); the unknown "
+                        "distance and the validation figures are computed with it")
     p.add_argument("--validate-only", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -85,12 +90,16 @@ def main(argv: list[str]) -> int:
         if step % 50 == 0:
             logging.info("step %d loss %.4f", step, loss)
 
-    net = train(sets, cfg, on_step, start=net)
+    if args.steps > 0:
+        net = train(sets, cfg, on_step, start=net)
+    else:  # only the test-time augmentation and what is calibrated with it change
+        cfg = config
+    net.tta = args.tta or meta.get("tta", "none")
     plain = [ls.crop_set() for ls in sets]
     unknown = calibrate_unknown_distance(net, plain, percentile=99.0)
     figures = validate(net, args.looks)
     meta = {**meta, "data": "looks: " + ", ".join(f"{n} seed {SETS[n][0]} x {SETS[n][1]} scans" for n in ("ttrain", "rtrain")),
-            "unknown_distance": unknown, "steps": args.steps, "validation": figures}
+            "unknown_distance": unknown, "steps": args.steps or meta.get("steps"), "validation": figures, "tta": net.tta}
     save(args.out, net, cfg, meta)
     print(json.dumps(figures))
     return 0
