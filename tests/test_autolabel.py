@@ -226,3 +226,39 @@ def test_a_small_frame_gets_fewer_clusters():
         labels, centres = cluster_map(feats.astype(np.float32), np.ones((side, side), bool), 32)
         assert len(centres) == min(32, max(1, side * side // MIN_PIXELS_PER_CLUSTER)) == most
         assert labels.max() < len(centres)
+
+
+def test_self_training_writes_the_unets_confident_detections_as_masks_the_loader_reads(tmp_path):
+    """scripts/autolabel_selftrain.py: a UNet's detections become one-pixel masks at their places."""
+    import sys
+
+    from stmwatch.drivers.sxm import write_sxm
+    from stmwatch.models.autolabel.training import labelled_patches
+    from stmwatch.models.defects import Defect
+
+    from .conftest import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import autolabel_selftrain
+    finally:
+        sys.path.pop(0)
+    scan, _ = simulate_scan("ge001", 3, pixels=(96, 96), n_defects=5)
+    path = tmp_path / "s3.sxm"
+    write_sxm(scan, path)
+
+    class Found:  # stands in for a UNet segmenter: what it finds, with a mean probability each
+        version = "test"
+
+        def segment(self, _scan):
+            return [Defect(20.2, 30.4, 0, 0, 9, 0.9), Defect(60.0, 70.0, 0, 0, 9, 0.7), Defect(40, 50, 0, 0, 9, 0.3)]
+
+    out = tmp_path / "labels"
+    assert autolabel_selftrain.write_detection_masks(Found(), [path], "ge001", out, confident=0.6) == 2
+    mask = np.load(out / "s3.mask.npy")
+    assert mask.shape == scan.shape and mask.dtype == np.uint8
+    assert sorted(map(tuple, np.argwhere(mask))) == [(20, 30), (60, 70)]  # not the unsure one
+    train, val, surfaces = labelled_patches(out, patch=96, radius_px=3.0)
+    assert surfaces == ["ge001"]
+    found = sorted(tuple(np.round(c).astype(int)) for c in np.concatenate(train.centres + val.centres) if len(c))
+    assert set(found) == {(20, 30), (60, 70)}
