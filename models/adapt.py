@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from stmwatch.drivers.sxm import read_sxm
 
+from .autolabel.kmeans import kmeans
 from .fewshot.transductive import STEPS as TRANSDUCTIVE_STEPS
 from .preprocess import Prepared, prepare
 from .segment import crops_at, find_components
@@ -251,31 +252,12 @@ def adapt_batchnorm(backbone: torch.nn.Module, crops: np.ndarray, batch: int = 2
     backbone.eval()
 
 
-def kmeans(x: np.ndarray, k: int, seed: int, iterations: int = 30) -> np.ndarray:
-    """Cluster labels ``(n,)`` of the rows of ``x`` (k-means++ start, Lloyd steps)."""
-    rng = np.random.default_rng(seed)
-    k = max(1, min(k, len(x)))
-    centres = [x[rng.integers(len(x))]]
-    for _ in range(1, k):
-        d = np.min([((x - c) ** 2).sum(1) for c in centres], axis=0)
-        centres.append(x[rng.choice(len(x), p=d / d.sum())] if d.sum() > 0 else x[rng.integers(len(x))])
-    centres = np.array(centres)
-    labels = np.zeros(len(x), int)
-    for _ in range(iterations):
-        labels = ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-        new = np.array([x[labels == j].mean(0) if np.any(labels == j) else centres[j] for j in range(k)])
-        if np.allclose(new, centres):
-            break
-        centres = new
-    return labels
-
-
 @torch.no_grad()
 def unknown_distance(net, crops: np.ndarray, clusters: int, seed: int, percentile: float = 99.0) -> float:
     """The ``percentile`` of the squared embedding distance between two crops of the same k-means
     cluster of lab crops: how far a one-shot prototype's own class reaches on this microscope."""
     emb = net.embed(torch.from_numpy(crops)).numpy()
-    labels = kmeans(emb, clusters, seed)
+    labels = kmeans(emb, clusters, seed=seed)[1]
     d = []
     for j in np.unique(labels):
         e = emb[labels == j]

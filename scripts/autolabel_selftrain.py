@@ -22,9 +22,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stmwatch.models.segment import UNetSegmenter
 
 
-def write_detection_masks(segmenter, scans: list[Path], surface: str, out: Path, confident: float = 0.0) -> int:
+def write_detection_masks(segmenter: "UNetSegmenter", scans: list[Path], surface: str, out: Path,
+                          confident: float = 0.0) -> int:
     """One ``<stem>.mask.npy`` per scan (uint8, the scan's shape, display frame): 1 at the pixel
     of each defect ``segmenter`` finds whose mean probability is at least ``confident``; and the
     ``autolabel.json`` that ``train unet --labels`` reads. Returns the number of defects written."""
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--surfaces", nargs="+", default=["si001h", "ge001", "tio2110"])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--held-out", type=int, default=20)
+    parser.add_argument("--held-out", type=int, default=None, help="held-out scans scored (default: as the --start run)")
     parser.add_argument("--confident", type=float, default=0.0,
                         help="a detection becomes a label only when its mean probability is at least this (default: every detection)")
     parser.add_argument("--threads", type=int, default=1)
@@ -99,14 +104,13 @@ def main(argv: list[str] | None = None) -> int:
                       "--patch", str(train_args["patch"]), "--threads", str(args.threads),
                       "--device", "cpu", "--seed", str(train_args["seed"])])
             weights = root / "unet" / "best.pt"
-            unet = evaluate_surfaces([surface], args.held_out, weights=str(weights))[surface]
+            unet = evaluate_surfaces([surface], args.held_out or train_args["held_out"], weights=str(weights))[surface]
             rounds.append({"round": k, "labeller": f"round {k - 1} UNet {segmenter.version}", "labels": found, "unet": unet,
                            "seconds": round(time.perf_counter() - t0)})
             print(f"{surface}: round {k}: {found} labels from the round {k - 1} UNet, held-out F1 {unet['f1']:.3f} "
                   f"(P {unet['precision']:.3f} R {unet['recall']:.3f}) in {time.perf_counter() - t0:.0f} s", flush=True)
-        (args.out / surface).mkdir(parents=True, exist_ok=True)
-        (args.out / surface / "results.json").write_text(json.dumps({"surface": surface, "rounds": rounds,
-                                                                     "args": {k: str(v) for k, v in vars(args).items()}}, indent=1))
+            done.write_text(json.dumps({"surface": surface, "rounds": rounds,  # after each round: a crash keeps them
+                                        "args": {k: str(v) for k, v in vars(args).items()}}, indent=1))
     return 0
 
 

@@ -8,7 +8,7 @@ episodes (support of one look, queries of another). Writes the weights with the 
 distance re-calibrated, and the figures of the validation sets (other seeds, never the foreign style).
 
     OMP_NUM_THREADS=1 python scripts/train_fewshot_looks.py --out runs/cls/looks.pt \\
-        [--start models/weights/fewshot_proto_conv4.pt] [--steps 800] [--seed 1] [--class-looks 0.6]
+        [--start models/weights/fewshot_proto_conv4.pt] [--steps 800] [--seed 1] [--class-looks 0.6] [--tta none]
     # the shipped net with test-time d8 (no training; unknown distance recalibrated):
     OMP_NUM_THREADS=1 python scripts/train_fewshot_looks.py --steps 0 --tta d8 --out models/weights/fewshot_proto_conv4.pt
 
@@ -92,14 +92,17 @@ def main(argv: list[str]) -> int:
 
     if args.steps > 0:
         net = train(sets, cfg, on_step, start=net)
-    else:  # only the test-time augmentation and what is calibrated with it change
+        meta = {**meta, "steps": args.steps,
+                "data": "looks: " + ", ".join(f"{n} seed {SETS[n][0]} x {SETS[n][1]} scans" for n in ("ttrain", "rtrain"))}
+    else:  # no training: only the test-time augmentation and what is calibrated with it change
         cfg = config
+        logging.info("--steps 0: the weights, their training config and record stay as they are "
+                     "(--lr, --shot, --cross, --seed and --class-looks are not used)")
     net.tta = args.tta or meta.get("tta", "none")
     plain = [ls.crop_set() for ls in sets]
     unknown = calibrate_unknown_distance(net, plain, percentile=99.0)
     figures = validate(net, args.looks)
-    meta = {**meta, "data": "looks: " + ", ".join(f"{n} seed {SETS[n][0]} x {SETS[n][1]} scans" for n in ("ttrain", "rtrain")),
-            "unknown_distance": unknown, "steps": args.steps or meta.get("steps"), "validation": figures, "tta": net.tta}
+    meta = {**meta, "unknown_distance": unknown, "validation": figures, "tta": net.tta}
     save(args.out, net, cfg, meta)
     print(json.dumps(figures))
     return 0

@@ -12,7 +12,7 @@ import torch
 
 from stmwatch.daemon.cli import main
 from stmwatch.daemon.config import Config
-from stmwatch.models.adapt import (AdaptSettings, PseudoLabels, UNetConfidentLabels, UNetFlipAgreementLabels, adapt, kmeans,
+from stmwatch.models.adapt import (AdaptSettings, PseudoLabels, UNetConfidentLabels, UNetFlipAgreementLabels, adapt,
                                   split_scans)
 from stmwatch.models.bundle import load_bundle
 from stmwatch.models.clicks import least_sure
@@ -68,15 +68,22 @@ def test_flip_agreement_labels_need_every_mirror_pass_and_leave_half_seen_defect
     assert len(two.centres) == 2 and not two.unsure[22, 30]
 
 
-def test_kmeans_finds_two_obvious_groups():
-    x = np.concatenate([np.random.default_rng(0).normal(0, 0.1, (20, 3)), np.random.default_rng(1).normal(5, 0.1, (20, 3))])
-    labels = kmeans(x, 2, seed=0)
-    assert len(set(labels[:20])) == 1 and len(set(labels[20:])) == 1 and labels[0] != labels[20]
-
-
 class Identity(torch.nn.Module):
     def forward(self, x):
         return x.flatten(1)[:, :2]
+
+
+def test_unknown_distance_is_the_spread_within_the_lab_crops_clusters():
+    """Two tight groups of lab crops 10 apart (embedding = the first two pixels): the distance
+    reaches across a group (squared, at most (4 x 0.1)^2 x 2 here), never from one group to the other (100)."""
+    from stmwatch.models.adapt import unknown_distance
+    from stmwatch.models.fewshot.proto import ProtoNet
+
+    rng = np.random.default_rng(0)
+    crops = np.zeros((40, 2, 32, 32), np.float32)
+    crops[:, 0, 0, :2] = np.concatenate([rng.normal(0, 0.1, (20, 2)), rng.normal(10, 0.1, (20, 2))])
+    u = unknown_distance(ProtoNet(Identity()), crops, clusters=2, seed=0, percentile=100.0)
+    assert 0.0 < u < 0.4
 
 
 def test_transductive_prototypes_move_to_the_lab_crops():

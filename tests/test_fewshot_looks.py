@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from stmwatch.models.fewshot.class_looks import class_look, episode_class_looks
@@ -95,6 +96,25 @@ def test_class_look_stretches_about_the_centre_and_keeps_the_surroundings(monkey
     assert 1.4 < half_max(out[0, 0]) / half_max(blob) < 1.9
     assert tuple(int(v) + 4 for v in np.unravel_index(out[0, 0, 4:28, 4:28].argmax(), (24, 24))) in {(15, 15), (15, 16), (16, 15), (16, 16)}
     np.testing.assert_allclose(out[0, :, 0, :], 5.0)  # the surroundings are not touched
+
+
+def test_class_look_anisotropy_stretches_along_its_axis(monkeypatch):
+    from stmwatch.models.fewshot import class_looks
+
+    for key, value in {"size": (1.0, 1.0), "anisotropy": (1.45, 1.45), "gamma": (1.0, 1.0), "invert": 0.0,
+                       "blur_share": 0.0}.items():
+        monkeypatch.setitem(class_looks.RANGES, key, value)
+    x = np.stack([_blob(2.5)] * 2)[None]
+    spreads = []
+    for angle in (0.0, np.pi / 2):  # long axis along the rows' axis (down the image), then across
+        monkeypatch.setitem(class_looks.RANGES, "angle", (angle, angle))
+        out = class_look(x, np.random.default_rng(0))[0, 0]
+        rows, cols = np.nonzero(out > out.max() / 2)
+        spreads.append((np.ptp(rows), np.ptp(cols)))
+    (r0, c0), (r1, c1) = spreads
+    assert r0 > c0 + 1 and c1 > r1 + 1  # 1.45 / (1 / 1.45) = 2.1x longer along the axis
+    with pytest.raises(ValueError, match="square"):
+        class_look(np.zeros((1, 2, 32, 30), np.float32), np.random.default_rng(0))
 
 
 def test_episode_class_looks_give_support_and_queries_of_a_class_the_same_look():

@@ -19,8 +19,9 @@ is new is the look):
 
 The look is blended in over the defect's region only (full inside ``inner_px`` of the centre,
 none beyond ``outer_px``), so that every class of an episode keeps the same lattice and noise
-around it: the class cannot be told apart by its surroundings. Crops are ``(n, C, H, W)`` in the
-display frame (rows = scan lines); values are the normalised heights the classifier sees.
+around it (the lattice within the core changes with the defect). Crops are square
+``(n, C, H, W)`` in the display frame (rows = scan lines), with the values the training episode
+draws (each crop is normalised on its own after the looks, when the net wants that).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from scipy import ndimage
 RANGES = {
     "size": (0.75, 1.35),
     "anisotropy": (0.7, 1.45),
+    "angle": (0.0, np.pi),  # of the stretch's long axis, from the rows' direction (rad)
     "gamma": (0.6, 1.6),
     "invert": 0.3,
     "blur_share": 0.5,
@@ -50,11 +52,14 @@ def _radial_weight(h: int, w: int, inner_px: float, outer_px: float) -> np.ndarr
 def class_look(crops: np.ndarray, rng: np.random.Generator, inner_px: float = 6.0, outer_px: float = 11.0) -> np.ndarray:
     """``crops`` ``(n, C, H, W)`` all given one look drawn from ``rng`` (see the module text)."""
     n, c, h, w = crops.shape
+    if h != w:
+        raise ValueError(f"class looks need square crops, not {h}x{w}")
     size = rng.uniform(*RANGES["size"])
     aniso = rng.uniform(*RANGES["anisotropy"])
-    angle = rng.uniform(0.0, np.pi)
+    angle = rng.uniform(*RANGES["angle"])
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    scale = rot @ np.diag([size * aniso, size / aniso]) @ rot.T  # output = scale @ input (about the centre)
+    # output = scale @ input about the centre, in (row, col): angle 0 stretches along the rows' axis
+    scale = rot @ np.diag([size * aniso, size / aniso]) @ rot.T
     inverse = np.linalg.inv(scale)  # affine_grid maps output coordinates to where they are sampled
     theta = torch.zeros(n, 2, 3, dtype=torch.float32)
     theta[:, 0, 0], theta[:, 0, 1] = float(inverse[1, 1]), float(inverse[1, 0])  # (x, y) = (col, row)
