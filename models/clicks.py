@@ -45,10 +45,11 @@ def parse_points(text: str | list[str]) -> list[tuple[float, float]]:
 
 
 def add_examples(folder: str | Path, label: str, scan: Scan, surface: str, points: list[tuple[float, float]],
-                 preprocess=None, stem: str | None = None) -> list[tuple[Path, tuple[float, float]]]:
+                 preprocess=None, stem: str | None = None, prepared=None) -> list[tuple[Path, tuple[float, float]]]:
     """Save one crop per ``(row, col)`` of ``scan`` (display-frame scan pixels) as examples of
     class ``label`` in the support folder ``folder``, each with a sidecar ``.json`` (scan, pixel, the
-    scan's sample bias ``bias_v``); the scan is prepared once.
+    scan's sample bias ``bias_v``); the scan is prepared once (or ``prepared`` is
+    ``prepare(scan, surface, preprocess)`` already made by the caller).
     Returns ``[(path, (model_row, model_col)), ...]``. Points outside the scan raise ValueError."""
     from .preprocess import prepare
     from .segment import crops_at
@@ -57,7 +58,7 @@ def add_examples(folder: str | Path, label: str, scan: Scan, surface: str, point
     for row, col in points:
         if not (-0.5 <= row <= rows - 0.5 and -0.5 <= col <= cols - 0.5):
             raise ValueError(f"point {row:g},{col:g} is outside the {rows} x {cols} scan")
-    prepared = prepare(scan, surface, preprocess)
+    prepared = prepared if prepared is not None else prepare(scan, surface, preprocess)
     target = Path(folder) / label
     target.mkdir(parents=True, exist_ok=True)
     n = len(list(target.glob("*.npy")))
