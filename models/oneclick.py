@@ -67,34 +67,46 @@ def clear_examples(scan, points: list[TruthPoint]) -> list[TruthPoint]:
     return out
 
 
+class ClickScans:
+    """The scans clicks are cut from, each read and prepared (``preprocess.prepare`` for
+    ``surface``) at most once: kept by :func:`evaluate_oneclick` across the draws of ``repeats``."""
+
+    def __init__(self, surface: str, preprocess=None):
+        self.surface, self.preprocess = surface, preprocess
+        self._scans: dict[Path, object] = {}
+        self._prepared: dict[Path, object] = {}
+
+    def scan(self, path: Path):
+        if path not in self._scans:
+            self._scans[path] = read_sxm(path)
+        return self._scans[path]
+
+    def prepared(self, path: Path):
+        from .preprocess import prepare
+
+        if path not in self._prepared:
+            self._prepared[path] = prepare(self.scan(path), self.surface, self.preprocess)
+        return self._prepared[path]
+
+
 def build_support(scans: list[Path], surface: str, classes: tuple[str, ...], shots: int, folder: Path,
                   preprocess=None, per_polarity: bool = False, rng: np.random.Generator | None = None,
-                  cache: dict | None = None) -> int:
+                  click_scans: ClickScans | None = None) -> int:
     """Click ``shots`` clear examples of every class in the first ``scans`` into ``folder``
     (``<folder>/<class>/*.npy``); returns how many scans were used. With ``per_polarity``, ``shots``
     of every class at each sign of the sample bias found among ``scans`` (filled and empty states:
     the operator clicks again after changing the bias). With ``rng``, the clicks are drawn at
     random among the clear examples of all ``scans`` (which are then all "used") instead of the
-    first ones. ``cache`` (a dict the caller keeps) holds each scan as read and prepared, so that
-    repeated draws read and prepare it once. Raises ValueError when the folder does not hold that
-    many examples of a class."""
+    first ones. ``click_scans`` (of this surface and preprocessing) keeps each scan as read and
+    prepared for the next call. Raises ValueError when the folder does not hold that many examples
+    of a class."""
     from .fewshot.crops import bias_polarity
-    from .preprocess import prepare
 
     def polarity(scan) -> int:
         return bias_polarity(scan.bias_v) if per_polarity else 0
 
-    read: dict = cache if cache is not None else {}  # each scan read (and prepared) once
-
-    def scan_of(path: Path):
-        if path not in read:
-            read[path] = read_sxm(path)
-        return read[path]
-
-    def prepared_of(path: Path):
-        if (path, "prepared") not in read:
-            read[(path, "prepared")] = prepare(scan_of(path), surface, preprocess)
-        return read[(path, "prepared")]
+    click_scans = click_scans or ClickScans(surface, preprocess)  # each scan read (and prepared) once
+    scan_of, prepared_of = click_scans.scan, click_scans.prepared
 
     signs = sorted({polarity(scan_of(path)) for path in scans}) if per_polarity else [0]
     need = {(c, s): shots for c in classes for s in signs}
@@ -214,13 +226,14 @@ def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_anal
         raise ValueError(f"{scan_dir}: eval oneclick needs at least 2 labelled .sxm files, found {len(scans)}")
     classes = get_surface(surface).classes
     half = max(1, len(scans) // 2)
-    results, memo, read = [], None, {}  # read: the click scans, read and prepared once for every draw
+    results, memo, click_scans = [], None, ClickScans(surface, preprocess)  # shared by every draw
     with tempfile.TemporaryDirectory(prefix="oneclick-") as tmp:
         for r in range(max(1, repeats)):
             base = Path(support_dir) if support_dir else Path(tmp)
             folder = base / surface if repeats <= 1 else base / f"draw{r:02d}" / surface
             rng = np.random.default_rng([seed, r]) if repeats > 1 else None
-            used = build_support(scans[:half], surface, classes, shots, folder, preprocess, per_polarity, rng, read)
+            used = build_support(scans[:half], surface, classes, shots, folder, preprocess, per_polarity, rng,
+                                 click_scans)
             clicks = sum(1 for _ in folder.glob("*/*.npy"))
             analyser = make_analyser(folder)
             if repeats > 1 and dataclasses.is_dataclass(analyser) and hasattr(analyser, "segmenter"):

@@ -88,7 +88,7 @@ def test_class_look_stretches_about_the_centre_and_keeps_the_surroundings(monkey
     monkeypatch.setitem(class_looks.RANGES, "invert", 0.0)
     monkeypatch.setitem(class_looks.RANGES, "blur_share", 0.0)
     blob = _blob(3.0)
-    x = np.stack([blob, blob])[None] + np.float32(0.0)
+    x = np.stack([blob, blob])[None]
     x[0, :, 0, :] = 5.0  # a "lattice" line at the crop's edge, beyond outer_px
     out = class_look(x, np.random.default_rng(0))
     half_max = lambda a: int((a[4:28, 4:28] > a[4:28, 4:28].max() / 2).sum())  # noqa: E731
