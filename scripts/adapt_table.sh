@@ -10,8 +10,10 @@
 #   scripts/adapt_table.sh [OUT]          # default OUT = adapt-table
 #   SURFACES="si001h ge001" STMWATCH=".venv/bin/stmwatch" scripts/adapt_table.sh out
 #   REPEATS=10 scripts/adapt_table.sh out   # each accuracy the mean over 10 random draws of the clicks
+#   REUSE_BUNDLES=1 scripts/adapt_table.sh out   # keep OUT's bundles: new classifier settings, same bundles
 #
-# Scans already in OUT are reused (delete OUT to start afresh); a bundle is remade every run.
+# Scans already in OUT are reused (delete OUT to start afresh); a bundle is remade every run unless
+# REUSE_BUNDLES=1 and it is there.
 # CPU: about 10 minutes per surface on 2 free cores (OMP_NUM_THREADS=1 each step).
 set -euo pipefail
 OUT=${1:-adapt-table}
@@ -19,6 +21,7 @@ SURFACES=${SURFACES:-"si001h ge001 tio2110"}
 STMWATCH=${STMWATCH:-stmwatch}
 PYTHON=${PYTHON:-python3}
 REPEATS=${REPEATS:-1}
+REUSE_BUNDLES=${REUSE_BUNDLES:-0}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT/json"
 
@@ -38,8 +41,10 @@ for S in $SURFACES; do
         $STMWATCH eval oneclick --scans "$OUT/${STYLE}_$S" --surface "$S" --json --backend torch --repeats "$REPEATS" --per-polarity \
             > "$OUT/json/before_pp_${STYLE}_$S.json"
     done
-    rm -rf "$OUT/bundle_$S"
-    $STMWATCH adapt --surface "$S" --scans "$OUT/lab_$S" --out "$OUT/bundle_$S" > "$OUT/json/adapt_$S.log" 2>&1
+    if [ "$REUSE_BUNDLES" != 1 ] || [ ! -f "$OUT/bundle_$S/bundle.json" ]; then
+        rm -rf "$OUT/bundle_$S"
+        $STMWATCH adapt --surface "$S" --scans "$OUT/lab_$S" --out "$OUT/bundle_$S" > "$OUT/json/adapt_$S.log" 2>&1
+    fi
     for STYLE in training foreign; do
         $STMWATCH eval oneclick --scans "$OUT/${STYLE}_$S" --surface "$S" --models "$OUT/bundle_$S" --json \
             --backend torch --repeats "$REPEATS" > "$OUT/json/after_${STYLE}_$S.json"

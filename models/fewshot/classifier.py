@@ -20,6 +20,8 @@ import torch
 from .crops import CropSet, load_surface, normalise_crops, to_model_input
 from .episodes import sample_episode
 from .proto import ProtoNet
+from ..surfaces import SURFACES
+from .site import WEIGHT as SITE_WEIGHT
 from .transductive import STEPS as TRANSDUCTIVE_STEPS
 from .transductive import TransductiveClassifier
 
@@ -210,5 +212,9 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     if pool is not None and not pool.is_file():
         raise FileNotFoundError(f"{weights}: its pool of lab crops {pool.name} is missing")
     # prototypes refined on each scan's own defects, and on the lab's crops for an adapted classifier
+    # and the classes' lattice sites learnt with them (models/fewshot/site.py)
+    known = SURFACES.get(surface)
     return TransductiveClassifier(classifier, np.load(pool) if pool is not None else None,
-                                  steps=int(meta.get("refine_steps", TRANSDUCTIVE_STEPS)))
+                                  steps=int(meta.get("refine_steps", TRANSDUCTIVE_STEPS)),
+                                  row_period_px=known.row_nm / known.nm_per_px if known else None,
+                                  site_weight=float(meta.get("site_weight", SITE_WEIGHT)))

@@ -20,6 +20,11 @@ clicks at that polarity (and those of unknown bias); a class with no click there
 clicks. A scan of unknown bias, or a support set without bias records, uses every click. The pool
 is used whole: cutting it to the scan's polarity was lower on training-style scans (docs/adapt.md,
 "Clicks at each polarity").
+
+**Lattice site.** Given the surface's row period, each class also learns where on the rows its
+defects sit (:mod:`.site`): a Gaussian on the crop's row phase, fitted on the clicks and the soft
+assignments of the unlabelled crops, whose negative log-likelihood joins the network's logits in
+the refinement and in the final distances.
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ import numpy as np
 import torch
 
 from .crops import CropSet, bias_polarity
+from .site import WEIGHT as SITE_WEIGHT
+from .site import SiteModel, row_phase_cos
 
 STEPS = 1  # soft k-means steps per call (docs/adapt.md)
 
@@ -35,14 +42,19 @@ class TransductiveClassifier:
     """Wraps a :class:`~.classifier.PrototypicalClassifier` ``base``: each :meth:`classify` (and
     :meth:`distances`) refines the support set's prototypes over ``steps`` soft k-means steps on
     that call's crops together with ``pool`` ``(n, C, H, W)`` (the lab's crops, or None);
-    everything else is the base classifier's."""
+    everything else is the base classifier's. ``row_period_px`` (the surface's row period in crop
+    pixels; None: no site cue) and ``site_weight`` (0: none) set the lattice-site cue."""
 
-    def __init__(self, base, pool: np.ndarray | None = None, steps: int = STEPS):
+    def __init__(self, base, pool: np.ndarray | None = None, steps: int = STEPS,
+                 row_period_px: float | None = None, site_weight: float = SITE_WEIGHT):
         self.base = base
         self.pool = None if pool is None or len(pool) == 0 else np.asarray(pool, dtype=np.float32)
         self.steps = int(steps)
         self.name = f"{base.name}-transductive"
+        self.row_period_px = row_period_px if row_period_px and site_weight > 0 else None
+        self.site_weight = float(site_weight)
         self._pool_embedding = self._embed(self.pool) if self.pool is not None else None
+        self._pool_phase = self._phase(self.pool) if self.pool is not None else None
         self._fit_support()
 
     def __getattr__(self, name):  # labels, net, version, unknown_distance, support ...
@@ -53,6 +65,12 @@ class TransductiveClassifier:
         net, x = self.base.net, self.base.model_input(crops)
         return torch.cat([net.embed(torch.from_numpy(x[i:i + 512])) for i in range(0, len(x), 512)])
 
+    def _phase(self, crops: np.ndarray) -> torch.Tensor | None:
+        """The crops' row phase (:func:`.site.row_phase_cos`), or None without the site cue."""
+        if self.row_period_px is None:
+            return None
+        return torch.from_numpy(row_phase_cos(crops, self.row_period_px))
+
     def _fit_support(self) -> None:
         support, labels = self.base.support, self.base.labels
         x = np.concatenate([support.crops[k] for k in labels])
@@ -61,57 +79,85 @@ class TransductiveClassifier:
         self._one_hot = torch.nn.functional.one_hot(torch.from_numpy(y).long(), len(labels)).float()
         self._support_prototypes = self.base.net.prototypes
         self._support_polarity = np.concatenate([support.polarity(k) for k in labels])
+        self._support_phase = self._phase(x)
 
-    def _start(self, bias_v: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Support embeddings, their one-hot labels and the prototypes to use for a scan of sample
-        bias ``bias_v`` (V; None: unknown): see "Polarity" above."""
+    def _start(self, bias_v: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Support embeddings, their one-hot labels, the prototypes and the support crops' row
+        phases (None without the site cue) to use for a scan of sample bias ``bias_v`` (V; None:
+        unknown): see "Polarity" above."""
+        everything = self._support_embedding, self._one_hot, self._support_prototypes, self._support_phase
         sign = bias_polarity(bias_v)
         if sign == 0:
-            return self._support_embedding, self._one_hot, self._support_prototypes
+            return everything
         keep = (self._support_polarity == 0) | (self._support_polarity == sign)
         owner = self._one_hot.argmax(1).numpy()
         for k in range(self._one_hot.shape[1]):
             if not keep[owner == k].any():
                 keep[owner == k] = True  # no click of this class at this polarity: all of them
         if keep.all():
-            return self._support_embedding, self._one_hot, self._support_prototypes
+            return everything
         mask = torch.from_numpy(keep)
         embedding, one_hot = self._support_embedding[mask], self._one_hot[mask]
         protos = (one_hot.T @ embedding) / one_hot.sum(0).unsqueeze(1)
         if self.base.net.metric == "cosine":
             protos = torch.nn.functional.normalize(protos, dim=1)
-        return embedding, one_hot, protos
+        return embedding, one_hot, protos, None if self._support_phase is None else self._support_phase[mask]
 
     def set_support(self, support: CropSet) -> None:
         self.base.set_support(support)
         self._fit_support()
 
     @torch.no_grad()
-    def _refine(self, embedded: torch.Tensor | None, bias_v: float | None = None) -> torch.Tensor:
-        support, one_hot, protos = self._start(bias_v)
-        parts = [p for p in (self._pool_embedding, embedded) if p is not None and len(p)]
-        if not parts or self.steps <= 0:
-            return protos
-        net, unlabelled = self.base.net, torch.cat(parts)
+    def _refine(self, embedded: torch.Tensor | None, bias_v: float | None = None,
+                phase: torch.Tensor | None = None) -> tuple[torch.Tensor, SiteModel | None]:
+        """The prototypes after :attr:`steps` soft k-means steps on ``embedded`` (this call's
+        crops, their row ``phase``) and the pool, and the classes' site model (None without the
+        site cue)."""
+        support, one_hot, protos, support_phase = self._start(bias_v)
+        use = [i for i, e in enumerate((self._pool_embedding, embedded)) if e is not None and len(e)]
+        unlabelled = torch.cat([(self._pool_embedding, embedded)[i] for i in use]) if use else None
+        net, site, unlabelled_phase = self.base.net, None, None
+        if support_phase is not None:
+            unlabelled_phase = torch.cat([(self._pool_phase, phase)[i] for i in use]) if use else None
+            weights = None if unlabelled is None else torch.softmax(self._logits(unlabelled, protos), dim=1)
+            site = SiteModel.fit(one_hot, support_phase, weights, unlabelled_phase)
+        if unlabelled is None or self.steps <= 0:
+            return protos, site
         for _ in range(self.steps):
-            w = torch.softmax(-net.temperature * torch.cdist(unlabelled, protos).pow(2), dim=1)  # (n, way)
-            protos = (one_hot.T @ support + w.T @ unlabelled) / (one_hot.sum(0) + w.sum(0)).unsqueeze(1)
+            weights = torch.softmax(self._logits(unlabelled, protos, site, unlabelled_phase), dim=1)
+            protos = (one_hot.T @ support + weights.T @ unlabelled) / (one_hot.sum(0) + weights.sum(0)).unsqueeze(1)
             if net.metric == "cosine":
                 protos = torch.nn.functional.normalize(protos, dim=1)
-        return protos
+            if site is not None:
+                site = SiteModel.fit(one_hot, support_phase, weights, unlabelled_phase)
+        return protos, site
+
+    def _logits(self, embedded: torch.Tensor, protos: torch.Tensor, site: SiteModel | None = None,
+                phase: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's logits (minus the scaled squared distances), less the site's penalty."""
+        logits = -self.base.net.temperature * torch.cdist(embedded, protos).pow(2)
+        return logits if site is None else logits - site.penalty(phase, self.site_weight)
 
     def refined_prototypes(self, crops: np.ndarray, bias_v: float | None = None) -> torch.Tensor:
         """The prototypes after :attr:`steps` soft k-means steps on ``crops`` and the pool, for a
         scan of sample bias ``bias_v`` (V; None: unknown)."""
-        return self._refine(self._embed(crops) if len(crops) else None, bias_v)
+        return self._refine(self._embed(crops) if len(crops) else None, bias_v, self._phase(crops))[0]
 
     def distances(self, crops: np.ndarray, bias_v: float | None = None) -> np.ndarray:
         """Squared distances ``(n, classes)`` of ``crops`` (of one scan, of sample bias ``bias_v``)
-        to the prototypes refined on them (one forward pass)."""
+        to the prototypes refined on them (one forward pass). With the site cue, each crop's site
+        penalty (over the temperature, less its smallest over the classes) is added: the nearest
+        class is that of the highest combined logit, and a crop's distance to the class whose site
+        suits it best is the network's own (so the ``unknown`` threshold keeps its meaning)."""
         if len(crops) == 0:
             return np.zeros((0, len(self.base.labels)), dtype=np.float32)
-        embedded = self._embed(crops)
-        return torch.cdist(embedded, self._refine(embedded, bias_v)).pow(2).numpy()
+        embedded, phase = self._embed(crops), self._phase(crops)
+        protos, site = self._refine(embedded, bias_v, phase)
+        d = torch.cdist(embedded, protos).pow(2)
+        if site is not None:
+            penalty = site.penalty(phase, self.site_weight) / self.base.net.temperature
+            d = d + penalty - penalty.min(dim=1, keepdim=True).values
+        return d.numpy()
 
     def classify(self, crops: np.ndarray, bias_v: float | None = None) -> list[tuple[str, float]]:
         if len(crops) == 0:

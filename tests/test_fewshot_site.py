@@ -1,0 +1,85 @@
+"""The lattice-site cue of the few-shot classifier (models/fewshot/site.py): the row phase at a
+crop's centre against hand-made gratings, the per-class Gaussian against hand-computed figures,
+and the transductive classifier that uses it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stmwatch.models.fewshot.classifier import PrototypicalClassifier
+from stmwatch.models.fewshot.crops import CropSet
+from stmwatch.models.fewshot.proto import ProtoNet
+from stmwatch.models.fewshot.site import SiteModel, row_phase_cos
+from stmwatch.models.fewshot.transductive import TransductiveClassifier
+
+PERIOD = 6.5  # px: TiO2(110)'s rows at 0.1 nm/px
+
+
+def grating(phase: float, angle_deg: float, period: float = PERIOD, core: float = 0.0) -> np.ndarray:
+    """A (2, 32, 32) crop of rows cos(k·r + phase), r from the crop's centre ((31/2, 31/2) in
+    (x, y) pixels), k at ``angle_deg`` from the x axis; ``core``: a bright blob at the centre."""
+    yy, xx = np.mgrid[:32, :32] - 15.5
+    a = np.deg2rad(angle_deg)
+    image = np.cos(2 * np.pi / period * (np.cos(a) * xx + np.sin(a) * yy) + phase)
+    image += core * np.exp(-(xx ** 2 + yy ** 2) / (2 * 2.0 ** 2))
+    return np.stack([image, image]).astype(np.float32)
+
+
+@pytest.mark.parametrize("angle", [0.0, 33.0, 90.0, 151.0])
+def test_row_phase_is_the_cosine_of_the_rows_phase_at_the_centre(angle):
+    crops = np.stack([grating(p, angle) for p in (0.0, np.pi, np.pi / 2, np.pi / 3)])
+    assert np.allclose(row_phase_cos(crops, PERIOD), [1.0, -1.0, 0.0, 0.5], atol=0.05)
+
+
+def test_row_phase_ignores_the_defect_at_the_centre_and_a_period_a_little_off():
+    crops = np.stack([grating(np.pi, 20.0, core=5.0), grating(0.0, 70.0, period=PERIOD * 1.1, core=-5.0)])
+    assert np.allclose(row_phase_cos(crops, PERIOD), [-1.0, 1.0], atol=0.1)
+    assert row_phase_cos(crops[:0], PERIOD).shape == (0,)
+
+
+def test_site_model_fits_clicks_and_weighted_crops():
+    one_hot = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    clicks = torch.tensor([1.0, -1.0])
+    weights = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    phase = torch.tensor([0.0, 1.0, 1.0])
+    site = SiteModel.fit(one_hot, clicks, weights, phase, floor=0.01)
+    # class 0: values 1, 0 (weight 1), 1 (weight 0.5): mean 1.5/2.5 = 0.6, mean square 1.5/2.5 → var 0.24
+    # class 1: values -1, 1 (0.5), 1 (1): mean 0.5/2.5 = 0.2, mean square 2.5/2.5 → var 0.96
+    assert np.allclose(site.mean.numpy(), [0.6, 0.2]) and np.allclose(site.var.numpy(), [0.24, 0.96])
+    assert np.allclose(SiteModel.fit(one_hot, clicks).var.numpy(), [0.2, 0.2])  # one click each: the floor
+    penalty = site.penalty(torch.tensor([0.6]), weight=1.0).numpy()
+    assert np.allclose(penalty, [[0.5 * np.log(0.24), 0.5 * (0.16 / 0.96 + np.log(0.96))]], atol=1e-6)
+
+
+class FirstPixels(torch.nn.Module):
+    """An 'embedding' of the crop's two pixels at (31, 0) and (31, 1) of channel 1 (out of the
+    ring's way on channel 0, which carries the rows)."""
+
+    def forward(self, x):
+        return x[:, 1, 31, :2]
+
+
+def test_the_site_separates_classes_the_embedding_cannot():
+    """Two classes that look the same to the network: a sits on the rows' crests, b in their
+    troughs, one click each. The pool holds both, in equal numbers. Without the site both queries
+    get one class; with it each query goes to the class of its site."""
+    def crop(phase, look):
+        c = grating(phase, 40.0)
+        c[1, 31, :2] = look
+        return c
+    rng = np.random.default_rng(0)
+    support = CropSet("tio2110", {"a": np.stack([crop(0.0, [0.0, 1.0])]), "b": np.stack([crop(np.pi, [0.0, 0.9])])})
+    pool = np.stack([crop(p, [0.0, 1.0 + 0.05 * rng.normal()]) for p in rng.normal(0.0, 0.3, 20)]
+                    + [crop(np.pi + p, [0.0, 1.0 + 0.05 * rng.normal()]) for p in rng.normal(0.0, 0.3, 20)])
+    query = np.stack([crop(0.2, [0.0, 0.95]), crop(np.pi - 0.2, [0.0, 0.97])])
+    net = ProtoNet(FirstPixels())
+    plain = TransductiveClassifier(PrototypicalClassifier(net, support, float("inf")), pool, row_period_px=None)
+    assert len({lab for lab, _ in plain.classify(query)}) == 1
+    site = TransductiveClassifier(PrototypicalClassifier(net, support, float("inf")), pool, row_period_px=PERIOD)
+    assert [lab for lab, _ in site.classify(query)] == ["a", "b"]
+    d = site.distances(query)
+    assert np.allclose(d.min(axis=1), torch.cdist(site._embed(query), site.refined_prototypes(query)).pow(2)
+                       .numpy()[[0, 1], [0, 1]], atol=1e-5)  # at its site's class, the network's own distance
+    assert TransductiveClassifier(PrototypicalClassifier(net, support, float("inf")), pool, row_period_px=PERIOD,
+                                  site_weight=0.0).row_period_px is None
