@@ -80,8 +80,12 @@ def run(args) -> int:
     if args.repeats > 1:
         low, high = result["label_accuracy_range95"]
         print(f"  over {result['repeats']} draws of the clicks: label accuracy {result['label_accuracy_mean']:.3f} "
-              f"on average, {low:.3f}-{high:.3f} (2.5-97.5 %); the figures above and below are the first draw's")
-    for cls, acc in result["per_class_accuracy"].items():
-        print(f"  {cls}: {acc:.3f}  {result['confusion'][cls]}")
+              f"on average, {low:.3f}-{high:.3f} (2.5-97.5 %); the figures above are the first draw's, "
+              f"those per class below all draws' together")
+    per_class, confusion = result["per_class_accuracy"], result["confusion"]
+    if args.repeats > 1:
+        per_class, confusion = result["per_class_accuracy_mean"], result["confusion_draws"]
+    for cls, acc in per_class.items():
+        print(f"  {cls}: {acc:.3f}  {confusion[cls]}")
     print(f"  models: {result['model_versions']}")
     return 0
