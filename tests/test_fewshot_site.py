@@ -36,6 +36,7 @@ def test_row_phase_ignores_the_defect_at_the_centre_and_a_period_a_little_off():
     crops = np.stack([grating(np.pi, 20.0, core=5.0), grating(0.0, 70.0, period=PERIOD * 1.1, core=-5.0)])
     assert np.allclose(row_phase_cos(crops, PERIOD), [-1.0, 1.0], atol=0.1)
     assert row_phase_cos(crops[:0], PERIOD).shape == (0,)
+    assert np.array_equal(row_phase_cos(crops[:, :, 10:22, 10:22], PERIOD), [0.0, 0.0])  # too small for the ring
 
 
 def test_site_model_fits_clicks_and_weighted_crops():

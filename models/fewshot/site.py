@@ -52,11 +52,12 @@ def _ring_basis(size: int, period_px: float) -> tuple[np.ndarray, np.ndarray, np
 def row_phase_cos(crops: np.ndarray, period_px: float) -> np.ndarray:
     """``crops`` ``(n, C, H, W)`` at the model scale (channel 0 is used) → ``(n,)`` the cosine of
     the phase of the row modulation at each crop's centre (see the module's docstring);
-    ``period_px`` is the row period in the crops' pixels."""
-    crops = np.asarray(crops, dtype=np.float32)
-    if len(crops) == 0:
-        return np.zeros(0, np.float32)
+    ``period_px`` is the row period in the crops' pixels. Crops too small for the ring give 0
+    each, so that every class's Gaussian is alike and the cue has no effect."""
+    crops = np.nan_to_num(np.asarray(crops, dtype=np.float32))
     ring, cos, sin = _ring_basis(crops.shape[-1], float(period_px))
+    if len(crops) == 0 or ring.sum() < 16:  # no crops, or too small for the ring: no site information
+        return np.zeros(len(crops), np.float32)
     x = crops[:, 0].reshape(len(crops), -1)[:, ring]
     x = x - np.median(x, axis=1, keepdims=True)
     re, im = x @ cos, -(x @ sin)
