@@ -13,6 +13,7 @@ and the label accuracy of the matched defects (the pairs of
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -218,7 +219,7 @@ def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_anal
     that the figure does not hang on which example was clicked: the result is that of the first
     draw, plus ``repeats``, ``label_accuracy_repeats`` (one per draw), ``label_accuracy_mean`` and
     the 2.5 and 97.5 percentiles of the draws, ``label_accuracy_range95``, each class's accuracy
-    over all draws together ``per_class_accuracy_mean`` (right / matched, summed over the draws) and
+    over all draws together ``per_class_accuracy_draws`` (right / matched, pooled over the draws) and
     the confusion summed over the draws ``confusion_draws``. Returns the figures of
     :func:`score_scans` plus ``shots``, ``per_polarity``, ``clicks``, ``support_scans`` and ``eval_scans``."""
     from .surfaces import get_surface
@@ -253,12 +254,11 @@ def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_anal
         result.update({"repeats": len(draws), "label_accuracy_repeats": draws,
                        "label_accuracy_mean": round(float(np.mean(draws)), 4),
                        "label_accuracy_range95": [round(float(v), 4) for v in np.percentile(draws, [2.5, 97.5])]})
-        confusion: dict[str, dict[str, int]] = {}
+        confusion: dict[str, collections.Counter] = {}
         for x in results:
             for cls, row in x["confusion"].items():
-                for label, n in row.items():
-                    confusion.setdefault(cls, {})[label] = confusion.get(cls, {}).get(label, 0) + n
+                confusion.setdefault(cls, collections.Counter()).update(row)
         result["confusion_draws"] = {c: dict(sorted(v.items())) for c, v in sorted(confusion.items())}
-        result["per_class_accuracy_mean"] = {c: round(v.get(c, 0) / sum(v.values()), 4) for c, v in sorted(confusion.items())}
+        result["per_class_accuracy_draws"] = {c: round(v[c] / sum(v.values()), 4) for c, v in sorted(confusion.items())}
     log.info("oneclick %s: %s", surface, result)
     return result

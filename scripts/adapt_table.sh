@@ -84,6 +84,6 @@ print()
 for s in surfaces:
     for when in ("before", "after"):
         r = json.loads((out / "json" / f"{when}_foreign_{s}.json").read_text())
-        per_class = r.get("per_class_accuracy_mean", r["per_class_accuracy"])  # over every draw, when there were several
+        per_class = r.get("per_class_accuracy_draws", r["per_class_accuracy"])  # over every draw, when there were several
         print(f"- {s} foreign {when}: " + ", ".join(f"{c} {v:.2f}" for c, v in per_class.items()))
 EOF

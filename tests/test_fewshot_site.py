@@ -17,9 +17,10 @@ PERIOD = 6.5  # px: TiO2(110)'s rows at 0.1 nm/px
 
 
 def grating(phase: float, angle_deg: float, period: float = PERIOD, core: float = 0.0) -> np.ndarray:
-    """A (2, 32, 32) crop of rows cos(k·r + phase), r from the crop's centre ((31/2, 31/2) in
-    (x, y) pixels), k at ``angle_deg`` from the x axis; ``core``: a bright blob at the centre."""
-    yy, xx = np.mgrid[:32, :32] - 15.5
+    """A (2, 32, 32) crop of rows cos(k·r + phase), r from the crop's centre (pixel (16, 16), where
+    ``segment.crops_at`` puts the defect), k at ``angle_deg`` from the x axis; ``core``: a bright
+    blob at the centre."""
+    yy, xx = np.mgrid[:32, :32] - 16
     a = np.deg2rad(angle_deg)
     image = np.cos(2 * np.pi / period * (np.cos(a) * xx + np.sin(a) * yy) + phase)
     image += core * np.exp(-(xx ** 2 + yy ** 2) / (2 * 2.0 ** 2))
@@ -33,10 +34,30 @@ def test_row_phase_is_the_cosine_of_the_rows_phase_at_the_centre(angle):
 
 
 def test_row_phase_ignores_the_defect_at_the_centre_and_a_period_a_little_off():
-    crops = np.stack([grating(np.pi, 20.0, core=5.0), grating(0.0, 70.0, period=PERIOD * 1.1, core=-5.0)])
+    # a defect 50x the rows' amplitude: it would decide the phase if the core were not left out
+    crops = np.stack([grating(np.pi, 20.0, core=50.0), grating(0.0, 70.0, period=PERIOD * 1.1, core=-50.0)])
     assert np.allclose(row_phase_cos(crops, PERIOD), [-1.0, 1.0], atol=0.1)
     assert row_phase_cos(crops[:0], PERIOD).shape == (0,)
-    assert np.array_equal(row_phase_cos(crops[:, :, 10:22, 10:22], PERIOD), [0.0, 0.0])  # too small for the ring
+
+
+def test_row_phase_is_zero_without_site_information():
+    crops = np.stack([grating(0.0, 20.0), grating(0.0, 20.0)])
+    crops[1] = 0.0  # a flat crop
+    assert np.allclose(row_phase_cos(crops, PERIOD), [1.0, 0.0], atol=0.05)
+    assert np.array_equal(row_phase_cos(crops[:, :, 8:24, 8:24], PERIOD), [0.0, 0.0])  # too small for the ring
+
+
+def test_the_crops_centre_is_where_the_segmenter_cuts_a_defect():
+    """Rows along y with a crest at image column 40: crops cut by ``segment.crops_at`` at columns
+    40, 42 and 43 read the rows' cosine there (+1, -0.35, -0.97; half a pixel off, the crest
+    would read 0.88)."""
+    from stmwatch.models.segment import crops_at
+
+    xx = np.arange(96)[None, :].repeat(96, axis=0)
+    image = np.cos(2 * np.pi * (xx - 40) / PERIOD)[None].repeat(2, axis=0).astype(np.float32)
+    cols = np.array([40.0, 42.0, 43.0])
+    crops = crops_at(image, np.full(3, 48), cols, 32)
+    assert np.allclose(row_phase_cos(crops, PERIOD), np.cos(2 * np.pi * (cols - 40) / PERIOD), atol=0.03)
 
 
 def test_site_model_fits_clicks_and_weighted_crops():
@@ -84,3 +105,23 @@ def test_the_site_separates_classes_the_embedding_cannot():
                        .numpy()[[0, 1], [0, 1]], atol=1e-5)  # at its site's class, the network's own distance
     assert TransductiveClassifier(PrototypicalClassifier(net, support, float("inf")), pool, row_period_px=PERIOD,
                                   site_weight=0.0).row_period_px is None
+
+
+def test_a_scans_polarity_picks_the_clicks_sites_too():
+    """Class a was clicked on a crest at +1.5 V and in a trough at -1.5 V: a scan's site model of a
+    starts from the click at its own polarity (steps = 0: the clicks alone). The network sees the
+    same for every crop, so only the site tells the classes apart."""
+    def crop(phase):
+        c = grating(phase, 10.0)
+        c[1, 31, :2] = 0.0
+        return c
+    support = CropSet("tio2110", {"a": np.stack([crop(0.0), crop(np.pi)]), "b": np.stack([crop(np.pi / 2)])},
+                      bias_v={"a": np.array([1.5, -1.5]), "b": np.array([np.nan])})
+    clf = TransductiveClassifier(PrototypicalClassifier(ProtoNet(FirstPixels()), support, float("inf")), None,
+                                 steps=0, row_period_px=PERIOD)
+    query = np.stack([crop(0.0)])
+    for bias, mean_a in ((1.5, 1.0), (-1.5, -1.0), (None, 0.0)):
+        _, _, _, support_cos = clf._start(bias)
+        site = SiteModel.fit(clf._one_hot if bias is None else clf._one_hot[[0 if bias > 0 else 1, 2]], support_cos)
+        assert np.allclose(site.mean.numpy(), [mean_a, 0.0], atol=0.05)
+    assert clf.classify(query, 1.5)[0][0] == "a" and clf.classify(query, -1.5)[0][0] == "b"

@@ -125,7 +125,7 @@ def test_repeats_draw_clicks_in_the_first_half_and_score_the_second(tmp_path):
     assert r["label_accuracy_mean"] == pytest.approx(2 / 3, abs=1e-4)
     # c's two defects are dangling_bond and as_incorporated, both called dangling_bond; d's vacancy is right
     assert r["confusion_draws"] == {CLASSES[0]: {CLASSES[0]: 8}, CLASSES[1]: {CLASSES[0]: 8}, CLASSES[2]: {CLASSES[2]: 8}}
-    assert r["per_class_accuracy_mean"] == {CLASSES[0]: 1.0, CLASSES[1]: 0.0, CLASSES[2]: 1.0}
+    assert r["per_class_accuracy_draws"] == {CLASSES[0]: 1.0, CLASSES[1]: 0.0, CLASSES[2]: 1.0}
     sources = set()
     for draw in sorted((tmp_path / "kept").iterdir()):
         crops = sorted((draw / "si001h").glob("*/*.npy"))

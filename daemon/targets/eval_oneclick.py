@@ -84,7 +84,7 @@ def run(args) -> int:
               f"those per class below all draws' together")
     per_class, confusion = result["per_class_accuracy"], result["confusion"]
     if args.repeats > 1:
-        per_class, confusion = result["per_class_accuracy_mean"], result["confusion_draws"]
+        per_class, confusion = result["per_class_accuracy_draws"], result["confusion_draws"]
     for cls, acc in per_class.items():
         print(f"  {cls}: {acc:.3f}  {confusion[cls]}")
     print(f"  models: {result['model_versions']}")

@@ -22,9 +22,10 @@ is used whole: cutting it to the scan's polarity was lower on training-style sca
 "Clicks at each polarity").
 
 **Lattice site.** Given the surface's row period, each class also learns where on the rows its
-defects sit (:mod:`.site`): a Gaussian on the crop's row phase, fitted on the clicks and the soft
-assignments of the unlabelled crops, whose negative log-likelihood joins the network's logits in
-the refinement and in the final distances.
+defects sit (:mod:`.site`): a Gaussian on the cosine of the crop's row phase, fitted on the clicks
+and the soft assignments of the unlabelled crops, whose negative log-likelihood joins the network's
+logits in the refinement and in the final distances. With ``steps`` = 0 (no refinement) it is
+fitted on the clicks alone.
 """
 from __future__ import annotations
 
@@ -50,11 +51,11 @@ class TransductiveClassifier:
         self.base = base
         self.pool = None if pool is None or len(pool) == 0 else np.asarray(pool, dtype=np.float32)
         self.steps = int(steps)
-        self.name = f"{base.name}-transductive"
         self.row_period_px = row_period_px if row_period_px and site_weight > 0 else None
+        self.name = f"{base.name}-transductive" + ("-site" if self.row_period_px else "")
         self.site_weight = float(site_weight)
         self._pool_embedding = self._embed(self.pool) if self.pool is not None else None
-        self._pool_phase = self._phase(self.pool) if self.pool is not None else None
+        self._pool_site = self._site(self.pool) if self.pool is not None else None
         self._fit_support()
 
     def __getattr__(self, name):  # labels, net, version, unknown_distance, support ...
@@ -65,11 +66,12 @@ class TransductiveClassifier:
         net, x = self.base.net, self.base.model_input(crops)
         return torch.cat([net.embed(torch.from_numpy(x[i:i + 512])) for i in range(0, len(x), 512)])
 
-    def _phase(self, crops: np.ndarray) -> torch.Tensor | None:
-        """The crops' row phase (:func:`.site.row_phase_cos`), or None without the site cue."""
+    def _site(self, crops: np.ndarray) -> torch.Tensor | None:
+        """The cosines of the crops' row phases (:func:`.site.row_phase_cos`, on the crops as the
+        network sees them), or None without the site cue."""
         if self.row_period_px is None:
             return None
-        return torch.from_numpy(row_phase_cos(crops, self.row_period_px))
+        return torch.from_numpy(row_phase_cos(self.base.model_input(crops), self.row_period_px))
 
     def _fit_support(self) -> None:
         support, labels = self.base.support, self.base.labels
@@ -79,13 +81,13 @@ class TransductiveClassifier:
         self._one_hot = torch.nn.functional.one_hot(torch.from_numpy(y).long(), len(labels)).float()
         self._support_prototypes = self.base.net.prototypes
         self._support_polarity = np.concatenate([support.polarity(k) for k in labels])
-        self._support_phase = self._phase(x)
+        self._support_site = self._site(x)
 
     def _start(self, bias_v: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Support embeddings, their one-hot labels, the prototypes and the support crops' row
-        phases (None without the site cue) to use for a scan of sample bias ``bias_v`` (V; None:
+        """Support embeddings, their one-hot labels, the prototypes and the support crops' row-phase
+        cosines (None without the site cue) to use for a scan of sample bias ``bias_v`` (V; None:
         unknown): see "Polarity" above."""
-        everything = self._support_embedding, self._one_hot, self._support_prototypes, self._support_phase
+        everything = self._support_embedding, self._one_hot, self._support_prototypes, self._support_site
         sign = bias_polarity(bias_v)
         if sign == 0:
             return everything
@@ -101,7 +103,7 @@ class TransductiveClassifier:
         protos = (one_hot.T @ embedding) / one_hot.sum(0).unsqueeze(1)
         if self.base.net.metric == "cosine":
             protos = torch.nn.functional.normalize(protos, dim=1)
-        return embedding, one_hot, protos, None if self._support_phase is None else self._support_phase[mask]
+        return embedding, one_hot, protos, None if self._support_site is None else self._support_site[mask]
 
     def set_support(self, support: CropSet) -> None:
         self.base.set_support(support)
@@ -109,53 +111,56 @@ class TransductiveClassifier:
 
     @torch.no_grad()
     def _refine(self, embedded: torch.Tensor | None, bias_v: float | None = None,
-                phase: torch.Tensor | None = None) -> tuple[torch.Tensor, SiteModel | None]:
+                site_cos: torch.Tensor | None = None) -> tuple[torch.Tensor, SiteModel | None]:
         """The prototypes after :attr:`steps` soft k-means steps on ``embedded`` (this call's
-        crops, their row ``phase``) and the pool, and the classes' site model (None without the
-        site cue)."""
-        support, one_hot, protos, support_phase = self._start(bias_v)
-        use = [i for i, e in enumerate((self._pool_embedding, embedded)) if e is not None and len(e)]
-        unlabelled = torch.cat([(self._pool_embedding, embedded)[i] for i in use]) if use else None
-        net, site, unlabelled_phase = self.base.net, None, None
-        if support_phase is not None:
-            unlabelled_phase = torch.cat([(self._pool_phase, phase)[i] for i in use]) if use else None
-            weights = None if unlabelled is None else torch.softmax(self._logits(unlabelled, protos), dim=1)
-            site = SiteModel.fit(one_hot, support_phase, weights, unlabelled_phase)
-        if unlabelled is None or self.steps <= 0:
+        crops, their row-phase cosines ``site_cos``) and the pool, and the classes' site model
+        (None without the site cue)."""
+        support, one_hot, protos, support_cos = self._start(bias_v)
+        parts = [(e, c) for e, c in ((self._pool_embedding, self._pool_site), (embedded, site_cos))
+                 if e is not None and len(e)]
+        site = None if support_cos is None else SiteModel.fit(one_hot, support_cos)
+        if not parts or self.steps <= 0:
             return protos, site
+        net, unlabelled = self.base.net, torch.cat([e for e, _ in parts])
+        unlabelled_cos = None if site is None else torch.cat([c for _, c in parts])
+        if site is not None:  # the classes' sites from the network's own soft assignment first
+            site = SiteModel.fit(one_hot, support_cos, torch.softmax(self._logits(unlabelled, protos), dim=1),
+                                 unlabelled_cos)
         for _ in range(self.steps):
-            weights = torch.softmax(self._logits(unlabelled, protos, site, unlabelled_phase), dim=1)
+            weights = torch.softmax(self._logits(unlabelled, protos, site, unlabelled_cos), dim=1)
             protos = (one_hot.T @ support + weights.T @ unlabelled) / (one_hot.sum(0) + weights.sum(0)).unsqueeze(1)
             if net.metric == "cosine":
                 protos = torch.nn.functional.normalize(protos, dim=1)
             if site is not None:
-                site = SiteModel.fit(one_hot, support_phase, weights, unlabelled_phase)
+                site = SiteModel.fit(one_hot, support_cos, weights, unlabelled_cos)
         return protos, site
 
     def _logits(self, embedded: torch.Tensor, protos: torch.Tensor, site: SiteModel | None = None,
-                phase: torch.Tensor | None = None) -> torch.Tensor:
+                site_cos: torch.Tensor | None = None) -> torch.Tensor:
         """The network's logits (minus the scaled squared distances), less the site's penalty."""
         logits = -self.base.net.temperature * torch.cdist(embedded, protos).pow(2)
-        return logits if site is None else logits - site.penalty(phase, self.site_weight)
+        return logits if site is None else logits - site.penalty(site_cos, self.site_weight)
 
     def refined_prototypes(self, crops: np.ndarray, bias_v: float | None = None) -> torch.Tensor:
         """The prototypes after :attr:`steps` soft k-means steps on ``crops`` and the pool, for a
         scan of sample bias ``bias_v`` (V; None: unknown)."""
-        return self._refine(self._embed(crops) if len(crops) else None, bias_v, self._phase(crops))[0]
+        return self._refine(self._embed(crops) if len(crops) else None, bias_v, self._site(crops))[0]
 
     def distances(self, crops: np.ndarray, bias_v: float | None = None) -> np.ndarray:
         """Squared distances ``(n, classes)`` of ``crops`` (of one scan, of sample bias ``bias_v``)
         to the prototypes refined on them (one forward pass). With the site cue, each crop's site
         penalty (over the temperature, less its smallest over the classes) is added: the nearest
         class is that of the highest combined logit, and a crop's distance to the class whose site
-        suits it best is the network's own (so the ``unknown`` threshold keeps its meaning)."""
+        suits it best is the network's own. So every distance is at least the network's own: the
+        site can make a crop ``unknown`` (its class's site does not suit it and the distance passes
+        the threshold), never the reverse."""
         if len(crops) == 0:
             return np.zeros((0, len(self.base.labels)), dtype=np.float32)
-        embedded, phase = self._embed(crops), self._phase(crops)
-        protos, site = self._refine(embedded, bias_v, phase)
+        embedded, site_cos = self._embed(crops), self._site(crops)
+        protos, site = self._refine(embedded, bias_v, site_cos)
         d = torch.cdist(embedded, protos).pow(2)
         if site is not None:
-            penalty = site.penalty(phase, self.site_weight) / self.base.net.temperature
+            penalty = site.penalty(site_cos, self.site_weight) / self.base.net.temperature
             d = d + penalty - penalty.min(dim=1, keepdim=True).values
         return d.numpy()
 
