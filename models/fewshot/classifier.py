@@ -213,8 +213,8 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
         raise FileNotFoundError(f"{weights}: its pool of lab crops {pool.name} is missing")
     # prototypes refined on each scan's own defects, and on the lab's crops for an adapted classifier
     # and the classes' lattice sites learnt with them (models/fewshot/site.py)
-    known = SURFACES.get(surface)
+    facts = SURFACES.get(surface)
     return TransductiveClassifier(classifier, np.load(pool) if pool is not None else None,
                                   steps=int(meta.get("refine_steps", TRANSDUCTIVE_STEPS)),
-                                  row_period_px=known.row_nm / known.nm_per_px if known else None,
+                                  row_period_px=facts.row_nm / facts.nm_per_px if facts else None,
                                   site_weight=float(meta.get("site_weight", SITE_WEIGHT)))
