@@ -182,7 +182,9 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     the weights' ``meta["tta"]``, else ``"none"``): test-time augmentation of the embedding, see
     :class:`ProtoNet` (the stored unknown distance is calibrated with the stored setting).
     ``backend`` (``[models] backend``: auto | torch | onnxruntime | tensorrt) picks the embedding's
-    runner, see :func:`classifier_backend`.
+    runner, see :func:`classifier_backend`. The classes' lattice sites are learnt with the
+    prototypes (:mod:`.site`) on a known surface, with the weights' ``meta["site_weight"]``
+    (default :data:`.site.WEIGHT`; 0 turns it off).
     """
     from .training import load  # avoid a cycle at import time
 
