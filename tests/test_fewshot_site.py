@@ -125,3 +125,24 @@ def test_a_scans_polarity_picks_the_clicks_sites_too():
         site = SiteModel.fit(clf._one_hot if bias is None else clf._one_hot[[0 if bias > 0 else 1, 2]], support_cos)
         assert np.allclose(site.mean.numpy(), [mean_a, 0.0], atol=0.05)
     assert clf.classify(query, 1.5)[0][0] == "a" and clf.classify(query, -1.5)[0][0] == "b"
+
+
+def test_the_site_never_makes_a_crop_unknown():
+    """The unknown distance applies to the network's own distance to the nearest prototype
+    (unlike every class), not to the distance with the site's penalty added."""
+    def crop(phase, look):
+        c = grating(phase, 40.0)
+        c[1, 31, :2] = look
+        return c
+    support = CropSet("tio2110", {"a": np.stack([crop(0.0, [0.0, 1.0])]), "b": np.stack([crop(np.pi, [0.0, 0.0])])})
+    query = np.stack([crop(np.pi, [0.0, 0.9])])  # looks like a (0.01 away), sits where b does (0.81 away)
+    net = ProtoNet(FirstPixels())
+    network, combined = TransductiveClassifier(PrototypicalClassifier(net, support, float("inf")), None, steps=0,
+                                               row_period_px=PERIOD)._distances(query, None)
+    assert combined.argmin() == 1 and combined.min() > network.min()  # b by its site, farther than a's look
+    between = float(network.min() + combined.min()) / 2
+    clf = TransductiveClassifier(PrototypicalClassifier(net, support, between), None, steps=0, row_period_px=PERIOD)
+    assert clf.classify(query)[0][0] == "b"
+    clf = TransductiveClassifier(PrototypicalClassifier(net, support, float(network.min()) / 2), None, steps=0,
+                                 row_period_px=PERIOD)
+    assert clf.classify(query)[0][0] == "unknown"

@@ -85,18 +85,22 @@ class PrototypicalClassifier:
             return []
         return self.label(crops, self.distances(crops))
 
-    def label(self, crops: np.ndarray, d: np.ndarray) -> list[tuple[str, float]]:
+    def label(self, crops: np.ndarray, d: np.ndarray, nearest: np.ndarray | None = None) -> list[tuple[str, float]]:
         """:meth:`classify` from the squared distances ``d`` ``(n, classes)`` of ``crops`` to the
-        prototypes (computed here, or by a wrapper that moved the prototypes)."""
+        prototypes (computed here, or by a wrapper that moved the prototypes or added a cue):
+        each crop gets the class of its smallest ``d``, or ``"unknown"`` when ``nearest`` ``(n,)``
+        (default: that smallest ``d``), its squared embedding distance to the nearest prototype,
+        passes the unknown distance (unlike every support class)."""
         p = torch.softmax(torch.from_numpy(-self.net.temperature * d), dim=1).numpy()
         best = d.argmin(axis=1)
+        nearest = d[np.arange(len(d)), best] if nearest is None else nearest
         far = np.zeros(len(d), bool)
         if self.gate is not None:  # unlike every support crop to the gate's (scale-aware) embedding
             with torch.no_grad():
                 far = self.gate[0].distances(torch.from_numpy(to_model_input(crops))).numpy().min(axis=1) > self.gate[1]
         out = []
         for i, k in enumerate(best):
-            label = self.labels[k] if d[i, k] <= self.unknown_distance and not far[i] else UNKNOWN
+            label = self.labels[k] if nearest[i] <= self.unknown_distance and not far[i] else UNKNOWN
             out.append((label, float(p[i, k])))
         return out
 

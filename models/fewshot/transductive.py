@@ -146,25 +146,31 @@ class TransductiveClassifier:
         scan of sample bias ``bias_v`` (V; None: unknown)."""
         return self._refine(self._embed(crops) if len(crops) else None, bias_v, self._site(crops))[0]
 
-    def distances(self, crops: np.ndarray, bias_v: float | None = None) -> np.ndarray:
-        """Squared distances ``(n, classes)`` of ``crops`` (of one scan, of sample bias ``bias_v``)
-        to the prototypes refined on them (one forward pass). With the site cue, each crop's site
-        penalty (over the temperature, less its smallest over the classes) is added: the nearest
-        class is that of the highest combined logit, and a crop's distance to the class whose site
-        suits it best is the network's own. So every distance is at least the network's own: the
-        site can make a crop ``unknown`` (its class's site does not suit it and the distance passes
-        the threshold), never the reverse."""
-        if len(crops) == 0:
-            return np.zeros((0, len(self.base.labels)), dtype=np.float32)
+    def _distances(self, crops: np.ndarray, bias_v: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """The network's squared distances ``(n, classes)`` to the refined prototypes, and the same
+        with each crop's site penalty (over the temperature, less its smallest over the classes)
+        added; the two are equal without the site cue."""
         embedded, site_cos = self._embed(crops), self._site(crops)
         protos, site = self._refine(embedded, bias_v, site_cos)
         d = torch.cdist(embedded, protos).pow(2)
-        if site is not None:
-            penalty = site.penalty(site_cos, self.site_weight) / self.base.net.temperature
-            d = d + penalty - penalty.min(dim=1, keepdim=True).values
-        return d.numpy()
+        if site is None:
+            return d.numpy(), d.numpy()
+        penalty = site.penalty(site_cos, self.site_weight) / self.base.net.temperature
+        return d.numpy(), (d + penalty - penalty.min(dim=1, keepdim=True).values).numpy()
+
+    def distances(self, crops: np.ndarray, bias_v: float | None = None) -> np.ndarray:
+        """Squared distances ``(n, classes)`` of ``crops`` (of one scan, of sample bias ``bias_v``)
+        to the prototypes refined on them (one forward pass), with the site cue's penalty added
+        (:meth:`_distances`): the nearest class is that of the highest combined logit."""
+        if len(crops) == 0:
+            return np.zeros((0, len(self.base.labels)), dtype=np.float32)
+        return self._distances(crops, bias_v)[1]
 
     def classify(self, crops: np.ndarray, bias_v: float | None = None) -> list[tuple[str, float]]:
+        """Each crop's class by the combined distances; ``unknown`` when its network distance to
+        the nearest prototype passes the unknown distance (which was calibrated on network
+        distances): the site cue chooses among the classes, it never makes a crop unknown."""
         if len(crops) == 0:
             return []
-        return self.base.label(crops, self.distances(crops, bias_v))
+        network, combined = self._distances(crops, bias_v)
+        return self.base.label(crops, combined, nearest=network.min(axis=1))
