@@ -79,8 +79,9 @@ def least_sure(analysis, classifier, n: int = 10) -> list[dict]:
     """The ``n`` defects of ``analysis`` the few-shot ``classifier`` is least sure of, so the
     operator knows where another click helps most: sorted by the margin between the nearest and
     the second-nearest prototype, ``(d2 - d1) / (d2 + d1)`` of the classifier's distances (squared
-    embedding distances, plus the lattice-site penalty where the classifier uses it) (0: half-way between two classes, 1: on a prototype; the softmax probabilities saturate with
-    a Euclidean metric, the relative gap does not). Each: ``row``, ``col`` (scan display pixels),
+    embedding distances, plus the lattice-site penalty where the classifier uses it; 0: half-way
+    between two classes, 1: on a prototype; the softmax probabilities saturate with a Euclidean
+    metric, the relative gap does not). Each: ``row``, ``col`` (scan display pixels),
     ``label``, ``nearest``, ``p`` (its probability), ``second``, ``p_second``, ``margin``."""
     import torch
 

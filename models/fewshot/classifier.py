@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..surfaces import SURFACES
 from .crops import CropSet, load_surface, normalise_crops, to_model_input
 from .episodes import sample_episode
 from .proto import ProtoNet
-from ..surfaces import SURFACES
 from .site import WEIGHT as SITE_WEIGHT
 from .transductive import STEPS as TRANSDUCTIVE_STEPS
 from .transductive import TransductiveClassifier

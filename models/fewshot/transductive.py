@@ -54,34 +54,34 @@ class TransductiveClassifier:
         self.row_period_px = row_period_px if row_period_px and site_weight > 0 else None
         self.name = f"{base.name}-transductive" + ("-site" if self.row_period_px else "")
         self.site_weight = float(site_weight)
-        self._pool_embedding = self._embed(self.pool) if self.pool is not None else None
-        self._pool_site = self._site(self.pool) if self.pool is not None else None
+        self._pool_embedding, self._pool_site = self._features(self.pool) if self.pool is not None else (None, None)
         self._fit_support()
 
     def __getattr__(self, name):  # labels, net, version, unknown_distance, support ...
         return getattr(self.__dict__["base"], name)
 
-    @torch.no_grad()
     def _embed(self, crops: np.ndarray) -> torch.Tensor:
-        net, x = self.base.net, self.base.model_input(crops)
-        return torch.cat([net.embed(torch.from_numpy(x[i:i + 512])) for i in range(0, len(x), 512)])
+        """The crops' embeddings."""
+        return self._features(crops)[0]
 
-    def _site(self, crops: np.ndarray) -> torch.Tensor | None:
-        """The cosines of the crops' row phases (:func:`.site.row_phase_cos`, on the crops as the
-        network sees them), or None without the site cue."""
+    @torch.no_grad()
+    def _features(self, crops: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The crops' embeddings and the cosines of their row phases (:func:`.site.row_phase_cos`;
+        None without the site cue), both from the crops as the network sees them."""
+        net, x = self.base.net, self.base.model_input(crops)
+        embedded = torch.cat([net.embed(torch.from_numpy(x[i:i + 512])) for i in range(0, len(x), 512)])
         if self.row_period_px is None:
-            return None
-        return torch.from_numpy(row_phase_cos(self.base.model_input(crops), self.row_period_px))
+            return embedded, None
+        return embedded, torch.from_numpy(row_phase_cos(x, self.row_period_px))
 
     def _fit_support(self) -> None:
         support, labels = self.base.support, self.base.labels
         x = np.concatenate([support.crops[k] for k in labels])
         y = np.concatenate([np.full(len(support.crops[k]), i) for i, k in enumerate(labels)])
-        self._support_embedding = self._embed(x)
+        self._support_embedding, self._support_site = self._features(x)
         self._one_hot = torch.nn.functional.one_hot(torch.from_numpy(y).long(), len(labels)).float()
         self._support_prototypes = self.base.net.prototypes
         self._support_polarity = np.concatenate([support.polarity(k) for k in labels])
-        self._support_site = self._site(x)
 
     def _start(self, bias_v: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Support embeddings, their one-hot labels, the prototypes and the support crops' row-phase
@@ -144,13 +144,14 @@ class TransductiveClassifier:
     def refined_prototypes(self, crops: np.ndarray, bias_v: float | None = None) -> torch.Tensor:
         """The prototypes after :attr:`steps` soft k-means steps on ``crops`` and the pool, for a
         scan of sample bias ``bias_v`` (V; None: unknown)."""
-        return self._refine(self._embed(crops) if len(crops) else None, bias_v, self._site(crops))[0]
+        embedded, site_cos = self._features(crops) if len(crops) else (None, None)
+        return self._refine(embedded, bias_v, site_cos)[0]
 
     def _distances(self, crops: np.ndarray, bias_v: float | None) -> tuple[np.ndarray, np.ndarray]:
         """The network's squared distances ``(n, classes)`` to the refined prototypes, and the same
         with each crop's site penalty (over the temperature, less its smallest over the classes)
         added; the two are equal without the site cue."""
-        embedded, site_cos = self._embed(crops), self._site(crops)
+        embedded, site_cos = self._features(crops)
         protos, site = self._refine(embedded, bias_v, site_cos)
         d = torch.cdist(embedded, protos).pow(2)
         if site is None:
