@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="training seed of train unet (default 0)")
+    parser.add_argument("--method", choices=("planted", "clusters"), default="planted",
+                        help="stmwatch autolabel --method (default planted)")
     args = parser.parse_args(argv)
 
     import torch
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_sxm(scan, path)  # no truth is written
         print(f"{surface}: {args.scans} training scans in {time.perf_counter() - t0:.0f} s", flush=True)
         t0 = time.perf_counter()
-        stmwatch(["autolabel", str(scans), "--surface", surface, "--out", str(labels)])
+        stmwatch(["autolabel", str(scans), "--surface", surface, "--out", str(labels), "--method", args.method])
         print(f"{surface}: auto-labelled in {time.perf_counter() - t0:.0f} s", flush=True)
         t0 = time.perf_counter()
         stmwatch(["train", "unet", "--labels", str(labels), "--out", str(run), "--epochs", str(args.epochs),
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                   "--patch", str(args.patch), "--threads", str(args.threads), "--device", args.device,
                   "--workers", str(args.workers), "--seed", str(args.seed)])
         print(f"{surface}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
-        auto = evaluate_autolabel([surface], args.held_out)[surface]
+        detector = str(labels / "detector" / "best.pt") if args.method == "planted" else None
+        auto = evaluate_autolabel([surface], args.held_out, detector=detector)[surface]
         unet = evaluate_surfaces([surface], args.held_out, weights=str(run / "best.pt"))[surface]
         result = {"surface": surface, "autolabel": auto, "unet_on_autolabels": unet, "args": vars(args)}
         (root / "results.json").write_text(json.dumps(result, indent=1))

@@ -91,7 +91,8 @@ def test_masks_round_trip_through_the_training_loader(tmp_path):
         scan, truth = simulate_scan("ge001", seed, pixels=(96, 96), n_defects=5)
         write_example(scan, truth, scans / f"s{seed}.sxm")
     out = tmp_path / "labels"
-    assert main(["autolabel", str(scans), "--surface", "ge001", "--out", str(out), "--k", "6", "--png"]) == 0
+    assert main(["autolabel", str(scans), "--surface", "ge001", "--out", str(out), "--k", "6", "--png",
+                 "--method", "clusters"]) == 0
     manifest = json.loads((out / "autolabel.json").read_text())
     assert sorted(manifest) == ["s1", "s2"] and (out / "s1.autolabel.png").stat().st_size > 0
     # replace the auto-labels with planted masks: the loader must put discs at their centroids
@@ -155,7 +156,7 @@ def test_command_skips_bad_files_one_line_each(tmp_path, capsys):
     scan, truth = simulate_scan("tio2110", 3, pixels=(64, 64), n_defects=3)
     write_example(scan, truth, tmp_path / "scans" / "good.sxm")
     code = main(["autolabel", *map(str, bad), str(tmp_path / "scans" / "good.sxm"), "--surface", "tio2110",
-                 "--out", str(tmp_path / "out"), "--k", "5"])
+                 "--out", str(tmp_path / "out"), "--k", "5", "--method", "clusters"])
     assert code == 2
     err = capsys.readouterr()
     text = err.out + err.err

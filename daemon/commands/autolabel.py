@@ -3,22 +3,26 @@
 For each ``.sxm`` file (folders are searched for ``*.sxm``, not recursively) writes
 ``DIR/<stem>.mask.npy``: uint8, shape ``(rows, columns)`` of the scan as read, display frame (row
 0 at the top), 1 = defect; with ``--png`` also ``DIR/<stem>.autolabel.png`` (scan | clusters |
-mask). ``DIR/autolabel.json`` records, per stem, the scan's path and what was chosen, so that
+mask). Two methods: ``clusters`` (per-pixel features, k-means, the defect clusters) and
+``planted`` (the default): the clusters' defects first, then a small UNet trained on these
+scans with synthetic defects planted in them (``DIR/detector/best.pt``; a few minutes on a CPU)
+labels every scan; ``--detector`` reuses a trained one. ``DIR/autolabel.json`` records, per stem, the scan's path and what was chosen, so that
 ``stmwatch train unet --labels DIR`` finds the scans. A file that cannot be read or labelled is
 one line on stderr and is skipped (exit code 2 at the end).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
-from stmwatch.models.autolabel import DEFAULT_K
+from stmwatch.models.autolabel import CONFIDENT, DEFAULT_K
 
 log = logging.getLogger(__name__)
 
-HELP = "defect masks from unlabelled scans: per-pixel features, k-means at several resolutions"
+HELP = "defect masks from unlabelled scans: k-means clusters, then a detector trained on planted defects"
 DESCRIPTION = __doc__.split("\n\n", 1)[1] + """
 Features (--features): 'filters' (default, no weights: a multi-scale filter bank of both
 channels), 'unet' (the encoder of the shipped UNet), 'unet:PATH' (of another stmwatch checkpoint)
@@ -39,13 +43,21 @@ def add_arguments(parser) -> None:
                         "(default: the automatic rule)")
     parser.add_argument("--features", default="filters", help="filters | unet | unet:PATH | a TorchScript file")
     parser.add_argument("--png", action="store_true", help="also write DIR/<stem>.autolabel.png previews")
-    parser.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="k-means seed, and the detector's (default 0)")
+    parser.add_argument("--method", choices=("planted", "clusters"), default="planted",
+                        help="planted (default): the cluster rule's defects, then a detector trained on the scans "
+                             "with planted synthetic defects labels them all (minutes); clusters: the cluster rule alone")
+    parser.add_argument("--detector", metavar="PATH", help="with --method planted: use this trained detector "
+                        "(e.g. an earlier OUT/detector/best.pt) instead of training one")
+    parser.add_argument("--confident", type=float, default=CONFIDENT,
+                        help="with --method planted: keep the detector's defects whose mean probability is at least "
+                             "this (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=20, help="detector training: epochs (default 20)")
+    parser.add_argument("--steps", type=int, default=50, help="detector training: steps per epoch (default 50)")
 
 
 def run(args) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from stmwatch.models.autolabel.command import MANIFEST, label_file, parse_ints, scan_files
+    from stmwatch.models.autolabel.command import parse_ints, scan_files
     from stmwatch.models.autolabel.features import make_features
     from stmwatch.models.surfaces import get_surface
 
@@ -54,34 +66,122 @@ def run(args) -> int:
         scales = parse_ints(args.scales)
         chosen = parse_ints(args.defect_clusters)
         features = make_features(args.features)
+        if args.detector and not Path(args.detector).is_file():
+            raise ValueError(f"--detector {args.detector}: no such file")
     except (KeyError, ValueError) as exc:
         print(f"stmwatch autolabel: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    files, failed = scan_files(args.inputs), 0
-    columns = [TextColumn("autolabel"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[name]}"),
-               TimeRemainingColumn()]
-    with Progress(*columns, transient=True) as bar:
-        task = bar.add_task("files", total=len(files), name="")
-        for path in files:
-            bar.update(task, name=path.name)
-            try:
-                if (out / f"{path.stem}.truth.json").exists():
-                    raise ValueError(f"{out} holds the simulator's truth for this scan; "
-                                     "writing its .mask.npy there would replace the truth mask")
-                manifest[path.stem] = label_file(path, out, args.surface, features, k=args.k, scales=scales,
-                                                 defect_clusters=chosen, png=args.png, seed=args.seed)
-            except Exception as exc:  # any bad file: one line, skipped
-                failed += 1
-                message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-                bar.console.print(f"[red]error[/red]: {message}", highlight=False, soft_wrap=True)
-                log.debug("%s failed", path, exc_info=True)
-            bar.advance(task)
-    manifest_path.write_text(json.dumps(manifest, indent=1))
-    done = len(files) - failed
-    print(f"{done} of {len(files)} scans labelled into {out}" + (f"; {failed} skipped" if failed else ""),
+    labeller = Labeller(args, out, features, scales, chosen)
+    files = scan_files(args.inputs)
+    if args.method == "clusters":
+        labeller.each(files, "autolabel", labeller.clusters_only)
+    else:
+        labelled = labeller.each(files, "clusters", labeller.clusters_first)
+        if labelled:
+            segment = labeller.detector([result for _, _, result in labelled])
+            labeller.each(labelled, "detector", lambda item: labeller.with_detector(item, segment))
+    labeller.finish()
+    done = len(files) - len(labeller.failed)
+    print(f"{done} of {len(files)} scans labelled into {out}" + (f"; {len(labeller.failed)} skipped" if labeller.failed else ""),
           file=sys.stderr)
-    return 2 if failed else 0
+    return 2 if labeller.failed else 0
+
+
+class Labeller:
+    """The command's state: the output folder, its manifest, the files that failed."""
+
+    def __init__(self, args, out: Path, features, scales, chosen):
+        from stmwatch.models.autolabel.command import MANIFEST
+
+        self.args, self.out, self.features, self.scales, self.chosen = args, out, features, scales, chosen
+        self.manifest_path = out / MANIFEST
+        self.manifest = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+        self.failed: set[str] = set()
+
+    def each(self, items: list, stage: str, work) -> list:
+        """``work(item)`` for each item (a path, or a ``(path, ...)`` tuple) under a progress bar;
+        a failure is one line on stderr and the item is dropped. Returns what ``work`` returned."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = [TextColumn(stage), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[name]}"),
+                   TimeRemainingColumn()]
+        results = []
+        with Progress(*columns, transient=True) as bar:
+            task = bar.add_task(stage, total=len(items), name="")
+            for item in items:
+                path = item[0] if isinstance(item, tuple) else item
+                bar.update(task, name=path.name)
+                try:
+                    if (self.out / f"{path.stem}.truth.json").exists():
+                        raise ValueError(f"{self.out} holds the simulator's truth for this scan; "
+                                         "writing its .mask.npy there would replace the truth mask")
+                    results.append(work(item))
+                except Exception as exc:  # any bad file: one line, skipped
+                    self.failed.add(str(path))
+                    message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+                    bar.console.print(f"[red]error[/red]: {message}", highlight=False, soft_wrap=True)
+                    log.debug("%s failed", path, exc_info=True)
+                bar.advance(task)
+        return results
+
+    def _cluster(self, path: Path):
+        from stmwatch.models.autolabel.command import cluster_label
+
+        return cluster_label(path, self.args.surface, self.features, k=self.args.k, scales=self.scales,
+                             defect_clusters=self.chosen, seed=self.args.seed)
+
+    def clusters_only(self, path: Path) -> None:
+        from stmwatch.models.autolabel.command import write_result
+
+        _, result = self._cluster(path)
+        self.manifest[path.stem] = {**write_result(
+            path, self.out, self.args.surface, self.args.k, result, result.mask, self.args.png,
+            title=f"{path.name}  {self.args.surface}  k={self.args.k}  defect clusters {list(result.defect_clusters)}"),
+            "method": "clusters"}
+
+    def clusters_first(self, path: Path) -> tuple:
+        scan, result = self._cluster(path)
+        return path, scan, result
+
+    def detector(self, results: list):
+        """The planted-defect detector's ``segment``: ``--detector``, or one trained now on the
+        scans (``OUT/detector/best.pt``)."""
+        import dataclasses
+
+        from rich.console import Console
+
+        from stmwatch.models.autolabel.command import component_centres
+        from stmwatch.models.autolabel.planted import PlantSettings, train_detector
+        from stmwatch.models.load import load_segmenter
+        from stmwatch.models.settings import ModelSettings
+        from stmwatch.models.surfaces import get_surface
+
+        path = self.args.detector
+        if not path:
+            settings = PlantSettings(epochs=self.args.epochs, steps=self.args.steps, seed=self.args.seed)
+            Console(stderr=True).print(f"training the planted-defect detector on {len(results)} scans "
+                                       f"({settings.epochs} x {settings.steps} steps) into {self.out / 'detector'}")
+            path = train_detector([(r.prepared, component_centres(r)) for r in results], self.out / "detector",
+                                  settings, meta={"surfaces": [self.args.surface]})
+        self.detector_path = Path(path)
+        segmenter = load_segmenter(dataclasses.replace(ModelSettings(), segmenter_weights=str(path)),
+                                   get_surface(self.args.surface))
+        return segmenter.segment
+
+    def with_detector(self, item: tuple, segment) -> None:
+        from stmwatch.models.autolabel.command import planted_model_mask, write_result
+        from stmwatch.models.autolabel.planted import detector_mask
+
+        path, scan, result = item
+        mask, kept = detector_mask(scan, segment, self.args.confident)
+        result = dataclasses.replace(result, model_mask=planted_model_mask(result, kept), mask=mask)
+        self.manifest[path.stem] = {**write_result(
+            path, self.out, self.args.surface, self.args.k, result, mask, self.args.png,
+            title=f"{path.name}  {self.args.surface}  planted-defect detector  {len(kept)} defects",
+            mask_title=f"detector's defects (mean probability >= {self.args.confident})"),
+            "method": "planted", "detector": str(self.detector_path.resolve()), "defects": len(kept)}
+
+    def finish(self) -> None:
+        self.manifest_path.write_text(json.dumps(self.manifest, indent=1))

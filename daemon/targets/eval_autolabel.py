@@ -21,12 +21,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4], help="resolutions (default 1 4)")
     parser.add_argument("--features", default="filters", help="filters | unet | unet:PATH | TorchScript file")
     parser.add_argument("--artefacts", default="all", help='simulated artefacts (default "all")')
+    parser.add_argument("--detector", metavar="PATH", help="score a planted-defect detector's masks instead of the "
+                        "cluster rule's (one trained by 'stmwatch autolabel' on other, unlabelled scans: "
+                        "OUT/detector/best.pt)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args) -> int:
     results = evaluate_autolabel(args.surfaces, args.scans, seed=args.seed, k=args.k, scales=args.scales,
-                                 features=args.features, artefacts=args.artefacts)
+                                 features=args.features, artefacts=args.artefacts, detector=args.detector)
     if args.json:
         print(json.dumps(results))
     else:

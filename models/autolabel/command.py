@@ -34,23 +34,58 @@ def parse_ints(text: str | None) -> list[int] | None:
         raise ValueError(f"expected numbers separated by commas, not {text!r}") from None
 
 
-def label_file(path: Path, out: Path, surface: str, features, *, k: int, scales, defect_clusters, png: bool,
-               seed: int = 0) -> dict:
-    """Auto-label one file, write its mask (and preview); returns its manifest entry."""
-    import numpy as np
+def entry(path: Path, surface: str, k: int, result, mask) -> dict:
+    """The manifest entry of one labelled scan."""
+    return {"scan": str(path.resolve()), "surface": surface, "k": k, "scales": list(result.scales),
+            "defect_clusters": list(result.defect_clusters), "defect_pixels": int(mask.sum()),
+            "double_tip": result.double_tip is not None}
 
+
+def cluster_label(path: Path, surface: str, features, *, k: int, scales, defect_clusters, seed: int = 0):
+    """Read ``path`` and auto-label it with the cluster rule → ``(scan, AutoLabel)``."""
     from stmwatch.drivers.sxm import read_sxm
 
     from .label import autolabel
-    from .preview import preview_png
 
     scan = read_sxm(path)
-    result = autolabel(scan, surface, features=features, k=k, scales=scales, defect_clusters=defect_clusters,
-                       seed=seed)
-    np.save(out / f"{path.stem}.mask.npy", result.mask)
+    return scan, autolabel(scan, surface, features=features, k=k, scales=scales, defect_clusters=defect_clusters,
+                           seed=seed)
+
+
+def write_result(path: Path, out: Path, surface: str, k: int, result, mask, png: bool, title: str,
+                 mask_title: str | None = None) -> dict:
+    """Write ``out/<stem>.mask.npy`` (and the preview); returns the manifest entry."""
+    import numpy as np
+
+    from .preview import preview_png
+
+    np.save(out / f"{path.stem}.mask.npy", mask)
     if png:
-        preview_png(result, out / f"{path.stem}.autolabel.png",
-                    title=f"{path.name}  {surface}  k={k}  defect clusters {list(result.defect_clusters)}")
-    return {"scan": str(path.resolve()), "surface": surface, "k": k, "scales": list(result.scales),
-            "defect_clusters": list(result.defect_clusters), "defect_pixels": int(result.mask.sum()),
-            "double_tip": result.double_tip is not None}
+        preview_png(result, out / f"{path.stem}.autolabel.png", title=title, mask_title=mask_title)
+    return entry(path, surface, k, result, mask)
+
+
+def label_file(path: Path, out: Path, surface: str, features, *, k: int, scales, defect_clusters, png: bool,
+               seed: int = 0) -> dict:
+    """Auto-label one file with the cluster rule, write its mask (and preview); returns its
+    manifest entry."""
+    _, result = cluster_label(path, surface, features, k=k, scales=scales, defect_clusters=defect_clusters, seed=seed)
+    return write_result(path, out, surface, k, result, result.mask, png,
+                        title=f"{path.name}  {surface}  k={k}  defect clusters {list(result.defect_clusters)}")
+
+
+def component_centres(result) -> "np.ndarray":
+    """Model-grid ``(n, 2)`` row/col centroids of the components of ``result.model_mask``."""
+    from .evaluate import mask_centroids
+
+    return mask_centroids(result.model_mask)
+
+
+def planted_model_mask(result, kept) -> "np.ndarray":
+    """A model-grid mask for the preview: a 0.2 nm disc at each kept defect."""
+    import numpy as np
+
+    from ..train_unet import disc_target
+
+    rows, cols = result.prepared.from_scan(np.array([d.row for d in kept]), np.array([d.col for d in kept]))
+    return disc_target(result.model_mask.shape, np.atleast_1d(rows), np.atleast_1d(cols), 2.0) > 0

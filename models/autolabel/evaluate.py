@@ -37,21 +37,37 @@ def mask_points_m(scan, mask: np.ndarray) -> np.ndarray:
 
 def evaluate_autolabel(surfaces: list[str], n_scans: int, *, seed: int = HELD_OUT_SEED, k: int | None = None,
                        scales=(1, 4), features: str = "filters", artefacts: str = "all",
-                       radius_nm: float = MATCH_RADIUS_NM) -> dict[str, dict]:
+                       radius_nm: float = MATCH_RADIUS_NM, detector: str | None = None,
+                       confident: float | None = None) -> dict[str, dict]:
     """Precision, recall and F1 of the automatic auto-labels per surface on ``n_scans`` held-out
-    scans (``held_out_scan(surface, i, seed)``, i = 0..n-1)."""
+    scans (``held_out_scan(surface, i, seed)``, i = 0..n-1): the cluster rule's, or with
+    ``detector`` (a planted-defect detector trained on other, unlabelled scans: ``stmwatch
+    autolabel``'s ``OUT/detector/best.pt``) its masks (:func:`.planted.detector_mask`)."""
+    import dataclasses
+
+    from ..load import load_segmenter
+    from ..settings import ModelSettings
+    from ..surfaces import get_surface
+    from . import CONFIDENT, DEFAULT_K
     from .features import make_features
-    from . import DEFAULT_K
     from .label import autolabel
+    from .planted import detector_mask
 
     extractor = make_features(features)
     results = {}
     for key in surfaces:
         score, t0 = DetectionScore(), time.perf_counter()
+        segment = None
+        if detector:
+            segment = load_segmenter(dataclasses.replace(ModelSettings(), segmenter_weights=detector),
+                                     get_surface(key)).segment
         for i in range(n_scans):
             scan, truth = held_out_scan(key, i, seed, artefacts=artefacts)
-            result = autolabel(scan, key, features=extractor, k=k or DEFAULT_K, scales=scales)
-            score.add(mask_points_m(scan, result.mask), truth_points_m(scan, truth), radius_nm * 1e-9)
+            if segment is not None:
+                mask, _ = detector_mask(scan, segment, CONFIDENT if confident is None else confident)
+            else:
+                mask = autolabel(scan, key, features=extractor, k=k or DEFAULT_K, scales=scales).mask
+            score.add(mask_points_m(scan, mask), truth_points_m(scan, truth), radius_nm * 1e-9)
         results[key] = score_record(score, n_scans, t0)
         log.info("%s: %s", key, results[key])
     return results

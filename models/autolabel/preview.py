@@ -26,15 +26,17 @@ def cluster_rgb(labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def preview_png(result: AutoLabel, path: str | Path | None = None, title: str = "", panel: int = 320) -> bytes:
-    """Write (and return) the preview PNG of ``result``."""
+def preview_png(result: AutoLabel, path: str | Path | None = None, title: str = "", panel: int = 320,
+                mask_title: str | None = None) -> bytes:
+    """Write (and return) the preview PNG of ``result`` (``mask_title`` names the last panel;
+    default: the defect clusters it was made of)."""
     image = to_rgb(result.prepared.image[0], result.prepared.valid)
     mask = np.where(result.model_mask[..., None], np.array([255, 255, 255], np.uint8),
                     (0.35 * image).astype(np.uint8))
     panels = [("scan (forward)", image)]
     for factor, labels in zip(result.scales, result.clusters):
         panels.append((f"clusters, 1/{factor} resolution" if factor > 1 else "clusters, model scale", cluster_rgb(labels)))
-    panels.append((f"defect mask ({', '.join(map(str, result.defect_clusters)) or 'no clusters'})", mask))
+    panels.append((mask_title or f"defect mask ({', '.join(map(str, result.defect_clusters)) or 'no clusters'})", mask))
     h, w = image.shape[:2]
     scale = panel / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))

@@ -1,0 +1,184 @@
+"""Auto-labels from a detector that learns on the lab's own scans, self-supervised with planted defects.
+
+The cluster rule (:mod:`.label`) finds most bright defects, but few of the faint and dark ones:
+they share their clusters with the lattice's extremes, scan-line artefacts and noise
+(docs/autolabel.md, "Where the recall is lost"). A network can learn to tell a compact bump or pit
+from those, if it is shown examples *on these scans*. No labels exist, so examples are made:
+
+1. the cluster rule labels every scan (:func:`.label.autolabel`); its components are kept as
+   defects (mostly the bright ones);
+2. patches of the scans' model images get synthetic defects added (:func:`plant_defects`):
+   anisotropic Gaussian bumps and pits 0.15-0.5 nm wide (sigma along the long axis), up to 2.5
+   times as long as wide, at any angle, their height a log-uniform 1-12 times the scan's noise
+   spread (:func:`residual_spread`), on both channels alike; each patch is planted twice over;
+3. a small UNet (:mod:`..unet`, the segmenter's own training: :func:`..train_unet.train`, with its
+   flips and extra experimental noise) learns to mark the planted defects and the cluster rule's
+   components, and nothing else: the scans' lattice, steps, scan lines and noise are its
+   negatives;
+4. the detector's defects with a mean probability of at least :data:`CONFIDENT` are the
+   auto-labels (:func:`detector_mask`), with the segmenter's double-tip handling.
+
+Nothing about the surface's defect classes is used: only that defects are compact, rare bumps or
+pits. All of it is on the model grid (``preprocess.prepare``: 0.1 nm per pixel, display frame).
+Chosen on tuning scans (seeds 8 700 000+) and measured on held-out ones: docs/autolabel.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stmwatch.drivers.scan import Scan
+
+from ..double_tip import feature_band
+from ..preprocess import Prepared
+from ..train_unet import Patches, disc_target, join, train
+from ..unet import UNet, UNetConfig
+from . import CONFIDENT
+from .features import gaussian
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PlantSettings:
+    """How defects are planted and the detector trained (defaults: the settings measured in
+    docs/autolabel.md). Lengths in nm; ``rate`` planted defects per ``patch``² model pixels
+    (Poisson mean); ``amplitude`` the height range in units of :func:`residual_spread`."""
+
+    rate: float = 6.0
+    amplitude: tuple[float, float] = (1.0, 12.0)
+    sigma_nm: tuple[float, float] = (0.15, 0.5)
+    max_aspect: float = 2.5
+    min_separation_nm: float = 1.0
+    patch: int = 96
+    per_scan: int = 10  # patch places per scan, at most (about one per patch² of model image)
+    copies: int = 2  # planted versions of each patch
+    disc_nm: float = 0.4  # the training target around each defect, as for the segmenter
+    width: int = 8
+    epochs: int = 20
+    steps: int = 50
+    batch: int = 12
+    lr: float = 3e-3
+    val_fraction: float = 0.1
+    seed: int = 0
+
+
+def residual_spread(image: np.ndarray, valid: np.ndarray, nm_per_px: float = 0.1) -> float:
+    """The scan's noise scale: the robust spread (MAD × 1.4826) of its lattice-free residual
+    (``double_tip.feature_band``, terraces above 1.2 nm taken out) smoothed at 0.2 nm, mean of the
+    channels of ``image`` ``(C, H, W)``; in the image's units."""
+    spreads = []
+    for channel in np.asarray(image, dtype=np.float32):
+        residual = feature_band(channel, valid, nm_per_px, small_nm=0.0, large_nm=1.2)
+        smooth = gaussian(torch.from_numpy(residual.astype(np.float32))[None, None], 0.2 / nm_per_px)[0, 0].numpy()
+        values = smooth[valid] if valid.any() else smooth.ravel()
+        spreads.append(float(np.median(np.abs(values - np.median(values)))) * 1.4826)
+    return float(np.mean(spreads))
+
+
+def plant_defects(image: np.ndarray, valid: np.ndarray, spread: float, rng: np.random.Generator,
+                  settings: PlantSettings | None = None, nm_per_px: float = 0.1,
+                  avoid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` ``(C, H, W)`` with synthetic defects added (see the module docstring), and their
+    centres ``(n, 2)`` model-pixel row/col. Centres lie on ``valid`` pixels, at least
+    ``min_separation_nm`` from each other and from the points ``avoid`` ``(k, 2)`` (defects
+    already there). The input is not changed."""
+    s = settings or PlantSettings()
+    c, h, w = image.shape
+    avoid = np.zeros((0, 2)) if avoid is None else np.asarray(avoid, dtype=float).reshape(-1, 2)
+    sep2 = (s.min_separation_nm / nm_per_px) ** 2
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = np.array(image, dtype=np.float32, copy=True)
+    placed: list[tuple[float, float]] = []
+    wanted, tries = int(rng.poisson(s.rate * h * w / s.patch**2)), 0
+    while len(placed) < wanted and tries < 20 * max(wanted, 1):
+        tries += 1
+        r, q = rng.uniform(0, h - 1), rng.uniform(0, w - 1)
+        if not valid[int(round(r)), int(round(q))]:
+            continue
+        near = np.concatenate([avoid, np.array(placed).reshape(-1, 2)])
+        if len(near) and (((near - (r, q)) ** 2).sum(axis=1) < sep2).any():
+            continue
+        long_px = rng.uniform(*s.sigma_nm) / nm_per_px
+        short_px = long_px / rng.uniform(1.0, s.max_aspect)
+        angle = rng.uniform(0, np.pi)
+        dr, dc = rows - r, cols - q
+        u = dr * np.cos(angle) + dc * np.sin(angle)
+        v = -dr * np.sin(angle) + dc * np.cos(angle)
+        height = spread * np.exp(rng.uniform(*np.log(s.amplitude))) * rng.choice((-1.0, 1.0))
+        out += (height * np.exp(-0.5 * ((u / long_px) ** 2 + (v / short_px) ** 2)))[None].astype(np.float32)
+        placed.append((r, q))
+    return out, np.array(placed, dtype=float).reshape(-1, 2)
+
+
+def planted_patches(prepared: Prepared, known: np.ndarray, rng: np.random.Generator,
+                    settings: PlantSettings | None = None) -> Patches:
+    """Training patches of one scan: up to ``per_scan`` random squares of its model image, each
+    planted ``copies`` times (:func:`plant_defects`, away from the ``known`` defects ``(k, 2)``
+    model pixels); the target is a disc round every planted and every known defect."""
+    s = settings or PlantSettings()
+    image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
+    spread = residual_spread(image, prepared.valid)
+    c, h, w = image.shape
+    ph, pw = max(h, s.patch), max(w, s.patch)
+    image = np.pad(image, ((0, 0), (0, ph - h), (0, pw - w)))
+    valid = np.pad(prepared.valid, ((0, ph - h), (0, pw - w)))
+    known = np.asarray(known, dtype=float).reshape(-1, 2)
+    radius = s.disc_nm / 0.1
+    images, targets, centres = [], [], []
+    for _ in range(int(np.clip(round(h * w / s.patch**2), 2, s.per_scan))):
+        r0, c0 = int(rng.integers(0, ph - s.patch + 1)), int(rng.integers(0, pw - s.patch + 1))
+        inside = known[(known[:, 0] >= r0) & (known[:, 0] < r0 + s.patch)
+                       & (known[:, 1] >= c0) & (known[:, 1] < c0 + s.patch)] - (r0, c0)
+        window = (slice(None), slice(r0, r0 + s.patch), slice(c0, c0 + s.patch))
+        for _ in range(s.copies):
+            planted, points = plant_defects(image[window], valid[window[1:]], spread, rng, s, avoid=inside)
+            points = np.concatenate([points, inside])
+            images.append(planted)
+            targets.append(disc_target((s.patch, s.patch), points[:, 0], points[:, 1], radius))
+            centres.append(points)
+    return Patches(np.stack(images).astype(np.float32), np.stack(targets).astype(np.float32), centres)
+
+
+def train_detector(scans: Sequence[tuple[Prepared, np.ndarray]], out: Path, settings: PlantSettings | None = None,
+                   *, device: str = "cpu", progress: bool = True, meta: dict | None = None) -> Path:
+    """Train the planted-defect detector on ``scans``: ``(prepared scan, known defects (k, 2) model
+    pixels)`` each; the last ``val_fraction`` of them (at least one, with two or more) for the
+    validation F1 (on planted patches). Writes ``out/best.pt`` (and ``last.pt``); returns the
+    path of ``best.pt``, a stmwatch UNet checkpoint any segmenter loads."""
+    s = settings or PlantSettings()
+    if not scans:
+        raise ValueError("no scans to train the planted-defect detector on")
+    rng = np.random.default_rng(s.seed)
+    parts = [planted_patches(prepared, known, rng, s) for prepared, known in scans]
+    n_val = max(1, round(s.val_fraction * len(parts))) if len(parts) > 1 else 0
+    data, val = join(parts[: len(parts) - n_val]), join(parts[len(parts) - n_val:] or parts[:1])
+    log.info("planted-defect detector: %d training, %d validation patches from %d scans", len(data), len(val), len(scans))
+    torch.manual_seed(s.seed)
+    model = UNet(UNetConfig(width=s.width, depth=3))
+    train(model, data, val, out, epochs=s.epochs, steps=s.steps, batch=s.batch, lr=s.lr, seed=s.seed, device=device,
+          noise=0.5, meta={"name": "planted-detector", **(meta or {}), "plant": dataclasses.asdict(s)},
+          progress=progress)
+    return out / "best.pt"
+
+
+def detector_mask(scan: Scan, segment: Callable[[Scan], list], confident: float = CONFIDENT,
+                  disc_nm: float = 0.2) -> tuple[np.ndarray, list]:
+    """The auto-label mask of ``scan`` from a detector: ``segment`` (a segmenter's ``segment``
+    method, whose double-tip handling applies) gives the defects; those with ``score`` at least
+    ``confident`` are kept and each is drawn as a disc of radius ``disc_nm`` (at least its own
+    pixel) on the scan's ``(rows, columns)`` grid, display frame. Returns ``(mask uint8, kept
+    defects)``."""
+    kept = [d for d in segment(scan) if d.score >= confident]
+    mask = np.zeros(scan.shape, dtype=np.uint8)
+    rows, cols = np.indices(scan.shape)
+    px_nm = np.asarray(scan.pixel_size_m, dtype=float) * 1e9  # (x, y) = (column, row) pixel sizes
+    for d in kept:
+        mask[int(np.clip(round(d.row), 0, scan.shape[0] - 1)), int(np.clip(round(d.col), 0, scan.shape[1] - 1))] = 1
+        mask[((rows - d.row) * px_nm[1]) ** 2 + ((cols - d.col) * px_nm[0]) ** 2 <= disc_nm**2] = 1
+    return mask, kept

@@ -1,0 +1,109 @@
+"""The planted-defect detector (models/autolabel/planted.py): planting, the noise scale, the masks
+from a detector's defects, and `stmwatch autolabel --method planted` end to end (a tiny training)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from stmwatch.models.autolabel.evaluate import mask_centroids
+from stmwatch.models.autolabel.planted import (PlantSettings, detector_mask, plant_defects, planted_patches,
+                                               residual_spread)
+from stmwatch.models.defects import Defect
+from stmwatch.models.preprocess import Prepared
+from stmwatch.models.sim.simulate import simulate_scan, write_example
+
+
+def test_residual_spread_of_white_noise_is_its_smoothed_spread():
+    """White noise of spread 1, smoothed by a Gaussian of sigma 2 px (0.2 nm at 0.1 nm/px), has
+    spread 1 / (2 sqrt(pi) 2) = 0.141 (the 1.2 nm high-pass takes out a little more)."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(0, 1, (2, 256, 256)).astype(np.float32)
+    spread = residual_spread(image, np.ones((256, 256), bool))
+    assert 0.12 < spread < 0.145
+    assert residual_spread(3 * image, np.ones((256, 256), bool)) == pytest.approx(3 * spread, rel=1e-3)
+
+
+def test_planted_defects_are_where_it_says_with_their_heights():
+    settings = PlantSettings(rate=12, amplitude=(4, 4), sigma_nm=(0.2, 0.2), max_aspect=1.0)
+    image = np.zeros((2, 96, 96), np.float32)
+    valid = np.ones((96, 96), bool)
+    valid[:, :30] = False  # no data on the left: nothing is planted there
+    avoid = np.array([[48.0, 70.0]])
+    out, centres = plant_defects(image, valid, 0.5, np.random.default_rng(1), settings, avoid=avoid)
+    assert image.max() == 0  # the input is not changed
+    assert len(centres) >= 5
+    assert np.allclose(out[0], out[1])  # both channels alike
+    for r, c in centres:
+        assert valid[int(round(r)), int(round(c))]
+        assert abs(out[0, int(round(r)), int(round(c))]) == pytest.approx(2.0, rel=0.15)  # 4 x 0.5, sign +-
+    gaps = np.hypot(*(np.concatenate([centres, avoid])[:, None] - np.concatenate([centres, avoid])[None]).T)
+    assert gaps[~np.eye(len(gaps), dtype=bool)].min() >= 10 - 1e-9  # 1 nm apart, and from the known defect
+    # far from every centre (more than 4 sigmas) the image is untouched
+    rows, cols = np.indices((96, 96))
+    far = np.min([np.hypot(rows - r, cols - c) for r, c in centres], axis=0) > 8
+    assert np.abs(out[0][far]).max() < 0.05
+
+
+def test_planted_patches_target_planted_and_known_defects():
+    settings = PlantSettings(rate=3, patch=64, per_scan=2, copies=2)
+    rng = np.random.default_rng(0)
+    image = rng.normal(0, 1, (2, 128, 128)).astype(np.float32)
+    known = np.array([[40.0, 40.0], [100.0, 90.0]])
+    prepared = Prepared(image, np.ones((128, 128), bool), (1.0, 1.0), "ge001")
+    patches = planted_patches(prepared, known, rng, settings)
+    assert patches.images.shape == (4, 2, 64, 64) and patches.targets.shape == (4, 64, 64)
+    for target, centres in zip(patches.targets, patches.centres):
+        for r, c in centres:
+            assert target[int(round(r)), int(round(c))] == 1
+        disc = np.pi * (settings.disc_nm / 0.1) ** 2
+        assert target.sum() <= len(centres) * (disc + 8)
+    # the two copies of a place share its known defects but not the planted ones
+    assert not np.array_equal(patches.images[0], patches.images[1])
+
+
+def test_detector_mask_keeps_the_confident_defects_as_discs_at_their_places():
+    scan, _ = simulate_scan("ge001", 3, pixels=(96, 96), n_defects=5)  # 0.1 nm per pixel or so
+    found = [Defect(20.2, 30.4, 0, 0, 9, 0.9), Defect(60.0, 70.0, 0, 0, 9, 0.75), Defect(40, 50, 0, 0, 9, 0.3)]
+    mask, kept = detector_mask(scan, lambda _scan: found, confident=0.7)
+    assert [d.score for d in kept] == [0.9, 0.75]
+    assert mask.shape == scan.shape and mask.dtype == np.uint8
+    centres = mask_centroids(mask)
+    assert len(centres) == 2
+    assert np.allclose(sorted(map(tuple, np.round(centres))), [(20, 30), (60, 70)], atol=1)
+    px_nm = scan.pixel_size_m[0] * 1e9
+    assert mask.sum() <= 2 * (np.pi * (0.2 / px_nm + 1) ** 2)
+
+
+def test_command_trains_a_detector_labels_with_it_and_reuses_it(tmp_path, capsys):
+    from stmwatch.daemon.cli import main
+    from stmwatch.models.autolabel.training import labelled_patches
+    from stmwatch.models.unet import load_checkpoint
+
+    scans = tmp_path / "scans"
+    for seed in (1, 2, 3):
+        scan, truth = simulate_scan("tio2110", seed, pixels=(96, 96), n_defects=5)
+        write_example(scan, truth, scans / f"s{seed}.sxm")
+    out = tmp_path / "labels"
+    args = ["autolabel", str(scans), "--surface", "tio2110", "--out", str(out), "--k", "6", "--epochs", "1",
+            "--steps", "2", "--png"]
+    assert main(args) == 0
+    manifest = json.loads((out / "autolabel.json").read_text())
+    assert sorted(manifest) == ["s1", "s2", "s3"]
+    assert {e["method"] for e in manifest.values()} == {"planted"}
+    detector = out / "detector" / "best.pt"
+    model, state = load_checkpoint(detector)
+    assert state["meta"]["name"] == "planted-detector" and state["meta"]["plant"]["steps"] == 2
+    assert (out / "s1.autolabel.png").stat().st_size > 0
+    for stem in manifest:
+        mask = np.load(out / f"{stem}.mask.npy")
+        assert mask.shape == (96, 96) and mask.dtype == np.uint8
+    labelled_patches(out, patch=96, radius_px=4.0)  # the training loader reads them
+    # an existing detector is used as it is: nothing is trained
+    again = tmp_path / "again"
+    assert main([*args[:5], str(again), "--detector", str(detector)]) == 0
+    assert not (again / "detector").exists()
+    assert json.loads((again / "autolabel.json").read_text())["s1"]["detector"] == str(detector.resolve())
+    assert main([*args[:5], str(again), "--detector", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt: no such file" in capsys.readouterr().err
