@@ -82,10 +82,11 @@ def component_centres(result) -> "np.ndarray":
 
 
 def planted_model_mask(result, kept) -> "np.ndarray":
-    """A model-grid mask for the preview: a 0.2 nm disc at each kept defect."""
+    """A model-grid mask for the preview: a 0.4 nm disc at each kept defect (larger than the
+    written mask's 0.2 nm, to be seen on a shrunk panel)."""
     import numpy as np
 
     from ..train_unet import disc_target
 
     rows, cols = result.prepared.from_scan(np.array([d.row for d in kept]), np.array([d.col for d in kept]))
-    return disc_target(result.model_mask.shape, np.atleast_1d(rows), np.atleast_1d(cols), 2.0) > 0
+    return disc_target(result.model_mask.shape, np.atleast_1d(rows), np.atleast_1d(cols), 4.0) > 0
