@@ -95,6 +95,8 @@ def test_command_trains_a_detector_labels_with_it_and_reuses_it(tmp_path, capsys
     detector = out / "detector" / "best.pt"
     model, state = load_checkpoint(detector)
     assert state["meta"]["name"] == "planted-detector" and state["meta"]["plant"]["steps"] == 2
+    assert state["meta"]["round"] == 2  # the default: a second round on the first detector's defects
+    assert (out / "detector" / "round1" / "best.pt").exists()
     assert (out / "s1.autolabel.png").stat().st_size > 0
     for stem in manifest:
         mask = np.load(out / f"{stem}.mask.npy")

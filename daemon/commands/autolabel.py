@@ -52,6 +52,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--confident", type=float, default=CONFIDENT,
                         help="with --method planted: keep the detector's defects whose mean probability is at least "
                              "this (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=2, help="detector training rounds: each after the first "
+                        "learns the previous detector's defects instead of the clusters' (default 2)")
     parser.add_argument("--epochs", type=int, default=20, help="detector training: epochs (default 20)")
     parser.add_argument("--steps", type=int, default=50, help="detector training: steps per epoch (default 50)")
 
@@ -66,6 +68,8 @@ def run(args) -> int:
         scales = parse_ints(args.scales)
         chosen = parse_ints(args.defect_clusters)
         features = make_features(args.features)
+        if args.rounds < 1:
+            raise ValueError(f"--rounds must be 1 or more, not {args.rounds}")
         if args.detector and not Path(args.detector).is_file():
             raise ValueError(f"--detector {args.detector}: no such file")
     except (KeyError, ValueError) as exc:
@@ -80,7 +84,7 @@ def run(args) -> int:
     else:
         labelled = labeller.each(files, "clusters", labeller.clusters_first)
         if labelled:
-            segment = labeller.detector([result for _, _, result in labelled])
+            segment = labeller.detector(labelled)
             labeller.each(labelled, "detector", lambda item: labeller.with_detector(item, segment))
     labeller.finish()
     done = len(files) - len(labeller.failed)
@@ -145,30 +149,49 @@ class Labeller:
         scan, result = self._cluster(path)
         return path, scan, result
 
-    def detector(self, results: list):
-        """The planted-defect detector's ``segment``: ``--detector``, or one trained now on the
-        scans (``OUT/detector/best.pt``)."""
-        import dataclasses
+    def detector(self, labelled: list):
+        """The planted-defect detector's ``segment``: ``--detector``, or trained now on the scans
+        (``OUT/detector/round<k>/``, the last copied to ``OUT/detector/best.pt``). Round 1 learns
+        the cluster rule's defects and the planted ones; each later round learns the previous
+        detector's confident defects instead of the clusters'."""
+        import shutil
 
+        import numpy as np
         from rich.console import Console
 
         from stmwatch.models.autolabel.command import component_centres
-        from stmwatch.models.autolabel.planted import PlantSettings, train_detector
+        from stmwatch.models.autolabel.planted import PlantSettings, detector_mask, train_detector
+
+        if self.args.detector:
+            self.detector_path = Path(self.args.detector)
+            return self._segmenter(self.detector_path)
+        settings = PlantSettings(epochs=self.args.epochs, steps=self.args.steps, seed=self.args.seed)
+        known = [component_centres(result) for _, _, result in labelled]
+        console = Console(stderr=True)
+        for round_ in range(1, self.args.rounds + 1):
+            folder = self.out / "detector" / f"round{round_}"
+            console.print(f"round {round_} of {self.args.rounds}: training the planted-defect detector on "
+                          f"{len(labelled)} scans ({settings.epochs} x {settings.steps} steps) into {folder}")
+            path = train_detector([(result.prepared, points) for (_, _, result), points in zip(labelled, known)],
+                                  folder, settings, meta={"surfaces": [self.args.surface], "round": round_})
+            segment = self._segmenter(path)
+            if round_ < self.args.rounds:
+                known = []
+                for _, scan, result in labelled:
+                    _, kept = detector_mask(scan, segment, self.args.confident)
+                    rows, cols = result.prepared.from_scan(np.array([d.row for d in kept]), np.array([d.col for d in kept]))
+                    known.append(np.stack([np.atleast_1d(rows), np.atleast_1d(cols)], axis=1).reshape(-1, 2))
+        self.detector_path = self.out / "detector" / "best.pt"
+        shutil.copyfile(path, self.detector_path)
+        return segment
+
+    def _segmenter(self, path: Path):
         from stmwatch.models.load import load_segmenter
         from stmwatch.models.settings import ModelSettings
         from stmwatch.models.surfaces import get_surface
 
-        path = self.args.detector
-        if not path:
-            settings = PlantSettings(epochs=self.args.epochs, steps=self.args.steps, seed=self.args.seed)
-            Console(stderr=True).print(f"training the planted-defect detector on {len(results)} scans "
-                                       f"({settings.epochs} x {settings.steps} steps) into {self.out / 'detector'}")
-            path = train_detector([(r.prepared, component_centres(r)) for r in results], self.out / "detector",
-                                  settings, meta={"surfaces": [self.args.surface]})
-        self.detector_path = Path(path)
-        segmenter = load_segmenter(dataclasses.replace(ModelSettings(), segmenter_weights=str(path)),
-                                   get_surface(self.args.surface))
-        return segmenter.segment
+        return load_segmenter(dataclasses.replace(ModelSettings(), segmenter_weights=str(path)),
+                              get_surface(self.args.surface)).segment
 
     def with_detector(self, item: tuple, segment) -> None:
         from stmwatch.models.autolabel.command import planted_model_mask, write_result
