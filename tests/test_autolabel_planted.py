@@ -109,3 +109,11 @@ def test_command_trains_a_detector_labels_with_it_and_reuses_it(tmp_path, capsys
     assert json.loads((again / "autolabel.json").read_text())["s1"]["detector"] == str(detector.resolve())
     assert main([*args[:5], str(again), "--detector", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt: no such file" in capsys.readouterr().err
+    # a detector that cannot be loaded: one clear line, and the clusters' masks are written instead
+    broken = tmp_path / "broken.pt"
+    broken.write_text("not a checkpoint")
+    fallback = tmp_path / "fallback"
+    assert main([*args[:5], str(fallback), "--detector", str(broken)]) == 2
+    assert "detector failed" in capsys.readouterr().err
+    assert {e["method"] for e in json.loads((fallback / "autolabel.json").read_text()).values()} == {"clusters"}
+    assert all((fallback / f"s{seed}.mask.npy").exists() for seed in (1, 2, 3))

@@ -83,9 +83,17 @@ def run(args) -> int:
         labeller.each(files, "autolabel", labeller.clusters_only)
     else:
         labelled = labeller.each(files, "clusters", labeller.clusters_first)
-        if labelled:
-            segment = labeller.detector(labelled)
-            labeller.each(labelled, "detector", lambda item: labeller.with_detector(item, segment))
+        try:
+            segment = labeller.detector(labelled) if labelled else None
+        except Exception as exc:  # e.g. a detector file that is no stmwatch checkpoint: the clusters' masks are kept
+            print(f"stmwatch autolabel: the planted-defect detector failed ({exc}); "
+                  "writing the cluster rule's masks instead", file=sys.stderr)
+            log.debug("detector failed", exc_info=True)
+            labeller.each(labelled, "clusters", labeller.clusters_written)
+            labeller.failed.add("detector")
+        else:
+            if segment is not None:
+                labeller.each(labelled, "detector", lambda item: labeller.with_detector(item, segment))
     labeller.finish()
     done = len(files) - len(labeller.failed)
     print(f"{done} of {len(files)} scans labelled into {out}" + (f"; {len(labeller.failed)} skipped" if labeller.failed else ""),
@@ -137,9 +145,13 @@ class Labeller:
                              defect_clusters=self.chosen, seed=self.args.seed)
 
     def clusters_only(self, path: Path) -> None:
+        self.clusters_written(self.clusters_first(path))
+
+    def clusters_written(self, item: tuple) -> None:
+        """Write the cluster rule's mask of ``(path, scan, AutoLabel)``."""
         from stmwatch.models.autolabel.command import write_result
 
-        _, result = self._cluster(path)
+        path, _, result = item
         self.manifest[path.stem] = {**write_result(
             path, self.out, self.args.surface, self.args.k, result, result.mask, self.args.png,
             title=f"{path.name}  {self.args.surface}  k={self.args.k}  defect clusters {list(result.defect_clusters)}"),
@@ -150,48 +162,23 @@ class Labeller:
         return path, scan, result
 
     def detector(self, labelled: list):
-        """The planted-defect detector's ``segment``: ``--detector``, or trained now on the scans
-        (``OUT/detector/round<k>/``, the last copied to ``OUT/detector/best.pt``). Round 1 learns
-        the cluster rule's defects and the planted ones; each later round learns the previous
-        detector's confident defects instead of the clusters'."""
-        import shutil
-
-        import numpy as np
+        """The planted-defect detector's ``segment``: ``--detector``, or one trained now on the
+        scans in ``--rounds`` rounds (``OUT/detector/``; :func:`~stmwatch.models.autolabel.planted.train_rounds`)."""
         from rich.console import Console
 
         from stmwatch.models.autolabel.command import component_centres
-        from stmwatch.models.autolabel.planted import PlantSettings, detector_mask, train_detector
+        from stmwatch.models.autolabel.planted import PlantSettings, detector_segmenter, train_rounds
 
         if self.args.detector:
             self.detector_path = Path(self.args.detector)
-            return self._segmenter(self.detector_path)
+            return detector_segmenter(self.detector_path, self.args.surface)
         settings = PlantSettings(epochs=self.args.epochs, steps=self.args.steps, seed=self.args.seed)
-        known = [component_centres(result) for _, _, result in labelled]
+        scans = [(scan, result.prepared, component_centres(result)) for _, scan, result in labelled]
         console = Console(stderr=True)
-        for round_ in range(1, self.args.rounds + 1):
-            folder = self.out / "detector" / f"round{round_}"
-            console.print(f"round {round_} of {self.args.rounds}: training the planted-defect detector on "
-                          f"{len(labelled)} scans ({settings.epochs} x {settings.steps} steps) into {folder}")
-            path = train_detector([(result.prepared, points) for (_, _, result), points in zip(labelled, known)],
-                                  folder, settings, meta={"surfaces": [self.args.surface], "round": round_})
-            segment = self._segmenter(path)
-            if round_ < self.args.rounds:
-                known = []
-                for _, scan, result in labelled:
-                    _, kept = detector_mask(scan, segment, self.args.confident)
-                    rows, cols = result.prepared.from_scan(np.array([d.row for d in kept]), np.array([d.col for d in kept]))
-                    known.append(np.stack([np.atleast_1d(rows), np.atleast_1d(cols)], axis=1).reshape(-1, 2))
-        self.detector_path = self.out / "detector" / "best.pt"
-        shutil.copyfile(path, self.detector_path)
+        self.detector_path, segment = train_rounds(scans, self.out / "detector", self.args.surface, settings,
+                                                   rounds=self.args.rounds, confident=self.args.confident,
+                                                   announce=console.print)
         return segment
-
-    def _segmenter(self, path: Path):
-        from stmwatch.models.load import load_segmenter
-        from stmwatch.models.settings import ModelSettings
-        from stmwatch.models.surfaces import get_surface
-
-        return load_segmenter(dataclasses.replace(ModelSettings(), segmenter_weights=str(path)),
-                              get_surface(self.args.surface)).segment
 
     def with_detector(self, item: tuple, segment) -> None:
         from stmwatch.models.autolabel.command import planted_model_mask, write_result

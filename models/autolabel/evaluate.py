@@ -43,24 +43,16 @@ def evaluate_autolabel(surfaces: list[str], n_scans: int, *, seed: int = HELD_OU
     scans (``held_out_scan(surface, i, seed)``, i = 0..n-1): the cluster rule's, or with
     ``detector`` (a planted-defect detector trained on other, unlabelled scans: ``stmwatch
     autolabel``'s ``OUT/detector/best.pt``) its masks (:func:`.planted.detector_mask`)."""
-    import dataclasses
-
-    from ..load import load_segmenter
-    from ..settings import ModelSettings
-    from ..surfaces import get_surface
     from . import CONFIDENT, DEFAULT_K
     from .features import make_features
     from .label import autolabel
-    from .planted import detector_mask
+    from .planted import detector_mask, detector_segmenter
 
     extractor = make_features(features)
     results = {}
     for key in surfaces:
         score, t0 = DetectionScore(), time.perf_counter()
-        segment = None
-        if detector:
-            segment = load_segmenter(dataclasses.replace(ModelSettings(), segmenter_weights=detector),
-                                     get_surface(key)).segment
+        segment = detector_segmenter(detector, key) if detector else None
         for i in range(n_scans):
             scan, truth = held_out_scan(key, i, seed, artefacts=artefacts)
             if segment is not None:

@@ -167,6 +167,47 @@ def train_detector(scans: Sequence[tuple[Prepared, np.ndarray]], out: Path, sett
     return out / "best.pt"
 
 
+def detector_segmenter(path: str | Path, surface: str) -> Callable[[Scan], list]:
+    """The ``segment`` method of a segmenter running the detector at ``path`` (the default
+    segmenter settings but the weights: threshold, flips, double-tip handling)."""
+    from ..load import load_segmenter
+    from ..settings import ModelSettings
+    from ..surfaces import get_surface
+
+    return load_segmenter(dataclasses.replace(ModelSettings(), segmenter_weights=str(path)), get_surface(surface)).segment
+
+
+def train_rounds(scans: Sequence[tuple[Scan, Prepared, np.ndarray]], out: Path, surface: str,
+                 settings: PlantSettings | None = None, *, rounds: int = 2, confident: float = CONFIDENT,
+                 progress: bool = True, announce: Callable[[str], None] = log.info) -> tuple[Path, Callable[[Scan], list]]:
+    """Train the detector in ``rounds`` rounds on ``scans``: ``(scan, prepared scan, known defects
+    (k, 2) model pixels)`` each, the known ones being the cluster rule's. Each round after the first
+    replaces the known defects by the previous detector's (mean probability ≥ ``confident``). Round
+    ``k`` is written to ``out/round<k>/``, the last one's ``best.pt`` copied to ``out/best.pt``.
+    Returns that path and the last detector's ``segment``."""
+    import shutil
+
+    if rounds < 1:
+        raise ValueError(f"rounds must be 1 or more, not {rounds}")
+    s = settings or PlantSettings()
+    known = [points for _, _, points in scans]
+    for round_ in range(1, rounds + 1):
+        folder = out / f"round{round_}"
+        announce(f"round {round_} of {rounds}: training the planted-defect detector on {len(scans)} scans "
+                 f"({s.epochs} x {s.steps} steps) into {folder}")
+        path = train_detector([(prepared, points) for (_, prepared, _), points in zip(scans, known)], folder, s,
+                              progress=progress, meta={"surfaces": [surface], "round": round_})
+        segment = detector_segmenter(path, surface)
+        if round_ < rounds:
+            known = []
+            for scan, prepared, _ in scans:
+                _, kept = detector_mask(scan, segment, confident)
+                rows, cols = prepared.from_scan(np.array([d.row for d in kept]), np.array([d.col for d in kept]))
+                known.append(np.stack([np.atleast_1d(rows), np.atleast_1d(cols)], axis=1).reshape(-1, 2))
+    shutil.copyfile(path, out / "best.pt")
+    return out / "best.pt", segment
+
+
 def detector_mask(scan: Scan, segment: Callable[[Scan], list], confident: float = CONFIDENT,
                   disc_nm: float = 0.2) -> tuple[np.ndarray, list]:
     """The auto-label mask of ``scan`` from a detector: ``segment`` (a segmenter's ``segment``
