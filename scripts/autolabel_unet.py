@@ -3,7 +3,8 @@
 
 Per surface: (1) simulate --scans training scans (seeds below 1 000 000, the same generator as
 ``stmwatch train unet``: random geometry, mostly every artefact) and write them as .sxm files
-WITHOUT their truth; (2) ``stmwatch autolabel`` them (automatic rule); (3) ``stmwatch train unet
+WITHOUT their truth; (2) ``stmwatch autolabel`` them (``--method``: the planted-defect detector by
+default, or the cluster rule alone); (3) ``stmwatch train unet
 --labels``; (4) score both on the same held-out scans (``eval_segment.held_out_scan``, seeds from
 7 000 000, every artefact on), with the same matching (components -> centroids, 0.5 nm).
 
@@ -60,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
                 write_sxm(scan, path)  # no truth is written
         print(f"{surface}: {args.scans} training scans in {time.perf_counter() - t0:.0f} s", flush=True)
         t0 = time.perf_counter()
-        stmwatch(["autolabel", str(scans), "--surface", surface, "--out", str(labels), "--method", args.method])
+        if stmwatch(["autolabel", str(scans), "--surface", surface, "--out", str(labels), "--method", args.method,
+                     "--device", args.device]) != 0:
+            print(f"{surface}: autolabel failed on some scans or its detector (above); stopping", file=sys.stderr)
+            return 2
         print(f"{surface}: auto-labelled in {time.perf_counter() - t0:.0f} s", flush=True)
         t0 = time.perf_counter()
         stmwatch(["train", "unet", "--labels", str(labels), "--out", str(run), "--epochs", str(args.epochs),

@@ -76,6 +76,17 @@ def test_detector_mask_keeps_the_confident_defects_as_discs_at_their_places():
     assert mask.sum() <= 2 * (np.pi * (0.2 / px_nm + 1) ** 2)
 
 
+def test_detector_mask_discs_follow_non_square_pixels():
+    """0.05 nm wide, 0.1 nm high pixels: a 0.2 nm disc spans 9 columns and 5 rows."""
+    import dataclasses
+
+    scan, _ = simulate_scan("ge001", 3, pixels=(96, 96), n_defects=5)
+    scan = dataclasses.replace(scan, range_m=(96 * 0.05e-9, 96 * 0.1e-9))
+    mask, _ = detector_mask(scan, lambda _scan: [Defect(40, 50, 0, 0, 9, 0.9)], confident=0.7)
+    rows, cols = np.nonzero(mask)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (38, 42, 46, 54)
+
+
 def test_command_trains_a_detector_labels_with_it_and_reuses_it(tmp_path, capsys):
     from stmwatch.daemon.cli import main
     from stmwatch.models.autolabel.training import labelled_patches
@@ -114,6 +125,7 @@ def test_command_trains_a_detector_labels_with_it_and_reuses_it(tmp_path, capsys
     broken.write_text("not a checkpoint")
     fallback = tmp_path / "fallback"
     assert main([*args[:5], str(fallback), "--detector", str(broken)]) == 2
-    assert "detector failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "detector failed" in err and "3 of 3 scans labelled" in err
     assert {e["method"] for e in json.loads((fallback / "autolabel.json").read_text()).values()} == {"clusters"}
     assert all((fallback / f"s{seed}.mask.npy").exists() for seed in (1, 2, 3))

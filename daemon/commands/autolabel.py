@@ -55,6 +55,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="detector training rounds: each after the first "
                         "learns the previous detector's defects instead of the clusters' (default 2)")
     parser.add_argument("--epochs", type=int, default=20, help="detector training: epochs (default 20)")
+    parser.add_argument("--device", default="cpu", help="detector training: cpu | cuda (default cpu)")
     parser.add_argument("--steps", type=int, default=50, help="detector training: steps per epoch (default 50)")
 
 
@@ -68,8 +69,10 @@ def run(args) -> int:
         scales = parse_ints(args.scales)
         chosen = parse_ints(args.defect_clusters)
         features = make_features(args.features)
-        if args.rounds < 1:
-            raise ValueError(f"--rounds must be 1 or more, not {args.rounds}")
+        if min(args.rounds, args.epochs, args.steps) < 1:
+            raise ValueError("--rounds, --epochs and --steps must be 1 or more")
+        if not 0 < args.confident < 1:
+            raise ValueError(f"--confident must be between 0 and 1, not {args.confident}")
         if args.detector and not Path(args.detector).is_file():
             raise ValueError(f"--detector {args.detector}: no such file")
     except (KeyError, ValueError) as exc:
@@ -90,15 +93,16 @@ def run(args) -> int:
                   "writing the cluster rule's masks instead", file=sys.stderr)
             log.debug("detector failed", exc_info=True)
             labeller.each(labelled, "clusters", labeller.clusters_written)
-            labeller.failed.add("detector")
+            labeller.detector_failed = True
         else:
             if segment is not None:
                 labeller.each(labelled, "detector", lambda item: labeller.with_detector(item, segment))
     labeller.finish()
     done = len(files) - len(labeller.failed)
-    print(f"{done} of {len(files)} scans labelled into {out}" + (f"; {len(labeller.failed)} skipped" if labeller.failed else ""),
+    print(f"{done} of {len(files)} scans labelled into {out}" + (f"; {len(labeller.failed)} skipped" if labeller.failed else "")
+          + ("; the cluster rule's masks, the detector having failed" if labeller.detector_failed else ""),
           file=sys.stderr)
-    return 2 if labeller.failed else 0
+    return 2 if labeller.failed or labeller.detector_failed else 0
 
 
 class Labeller:
@@ -111,6 +115,7 @@ class Labeller:
         self.manifest_path = out / MANIFEST
         self.manifest = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
         self.failed: set[str] = set()
+        self.detector_failed = False
 
     def each(self, items: list, stage: str, work) -> list:
         """``work(item)`` for each item (a path, or a ``(path, ...)`` tuple) under a progress bar;
@@ -158,7 +163,10 @@ class Labeller:
             "method": "clusters"}
 
     def clusters_first(self, path: Path) -> tuple:
+        """``(path, scan, AutoLabel)``; the cluster maps are kept for the preview only."""
         scan, result = self._cluster(path)
+        if not self.args.png:
+            result = dataclasses.replace(result, clusters=[], centres=[])
         return path, scan, result
 
     def detector(self, labelled: list):
@@ -166,18 +174,18 @@ class Labeller:
         scans in ``--rounds`` rounds (``OUT/detector/``; :func:`~stmwatch.models.autolabel.planted.train_rounds`)."""
         from rich.console import Console
 
-        from stmwatch.models.autolabel.command import component_centres
+        from stmwatch.models.autolabel.evaluate import mask_centroids
         from stmwatch.models.autolabel.planted import PlantSettings, detector_segmenter, train_rounds
 
         if self.args.detector:
             self.detector_path = Path(self.args.detector)
             return detector_segmenter(self.detector_path, self.args.surface)
         settings = PlantSettings(epochs=self.args.epochs, steps=self.args.steps, seed=self.args.seed)
-        scans = [(scan, result.prepared, component_centres(result)) for _, scan, result in labelled]
+        scans = [(scan, result.prepared, mask_centroids(result.model_mask)) for _, scan, result in labelled]
         console = Console(stderr=True)
         self.detector_path, segment = train_rounds(scans, self.out / "detector", self.args.surface, settings,
                                                    rounds=self.args.rounds, confident=self.args.confident,
-                                                   announce=console.print)
+                                                   device=self.args.device, announce=console.print)
         return segment
 
     def with_detector(self, item: tuple, segment) -> None:
@@ -185,13 +193,21 @@ class Labeller:
         from stmwatch.models.autolabel.planted import detector_mask
 
         path, scan, result = item
-        mask, kept = detector_mask(scan, segment, self.args.confident)
+        try:
+            mask, kept = detector_mask(scan, segment, self.args.confident)
+        except Exception as exc:  # this scan keeps its cluster mask, with one line
+            self.clusters_written(item)
+            self.detector_failed = True
+            print(f"{path}: the detector failed ({exc}); the cluster rule's mask is written instead", file=sys.stderr)
+            return
         result = dataclasses.replace(result, model_mask=planted_model_mask(result, kept), mask=mask)
+        double_tip = getattr(getattr(segment, "__self__", None), "last_double_tip", None)
         self.manifest[path.stem] = {**write_result(
             path, self.out, self.args.surface, self.args.k, result, mask, self.args.png,
             title=f"{path.name}  {self.args.surface}  planted-defect detector  {len(kept)} defects",
             mask_title=f"detector's defects (mean probability >= {self.args.confident})"),
-            "method": "planted", "detector": str(self.detector_path.resolve()), "defects": len(kept)}
+            "method": "planted", "detector": str(self.detector_path.resolve()), "defects": len(kept),
+            "double_tip": double_tip is not None}
 
     def finish(self) -> None:
         self.manifest_path.write_text(json.dumps(self.manifest, indent=1))

@@ -28,6 +28,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import sys
+    from pathlib import Path
+
+    if args.detector and not Path(args.detector).is_file():
+        print(f"stmwatch eval autolabel: --detector {args.detector}: no such file", file=sys.stderr)
+        return 2
     results = evaluate_autolabel(args.surfaces, args.scans, seed=args.seed, k=args.k, scales=args.scales,
                                  features=args.features, artefacts=args.artefacts, detector=args.detector)
     if args.json:

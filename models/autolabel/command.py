@@ -65,22 +65,6 @@ def write_result(path: Path, out: Path, surface: str, k: int, result, mask, png:
     return entry(path, surface, k, result, mask)
 
 
-def label_file(path: Path, out: Path, surface: str, features, *, k: int, scales, defect_clusters, png: bool,
-               seed: int = 0) -> dict:
-    """Auto-label one file with the cluster rule, write its mask (and preview); returns its
-    manifest entry."""
-    _, result = cluster_label(path, surface, features, k=k, scales=scales, defect_clusters=defect_clusters, seed=seed)
-    return write_result(path, out, surface, k, result, result.mask, png,
-                        title=f"{path.name}  {surface}  k={k}  defect clusters {list(result.defect_clusters)}")
-
-
-def component_centres(result) -> "np.ndarray":
-    """Model-grid ``(n, 2)`` row/col centroids of the components of ``result.model_mask``."""
-    from .evaluate import mask_centroids
-
-    return mask_centroids(result.model_mask)
-
-
 def planted_model_mask(result, kept) -> "np.ndarray":
     """A model-grid mask for the preview: a 0.4 nm disc at each kept defect (larger than the
     written mask's 0.2 nm, to be seen on a shrunk panel)."""

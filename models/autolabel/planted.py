@@ -19,7 +19,8 @@ from those, if it is shown examples *on these scans*. No labels exist, so exampl
    auto-labels (:func:`detector_mask`), with the segmenter's double-tip handling.
 
 Nothing about the surface's defect classes is used: only that defects are compact, rare bumps or
-pits. All of it is on the model grid (``preprocess.prepare``: 0.1 nm per pixel, display frame).
+pits. Planting and training are on the model grid (``preprocess.prepare``: 0.1 nm per pixel,
+display frame); the masks are on each scan's own grid.
 Chosen on tuning scans (seeds 8 700 000+) and measured on held-out ones: docs/autolabel.md.
 """
 from __future__ import annotations
@@ -42,6 +43,8 @@ from . import CONFIDENT
 from .features import gaussian
 
 log = logging.getLogger(__name__)
+
+MODEL_NM_PER_PX = 0.1  # every surface's model grid (``Surface.nm_per_px``), as in train_unet
 
 
 @dataclasses.dataclass
@@ -68,7 +71,7 @@ class PlantSettings:
     seed: int = 0
 
 
-def residual_spread(image: np.ndarray, valid: np.ndarray, nm_per_px: float = 0.1) -> float:
+def residual_spread(image: np.ndarray, valid: np.ndarray, nm_per_px: float = MODEL_NM_PER_PX) -> float:
     """The scan's noise scale: the robust spread (MAD × 1.4826) of its lattice-free residual
     (``double_tip.feature_band``, terraces above 1.2 nm taken out) smoothed at 0.2 nm, mean of the
     channels of ``image`` ``(C, H, W)``; in the image's units."""
@@ -82,7 +85,7 @@ def residual_spread(image: np.ndarray, valid: np.ndarray, nm_per_px: float = 0.1
 
 
 def plant_defects(image: np.ndarray, valid: np.ndarray, spread: float, rng: np.random.Generator,
-                  settings: PlantSettings | None = None, nm_per_px: float = 0.1,
+                  settings: PlantSettings | None = None, nm_per_px: float = MODEL_NM_PER_PX,
                   avoid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``image`` ``(C, H, W)`` with synthetic defects added (see the module docstring), and their
     centres ``(n, 2)`` model-pixel row/col. Centres lie on ``valid`` pixels, at least
@@ -129,19 +132,21 @@ def planted_patches(prepared: Prepared, known: np.ndarray, rng: np.random.Genera
     image = np.pad(image, ((0, 0), (0, ph - h), (0, pw - w)))
     valid = np.pad(prepared.valid, ((0, ph - h), (0, pw - w)))
     known = np.asarray(known, dtype=float).reshape(-1, 2)
-    radius = s.disc_nm / 0.1
+    radius, margin = s.disc_nm / MODEL_NM_PER_PX, s.min_separation_nm / MODEL_NM_PER_PX
+    known_target = disc_target((ph, pw), known[:, 0], known[:, 1], radius)  # a disc cut by the window still counts
     images, targets, centres = [], [], []
     for _ in range(int(np.clip(round(h * w / s.patch**2), 2, s.per_scan))):
         r0, c0 = int(rng.integers(0, ph - s.patch + 1)), int(rng.integers(0, pw - s.patch + 1))
-        inside = known[(known[:, 0] >= r0) & (known[:, 0] < r0 + s.patch)
-                       & (known[:, 1] >= c0) & (known[:, 1] < c0 + s.patch)] - (r0, c0)
+        local = known - (r0, c0)
+        inside = local[((local >= 0) & (local < s.patch)).all(axis=1)]
+        near = local[((local >= -margin) & (local < s.patch + margin)).all(axis=1)]
         window = (slice(None), slice(r0, r0 + s.patch), slice(c0, c0 + s.patch))
         for _ in range(s.copies):
-            planted, points = plant_defects(image[window], valid[window[1:]], spread, rng, s, avoid=inside)
-            points = np.concatenate([points, inside])
+            planted, points = plant_defects(image[window], valid[window[1:]], spread, rng, s, avoid=near)
             images.append(planted)
-            targets.append(disc_target((s.patch, s.patch), points[:, 0], points[:, 1], radius))
-            centres.append(points)
+            targets.append(np.maximum(known_target[window[1:]],
+                                      disc_target((s.patch, s.patch), points[:, 0], points[:, 1], radius)))
+            centres.append(np.concatenate([points, inside]))
     return Patches(np.stack(images).astype(np.float32), np.stack(targets).astype(np.float32), centres)
 
 
@@ -149,7 +154,8 @@ def train_detector(scans: Sequence[tuple[Prepared, np.ndarray]], out: Path, sett
                    *, device: str = "cpu", progress: bool = True, meta: dict | None = None) -> Path:
     """Train the planted-defect detector on ``scans``: ``(prepared scan, known defects (k, 2) model
     pixels)`` each; the last ``val_fraction`` of them (at least one, with two or more) for the
-    validation F1 (on planted patches). Writes ``out/best.pt`` (and ``last.pt``); returns the
+    validation F1 (on planted patches); with a single scan, its own patches serve for both, so
+    the best epoch is chosen on training patches. Writes ``out/best.pt`` (and ``last.pt``); returns the
     path of ``best.pt``, a stmwatch UNet checkpoint any segmenter loads."""
     s = settings or PlantSettings()
     if not scans:
@@ -168,18 +174,24 @@ def train_detector(scans: Sequence[tuple[Prepared, np.ndarray]], out: Path, sett
 
 
 def detector_segmenter(path: str | Path, surface: str) -> Callable[[Scan], list]:
-    """The ``segment`` method of a segmenter running the detector at ``path`` (the default
-    segmenter settings but the weights: threshold, flips, double-tip handling)."""
+    """The ``segment`` method of a segmenter running the detector at ``path``: the default
+    segmenter settings (threshold, flips, double-tip handling) but the weights, and eager torch
+    (each detector is new, so an ONNX or TensorRT export cached by its hash would never be used
+    again)."""
     from ..load import load_segmenter
     from ..settings import ModelSettings
     from ..surfaces import get_surface
 
-    return load_segmenter(dataclasses.replace(ModelSettings(), segmenter_weights=str(path)), get_surface(surface)).segment
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"planted-defect detector {path}: no such file")
+    settings = dataclasses.replace(ModelSettings(), segmenter_weights=str(path), backend="torch")
+    return load_segmenter(settings, get_surface(surface)).segment
 
 
 def train_rounds(scans: Sequence[tuple[Scan, Prepared, np.ndarray]], out: Path, surface: str,
                  settings: PlantSettings | None = None, *, rounds: int = 2, confident: float = CONFIDENT,
-                 progress: bool = True, announce: Callable[[str], None] = log.info) -> tuple[Path, Callable[[Scan], list]]:
+                 device: str = "cpu", progress: bool = True, announce: Callable[[str], None] = log.info) -> tuple[Path, Callable[[Scan], list]]:
     """Train the detector in ``rounds`` rounds on ``scans``: ``(scan, prepared scan, known defects
     (k, 2) model pixels)`` each, the known ones being the cluster rule's. Each round after the first
     replaces the known defects by the previous detector's (mean probability ≥ ``confident``). Round
@@ -196,7 +208,7 @@ def train_rounds(scans: Sequence[tuple[Scan, Prepared, np.ndarray]], out: Path, 
         announce(f"round {round_} of {rounds}: training the planted-defect detector on {len(scans)} scans "
                  f"({s.epochs} x {s.steps} steps) into {folder}")
         path = train_detector([(prepared, points) for (_, prepared, _), points in zip(scans, known)], folder, s,
-                              progress=progress, meta={"surfaces": [surface], "round": round_})
+                              device=device, progress=progress, meta={"surfaces": [surface], "round": round_})
         segment = detector_segmenter(path, surface)
         if round_ < rounds:
             known = []
@@ -217,9 +229,13 @@ def detector_mask(scan: Scan, segment: Callable[[Scan], list], confident: float 
     defects)``."""
     kept = [d for d in segment(scan) if d.score >= confident]
     mask = np.zeros(scan.shape, dtype=np.uint8)
-    rows, cols = np.indices(scan.shape)
-    px_nm = np.asarray(scan.pixel_size_m, dtype=float) * 1e9  # (x, y) = (column, row) pixel sizes
+    col_nm, row_nm = np.asarray(scan.pixel_size_m, dtype=float) * 1e9  # (x, y) = (column, row) pixel sizes
+    reach = (int(np.ceil(disc_nm / row_nm)), int(np.ceil(disc_nm / col_nm)))
     for d in kept:
-        mask[int(np.clip(round(d.row), 0, scan.shape[0] - 1)), int(np.clip(round(d.col), 0, scan.shape[1] - 1))] = 1
-        mask[((rows - d.row) * px_nm[1]) ** 2 + ((cols - d.col) * px_nm[0]) ** 2 <= disc_nm**2] = 1
+        r, c = int(np.clip(round(d.row), 0, scan.shape[0] - 1)), int(np.clip(round(d.col), 0, scan.shape[1] - 1))
+        mask[r, c] = 1
+        r0, c0 = max(0, r - reach[0]), max(0, c - reach[1])
+        rows, cols = np.ogrid[r0:min(scan.shape[0], r + reach[0] + 1), c0:min(scan.shape[1], c + reach[1] + 1)]
+        mask[r0:r0 + rows.shape[0], c0:c0 + cols.shape[1]] |= (
+            ((rows - d.row) * row_nm) ** 2 + ((cols - d.col) * col_nm) ** 2 <= disc_nm**2).astype(np.uint8)
     return mask, kept
