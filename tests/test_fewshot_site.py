@@ -101,7 +101,7 @@ def test_the_site_separates_classes_the_embedding_cannot():
     site = TransductiveClassifier(PrototypicalClassifier(net, support, float("inf")), pool, row_period_px=PERIOD)
     assert [lab for lab, _ in site.classify(query)] == ["a", "b"]
     d = site.distances(query)
-    assert np.allclose(d.min(axis=1), torch.cdist(site._embed(query), site.refined_prototypes(query)).pow(2)
+    assert np.allclose(d.min(axis=1), torch.cdist(site._features(query)[0], site.refined_prototypes(query)).pow(2)
                        .numpy()[[0, 1], [0, 1]], atol=1e-5)  # at its site's class, the network's own distance
     assert TransductiveClassifier(PrototypicalClassifier(net, support, float("inf")), pool, row_period_px=PERIOD,
                                   site_weight=0.0).row_period_px is None

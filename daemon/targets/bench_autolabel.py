@@ -13,7 +13,6 @@ for 256² on 2 CPU cores) is read off the output.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 
@@ -46,12 +45,7 @@ def run(args) -> int:
     scan, _ = simulate_scan(args.surface, 12_345, pixels=(args.pixels, args.pixels), artefacts=Artefacts.all())
     features = make_features(args.features)
     scales = parse_ints(args.scales)
-    autolabel(scan, args.surface, features=features, k=args.k, scales=scales)  # warm-up
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        autolabel(scan, args.surface, features=features, k=args.k, scales=scales)
-        times.append(time.perf_counter() - t0)
+    times = _seconds(lambda: autolabel(scan, args.surface, features=features, k=args.k, scales=scales), args.repeats)
     unet = None
     try:
         from stmwatch.daemon.config import load_config
@@ -61,13 +55,7 @@ def run(args) -> int:
 
         config = load_config(None)
         segmenter = load_segmenter(config.models, get_surface(args.surface), config.preprocess, "torch")
-        segmenter.segment(scan)
-        u = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            segmenter.segment(scan)
-            u.append(time.perf_counter() - t0)
-        unet = float(np.median(u))
+        unet = float(np.median(_seconds(lambda: segmenter.segment(scan), args.repeats)))
     except Exception as exc:  # the ratio is extra; the auto-label time is the figure
         print(f"(UNet not timed: {exc})")
     detector = None
@@ -109,10 +97,12 @@ def _time_detector(scan, surface: str, repeats: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
         path = save_checkpoint(UNet(UNetConfig(width=PlantSettings().width, depth=3)), Path(folder) / "detector.pt")
         segment = detector_segmenter(path, surface)
-        detector_mask(scan, segment)  # warm-up
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            detector_mask(scan, segment)
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        return float(np.median(_seconds(lambda: detector_mask(scan, segment), repeats)))
+
+
+def _seconds(fn, repeats: int) -> list[float]:
+    """Seconds each of ``repeats`` calls of ``fn`` takes, after one call to warm up."""
+    from .bench_common import timed
+
+    fn()
+    return [timed(fn) / 1e3 for _ in range(repeats)]

@@ -29,13 +29,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import sys
-    from pathlib import Path
 
-    if args.detector and not Path(args.detector).is_file():
-        print(f"stmwatch eval autolabel: --detector {args.detector}: no such file", file=sys.stderr)
+    try:
+        results = evaluate_autolabel(args.surfaces, args.scans, seed=args.seed, k=args.k, scales=args.scales,
+                                     features=args.features, artefacts=args.artefacts, detector=args.detector)
+    except FileNotFoundError as exc:  # a --detector that is not there (planted.detector_segmenter)
+        print(f"stmwatch eval autolabel: {exc}", file=sys.stderr)
         return 2
-    results = evaluate_autolabel(args.surfaces, args.scans, seed=args.seed, k=args.k, scales=args.scales,
-                                 features=args.features, artefacts=args.artefacts, detector=args.detector)
     if args.json:
         print(json.dumps(results))
     else:

@@ -68,9 +68,8 @@ def write_result(path: Path, out: Path, surface: str, k: int, result, mask, png:
 def planted_model_mask(result, kept) -> "np.ndarray":
     """A model-grid mask for the preview: a 0.4 nm disc at each kept defect (larger than the
     written mask's 0.2 nm, to be seen on a shrunk panel)."""
-    import numpy as np
-
     from ..train_unet import disc_target
+    from .planted import defect_points
 
-    rows, cols = result.prepared.from_scan(np.array([d.row for d in kept]), np.array([d.col for d in kept]))
-    return disc_target(result.model_mask.shape, np.atleast_1d(rows), np.atleast_1d(cols), 4.0) > 0
+    points = defect_points(result.prepared, kept)
+    return disc_target(result.model_mask.shape, points[:, 0], points[:, 1], 4.0) > 0

@@ -37,10 +37,11 @@ from stmwatch.drivers.scan import Scan
 
 from ..double_tip import feature_band
 from ..preprocess import Prepared
-from ..train_unet import Patches, disc_target, join, train
+from ..train_unet import Patches, disc_target, train
 from ..unet import UNet, UNetConfig
 from . import CONFIDENT
 from .features import gaussian
+from .training import split_validation
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +162,8 @@ def train_detector(scans: Sequence[tuple[Prepared, np.ndarray]], out: Path, sett
     if not scans:
         raise ValueError("no scans to train the planted-defect detector on")
     rng = np.random.default_rng(s.seed)
-    parts = [planted_patches(prepared, known, rng, s) for prepared, known in scans]
-    n_val = max(1, round(s.val_fraction * len(parts))) if len(parts) > 1 else 0
-    data, val = join(parts[: len(parts) - n_val]), join(parts[len(parts) - n_val:] or parts[:1])
+    data, val = split_validation([planted_patches(prepared, known, rng, s) for prepared, known in scans],
+                                 s.val_fraction)
     log.info("planted-defect detector: %d training, %d validation patches from %d scans", len(data), len(val), len(scans))
     torch.manual_seed(s.seed)
     model = UNet(UNetConfig(width=s.width, depth=3))
@@ -213,11 +213,16 @@ def train_rounds(scans: Sequence[tuple[Scan, Prepared, np.ndarray]], out: Path, 
         if round_ < rounds:
             known = []
             for scan, prepared, _ in scans:
-                _, kept = detector_mask(scan, segment, confident)
-                rows, cols = prepared.from_scan(np.array([d.row for d in kept]), np.array([d.col for d in kept]))
-                known.append(np.stack([np.atleast_1d(rows), np.atleast_1d(cols)], axis=1).reshape(-1, 2))
+                known.append(defect_points(prepared, detector_mask(scan, segment, confident)[1]))
     shutil.copyfile(path, out / "best.pt")
     return out / "best.pt", segment
+
+
+def defect_points(prepared: Prepared, defects: Sequence) -> np.ndarray:
+    """Model-grid ``(n, 2)`` row/col of ``defects`` (each with scan display-frame ``row``, ``col``)."""
+    rows, cols = prepared.from_scan(np.array([d.row for d in defects], dtype=float),
+                                    np.array([d.col for d in defects], dtype=float))
+    return np.stack([np.atleast_1d(rows), np.atleast_1d(cols)], axis=1).reshape(-1, 2)
 
 
 def detector_mask(scan: Scan, segment: Callable[[Scan], list], confident: float = CONFIDENT,

@@ -64,15 +64,21 @@ def mask_patches(scan_path: Path, mask_path: Path, surface: str, patch: int, rad
     return cut_patches(image, centres.reshape(-1, 2), patch, count, radius_px, rng)
 
 
+def split_validation(parts: list[Patches], val_fraction: float) -> tuple[Patches, Patches]:
+    """``(training, validation)`` patches from per-scan ``parts``: the last ``val_fraction`` of the
+    scans (at least one, when there are two or more) for validation; a single scan serves both."""
+    n_val = max(1, round(val_fraction * len(parts))) if len(parts) > 1 else 0
+    return join(parts[: len(parts) - n_val]), join(parts[len(parts) - n_val:] or parts[:1])
+
+
 def labelled_patches(labels_dir: str | Path, patch: int, radius_px: float, val_fraction: float = 0.1,
                      seed: int = 0) -> tuple[Patches, Patches, list[str]]:
     """``(training patches, validation patches, surfaces)`` from ``labels_dir``; the last
     ``val_fraction`` of the scans (at least one, when there are two or more) are for validation,
     whose F1 is then against the auto-labels themselves."""
     scans = labelled_scans(labels_dir)
-    n_val = max(1, round(val_fraction * len(scans))) if len(scans) > 1 else 0
     rng = np.random.default_rng(seed)
-    parts = [mask_patches(s, m, surf, patch, radius_px, rng) for s, m, surf in scans]
-    train, val = join(parts[: len(parts) - n_val]), join(parts[len(parts) - n_val:] or parts[:1])
+    train, val = split_validation([mask_patches(s, m, surf, patch, radius_px, rng) for s, m, surf in scans],
+                                  val_fraction)
     log.info("%s: %d training, %d validation patches from %d scans", labels_dir, len(train), len(val), len(scans))
     return train, val, sorted({surf for _, _, surf in scans})

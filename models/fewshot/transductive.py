@@ -60,10 +60,6 @@ class TransductiveClassifier:
     def __getattr__(self, name):  # labels, net, version, unknown_distance, support ...
         return getattr(self.__dict__["base"], name)
 
-    def _embed(self, crops: np.ndarray) -> torch.Tensor:
-        """The crops' embeddings."""
-        return self._features(crops)[0]
-
     @torch.no_grad()
     def _features(self, crops: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The crops' embeddings and the cosines of their row phases (:func:`.site.row_phase_cos`;
