@@ -93,6 +93,13 @@ def join(parts: list[Patches]) -> Patches:
                    [c for p in parts for c in p.centres])
 
 
+def split_validation(parts: list[Patches], val_fraction: float) -> tuple[Patches, Patches]:
+    """``(training, validation)`` patches from per-scan ``parts``: the last ``val_fraction`` of the
+    scans (at least one, when there are two or more) for validation; a single scan serves both."""
+    n_val = max(1, round(val_fraction * len(parts))) if len(parts) > 1 else 0
+    return join(parts[: len(parts) - n_val]), join(parts[len(parts) - n_val:] or parts[:1])
+
+
 def simulated_patches(surfaces: list[str], scans: int, patch: int, radius_px: float, seed_base: int,
                       max_per_scan: int = 10, double_tip_share: float | None = None, workers: int = 1,
                       randomise: float = 0.0) -> Patches:

@@ -37,11 +37,10 @@ from stmwatch.drivers.scan import Scan
 
 from ..double_tip import feature_band
 from ..preprocess import Prepared
-from ..train_unet import Patches, disc_target, train
+from ..train_unet import Patches, disc_target, split_validation, train
 from ..unet import UNet, UNetConfig
 from . import CONFIDENT
 from .features import gaussian
-from .training import split_validation
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..train_unet import Patches, cut_patches, join
+from ..train_unet import Patches, cut_patches, split_validation
 from .evaluate import mask_centroids
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,6 @@ def mask_patches(scan_path: Path, mask_path: Path, surface: str, patch: int, rad
     image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
     count = int(np.clip(round(image.shape[1] * image.shape[2] / patch**2), 2, max_per_scan))
     return cut_patches(image, centres.reshape(-1, 2), patch, count, radius_px, rng)
-
-
-def split_validation(parts: list[Patches], val_fraction: float) -> tuple[Patches, Patches]:
-    """``(training, validation)`` patches from per-scan ``parts``: the last ``val_fraction`` of the
-    scans (at least one, when there are two or more) for validation; a single scan serves both."""
-    n_val = max(1, round(val_fraction * len(parts))) if len(parts) > 1 else 0
-    return join(parts[: len(parts) - n_val]), join(parts[len(parts) - n_val:] or parts[:1])
 
 
 def labelled_patches(labels_dir: str | Path, patch: int, radius_px: float, val_fraction: float = 0.1,
