@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from stmwatch.models.autolabel.evaluate import mask_centroids
-from stmwatch.models.autolabel.planted import (PlantSettings, detector_mask, plant_defects, planted_patches,
-                                               residual_spread)
+from stmwatch.models.autolabel.planted import (PlantSettings, detector_mask, draw_ghost, plant_defects,
+                                               planted_patches, residual_spread)
 from stmwatch.models.defects import Defect
 from stmwatch.models.preprocess import Prepared
 from stmwatch.models.sim.simulate import simulate_scan, write_example
@@ -44,6 +44,33 @@ def test_planted_defects_are_where_it_says_with_their_heights():
     rows, cols = np.indices((96, 96))
     far = np.min([np.hypot(rows - r, cols - c) for r, c in centres], axis=0) > 8
     assert np.abs(out[0][far]).max() < 0.05
+
+
+def test_a_double_tip_copies_each_planted_bump_fainter_and_leaves_pits_single():
+    settings = PlantSettings(rate=6, amplitude=(4, 4), sigma_nm=(0.2, 0.2), max_aspect=1.0)
+    image, valid = np.zeros((1, 96, 96), np.float32), np.ones((96, 96), bool)
+    single, centres = plant_defects(image, valid, 0.5, np.random.default_rng(3), settings)
+    double, same = plant_defects(image, valid, 0.5, np.random.default_rng(3), settings, ghost=(12.0, -6.0, 0.75))
+    assert np.array_equal(centres, same)  # the copies are not defects: the centres are the bumps'
+    copies = (double - single)[0]
+    bumps = [(int(round(r)), int(round(c))) for r, c in centres if single[0, int(round(r)), int(round(c))] > 0]
+    assert bumps and len(bumps) < len(centres)  # both signs planted
+    for r, c in bumps:
+        if 0 <= r + 12 < 96 and 0 <= c - 6 < 96:
+            assert copies[r + 12, c - 6] == pytest.approx(0.75 * 2.0, rel=0.1)  # 0.75 x (4 x 0.5)
+    rows, cols = np.indices((96, 96))
+    near_copy = np.min([np.hypot(rows - r - 12, cols - c + 6) for r, c in bumps], axis=0) <= 8
+    assert np.abs(copies[~near_copy]).max() < 0.05  # nothing added anywhere else: the pits have no copy
+
+
+def test_draw_ghost_draws_nothing_when_off_and_a_double_tip_in_range_when_on():
+    rng = np.random.default_rng(0)
+    assert draw_ghost(rng, PlantSettings(ghost_share=0.0)) is None
+    assert rng.random() == np.random.default_rng(0).random()  # the stream untouched: planting as before
+    for seed in range(20):
+        rows, cols, ratio = draw_ghost(np.random.default_rng(seed), PlantSettings(ghost_share=1.0))
+        assert 6.0 <= np.hypot(rows, cols) <= 20.0  # 0.6-2.0 nm at 0.1 nm per model pixel
+        assert 0.6 <= ratio <= 0.95
 
 
 def test_planted_patches_target_planted_and_known_defects():

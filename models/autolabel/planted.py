@@ -58,6 +58,9 @@ class PlantSettings:
     sigma_nm: tuple[float, float] = (0.15, 0.5)
     max_aspect: float = 2.5
     min_separation_nm: float = 1.0
+    ghost_share: float = 0.0  # share of planted patches imaged as by a double tip (a fainter copy of each bump)
+    ghost_nm: tuple[float, float] = (0.6, 2.0)  # the second apex's distance from the first
+    ghost_ratio: tuple[float, float] = (0.6, 0.95)  # the copy's height over the bump's
     patch: int = 96
     per_scan: int = 10  # patch places per scan, at most (about one per patch² of model image)
     copies: int = 2  # planted versions of each patch
@@ -86,11 +89,14 @@ def residual_spread(image: np.ndarray, valid: np.ndarray, nm_per_px: float = MOD
 
 def plant_defects(image: np.ndarray, valid: np.ndarray, spread: float, rng: np.random.Generator,
                   settings: PlantSettings | None = None, nm_per_px: float = MODEL_NM_PER_PX,
-                  avoid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  avoid: np.ndarray | None = None,
+                  ghost: tuple[float, float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``image`` ``(C, H, W)`` with synthetic defects added (see the module docstring), and their
     centres ``(n, 2)`` model-pixel row/col. Centres lie on ``valid`` pixels, at least
     ``min_separation_nm`` from each other and from the points ``avoid`` ``(k, 2)`` (defects
-    already there). The input is not changed."""
+    already there). ``ghost`` ``(rows, cols, ratio)``: a second tip apex that images each bump
+    again, ``ratio`` as high, displaced by ``(rows, cols)`` model pixels (pits it would fill in, so
+    they stay single); the centres are the bumps', not the copies'. The input is not changed."""
     s = settings or PlantSettings()
     c, h, w = image.shape
     avoid = np.zeros((0, 2)) if avoid is None else np.asarray(avoid, dtype=float).reshape(-1, 2)
@@ -115,8 +121,24 @@ def plant_defects(image: np.ndarray, valid: np.ndarray, spread: float, rng: np.r
         v = -dr * np.sin(angle) + dc * np.cos(angle)
         height = spread * np.exp(rng.uniform(*np.log(s.amplitude))) * rng.choice((-1.0, 1.0))
         out += (height * np.exp(-0.5 * ((u / long_px) ** 2 + (v / short_px) ** 2)))[None].astype(np.float32)
+        if ghost is not None and height > 0:
+            gu = u - ghost[0] * np.cos(angle) - ghost[1] * np.sin(angle)
+            gv = v + ghost[0] * np.sin(angle) - ghost[1] * np.cos(angle)
+            out += (ghost[2] * height * np.exp(-0.5 * ((gu / long_px) ** 2 + (gv / short_px) ** 2)))[None].astype(np.float32)
         placed.append((r, q))
     return out, np.array(placed, dtype=float).reshape(-1, 2)
+
+
+def draw_ghost(rng: np.random.Generator, settings: PlantSettings,
+               nm_per_px: float = MODEL_NM_PER_PX) -> tuple[float, float, float] | None:
+    """A double tip for one planted patch, with probability ``ghost_share``: ``(rows, cols)``
+    model pixels from each bump to its copy (any direction) and the copy's height ratio; else
+    ``None``. Draws nothing from ``rng`` when ``ghost_share`` is 0."""
+    s = settings
+    if s.ghost_share <= 0 or rng.random() >= s.ghost_share:
+        return None
+    distance, angle = rng.uniform(*s.ghost_nm) / nm_per_px, rng.uniform(0, 2 * np.pi)
+    return distance * np.sin(angle), distance * np.cos(angle), float(rng.uniform(*s.ghost_ratio))
 
 
 def planted_patches(prepared: Prepared, known: np.ndarray, rng: np.random.Generator,
@@ -142,7 +164,8 @@ def planted_patches(prepared: Prepared, known: np.ndarray, rng: np.random.Genera
         near = local[((local >= -margin) & (local < s.patch + margin)).all(axis=1)]
         window = (slice(None), slice(r0, r0 + s.patch), slice(c0, c0 + s.patch))
         for _ in range(s.copies):
-            planted, points = plant_defects(image[window], valid[window[1:]], spread, rng, s, avoid=near)
+            planted, points = plant_defects(image[window], valid[window[1:]], spread, rng, s, avoid=near,
+                                            ghost=draw_ghost(rng, s))
             images.append(planted)
             targets.append(np.maximum(known_target[window[1:]],
                                       disc_target((s.patch, s.patch), points[:, 0], points[:, 1], radius)))
