@@ -114,7 +114,7 @@ def test_detector_mask_discs_follow_non_square_pixels():
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (38, 42, 46, 54)
 
 
-def test_command_trains_a_detector_labels_with_it_and_reuses_it(tmp_path, capsys):
+def test_command_trains_a_detector_labels_with_it_and_reuses_it(tmp_path, capsys, monkeypatch):
     from stmwatch.daemon.cli import main
     from stmwatch.models.autolabel.training import labelled_patches
     from stmwatch.models.unet import load_checkpoint
@@ -140,11 +140,22 @@ def test_command_trains_a_detector_labels_with_it_and_reuses_it(tmp_path, capsys
         mask = np.load(out / f"{stem}.mask.npy")
         assert mask.shape == (96, 96) and mask.dtype == np.uint8
     labelled_patches(out, patch=96, radius_px=4.0)  # the training loader reads them
-    # an existing detector is used as it is: nothing is trained
+    # an existing detector is used as it is: nothing is trained, and without --png nothing is clustered
     again = tmp_path / "again"
+
+    def no_clustering(*_args, **_kwargs):
+        raise AssertionError("k-means ran although a detector was given")
+
+    monkeypatch.setattr("stmwatch.models.autolabel.command.cluster_label", no_clustering)
     assert main([*args[:5], str(again), "--detector", str(detector)]) == 0
+    monkeypatch.undo()
     assert not (again / "detector").exists()
-    assert json.loads((again / "autolabel.json").read_text())["s1"]["detector"] == str(detector.resolve())
+    reused = json.loads((again / "autolabel.json").read_text())
+    assert reused["s1"]["detector"] == str(detector.resolve()) and reused["s1"]["method"] == "planted"
+    for stem in manifest:  # the same detector, the same masks as when it was trained
+        assert np.array_equal(np.load(again / f"{stem}.mask.npy"), np.load(out / f"{stem}.mask.npy"))
+        assert reused[stem]["defects"] == manifest[stem]["defects"]
+    labelled_patches(again, patch=96, radius_px=4.0)
     assert main([*args[:5], str(again), "--detector", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt: no such file" in capsys.readouterr().err
     # a detector that cannot be loaded: one clear line, and the clusters' masks are written instead

@@ -84,6 +84,17 @@ def run(args) -> int:
     files = scan_files(args.inputs)
     if args.method == "clusters":
         labeller.each(files, "autolabel", labeller.clusters_only)
+    elif args.detector and not args.png:  # a trained detector, no preview: no clustering unless it fails
+        try:
+            segment = labeller.detector([])
+        except Exception as exc:
+            print(f"stmwatch autolabel: the planted-defect detector failed ({exc}); "
+                  "writing the cluster rule's masks instead", file=sys.stderr)
+            log.debug("detector failed", exc_info=True)
+            labeller.each(files, "clusters", labeller.clusters_only)
+            labeller.detector_failed = True
+        else:
+            labeller.each(files, "detector", lambda path: labeller.detector_only(path, segment))
     else:
         labelled = labeller.each(files, "clusters", labeller.clusters_first)
         try:
@@ -188,26 +199,53 @@ class Labeller:
                                                    device=self.args.device, announce=console.print)
         return segment
 
-    def with_detector(self, item: tuple, segment) -> None:
-        from stmwatch.models.autolabel.command import planted_model_mask, write_result
+    def _detect(self, path: Path, scan, segment, fallback) -> tuple | None:
+        """``(mask, kept defects, manifest fields)`` of ``scan`` from the detector; if the detector
+        fails on it, ``fallback()`` writes the cluster rule's mask instead, with one line, and None."""
         from stmwatch.models.autolabel.planted import detector_mask
 
-        path, scan, result = item
         try:
             mask, kept = detector_mask(scan, segment, self.args.confident)
         except Exception as exc:  # this scan keeps its cluster mask, with one line
-            self.clusters_written(item)
+            fallback()
             self.detector_failed = True
             print(f"{path}: the detector failed ({exc}); the cluster rule's mask is written instead", file=sys.stderr)
-            return
-        result = dataclasses.replace(result, model_mask=planted_model_mask(result, kept), mask=mask)
+            return None
         double_tip = getattr(getattr(segment, "__self__", None), "last_double_tip", None)
+        fields = {"method": "planted", "detector": str(self.detector_path.resolve()), "defects": len(kept),
+                  "double_tip": double_tip is not None}
+        return mask, kept, fields
+
+    def with_detector(self, item: tuple, segment) -> None:
+        """Write the detector's mask of ``(path, scan, AutoLabel)`` (and the preview)."""
+        from stmwatch.models.autolabel.command import planted_model_mask, write_result
+
+        path, scan, result = item
+        found = self._detect(path, scan, segment, fallback=lambda: self.clusters_written(item))
+        if found is None:
+            return
+        mask, kept, fields = found
+        result = dataclasses.replace(result, model_mask=planted_model_mask(result, kept), mask=mask)
         self.manifest[path.stem] = {**write_result(
             path, self.out, self.args.surface, self.args.k, result, mask, self.args.png,
             title=f"{path.name}  {self.args.surface}  planted-defect detector  {len(kept)} defects",
-            mask_title=f"detector's defects (mean probability >= {self.args.confident})"),
-            "method": "planted", "detector": str(self.detector_path.resolve()), "defects": len(kept),
-            "double_tip": double_tip is not None}
+            mask_title=f"detector's defects (mean probability >= {self.args.confident})"), **fields}
+
+    def detector_only(self, path: Path, segment) -> None:
+        """Read ``path`` and write the detector's mask, without clustering (``--detector``, no
+        ``--png``); the cluster rule runs only if the detector fails on it."""
+        import numpy as np
+
+        from stmwatch.drivers.sxm import read_sxm
+
+        scan = read_sxm(path)
+        found = self._detect(path, scan, segment, fallback=lambda: self.clusters_only(path))
+        if found is None:
+            return
+        mask, _, fields = found
+        np.save(self.out / f"{path.stem}.mask.npy", mask)
+        self.manifest[path.stem] = {"scan": str(path.resolve()), "surface": self.args.surface,
+                                    "defect_pixels": int(mask.sum()), **fields}
 
     def finish(self) -> None:
         self.manifest_path.write_text(json.dumps(self.manifest, indent=1))
