@@ -197,9 +197,11 @@ def train_detector(scans: Sequence[tuple[Prepared, np.ndarray]], out: Path, sett
 
 def detector_segmenter(path: str | Path, surface: str) -> Callable[[Scan], list]:
     """The ``segment`` method of a segmenter running the detector at ``path``: the default
-    segmenter settings (threshold, flips, double-tip handling) but the weights, and eager torch
-    (each detector is new, so an ONNX or TensorRT export cached by its hash would never be used
-    again)."""
+    segmenter settings (threshold, flips) but the weights, eager torch (each detector is new, so
+    an ONNX or TensorRT export cached by its hash would never be used again), and no double-tip
+    handling: the ghost finder, made for the shipped UNet (which marks the real copy), took the
+    wrong side or a spurious offset on this detector's defects and dropped real ones (tuning
+    scans: mean F1 0.574 without → 0.599, docs/autolabel.md)."""
     from ..load import load_segmenter
     from ..settings import ModelSettings
     from ..surfaces import get_surface
@@ -207,7 +209,8 @@ def detector_segmenter(path: str | Path, surface: str) -> Callable[[Scan], list]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"planted-defect detector {path}: no such file")
-    settings = dataclasses.replace(ModelSettings(), segmenter_weights=str(path), backend="torch")
+    settings = dataclasses.replace(ModelSettings(), segmenter_weights=str(path), backend="torch",
+                                   remove_double_tip_ghosts=False)
     return load_segmenter(settings, get_surface(surface)).segment
 
 
