@@ -13,6 +13,7 @@ one line on stderr and is skipped (exit code 2 at the end).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -174,17 +175,19 @@ class Labeller:
             "method": "clusters"}
 
     def clusters_first(self, path: Path) -> tuple:
-        """``(path, scan, AutoLabel)``; the cluster maps are kept for the preview only."""
-        scan, result = self._cluster(path)
+        """``(path, None, AutoLabel)``: the scan itself is read again when the detector needs it, so
+        that a large folder is not held in memory; the cluster maps are kept for the preview only."""
+        _, result = self._cluster(path)
         if not self.args.png:
             result = dataclasses.replace(result, clusters=[], centres=[])
-        return path, scan, result
+        return path, None, result
 
     def detector(self, labelled: list):
         """The planted-defect detector's ``segment``: ``--detector``, or one trained now on the
         scans in ``--rounds`` rounds (``OUT/detector/``; :func:`~stmwatch.models.autolabel.planted.train_rounds`)."""
         from rich.console import Console
 
+        from stmwatch.drivers.sxm import read_sxm
         from stmwatch.models.autolabel.evaluate import mask_centroids
         from stmwatch.models.autolabel.planted import PlantSettings, detector_segmenter, train_rounds
 
@@ -192,7 +195,8 @@ class Labeller:
             self.detector_path = Path(self.args.detector)
             return detector_segmenter(self.detector_path, self.args.surface)
         settings = PlantSettings(epochs=self.args.epochs, steps=self.args.steps, seed=self.args.seed)
-        scans = [(scan, result.prepared, mask_centroids(result.model_mask)) for _, scan, result in labelled]
+        scans = [(functools.partial(read_sxm, path), result.prepared, mask_centroids(result.model_mask))
+                 for path, _, result in labelled]
         console = Console(stderr=True)
         self.detector_path, segment = train_rounds(scans, self.out / "detector", self.args.surface, settings,
                                                    rounds=self.args.rounds, confident=self.args.confident,
@@ -218,8 +222,10 @@ class Labeller:
         """Write the detector's mask of ``(path, scan, AutoLabel)`` (and the preview)."""
         from stmwatch.models.autolabel.command import planted_model_mask, write_result
 
-        path, scan, result = item
-        found = self._detect(path, scan, segment, fallback=lambda: self.clusters_written(item))
+        from stmwatch.drivers.sxm import read_sxm
+
+        path, _, result = item
+        found = self._detect(path, read_sxm(path), segment, fallback=lambda: self.clusters_written(item))
         if found is None:
             return
         mask, kept, fields = found

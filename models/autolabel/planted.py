@@ -16,7 +16,9 @@ from those, if it is shown examples *on these scans*. No labels exist, so exampl
    components, and nothing else: the scans' lattice, steps, scan lines and noise are its
    negatives;
 4. the detector's defects with a mean probability of at least :data:`CONFIDENT` are the
-   auto-labels (:func:`detector_mask`), with the segmenter's double-tip handling.
+   auto-labels (:func:`detector_mask`). The segmenter's double-tip handling is off: on this
+   detector's defects it dropped real copies (:func:`detector_segmenter`). Optionally
+   (``PlantSettings.ghost_share``, off: tried, not kept) planted bumps get a double tip's copy.
 
 Nothing about the surface's defect classes is used: only that defects are compact, rare bumps or
 pits. Planting and training are on the model grid (``preprocess.prepare``: 0.1 nm per pixel,
@@ -214,14 +216,15 @@ def detector_segmenter(path: str | Path, surface: str) -> Callable[[Scan], list]
     return load_segmenter(settings, get_surface(surface)).segment
 
 
-def train_rounds(scans: Sequence[tuple[Scan, Prepared, np.ndarray]], out: Path, surface: str,
+def train_rounds(scans: Sequence[tuple[Scan | Callable[[], Scan], Prepared, np.ndarray]], out: Path, surface: str,
                  settings: PlantSettings | None = None, *, rounds: int = 2, confident: float = CONFIDENT,
                  device: str = "cpu", progress: bool = True, announce: Callable[[str], None] = log.info) -> tuple[Path, Callable[[Scan], list]]:
     """Train the detector in ``rounds`` rounds on ``scans``: ``(scan, prepared scan, known defects
-    (k, 2) model pixels)`` each, the known ones being the cluster rule's. Each round after the first
-    replaces the known defects by the previous detector's (mean probability ≥ ``confident``). Round
-    ``k`` is written to ``out/round<k>/``, the last one's ``best.pt`` copied to ``out/best.pt``.
-    Returns that path and the last detector's ``segment``."""
+    (k, 2) model pixels)`` each, the known ones being the cluster rule's; the scan may be a function
+    that reads it (so that a large folder's scans need not all be held in memory). Each round after
+    the first replaces the known defects by the previous detector's (mean probability ≥
+    ``confident``). Round ``k`` is written to ``out/round<k>/``, the last one's ``best.pt`` copied to
+    ``out/best.pt``. Returns that path and the last detector's ``segment``."""
     import shutil
 
     if rounds < 1:
@@ -238,6 +241,7 @@ def train_rounds(scans: Sequence[tuple[Scan, Prepared, np.ndarray]], out: Path, 
         if round_ < rounds:
             known = []
             for scan, prepared, _ in scans:
+                scan = scan() if callable(scan) else scan
                 known.append(defect_points(prepared, detector_mask(scan, segment, confident)[1]))
     shutil.copyfile(path, out / "best.pt")
     return out / "best.pt", segment
@@ -253,7 +257,7 @@ def defect_points(prepared: Prepared, defects: Sequence) -> np.ndarray:
 def detector_mask(scan: Scan, segment: Callable[[Scan], list], confident: float = CONFIDENT,
                   disc_nm: float = 0.2) -> tuple[np.ndarray, list]:
     """The auto-label mask of ``scan`` from a detector: ``segment`` (a segmenter's ``segment``
-    method, whose double-tip handling applies) gives the defects; those with ``score`` at least
+    method) gives the defects; those with ``score`` at least
     ``confident`` are kept and each is drawn as a disc of radius ``disc_nm`` (at least its own
     pixel) on the scan's ``(rows, columns)`` grid, display frame. Returns ``(mask uint8, kept
     defects)``."""
