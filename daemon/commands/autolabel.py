@@ -49,7 +49,8 @@ def add_arguments(parser) -> None:
                         help="planted (default): the cluster rule's defects, then a detector trained on the scans "
                              "with planted synthetic defects labels them all (minutes); clusters: the cluster rule alone")
     parser.add_argument("--detector", metavar="PATH", help="with --method planted: use this trained detector "
-                        "(e.g. an earlier OUT/detector/best.pt) instead of training one")
+                        "(e.g. an earlier OUT/detector/best.pt) instead of training one; without --png no scan is clustered "
+                        "(seconds per scan)")
     parser.add_argument("--confident", type=float, default=CONFIDENT,
                         help="with --method planted: keep the detector's defects whose mean probability is at least "
                              "this (default %(default)s)")
