@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="training seed of train unet (default 0)")
+    parser.add_argument("--label-seed", type=int, default=0,
+                        help="stmwatch autolabel --seed: k-means and the detector's training (default 0)")
     parser.add_argument("--method", choices=("planted", "clusters"), default="planted",
                         help="stmwatch autolabel --method (default planted)")
     args = parser.parse_args(argv)
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{surface}: {args.scans} training scans in {time.perf_counter() - t0:.0f} s", flush=True)
         t0 = time.perf_counter()
         if stmwatch(["autolabel", str(scans), "--surface", surface, "--out", str(labels), "--method", args.method,
-                     "--device", args.device]) != 0:
+                     "--device", args.device, "--seed", str(args.label_seed)]) != 0:
             print(f"{surface}: autolabel failed on some scans or its detector (above); stopping", file=sys.stderr)
             return 2
         print(f"{surface}: auto-labelled in {time.perf_counter() - t0:.0f} s", flush=True)
