@@ -216,7 +216,9 @@ class Labeller:
             self.detector_failed = True
             print(f"{path}: the detector failed ({exc}); the cluster rule's mask is written instead", file=sys.stderr)
             return None
-        fields = {"method": "planted", "detector": str(self.detector_path.resolve()), "defects": len(kept)}
+        double_tip = getattr(getattr(segment, "__self__", None), "last_double_tip", None)
+        fields = {"method": "planted", "detector": str(self.detector_path.resolve()), "defects": len(kept),
+                  "double_tip": double_tip is not None}
         return mask, kept, fields
 
     def with_detector(self, item: tuple, segment) -> None:

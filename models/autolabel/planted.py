@@ -16,8 +16,7 @@ from those, if it is shown examples *on these scans*. No labels exist, so exampl
    components, and nothing else: the scans' lattice, steps, scan lines and noise are its
    negatives;
 4. the detector's defects with a mean probability of at least :data:`CONFIDENT` are the
-   auto-labels (:func:`detector_mask`). The segmenter's double-tip handling is off: on this
-   detector's defects it dropped real copies (:func:`detector_segmenter`). Optionally
+   auto-labels (:func:`detector_mask`), with the segmenter's double-tip handling. Optionally
    (``PlantSettings.ghost_share``, off: tried, not kept) planted bumps get a double tip's copy.
 
 Nothing about the surface's defect classes is used: only that defects are compact, rare bumps or
@@ -199,11 +198,11 @@ def train_detector(scans: Sequence[tuple[Prepared, np.ndarray]], out: Path, sett
 
 def detector_segmenter(path: str | Path, surface: str) -> Callable[[Scan], list]:
     """The ``segment`` method of a segmenter running the detector at ``path``: the default
-    segmenter settings (threshold, flips) but the weights, eager torch (each detector is new, so
-    an ONNX or TensorRT export cached by its hash would never be used again), and no double-tip
-    handling: the ghost finder, made for the shipped UNet (which marks the real copy), took the
-    wrong side or a spurious offset on this detector's defects and dropped real ones (tuning
-    scans: mean F1 0.574 without → 0.599, docs/autolabel.md)."""
+    segmenter settings (threshold, flips, double-tip handling) but the weights, and eager torch
+    (each detector is new, so an ONNX or TensorRT export cached by its hash would never be used
+    again). Without the double-tip handling the detector's recall rises, but its precision falls:
+    on 60 tuning scans the mean F1 rose by 0.017 only, and its one held-out run was lower than
+    the two before on every surface (docs/autolabel.md, stop 21), so the handling stays."""
     from ..load import load_segmenter
     from ..settings import ModelSettings
     from ..surfaces import get_surface
@@ -211,8 +210,7 @@ def detector_segmenter(path: str | Path, surface: str) -> Callable[[Scan], list]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"planted-defect detector {path}: no such file")
-    settings = dataclasses.replace(ModelSettings(), segmenter_weights=str(path), backend="torch",
-                                   remove_double_tip_ghosts=False)
+    settings = dataclasses.replace(ModelSettings(), segmenter_weights=str(path), backend="torch")
     return load_segmenter(settings, get_surface(surface)).segment
 
 
@@ -257,7 +255,7 @@ def defect_points(prepared: Prepared, defects: Sequence) -> np.ndarray:
 def detector_mask(scan: Scan, segment: Callable[[Scan], list], confident: float = CONFIDENT,
                   disc_nm: float = 0.2) -> tuple[np.ndarray, list]:
     """The auto-label mask of ``scan`` from a detector: ``segment`` (a segmenter's ``segment``
-    method) gives the defects; those with ``score`` at least
+    method, whose double-tip handling applies) gives the defects; those with ``score`` at least
     ``confident`` are kept and each is drawn as a disc of radius ``disc_nm`` (at least its own
     pixel) on the scan's ``(rows, columns)`` grid, display frame. Returns ``(mask uint8, kept
     defects)``."""
