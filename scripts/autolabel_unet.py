@@ -9,6 +9,7 @@ default, or the cluster rule alone); (3) ``stmwatch train unet
 7 000 000, every artefact on), with the same matching (components -> centroids, 0.5 nm).
 
     OMP_NUM_THREADS=1 python scripts/autolabel_unet.py --out runs/autolabel_long_seed0 --seed 0   # docs/autolabel.md
+    # another draw of the auto-labeller (k-means, detectors): --label-seed 1 --out runs/autolabel_seed1
     # a longer run on a GPU: --scans 300 --epochs 20 --steps 200 --width 16 --device cuda --workers 12
 Writes OUT/<surface>/results.json and prints one line per surface.
 """

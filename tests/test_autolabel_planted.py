@@ -167,3 +167,40 @@ def test_command_trains_a_detector_labels_with_it_and_reuses_it(tmp_path, capsys
     assert "detector failed" in err and "3 of 3 scans labelled" in err
     assert {e["method"] for e in json.loads((fallback / "autolabel.json").read_text()).values()} == {"clusters"}
     assert all((fallback / f"s{seed}.mask.npy").exists() for seed in (1, 2, 3))
+
+
+def test_reusing_a_detector_skips_bad_files_and_falls_back_per_scan(tmp_path, capsys, monkeypatch):
+    """``--detector`` without ``--png`` (no clustering): a file that cannot be read is one line and
+    skipped; a scan the detector fails on gets the cluster rule's mask, with one line; exit code 2."""
+    from stmwatch.daemon.cli import main
+    from stmwatch.models.autolabel import planted
+    from stmwatch.models.unet import UNet, UNetConfig, save_checkpoint
+
+    scans = tmp_path / "scans"
+    for seed in (1, 2):
+        scan, truth = simulate_scan("tio2110", seed, pixels=(96, 96), n_defects=5)
+        write_example(scan, truth, scans / f"s{seed}.sxm")
+    (scans / "broken.sxm").write_bytes(b":NANONIS_VERSION:\n2\n:SCAN_PIXELS:\n")  # a header cut short
+    detector = save_checkpoint(UNet(UNetConfig(width=PlantSettings().width, depth=3)), tmp_path / "detector.pt")
+    real_mask = planted.detector_mask
+
+    def fails_on_s2(scan, segment, confident=0.7, disc_nm=0.2):
+        if scan.name.startswith("s2"):
+            raise RuntimeError("out of memory")
+        return real_mask(scan, segment, confident, disc_nm)
+
+    monkeypatch.setattr(planted, "detector_mask", fails_on_s2)
+    out = tmp_path / "labels"
+    assert main(["autolabel", str(scans), "--surface", "tio2110", "--out", str(out), "--k", "6",
+                 "--detector", str(detector)]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("broken.sxm") == 1  # the progress bar's console prints it
+    err = captured.err
+    assert "s2.sxm: the detector failed (out of memory)" in err
+    assert "2 of 3 scans labelled" in err and "1 skipped" in err
+    manifest = json.loads((out / "autolabel.json").read_text())
+    assert sorted(manifest) == ["s1", "s2"]
+    assert manifest["s1"]["method"] == "planted" and manifest["s2"]["method"] == "clusters"
+    assert manifest["s1"]["surface"] == manifest["s2"]["surface"] == "tio2110"
+    for stem in ("s1", "s2"):
+        assert np.load(out / f"{stem}.mask.npy").shape == (96, 96)

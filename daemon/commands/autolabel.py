@@ -6,7 +6,8 @@ For each ``.sxm`` file (folders are searched for ``*.sxm``, not recursively) wri
 mask). Two methods: ``clusters`` (per-pixel features, k-means, the defect clusters) and
 ``planted`` (the default): the clusters' defects first, then a small UNet trained on these
 scans with synthetic defects planted in them (``DIR/detector/best.pt``; a few minutes on a CPU)
-labels every scan; ``--detector`` reuses a trained one. ``DIR/autolabel.json`` records, per stem, the scan's path and what was chosen, so that
+labels every scan; ``--detector`` reuses a trained one (then, without ``--png``, no scan is
+clustered unless the detector fails on it). ``DIR/autolabel.json`` records, per stem, the scan's path and what was chosen, so that
 ``stmwatch train unet --labels DIR`` finds the scans. A file that cannot be read or labelled is
 one line on stderr and is skipped (exit code 2 at the end).
 """
@@ -166,22 +167,22 @@ class Labeller:
         self.clusters_written(self.clusters_first(path))
 
     def clusters_written(self, item: tuple) -> None:
-        """Write the cluster rule's mask of ``(path, scan, AutoLabel)``."""
+        """Write the cluster rule's mask of ``(path, AutoLabel)``."""
         from stmwatch.models.autolabel.command import write_result
 
-        path, _, result = item
+        path, result = item
         self.manifest[path.stem] = {**write_result(
             path, self.out, self.args.surface, self.args.k, result, result.mask, self.args.png,
             title=f"{path.name}  {self.args.surface}  k={self.args.k}  defect clusters {list(result.defect_clusters)}"),
             "method": "clusters"}
 
     def clusters_first(self, path: Path) -> tuple:
-        """``(path, None, AutoLabel)``: the scan itself is read again when the detector needs it, so
-        that a large folder is not held in memory; the cluster maps are kept for the preview only."""
+        """``(path, AutoLabel)``. The scan is not kept (it is read again when the detector needs
+        it), nor the cluster maps unless for the preview; the prepared model image is."""
         _, result = self._cluster(path)
         if not self.args.png:
             result = dataclasses.replace(result, clusters=[], centres=[])
-        return path, None, result
+        return path, result
 
     def detector(self, labelled: list):
         """The planted-defect detector's ``segment``: ``--detector``, or one trained now on the
@@ -197,7 +198,7 @@ class Labeller:
             return detector_segmenter(self.detector_path, self.args.surface)
         settings = PlantSettings(epochs=self.args.epochs, steps=self.args.steps, seed=self.args.seed)
         scans = [(functools.partial(read_sxm, path), result.prepared, mask_centroids(result.model_mask))
-                 for path, _, result in labelled]
+                 for path, result in labelled]
         console = Console(stderr=True)
         self.detector_path, segment = train_rounds(scans, self.out / "detector", self.args.surface, settings,
                                                    rounds=self.args.rounds, confident=self.args.confident,
@@ -212,9 +213,9 @@ class Labeller:
         try:
             mask, kept = detector_mask(scan, segment, self.args.confident)
         except Exception as exc:  # this scan keeps its cluster mask, with one line
-            fallback()
             self.detector_failed = True
             print(f"{path}: the detector failed ({exc}); the cluster rule's mask is written instead", file=sys.stderr)
+            fallback()
             return None
         double_tip = getattr(getattr(segment, "__self__", None), "last_double_tip", None)
         fields = {"method": "planted", "detector": str(self.detector_path.resolve()), "defects": len(kept),
@@ -222,13 +223,19 @@ class Labeller:
         return mask, kept, fields
 
     def with_detector(self, item: tuple, segment) -> None:
-        """Write the detector's mask of ``(path, scan, AutoLabel)`` (and the preview)."""
+        """Write the detector's mask of ``(path, AutoLabel)`` (and the preview); the cluster rule's
+        if the scan can no longer be read."""
+        from stmwatch.drivers.sxm import read_sxm
         from stmwatch.models.autolabel.command import planted_model_mask, write_result
 
-        from stmwatch.drivers.sxm import read_sxm
-
-        path, _, result = item
-        found = self._detect(path, read_sxm(path), segment, fallback=lambda: self.clusters_written(item))
+        path, result = item
+        try:
+            scan = read_sxm(path)
+        except Exception as exc:  # changed or gone since it was clustered: its cluster mask, one line
+            print(f"{path}: cannot be read again ({exc}); the cluster rule's mask is written", file=sys.stderr)
+            self.clusters_written(item)
+            return
+        found = self._detect(path, scan, segment, fallback=lambda: self.clusters_written(item))
         if found is None:
             return
         mask, kept, fields = found
@@ -244,6 +251,7 @@ class Labeller:
         import numpy as np
 
         from stmwatch.drivers.sxm import read_sxm
+        from stmwatch.models.autolabel.command import entry
 
         scan = read_sxm(path)
         found = self._detect(path, scan, segment, fallback=lambda: self.clusters_only(path))
@@ -251,8 +259,7 @@ class Labeller:
             return
         mask, _, fields = found
         np.save(self.out / f"{path.stem}.mask.npy", mask)
-        self.manifest[path.stem] = {"scan": str(path.resolve()), "surface": self.args.surface,
-                                    "defect_pixels": int(mask.sum()), **fields}
+        self.manifest[path.stem] = {**entry(path, self.args.surface, mask), **fields}
 
     def finish(self) -> None:
         self.manifest_path.write_text(json.dumps(self.manifest, indent=1))

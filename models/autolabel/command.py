@@ -34,11 +34,13 @@ def parse_ints(text: str | None) -> list[int] | None:
         raise ValueError(f"expected numbers separated by commas, not {text!r}") from None
 
 
-def entry(path: Path, surface: str, k: int, result, mask) -> dict:
-    """The manifest entry of one labelled scan."""
-    return {"scan": str(path.resolve()), "surface": surface, "k": k, "scales": list(result.scales),
-            "defect_clusters": list(result.defect_clusters), "defect_pixels": int(mask.sum()),
-            "double_tip": result.double_tip is not None}
+def entry(path: Path, surface: str, mask, k: int | None = None, result=None) -> dict:
+    """The manifest entry of one labelled scan; with the cluster rule's ``result``, what it chose."""
+    fields = {"scan": str(path.resolve()), "surface": surface, "defect_pixels": int(mask.sum())}
+    if result is not None:
+        fields.update(k=k, scales=list(result.scales), defect_clusters=list(result.defect_clusters),
+                      double_tip=result.double_tip is not None)
+    return fields
 
 
 def cluster_label(path: Path, surface: str, features, *, k: int, scales, defect_clusters, seed: int = 0):
@@ -62,7 +64,7 @@ def write_result(path: Path, out: Path, surface: str, k: int, result, mask, png:
     np.save(out / f"{path.stem}.mask.npy", mask)
     if png:
         preview_png(result, out / f"{path.stem}.autolabel.png", title=title, mask_title=mask_title)
-    return entry(path, surface, k, result, mask)
+    return entry(path, surface, mask, k, result)
 
 
 def planted_model_mask(result, kept) -> "np.ndarray":

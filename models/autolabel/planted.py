@@ -59,7 +59,7 @@ class PlantSettings:
     sigma_nm: tuple[float, float] = (0.15, 0.5)
     max_aspect: float = 2.5
     min_separation_nm: float = 1.0
-    ghost_share: float = 0.0  # share of planted patches imaged as by a double tip (a fainter copy of each bump)
+    ghost_share: float = 0.0  # share of planted patch copies imaged as by a double tip (a fainter copy of each bump)
     ghost_nm: tuple[float, float] = (0.6, 2.0)  # the second apex's distance from the first
     ghost_ratio: tuple[float, float] = (0.6, 0.95)  # the copy's height over the bump's
     patch: int = 96
@@ -132,7 +132,7 @@ def plant_defects(image: np.ndarray, valid: np.ndarray, spread: float, rng: np.r
 
 def draw_ghost(rng: np.random.Generator, settings: PlantSettings,
                nm_per_px: float = MODEL_NM_PER_PX) -> tuple[float, float, float] | None:
-    """A double tip for one planted patch, with probability ``ghost_share``: ``(rows, cols)``
+    """A double tip for one planted copy of a patch, with probability ``ghost_share``: ``(rows, cols)``
     model pixels from each bump to its copy (any direction) and the copy's height ratio; else
     ``None``. Draws nothing from ``rng`` when ``ghost_share`` is 0."""
     s = settings
@@ -237,10 +237,14 @@ def train_rounds(scans: Sequence[tuple[Scan | Callable[[], Scan], Prepared, np.n
                               device=device, progress=progress, meta={"surfaces": [surface], "round": round_})
         segment = detector_segmenter(path, surface)
         if round_ < rounds:
-            known = []
-            for scan, prepared, _ in scans:
-                scan = scan() if callable(scan) else scan
-                known.append(defect_points(prepared, detector_mask(scan, segment, confident)[1]))
+            previous, known = known, []
+            for (scan, prepared, _), before in zip(scans, previous):
+                try:
+                    scan = scan() if callable(scan) else scan
+                    known.append(defect_points(prepared, detector_mask(scan, segment, confident)[1]))
+                except Exception as exc:  # unreadable since, or the detector failed on it: as before
+                    announce(f"{getattr(scan, 'name', 'a scan')}: {exc}; round {round_ + 1} keeps its earlier defects")
+                    known.append(before)
     shutil.copyfile(path, out / "best.pt")
     return out / "best.pt", segment
 
