@@ -63,6 +63,20 @@ def test_a_double_tip_copies_each_planted_bump_fainter_and_leaves_pits_single():
     assert np.abs(copies[~near_copy]).max() < 0.05  # nothing added anywhere else: the pits have no copy
 
 
+def test_a_double_tips_copy_of_an_elongated_bump_is_the_same_bump_shifted():
+    settings = PlantSettings(rate=0.4, amplitude=(4, 4), sigma_nm=(0.4, 0.5), max_aspect=2.5)
+    image, valid = np.zeros((1, 96, 96), np.float32), np.ones((96, 96), bool)
+    for seed in range(200):  # a draw with one bump in the middle
+        single, centres = plant_defects(image, valid, 0.5, np.random.default_rng(seed), settings)
+        if len(centres) == 1 and single.max() > 0 and (np.abs(centres[0] - 40) < 10).all():
+            break
+    else:
+        pytest.fail("no single central bump drawn")
+    double, _ = plant_defects(image, valid, 0.5, np.random.default_rng(seed), settings, ghost=(12.0, -6.0, 0.75))
+    shifted = np.roll(single[0], (12, -6), axis=(0, 1))  # the bump moved by the double tip's offset
+    assert np.allclose(double[0] - single[0], 0.75 * shifted, atol=1e-5)
+
+
 def test_draw_ghost_draws_nothing_when_off_and_a_double_tip_in_range_when_on():
     rng = np.random.default_rng(0)
     assert draw_ghost(rng, PlantSettings(ghost_share=0.0)) is None
