@@ -88,29 +88,11 @@ def run(args) -> int:
     if args.method == "clusters":
         labeller.each(files, "autolabel", labeller.clusters_only)
     elif args.detector and not args.png:  # a trained detector, no preview: no clustering unless it fails
-        try:
-            segment = labeller.detector([])
-        except Exception as exc:
-            print(f"stmwatch autolabel: the planted-defect detector failed ({exc}); "
-                  "writing the cluster rule's masks instead", file=sys.stderr)
-            log.debug("detector failed", exc_info=True)
-            labeller.each(files, "clusters", labeller.clusters_only)
-            labeller.detector_failed = True
-        else:
-            labeller.each(files, "detector", lambda path: labeller.detector_only(path, segment))
+        labeller.planted(files, [], labeller.clusters_only, labeller.detector_only)
     else:
         labelled = labeller.each(files, "clusters", labeller.clusters_first)
-        try:
-            segment = labeller.detector(labelled) if labelled else None
-        except Exception as exc:  # e.g. a detector file that is no stmwatch checkpoint: the clusters' masks are kept
-            print(f"stmwatch autolabel: the planted-defect detector failed ({exc}); "
-                  "writing the cluster rule's masks instead", file=sys.stderr)
-            log.debug("detector failed", exc_info=True)
-            labeller.each(labelled, "clusters", labeller.clusters_written)
-            labeller.detector_failed = True
-        else:
-            if segment is not None:
-                labeller.each(labelled, "detector", lambda item: labeller.with_detector(item, segment))
+        if labelled:
+            labeller.planted(labelled, labelled, labeller.clusters_written, labeller.with_detector)
     labeller.finish()
     done = len(files) - len(labeller.failed)
     print(f"{done} of {len(files)} scans labelled into {out}" + (f"; {len(labeller.failed)} skipped" if labeller.failed else "")
@@ -204,6 +186,21 @@ class Labeller:
                                                    rounds=self.args.rounds, confident=self.args.confident,
                                                    device=self.args.device, announce=console.print)
         return segment
+
+    def planted(self, items: list, train_on: list, fallback, work) -> None:
+        """The detector (``--detector``, or trained on ``train_on``) labels each item, ``work(item,
+        segment)``; if it cannot be loaded or trained, ``fallback(item)`` (the cluster rule) does,
+        after one line."""
+        try:
+            segment = self.detector(train_on)
+        except Exception as exc:  # e.g. a detector file that is no stmwatch checkpoint
+            print(f"stmwatch autolabel: the planted-defect detector failed ({exc}); "
+                  "writing the cluster rule's masks instead", file=sys.stderr)
+            log.debug("detector failed", exc_info=True)
+            self.detector_failed = True
+            self.each(items, "clusters", fallback)
+            return
+        self.each(items, "detector", lambda item: work(item, segment))
 
     def _detect(self, path: Path, scan, segment, fallback) -> tuple | None:
         """``(mask, kept defects, manifest fields)`` of ``scan`` from the detector; if the detector
