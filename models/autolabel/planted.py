@@ -117,17 +117,21 @@ def plant_defects(image: np.ndarray, valid: np.ndarray, spread: float, rng: np.r
         long_px = rng.uniform(*s.sigma_nm) / nm_per_px
         short_px = long_px / rng.uniform(1.0, s.max_aspect)
         angle = rng.uniform(0, np.pi)
-        dr, dc = rows - r, cols - q
-        u = dr * np.cos(angle) + dc * np.sin(angle)
-        v = -dr * np.sin(angle) + dc * np.cos(angle)
         height = spread * np.exp(rng.uniform(*np.log(s.amplitude))) * rng.choice((-1.0, 1.0))
-        out += (height * np.exp(-0.5 * ((u / long_px) ** 2 + (v / short_px) ** 2)))[None].astype(np.float32)
+        out += (height * _gaussian(rows - r, cols - q, long_px, short_px, angle))[None].astype(np.float32)
         if ghost is not None and height > 0:
-            gu = u - ghost[0] * np.cos(angle) - ghost[1] * np.sin(angle)
-            gv = v + ghost[0] * np.sin(angle) - ghost[1] * np.cos(angle)
-            out += (ghost[2] * height * np.exp(-0.5 * ((gu / long_px) ** 2 + (gv / short_px) ** 2)))[None].astype(np.float32)
+            copy = _gaussian(rows - r - ghost[0], cols - q - ghost[1], long_px, short_px, angle)
+            out += (ghost[2] * height * copy)[None].astype(np.float32)
         placed.append((r, q))
     return out, np.array(placed, dtype=float).reshape(-1, 2)
+
+
+def _gaussian(dr: np.ndarray, dc: np.ndarray, long_px: float, short_px: float, angle: float) -> np.ndarray:
+    """A unit-height anisotropic Gaussian at row/col offsets ``(dr, dc)`` (pixels) from its centre:
+    sigma ``long_px`` along ``angle`` (radians from the row axis), ``short_px`` across."""
+    u = dr * np.cos(angle) + dc * np.sin(angle)
+    v = -dr * np.sin(angle) + dc * np.cos(angle)
+    return np.exp(-0.5 * ((u / long_px) ** 2 + (v / short_px) ** 2))
 
 
 def draw_ghost(rng: np.random.Generator, settings: PlantSettings,
