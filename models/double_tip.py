@@ -497,3 +497,69 @@ def resolve_double_tip(points: np.ndarray, mass: np.ndarray, image: np.ndarray, 
         if from_pairs is not None or found.copy_ratio < report_ratio:
             return from_pairs
     return DoubleTip((float(offset[0]), float(offset[1])), len(dropped) + len(moved), dropped, moved, "image")
+
+
+# ---- for a network that marks both copies alike ----------------------------------------------------
+
+
+def fainter_side(band: np.ndarray, points: np.ndarray, offset_px, *, nm_per_px: float = 0.1,
+                 tolerance_nm: float = 0.15) -> tuple[int, float, int]:
+    """Which way along ``±offset_px`` the fainter copies lie, from the pairs of detections at
+    ``points`` ``(n, 2)`` that ``offset_px`` (model pixels) apart within ``tolerance_nm``.
+
+    The second apex sits further from the surface than the first, so every copy it makes is the
+    same feature a little fainter. For each pair ``b = a + offset`` the difference
+    ``band(b) - band(a)`` is taken in ``band`` (:func:`feature_band`); its median over the pairs,
+    in standard errors (from the median absolute deviation), is ``z``. Returns ``(side, z, pairs)``: ``side`` is +1 when the fainter copies lie at
+    ``+offset_px`` (``z`` > 0), -1 when at ``-offset_px``, 0 when fewer than 2 pairs could be measured.
+    """
+    points = np.asarray(points, dtype=float).reshape(-1, 2)
+    offset = np.asarray(offset_px, dtype=float)
+    i, j = close_pairs(points, np.hypot(*offset) + 2 * tolerance_nm / nm_per_px)
+    step = points[j] - points[i]
+    tol = tolerance_nm / nm_per_px
+    forward, backward = np.hypot(*(step - offset).T) < tol, np.hypot(*(step + offset).T) < tol
+    first = np.concatenate([i[forward], j[backward]])
+    second = np.concatenate([j[forward], i[backward]])  # second = first + offset
+    difference = _sample(band, points[second]) - _sample(band, points[first])
+    difference = difference[np.isfinite(difference)]
+    if len(difference) < 2:
+        return 0, 0.0, len(difference)
+    median = float(np.median(difference))
+    spread = 1.4826 * float(np.median(np.abs(difference - median))) + 1e-12
+    z = -median / (spread / np.sqrt(len(difference)))
+    return (1 if z > 0 else -1 if z < 0 else 0), float(z), len(difference)
+
+
+def resolve_marked_both(points: np.ndarray, image: np.ndarray, valid: np.ndarray, *, nm_per_px: float = 0.1,
+                        min_z: float = 1.5, **pair_options) -> DoubleTip | None:
+    """The double tip of one scan for a network that marks both copies of each feature alike
+    (autolabel's planted-defect detector, which never saw a double tip), or ``None``.
+
+    :func:`resolve_double_tip` takes the ghosts' side from which copy the network marked, and that
+    is a coin flip here. Instead: the offset from the detections' pairs (:func:`find_double_tip`,
+    ``pair_options``), the side from the copies' strength (:func:`fainter_side`), then each
+    detection as :func:`ghosts_at` tells it (dropped when its real copy was detected too, moved onto
+    it when not). When the side is not clear (``|z|`` below ``min_z``: two apexes at about one
+    height), nothing is dropped or moved and ``side_known`` is False: each copy stays, so a real
+    defect is not traded for its ghost on a guess. ``points`` ``(n, 2)`` model pixels of
+    ``nm_per_px``; ``image`` ``(H, W)`` the scan on the model grid, ``valid`` where it has data.
+    (Chosen on tuning scans with the planted-defect detector of ``stmwatch autolabel``:
+    docs/autolabel.md, stop 22.)"""
+    points = np.asarray(points, dtype=float).reshape(-1, 2)
+    found = find_double_tip(points, np.ones(len(points)), nm_per_px=nm_per_px, **pair_options)
+    if found is None:
+        return None
+    # The copies' strength in a band smoothed a little more (0.16 nm, not 0.12), so that a pair's
+    # difference is not one pixel's noise.
+    smoother = feature_band(image, valid, nm_per_px, small_nm=0.16)
+    side, z, pairs = fainter_side(smoother, points, found.offset_px, nm_per_px=nm_per_px)
+    if side == 0 or abs(z) < min_z:
+        log.debug("double tip from the pairs: offset %s px, side not clear (z %.2f over %d pairs): nothing put right",
+                  np.round(found.offset_px, 2), z, pairs)
+        return DoubleTip(found.offset_px, found.pairs, (), (), "pairs", side_known=False)
+    offset = side * np.asarray(found.offset_px)
+    dropped, moved = ghosts_at(feature_band(image, valid, nm_per_px), points, offset, nm_per_px=nm_per_px)
+    log.debug("double tip from the pairs: offset %s px, fainter side z %.2f over %d pairs; %d dropped, %d moved",
+              np.round(offset, 2), z, pairs, len(dropped), len(moved))
+    return DoubleTip((float(offset[0]), float(offset[1])), found.pairs, dropped, moved, "pairs")

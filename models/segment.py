@@ -20,7 +20,7 @@ from stmwatch.drivers.scan import Scan
 
 from .backends import Backend
 from .defects import Defect
-from .double_tip import DoubleTip, resolve_double_tip
+from .double_tip import DoubleTip, resolve_double_tip, resolve_marked_both
 from .preprocess import Prepared, PreprocessSettings, prepare
 from .surfaces import Surface, get_surface
 from .unet import UNet, flip_averaged_predict
@@ -28,6 +28,7 @@ from .unet import UNet, flip_averaged_predict
 log = logging.getLogger(__name__)
 
 CROP_PX = 32
+GHOST_METHODS = ("image", "pairs")  # double-tip handling: see UNetSegmenter.defects_from
 
 
 # ---- connected components ----------------------------------------------------------------------
@@ -158,7 +159,8 @@ class UNetSegmenter:
     def __init__(self, model: UNet, backend: Backend, surface: Surface | str, *, version: str,
                  preprocess: PreprocessSettings | None = None, threshold: float = 0.5, min_area_px: int = 6,
                  tile_px: int = 256, tile_overlap_px: int = 32, batch_size: int = 8, max_nm_per_px: float = 0.25,
-                 remove_ghosts: bool = True, flips: int = 1, name: str = "unet"):
+                 remove_ghosts: bool = True, flips: int = 1, name: str = "unet", ghost_method: str = "image",
+                 min_score: float = 0.0):
         self.model = model.eval()
         self.backend = backend
         self.surface = get_surface(surface) if isinstance(surface, str) else surface
@@ -166,7 +168,9 @@ class UNetSegmenter:
         self.threshold, self.min_area_px = threshold, min_area_px
         self.tile_px, self.tile_overlap_px, self.batch_size = tile_px, tile_overlap_px, batch_size
         self.max_nm_per_px = max_nm_per_px
-        self.remove_ghosts = remove_ghosts
+        if ghost_method not in GHOST_METHODS:
+            raise ValueError(f"ghost_method must be one of {GHOST_METHODS}, not {ghost_method!r}")
+        self.remove_ghosts, self.ghost_method, self.min_score = remove_ghosts, ghost_method, min_score
         self.flips = flips
         self.last_double_tip: DoubleTip | None = None  # of the last scan, when one was found
         self.last_warnings: list[str] = []
@@ -185,14 +189,21 @@ class UNetSegmenter:
     def defects_from(self, scan: Scan, prepared: Prepared, prob: np.ndarray) -> list[Defect]:
         """Post-processing: components of ``prob`` → defects in ``scan``'s pixels and metres; with
         ``remove_ghosts``, the copies made by a second tip apex are dropped, or moved onto the real
-        feature when the network marked the copy alone (:mod:`.double_tip`)."""
+        feature when the network marked the copy alone (:mod:`.double_tip`; ``ghost_method`` "image":
+        :func:`.resolve_double_tip`, for a network that marks mostly the real copy, as the shipped
+        UNets do; "pairs": :func:`.resolve_marked_both`, for one that marks both copies alike).
+        Components whose mean probability is below ``min_score`` are left out first."""
         components, _ = find_components(prob, self.threshold, self.min_area_px, prepared.valid)
+        components = [c for c in components if c.score >= self.min_score]
         self.last_double_tip = None
         self.last_warnings = []
         if self.remove_ghosts and components:
             points = np.array([(c.row, c.col) for c in components])
-            found = resolve_double_tip(points, np.array([c.score * c.area for c in components]),
-                                       prepared.image[0], prepared.valid, nm_per_px=self.surface.nm_per_px)
+            if self.ghost_method == "pairs":
+                found = resolve_marked_both(points, prepared.image[0], prepared.valid, nm_per_px=self.surface.nm_per_px)
+            else:
+                found = resolve_double_tip(points, np.array([c.score * c.area for c in components]),
+                                           prepared.image[0], prepared.valid, nm_per_px=self.surface.nm_per_px)
             if found is not None:
                 for k, row, col in found.moved:
                     components[k] = dataclasses.replace(components[k], row=row, col=col)

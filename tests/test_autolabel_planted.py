@@ -128,6 +128,19 @@ def test_detector_mask_discs_follow_non_square_pixels():
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (38, 42, 46, 54)
 
 
+def test_the_detector_runs_with_the_ghost_handling_for_both_copies_and_its_confidence(tmp_path):
+    """The detector never saw a double tip and marks both copies alike: its segmenter takes the
+    double tip's side from the copies' strength ("pairs"), and leaves out unconfident components."""
+    from stmwatch.models.autolabel import CONFIDENT
+    from stmwatch.models.autolabel.planted import detector_segmenter
+    from stmwatch.models.unet import UNet, UNetConfig, save_checkpoint
+
+    path = save_checkpoint(UNet(UNetConfig(width=4, depth=2)), tmp_path / "detector.pt")
+    segmenter = detector_segmenter(path, "si001h").__self__
+    assert (segmenter.ghost_method, segmenter.min_score, segmenter.remove_ghosts) == ("pairs", CONFIDENT, True)
+    assert detector_segmenter(path, "si001h", 0.6).__self__.min_score == 0.6
+
+
 def test_command_trains_a_detector_labels_with_it_and_reuses_it(tmp_path, capsys, monkeypatch):
     from stmwatch.daemon.cli import main
     from stmwatch.models.autolabel.training import labelled_patches

@@ -307,3 +307,57 @@ def test_each_pair_drops_the_fainter_copy_of_every_pair_whatever_the_vote():
     assert voted is not None and voted.side_known and voted.ghosts == tuple(range(20, 40)) and voted.vote == 17 / 20
     each = voted.without_side()  # the same pairs, no side taken
     assert each is not None and not each.side_known and each.ghosts == (0, 1, 2) + tuple(range(23, 40))
+
+
+# ---- a network that marks both copies alike (resolve_marked_both) ----------------------------------
+
+
+def two_apex_scan(drop: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(image, real features, offset)``: 30 protrusions on a Si(001)-like lattice seen by two
+    apexes, the second ``drop`` nm further from the surface and offset by (7, -5) pixels."""
+    rng = np.random.default_rng(seed)
+    real = spread_points(30, 260, 30, rng) + 20
+    offset = np.array([7.0, -5.0])
+    single = surface_image(real, 300, rng)
+    shifted = np.roll(single, tuple(offset.astype(int)), axis=(0, 1))
+    return np.maximum(single, shifted - drop) + rng.normal(0, 0.004, single.shape), real, offset
+
+
+def test_when_the_network_marks_both_copies_the_fainter_ones_are_dropped_and_lone_ghosts_moved():
+    """The detector marked both copies of 24 features and only the ghost of 6. The offset comes
+    from the pairs, its side from the copies' strength (the second apex's are 0.02 nm lower)."""
+    from stmwatch.models.double_tip import resolve_marked_both
+
+    for seed in range(3):
+        image, real, offset = two_apex_scan(0.02, seed)
+        points = np.concatenate([real[:24], real[:24] + offset, real[24:] + offset])
+        found = resolve_marked_both(points, image, np.ones(image.shape, bool))
+        assert found is not None and found.method == "pairs" and found.side_known
+        assert np.hypot(*(np.array(found.offset_px) - offset)) < 0.5
+        assert found.ghosts == tuple(range(24, 48))
+        assert [k for k, _, _ in found.moved] == list(range(48, 54))
+        moved_to = np.array([(row, col) for _, row, col in found.moved])
+        assert np.hypot(*(moved_to - real[24:]).T).max() < 1.5  # 0.15 nm
+
+
+def test_when_the_copies_do_not_say_which_is_fainter_nothing_is_put_right():
+    """Half the pairs have the brighter copy on each side: no side is taken, every detection stays."""
+    from stmwatch.models.double_tip import fainter_side, resolve_marked_both
+
+    rng = np.random.default_rng(3)
+    real = spread_points(24, 260, 30, rng) + 20
+    offset = np.array([7.0, -5.0])
+    r, c = np.mgrid[0:300, 0:300].astype(float)
+    image = np.zeros((300, 300))
+    for k, (fr, fc) in enumerate(real):
+        for (pr, pc), height in (((fr, fc), 0.10), ((fr + offset[0], fc + offset[1]), 0.09 if k % 2 else 0.11)):
+            image += height * np.exp(-((r - pr) ** 2 + (c - pc) ** 2) / (2 * 2.5 ** 2))
+    points = np.concatenate([real, real + offset])
+    valid = np.ones(image.shape, bool)
+    side, z, pairs = fainter_side(feature_band(image, valid), points, offset)
+    assert pairs == 24 and abs(z) < 1.5
+    found = resolve_marked_both(points, image, valid)
+    assert found is not None and not found.side_known and found.ghosts == () and found.moved == ()
+    assert "or the opposite way" in found.describe(0.1)
+    # with the second copies all fainter, the side is clear
+    assert fainter_side(feature_band(image - 0.02 * (image > 0.095), valid), points, offset)[0] in (1, -1)

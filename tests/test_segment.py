@@ -2,6 +2,7 @@
 held-out simulated scans."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -172,3 +173,14 @@ def test_held_out_blocks_pool_into_one_score():
         assert pooled[key] == first[key] + second[key]
     assert pooled["f1_per_block"] == [first["f1"], second["f1"]]
     assert pooled["true"] > 0
+
+
+def test_components_below_min_score_are_left_out_and_the_ghost_method_is_checked():
+    """BrightSpots' components all have mean probability 1: kept at min_score 0.99, left out at 1.01."""
+    scan, centres = bump_scan("down", 0.0)
+    make = functools.partial(UNetSegmenter, UNet(UNetConfig(width=4, depth=2)), BrightSpots(), "si001h",
+                             version="test", min_area_px=4, tile_px=64, tile_overlap_px=16)
+    assert len(make(min_score=0.99, ghost_method="pairs").segment(scan)) == len(centres)
+    assert make(min_score=1.01).segment(scan) == []
+    with pytest.raises(ValueError, match="ghost_method"):
+        make(ghost_method="both")

@@ -177,7 +177,7 @@ class Labeller:
 
         if self.args.detector:
             self.detector_path = Path(self.args.detector)
-            return detector_segmenter(self.detector_path, self.args.surface)
+            return detector_segmenter(self.detector_path, self.args.surface, self.args.confident)
         settings = PlantSettings(epochs=self.args.epochs, steps=self.args.steps, seed=self.args.seed)
         scans = [(functools.partial(read_sxm, path), result.prepared, mask_centroids(result.model_mask))
                  for path, result in labelled]

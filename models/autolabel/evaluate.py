@@ -52,11 +52,12 @@ def evaluate_autolabel(surfaces: list[str], n_scans: int, *, seed: int = HELD_OU
     results = {}
     for key in surfaces:
         score, t0 = DetectionScore(), time.perf_counter()
-        segment = detector_segmenter(detector, key) if detector else None
+        confident = CONFIDENT if confident is None else confident
+        segment = detector_segmenter(detector, key, confident) if detector else None
         for i in range(n_scans):
             scan, truth = held_out_scan(key, i, seed, artefacts=artefacts)
             if segment is not None:
-                mask, _ = detector_mask(scan, segment, CONFIDENT if confident is None else confident)
+                mask, _ = detector_mask(scan, segment, confident)
             else:
                 mask = autolabel(scan, key, features=extractor, k=k or DEFAULT_K, scales=scales).mask
             score.add(mask_points_m(scan, mask), truth_points_m(scan, truth), radius_nm * 1e-9)

@@ -16,8 +16,11 @@ from those, if it is shown examples *on these scans*. No labels exist, so exampl
    components, and nothing else: the scans' lattice, steps, scan lines and noise are its
    negatives;
 4. the detector's defects with a mean probability of at least :data:`CONFIDENT` are the
-   auto-labels (:func:`detector_mask`), with the segmenter's double-tip handling. Optionally
-   (``PlantSettings.ghost_share``, off: tried, not kept) planted bumps get a double tip's copy.
+   auto-labels (:func:`detector_mask`). The detector never saw a double tip and marks both of
+   its copies alike, so its ghosts are told by the copies' strength
+   (:func:`~stmwatch.models.double_tip.resolve_marked_both`), not by which copy was marked as for
+   the shipped UNets (:func:`detector_segmenter`). Optionally (``PlantSettings.ghost_share``, off:
+   tried, not kept) planted bumps get a double tip's copy.
 
 Nothing about the surface's defect classes is used: only that defects are compact, rare bumps or
 pits. Planting and training are on the model grid (``preprocess.prepare``: 0.1 nm per pixel,
@@ -200,13 +203,15 @@ def train_detector(scans: Sequence[tuple[Prepared, np.ndarray]], out: Path, sett
     return out / "best.pt"
 
 
-def detector_segmenter(path: str | Path, surface: str) -> Callable[[Scan], list]:
+def detector_segmenter(path: str | Path, surface: str, confident: float = CONFIDENT) -> Callable[[Scan], list]:
     """The ``segment`` method of a segmenter running the detector at ``path``: the default
-    segmenter settings (threshold, flips, double-tip handling) but the weights, and eager torch
-    (each detector is new, so an ONNX or TensorRT export cached by its hash would never be used
-    again). Without the double-tip handling the detector's recall rises, but its precision falls:
-    on 60 tuning scans the mean F1 rose by 0.017 only, and its one held-out run was lower than
-    the two before on every surface (docs/autolabel.md, stop 21), so the handling stays."""
+    segmenter settings (threshold, flips) but the weights, and eager torch (each detector is new,
+    so an ONNX or TensorRT export cached by its hash would never be used again). Its components
+    below ``confident`` mean probability are left out, and a double tip's ghosts are handled for a
+    network that marks both copies alike (``ghost_method="pairs"``,
+    :func:`~stmwatch.models.double_tip.resolve_marked_both`): the detector never saw a double tip.
+    On tuning scans that took the auto-labels' F1 up by about 0.1 over the shipped UNet's handling,
+    which took the ghosts' side from the copy the network marked (docs/autolabel.md, stop 22)."""
     from ..load import load_segmenter
     from ..settings import ModelSettings
     from ..surfaces import get_surface
@@ -215,7 +220,9 @@ def detector_segmenter(path: str | Path, surface: str) -> Callable[[Scan], list]
     if not path.is_file():
         raise FileNotFoundError(f"planted-defect detector {path}: no such file")
     settings = dataclasses.replace(ModelSettings(), segmenter_weights=str(path), backend="torch")
-    return load_segmenter(settings, get_surface(surface)).segment
+    segmenter = load_segmenter(settings, get_surface(surface))
+    segmenter.ghost_method, segmenter.min_score = "pairs", confident
+    return segmenter.segment
 
 
 def train_rounds(scans: Sequence[tuple[Scan | Callable[[], Scan], Prepared, np.ndarray]], out: Path, surface: str,
@@ -239,7 +246,7 @@ def train_rounds(scans: Sequence[tuple[Scan | Callable[[], Scan], Prepared, np.n
                  f"({s.epochs} x {s.steps} steps) into {folder}")
         path = train_detector([(prepared, points) for (_, prepared, _), points in zip(scans, known)], folder, s,
                               device=device, progress=progress, meta={"surfaces": [surface], "round": round_})
-        segment = detector_segmenter(path, surface)
+        segment = detector_segmenter(path, surface, confident)
         if round_ < rounds:
             previous, known = known, []
             for (scan, prepared, _), before in zip(scans, previous):
