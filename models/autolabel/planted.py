@@ -210,8 +210,9 @@ def detector_segmenter(path: str | Path, surface: str, confident: float = CONFID
     below ``confident`` mean probability are left out, and a double tip's ghosts are handled for a
     network that marks both copies alike (``ghost_method="pairs"``,
     :func:`~stmwatch.models.double_tip.resolve_marked_both`): the detector never saw a double tip.
-    On tuning scans that took the auto-labels' F1 up by about 0.1 over the shipped UNet's handling,
-    which took the ghosts' side from the copy the network marked (docs/autolabel.md, stop 22)."""
+    On 100 tuning scans per surface and two detectors that took the auto-labels' mean F1 from 0.616
+    to 0.700 over the shipped UNet's handling, which reads the ghosts' side from the copy the network
+    marked (docs/autolabel.md, stop 22)."""
     from ..load import load_segmenter
     from ..settings import ModelSettings
     from ..surfaces import get_surface
