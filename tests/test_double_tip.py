@@ -105,24 +105,35 @@ def surface_image(features: np.ndarray, size: int, rng: np.random.Generator, hei
     return z
 
 
-def test_a_double_tip_in_the_image_gives_the_offset_with_its_sign_and_puts_each_ghost_right():
-    rng = np.random.default_rng(7)
+def two_apex_scan(drop: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(image, real features, offset)``: 30 protrusions on a Si(001)-like lattice seen by two
+    apexes, the second ``drop`` nm further from the surface and offset by (7, -5) pixels."""
+    rng = np.random.default_rng(seed)
     real = spread_points(30, 260, 30, rng) + 20
-    offset = np.array([7.0, -5.0])  # from each feature to its copy, 0.86 nm
-    # Two apexes: the second, 0.02 nm further from the surface, sees everything shifted by offset.
+    offset = np.array([7.0, -5.0])
     single = surface_image(real, 300, rng)
     shifted = np.roll(single, tuple(offset.astype(int)), axis=(0, 1))
-    image = np.maximum(single, shifted - 0.02) + rng.normal(0, 0.004, single.shape)
+    return np.maximum(single, shifted - drop) + rng.normal(0, 0.004, single.shape), real, offset
+
+
+def assert_put_right(found, ghosts: range, moved: range, real_alone: np.ndarray) -> None:
+    """``found`` drops the detections ``ghosts`` and moves ``moved`` onto ``real_alone`` (0.15 nm)."""
+    assert found.ghosts == tuple(ghosts)
+    assert [k for k, _, _ in found.moved] == list(moved)
+    moved_to = np.array([(row, col) for _, row, col in found.moved])
+    assert np.hypot(*(moved_to - real_alone).T).max() < 1.5
+
+
+def test_a_double_tip_in_the_image_gives_the_offset_with_its_sign_and_puts_each_ghost_right():
+    # Two apexes: the second, 0.02 nm further from the surface, sees everything shifted by offset (0.86 nm).
+    image, real, offset = two_apex_scan(0.02, seed=7)
     # The network marked 20 real features alone, 4 with their ghost too, and the ghost alone of 6.
     points = np.concatenate([real[:24], real[20:24] + offset, real[24:] + offset])
     found = resolve_double_tip(points, np.ones(len(points)), image, np.ones(image.shape, bool))
     assert found is not None and found.method == "image"
     # the visible part of a copy leans a little towards where the second apex sees above the lattice
     assert np.hypot(*(np.array(found.offset_px) - offset)) < 1.2
-    assert found.ghosts == tuple(range(24, 28))
-    assert [k for k, _, _ in found.moved] == list(range(28, 34))
-    moved_to = np.array([(row, col) for _, row, col in found.moved])
-    assert np.hypot(*(moved_to - real[24:]).T).max() < 1.5  # 0.15 nm
+    assert_put_right(found, range(24, 28), range(28, 34), real[24:])
 
 
 def test_a_double_tip_the_network_saw_through_is_reported_with_nothing_to_put_right():
@@ -312,17 +323,6 @@ def test_each_pair_drops_the_fainter_copy_of_every_pair_whatever_the_vote():
 # ---- a network that marks both copies alike (resolve_marked_both) ----------------------------------
 
 
-def two_apex_scan(drop: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(image, real features, offset)``: 30 protrusions on a Si(001)-like lattice seen by two
-    apexes, the second ``drop`` nm further from the surface and offset by (7, -5) pixels."""
-    rng = np.random.default_rng(seed)
-    real = spread_points(30, 260, 30, rng) + 20
-    offset = np.array([7.0, -5.0])
-    single = surface_image(real, 300, rng)
-    shifted = np.roll(single, tuple(offset.astype(int)), axis=(0, 1))
-    return np.maximum(single, shifted - drop) + rng.normal(0, 0.004, single.shape), real, offset
-
-
 def test_when_the_network_marks_both_copies_the_fainter_ones_are_dropped_and_lone_ghosts_moved():
     """The detector marked both copies of 24 features and only the ghost of 6. The offset comes
     from the pairs, its side from the copies' strength (the second apex's are 0.02 nm lower)."""
@@ -334,10 +334,7 @@ def test_when_the_network_marks_both_copies_the_fainter_ones_are_dropped_and_lon
         found = resolve_marked_both(points, image, np.ones(image.shape, bool))
         assert found is not None and found.method == "pairs" and found.side_known
         assert np.hypot(*(np.array(found.offset_px) - offset)) < 0.5
-        assert found.ghosts == tuple(range(24, 48))
-        assert [k for k, _, _ in found.moved] == list(range(48, 54))
-        moved_to = np.array([(row, col) for _, row, col in found.moved])
-        assert np.hypot(*(moved_to - real[24:]).T).max() < 1.5  # 0.15 nm
+        assert_put_right(found, range(24, 48), range(48, 54), real[24:])
 
 
 def test_when_the_copies_do_not_say_which_is_fainter_nothing_is_put_right():
