@@ -49,10 +49,10 @@ def evaluate_autolabel(surfaces: list[str], n_scans: int, *, seed: int = HELD_OU
     from .planted import detector_mask, detector_segmenter
 
     extractor = make_features(features)
+    confident = CONFIDENT if confident is None else confident
     results = {}
     for key in surfaces:
         score, t0 = DetectionScore(), time.perf_counter()
-        confident = CONFIDENT if confident is None else confident
         segment = detector_segmenter(detector, key, confident) if detector else None
         for i in range(n_scans):
             scan, truth = held_out_scan(key, i, seed, artefacts=artefacts)
