@@ -510,14 +510,15 @@ def fainter_side(band: np.ndarray, points: np.ndarray, offset_px, *, nm_per_px: 
     The second apex sits further from the surface than the first, so every copy it makes is the
     same feature a little fainter. For each pair ``b = a + offset`` the difference
     ``band(b) - band(a)`` is taken in ``band`` (:func:`feature_band`); its median over the pairs,
-    in standard errors (from the median absolute deviation), is ``z``. Returns ``(side, z, pairs)``: ``side`` is +1 when the fainter copies lie at
-    ``+offset_px`` (``z`` > 0), -1 when at ``-offset_px``, 0 when fewer than 2 pairs could be measured.
+    in standard errors (from the median absolute deviation), is ``z``. Returns ``(side, z,
+    pairs)``: ``side`` is +1 when the fainter copies lie at ``+offset_px`` (``z`` > 0), -1 when at
+    ``-offset_px``, 0 when fewer than 2 pairs could be measured.
     """
     points = np.asarray(points, dtype=float).reshape(-1, 2)
     offset = np.asarray(offset_px, dtype=float)
-    i, j = close_pairs(points, np.hypot(*offset) + 2 * tolerance_nm / nm_per_px)
-    step = points[j] - points[i]
     tol = tolerance_nm / nm_per_px
+    i, j = close_pairs(points, np.hypot(*offset) + 2 * tol)
+    step = points[j] - points[i]
     forward, backward = np.hypot(*(step - offset).T) < tol, np.hypot(*(step + offset).T) < tol
     first = np.concatenate([i[forward], j[backward]])
     second = np.concatenate([j[forward], i[backward]])  # second = first + offset

@@ -337,24 +337,36 @@ def test_when_the_network_marks_both_copies_the_fainter_ones_are_dropped_and_lon
         assert_put_right(found, range(24, 48), range(48, 54), real[24:])
 
 
+def pair_image(real: np.ndarray, offset: np.ndarray, copy_heights: list[float]) -> np.ndarray:
+    """A flat 300² image: a Gaussian (sigma 2.5 px) of height 0.1 at each of ``real`` and one of
+    ``copy_heights[k]`` at ``real[k] + offset``."""
+    r, c = np.mgrid[0:300, 0:300].astype(float)
+    image = np.zeros((300, 300))
+    for (fr, fc), copy in zip(real, copy_heights):
+        for (pr, pc), height in (((fr, fc), 0.10), ((fr + offset[0], fc + offset[1]), copy)):
+            image += height * np.exp(-((r - pr) ** 2 + (c - pc) ** 2) / (2 * 2.5 ** 2))
+    return image
+
+
 def test_when_the_copies_do_not_say_which_is_fainter_nothing_is_put_right():
-    """Half the pairs have the brighter copy on each side: no side is taken, every detection stays."""
+    """Half the pairs have the brighter copy on each side: no side is taken, every detection stays.
+    With every copy at +offset fainter, that side is taken."""
     from stmwatch.models.double_tip import fainter_side, resolve_marked_both
 
     rng = np.random.default_rng(3)
     real = spread_points(24, 260, 30, rng) + 20
     offset = np.array([7.0, -5.0])
-    r, c = np.mgrid[0:300, 0:300].astype(float)
-    image = np.zeros((300, 300))
-    for k, (fr, fc) in enumerate(real):
-        for (pr, pc), height in (((fr, fc), 0.10), ((fr + offset[0], fc + offset[1]), 0.09 if k % 2 else 0.11)):
-            image += height * np.exp(-((r - pr) ** 2 + (c - pc) ** 2) / (2 * 2.5 ** 2))
     points = np.concatenate([real, real + offset])
-    valid = np.ones(image.shape, bool)
-    side, z, pairs = fainter_side(feature_band(image, valid), points, offset)
+    valid = np.ones((300, 300), bool)
+    balanced = pair_image(real, offset, [0.09 if k % 2 else 0.11 for k in range(len(real))])
+    side, z, pairs = fainter_side(feature_band(balanced, valid), points, offset)
     assert pairs == 24 and abs(z) < 1.5
-    found = resolve_marked_both(points, image, valid)
+    found = resolve_marked_both(points, balanced, valid)
     assert found is not None and not found.side_known and found.ghosts == () and found.moved == ()
     assert "or the opposite way" in found.describe(0.1)
-    # with the second copies all fainter, the side is clear
-    assert fainter_side(feature_band(image - 0.02 * (image > 0.095), valid), points, offset)[0] in (1, -1)
+    fainter = pair_image(real, offset, [0.09] * len(real))
+    side, z, pairs = fainter_side(feature_band(fainter, valid), points, offset)
+    assert (side, pairs) == (1, 24) and z > 1.5
+    assert fainter_side(feature_band(fainter, valid), points, -offset)[0] == -1  # the same copies, seen the other way
+    found = resolve_marked_both(points, fainter, valid)
+    assert found.side_known and found.ghosts == tuple(range(24, 48)) and found.moved == ()
