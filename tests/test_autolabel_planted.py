@@ -2,6 +2,7 @@
 from a detector's defects, and `stmwatch autolabel --method planted` end to end (a tiny training)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -44,6 +45,19 @@ def test_planted_defects_are_where_it_says_with_their_heights():
     rows, cols = np.indices((96, 96))
     far = np.min([np.hypot(rows - r, cols - c) for r, c in centres], axis=0) > 8
     assert np.abs(out[0][far]).max() < 0.05
+
+
+def test_default_planted_heights_span_2_to_12_noise_spreads():
+    """The default heights (stop 23: 2-12, not 1-12, times the noise scale; docs/autolabel.md): each
+    bump's peak, spread out so that no two overlap, lies in that range, both ends reached."""
+    settings = dataclasses.replace(PlantSettings(), sigma_nm=(0.5, 0.5), max_aspect=1.0, min_separation_nm=5.0)
+    assert settings.amplitude == (2.0, 12.0)
+    image, valid = np.zeros((2, 480, 480), np.float32), np.ones((480, 480), bool)
+    out, centres = plant_defects(image, valid, 0.25, np.random.default_rng(3), settings)
+    peaks = np.array([abs(out[0, int(round(r)), int(round(c))]) for r, c in centres]) / 0.25
+    assert len(peaks) >= 30
+    assert peaks.min() >= 2.0 * 0.99 and peaks.max() <= 12.0  # the pixel nearest a centre: within 1 % of its peak
+    assert peaks.min() < 3.0 and peaks.max() > 8.0
 
 
 def test_a_double_tip_copies_each_planted_bump_fainter_and_leaves_pits_single():
