@@ -263,3 +263,35 @@ def test_self_training_writes_the_unets_confident_detections_as_masks_the_loader
     assert surfaces == ["ge001"]
     found = sorted(tuple(np.round(c).astype(int)) for c in np.concatenate(train.centres + val.centres) if len(c))
     assert set(found) == {(20, 30), (60, 70)}
+
+
+def test_planted_copies_join_the_labelled_patches_away_from_the_labels(tmp_path):
+    """``train unet --labels DIR --plant``: each scan also gives planted patches, whose targets are
+    the auto-labels and the planted defects (at least 1 nm from the labels), and whose images differ
+    from the scan where defects were planted."""
+    from stmwatch.models.autolabel.planted import PlantSettings
+    from stmwatch.models.autolabel.training import labelled_patches
+
+    out = tmp_path / "labels"
+    out.mkdir()
+    for stem, seed in (("s1", 1), ("s2", 2)):
+        scan, truth = simulate_scan("ge001", seed, pixels=(96, 96), n_defects=5)
+        write_example(scan, truth, out / f"{stem}.sxm")
+        (out / "autolabel.json").write_text(json.dumps({s: {"surface": "ge001"} for s in ("s1", "s2")}))
+        mask = np.zeros((96, 96), np.uint8)
+        mask[18:23, 28:33] = 1  # one auto-label at (20, 30), the model grid being the scan's here
+        np.save(out / f"{stem}.mask.npy", mask)
+    plain, _, _ = labelled_patches(out, patch=96, radius_px=3.0)
+    train, val, _ = labelled_patches(out, patch=96, radius_px=3.0, plant=PlantSettings(rate=5, seed=0))
+    assert (len(plain), len(train), len(val)) == (2, 6, 6)  # 2 windows, and 2 windows x 2 planted copies
+    assert np.array_equal(train.images[0], plain.images[0])
+    for image, target, centres in zip(train.images[2:], train.targets[2:], train.centres[2:]):
+        assert any(np.allclose(c, (20, 30)) for c in centres)
+        planted = np.array([c for c in centres if not np.allclose(c, (20, 30))])
+        assert len(planted) and (np.hypot(*(planted - (20, 30)).T) >= 10).all()  # 1 nm = 10 model px
+        for r, c in centres:
+            assert target[int(round(r)), int(round(c))] == 1
+        changed = np.abs(image - train.images[0]).max(axis=0)
+        for r, c in planted:
+            assert changed[int(round(r)), int(round(c))] > 0
+        assert changed[20, 30] < changed.max() / 10  # the label's place is left alone

@@ -50,6 +50,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--labels", metavar="DIR", help="train on scans with the masks of 'stmwatch autolabel --out DIR' "
                         "instead of simulated truth (--scans, --val-scans and --surfaces are then not used; the "
                         "validation F1 is against the auto-labels of the last tenth of the scans)")
+    parser.add_argument("--plant", action="store_true",
+                        help="with --labels: also train on copies of the scans with synthetic defects planted, "
+                             "as the auto-labeller's detector (docs/autolabel.md)")
 
 
 def run(args) -> int:
@@ -67,7 +70,13 @@ def run(args) -> int:
         from stmwatch.models.autolabel.training import labelled_patches
 
         with console.status(f"reading scans and auto-labels from {args.labels}"):
-            data, val, args.surfaces = labelled_patches(args.labels, args.patch, radius_px, seed=args.seed)
+            plant = None
+            if args.plant:
+                from stmwatch.models.autolabel.planted import PlantSettings
+
+                plant = PlantSettings(seed=args.seed)
+            data, val, args.surfaces = labelled_patches(args.labels, args.patch, radius_px, seed=args.seed,
+                                                        plant=plant)
         console.print(f"{len(data)} training, {len(val)} validation patches from the auto-labels in {args.labels}")
     key = json.dumps({"surfaces": args.surfaces, "scans": args.scans, "val": args.val_scans, "patch": args.patch,
                       "disc": args.disc_nm, "seed": args.seed,

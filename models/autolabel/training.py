@@ -7,18 +7,22 @@ used when the manifest has no entry). Each scan is preprocessed exactly as at in
 reading of a mask as ``evaluate.mask_points_m``), brought to the model grid, and the training
 target is the usual disc around each centre (``train_unet.cut_patches``), so that the UNet learns
 the same kind of target as from the simulator's truth, with the same augmentation and extra
-noise. No truth is read.
+noise. With ``plant`` settings each scan also gives planted patches as the planted-defect
+detector's (:func:`.planted.planted_patches`, its auto-labels the known defects), so that the UNet
+sees faint defects as defects although its labels miss some. No truth is read.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from ..train_unet import Patches, cut_patches, split_validation
+from ..train_unet import Patches, cut_patches, join, split_validation
 from .evaluate import mask_centroids
+from .planted import MODEL_NM_PER_PX, PlantSettings, planted_patches
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,10 @@ def labelled_scans(labels_dir: str | Path) -> list[tuple[Path, Path, str]]:
 
 
 def mask_patches(scan_path: Path, mask_path: Path, surface: str, patch: int, radius_px: float,
-                 rng: np.random.Generator, max_per_scan: int = 10) -> Patches:
-    """The training patches of one scan and its mask (see the module docstring)."""
+                 rng: np.random.Generator, max_per_scan: int = 10, plant: PlantSettings | None = None) -> Patches:
+    """The training patches of one scan and its mask, and with ``plant`` its planted patches
+    (``plant.patch`` and ``plant.disc_nm`` are replaced by ``patch`` and ``radius_px``; see the
+    module docstring)."""
     from stmwatch.drivers.sxm import read_sxm
 
     from ..preprocess import prepare
@@ -61,17 +67,21 @@ def mask_patches(scan_path: Path, mask_path: Path, surface: str, patch: int, rad
         centres = np.stack([rows, cols], axis=1)
     image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
     count = int(np.clip(round(image.shape[1] * image.shape[2] / patch**2), 2, max_per_scan))
-    return cut_patches(image, centres.reshape(-1, 2), patch, count, radius_px, rng)
+    patches = cut_patches(image, centres.reshape(-1, 2), patch, count, radius_px, rng)
+    if plant is None:
+        return patches
+    plant = dataclasses.replace(plant, patch=patch, per_scan=max_per_scan, disc_nm=radius_px * MODEL_NM_PER_PX)
+    return join([patches, planted_patches(prepared, centres.reshape(-1, 2), rng, plant)])
 
 
 def labelled_patches(labels_dir: str | Path, patch: int, radius_px: float, val_fraction: float = 0.1,
-                     seed: int = 0) -> tuple[Patches, Patches, list[str]]:
+                     seed: int = 0, plant: PlantSettings | None = None) -> tuple[Patches, Patches, list[str]]:
     """``(training patches, validation patches, surfaces)`` from ``labels_dir``; the last
     ``val_fraction`` of the scans (at least one, when there are two or more) are for validation,
-    whose F1 is then against the auto-labels themselves."""
+    whose F1 is then against the auto-labels themselves (and the planted defects, with ``plant``)."""
     scans = labelled_scans(labels_dir)
     rng = np.random.default_rng(seed)
-    train, val = split_validation([mask_patches(s, m, surf, patch, radius_px, rng) for s, m, surf in scans],
-                                  val_fraction)
+    train, val = split_validation([mask_patches(s, m, surf, patch, radius_px, rng, plant=plant)
+                                   for s, m, surf in scans], val_fraction)
     log.info("%s: %d training, %d validation patches from %d scans", labels_dir, len(train), len(val), len(scans))
     return train, val, sorted({surf for _, _, surf in scans})
