@@ -52,7 +52,8 @@ def add_arguments(parser) -> None:
                         "validation F1 is against the auto-labels of the last tenth of the scans)")
     parser.add_argument("--plant", action="store_true",
                         help="with --labels: also train on copies of the scans with synthetic defects planted, "
-                             "as the auto-labeller's detector (docs/autolabel.md)")
+                             "as the auto-labeller's detector: more recall, much less precision at the usual thresholds "
+                             "(docs/autolabel.md, stop 24; off by default)")
 
 
 def run(args) -> int:
