@@ -274,10 +274,10 @@ def test_planted_copies_join_the_labelled_patches_away_from_the_labels(tmp_path)
 
     out = tmp_path / "labels"
     out.mkdir()
+    (out / "autolabel.json").write_text(json.dumps({s: {"surface": "ge001"} for s in ("s1", "s2")}))
     for stem, seed in (("s1", 1), ("s2", 2)):
         scan, truth = simulate_scan("ge001", seed, pixels=(96, 96), n_defects=5)
         write_example(scan, truth, out / f"{stem}.sxm")
-        (out / "autolabel.json").write_text(json.dumps({s: {"surface": "ge001"} for s in ("s1", "s2")}))
         mask = np.zeros((96, 96), np.uint8)
         mask[18:23, 28:33] = 1  # one auto-label at (20, 30), the model grid being the scan's here
         np.save(out / f"{stem}.mask.npy", mask)

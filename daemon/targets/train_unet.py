@@ -71,11 +71,9 @@ def run(args) -> int:
         from stmwatch.models.autolabel.training import labelled_patches
 
         with console.status(f"reading scans and auto-labels from {args.labels}"):
-            plant = None
-            if args.plant:
-                from stmwatch.models.autolabel.planted import PlantSettings
+            from stmwatch.models.autolabel.planted import PlantSettings
 
-                plant = PlantSettings(seed=args.seed)
+            plant = PlantSettings() if args.plant else None  # (drawn from the loader's generator, seeded by --seed)
             data, val, args.surfaces = labelled_patches(args.labels, args.patch, radius_px, seed=args.seed,
                                                         plant=plant)
         console.print(f"{len(data)} training, {len(val)} validation patches from the auto-labels in {args.labels}")
