@@ -50,8 +50,8 @@ def labelled_scans(labels_dir: str | Path) -> list[tuple[Path, Path, str]]:
 def mask_patches(scan_path: Path, mask_path: Path, surface: str, patch: int, radius_px: float,
                  rng: np.random.Generator, max_per_scan: int = 10, plant: PlantSettings | None = None) -> Patches:
     """The training patches of one scan and its mask, and with ``plant`` its planted patches
-    (``plant.patch`` and ``plant.disc_nm`` are replaced by ``patch`` and ``radius_px``; see the
-    module docstring)."""
+    (``plant.patch``, ``plant.per_scan`` and ``plant.disc_nm`` are replaced by ``patch``,
+    ``max_per_scan`` and ``radius_px``; see the module docstring)."""
     from stmwatch.drivers.sxm import read_sxm
 
     from ..preprocess import prepare
@@ -67,11 +67,12 @@ def mask_patches(scan_path: Path, mask_path: Path, surface: str, patch: int, rad
         centres = np.stack([rows, cols], axis=1)
     image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
     count = int(np.clip(round(image.shape[1] * image.shape[2] / patch**2), 2, max_per_scan))
-    patches = cut_patches(image, centres.reshape(-1, 2), patch, count, radius_px, rng)
+    centres = centres.reshape(-1, 2)
+    patches = cut_patches(image, centres, patch, count, radius_px, rng)
     if plant is None:
         return patches
     plant = dataclasses.replace(plant, patch=patch, per_scan=max_per_scan, disc_nm=radius_px * MODEL_NM_PER_PX)
-    return join([patches, planted_patches(prepared, centres.reshape(-1, 2), rng, plant)])
+    return join([patches, planted_patches(prepared, centres, rng, plant)])
 
 
 def labelled_patches(labels_dir: str | Path, patch: int, radius_px: float, val_fraction: float = 0.1,
