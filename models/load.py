@@ -47,13 +47,16 @@ def load_segmenter(settings: ModelSettings, surface: Surface, preprocess=None,
     digest = model_hash(model)
     runner = make_backend(backend or settings.backend, model, settings.tile_px, settings.batch_tiles,
                           settings.engine_cache, settings.threads or None)
-    log.info("segmenter: %s (%s), backend %s", path.name, digest[:12], runner.name)
+    decode = checkpoint.get("meta", {}).get("decode", {})  # a network trained on planted defects: see its meta
+    log.info("segmenter: %s (%s), backend %s%s", path.name, digest[:12], runner.name,
+             f", decoded as {decode}" if decode else "")
     return UNetSegmenter(model, runner, surface, version=digest[:12], preprocess=preprocess,
                          threshold=settings.threshold_for(surface.key), min_area_px=settings.min_area_px,
                          tile_px=settings.tile_px, tile_overlap_px=settings.tile_overlap_px,
                          batch_size=settings.batch_tiles, max_nm_per_px=settings.max_nm_per_px,
                          remove_ghosts=settings.remove_double_tip_ghosts, flips=settings.test_time_flips,
-                         name=checkpoint.get("meta", {}).get("name", "unet"))
+                         name=checkpoint.get("meta", {}).get("name", "unet"),
+                         min_score=float(decode.get("min_score", 0.0)), ghost_method=decode.get("ghost_method", "image"))
 
 
 def find_support(settings: ModelSettings, surface: Surface, support: str | Path | None) -> Path | None:

@@ -5,8 +5,10 @@ Per surface: (1) simulate --scans training scans (seeds below 1 000 000, the sam
 ``stmwatch train unet``: random geometry, mostly every artefact) and write them as .sxm files
 WITHOUT their truth; (2) ``stmwatch autolabel`` them (``--method``: the planted-defect detector by
 default, or the cluster rule alone); (3) ``stmwatch train unet
---labels``; (4) score both on the same held-out scans (``eval_segment.held_out_scan``, seeds from
-7 000 000, every artefact on), with the same matching (components -> centroids, 0.5 nm).
+--labels`` (since stop 25 with planted defects too, and run as the detector is: its weights say so;
+``--no-plant`` for the labels alone); (4) score both on the same held-out scans
+(``eval_segment.held_out_scan``, seeds from 7 000 000, every artefact on), with the same matching
+(components -> centroids, 0.5 nm).
 
     OMP_NUM_THREADS=1 python scripts/autolabel_unet.py --out runs/autolabel_long_seed0 --seed 0   # docs/autolabel.md
     # another draw of the auto-labeller (k-means, detectors): --label-seed 1 --out runs/autolabel_seed1
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="stmwatch autolabel --seed: k-means and the detector's training (default 0)")
     parser.add_argument("--method", choices=("planted", "clusters"), default="planted",
                         help="stmwatch autolabel --method (default planted)")
+    parser.add_argument("--plant", action=argparse.BooleanOptionalAction, default=True,
+                        help="stmwatch train unet --labels --plant (default) or --no-plant")
     args = parser.parse_args(argv)
 
     import torch
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         stmwatch(["train", "unet", "--labels", str(labels), "--out", str(run), "--epochs", str(args.epochs),
                   "--steps", str(args.steps), "--batch", str(args.batch), "--width", str(args.width),
                   "--patch", str(args.patch), "--threads", str(args.threads), "--device", args.device,
-                  "--workers", str(args.workers), "--seed", str(args.seed)])
+                  "--workers", str(args.workers), "--seed", str(args.seed),
+                  "--plant" if args.plant else "--no-plant"])
         print(f"{surface}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
         detector = str(labels / "detector" / "best.pt") if args.method == "planted" else None
         auto = evaluate_autolabel([surface], args.held_out, detector=detector)[surface]

@@ -295,3 +295,38 @@ def test_planted_copies_join_the_labelled_patches_away_from_the_labels(tmp_path)
         for r, c in planted:
             assert changed[int(round(r)), int(round(c))] > 0
         assert changed[20, 30] < changed.max() / 10  # the label's place is left alone
+
+
+def test_a_student_of_planted_defects_is_run_as_its_teacher(tmp_path):
+    """``train unet --labels DIR`` trains with planted copies by default and writes into the
+    weights that they are decoded as the auto-labeller's detector (components of mean probability
+    >= 0.7, ghosts by pairs); ``load_segmenter`` applies it. ``--no-plant`` keeps the usual decoding."""
+    import dataclasses
+
+    from stmwatch.daemon.cli import main
+    from stmwatch.models.autolabel import CONFIDENT
+    from stmwatch.models.load import load_segmenter
+    from stmwatch.models.settings import ModelSettings
+    from stmwatch.models.surfaces import get_surface
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "autolabel.json").write_text(json.dumps({s: {"surface": "ge001"} for s in ("s1", "s2")}))
+    for stem, seed in (("s1", 1), ("s2", 2)):
+        scan, truth = simulate_scan("ge001", seed, pixels=(96, 96), n_defects=5)
+        write_example(scan, truth, labels / f"{stem}.sxm")
+        mask = np.zeros((96, 96), np.uint8)
+        mask[18:23, 28:33] = 1
+        np.save(labels / f"{stem}.mask.npy", mask)
+    tiny = ["--epochs", "1", "--steps", "1", "--batch", "2", "--width", "4", "--patch", "96", "--threads", "1",
+            "--device", "cpu"]
+    found = {}
+    for name, extra in (("plant", []), ("plain", ["--no-plant"])):
+        assert main(["train", "unet", "--labels", str(labels), "--out", str(tmp_path / name), *tiny, *extra]) == 0
+        weights = tmp_path / name / "best.pt"
+        meta = torch.load(weights, map_location="cpu", weights_only=True)["meta"]
+        segmenter = load_segmenter(dataclasses.replace(ModelSettings(), segmenter_weights=str(weights),
+                                                       backend="torch"), get_surface("ge001"))
+        found[name] = (meta.get("decode"), segmenter.min_score, segmenter.ghost_method, meta["train_args"]["plant"])
+    assert found["plant"] == ({"min_score": CONFIDENT, "ghost_method": "pairs"}, CONFIDENT, "pairs", True)
+    assert found["plain"] == (None, 0.0, "image", False)

@@ -204,6 +204,12 @@ def train_detector(scans: Sequence[tuple[Prepared, np.ndarray]], out: Path, sett
     return out / "best.pt"
 
 
+# How a network trained on planted defects is run: components below this mean probability left out,
+# a double tip's ghosts found by pairs. ``train unet --labels --plant`` writes it into the weights'
+# meta ("decode"), which :func:`~stmwatch.models.load.load_segmenter` applies.
+DETECTOR_DECODING = {"min_score": CONFIDENT, "ghost_method": "pairs"}
+
+
 def detector_segmenter(path: str | Path, surface: str, confident: float = CONFIDENT) -> Callable[[Scan], list]:
     """The ``segment`` method of a segmenter running the detector at ``path``: the default
     segmenter settings (threshold, flips) but the weights, and eager torch (each detector is new,
@@ -223,7 +229,7 @@ def detector_segmenter(path: str | Path, surface: str, confident: float = CONFID
         raise FileNotFoundError(f"planted-defect detector {path}: no such file")
     settings = dataclasses.replace(ModelSettings(), segmenter_weights=str(path), backend="torch")
     segmenter = load_segmenter(settings, get_surface(surface))
-    segmenter.ghost_method, segmenter.min_score = "pairs", confident
+    segmenter.ghost_method, segmenter.min_score = DETECTOR_DECODING["ghost_method"], confident
     return segmenter.segment
 
 
