@@ -265,6 +265,20 @@ def test_self_training_writes_the_unets_confident_detections_as_masks_the_loader
     assert set(found) == {(20, 30), (60, 70)}
 
 
+def _labels_at_one_place(out):
+    """An ``autolabel --out`` folder by hand: two 96² Ge(001) scans, each with one auto-label at
+    (20, 30) (the model grid is the scan's own here: 0.1 nm per pixel)."""
+    out.mkdir()
+    (out / "autolabel.json").write_text(json.dumps({s: {"surface": "ge001"} for s in ("s1", "s2")}))
+    for stem, seed in (("s1", 1), ("s2", 2)):
+        scan, truth = simulate_scan("ge001", seed, pixels=(96, 96), n_defects=5)
+        write_example(scan, truth, out / f"{stem}.sxm")
+        mask = np.zeros((96, 96), np.uint8)
+        mask[18:23, 28:33] = 1
+        np.save(out / f"{stem}.mask.npy", mask)
+    return out
+
+
 def test_planted_copies_join_the_labelled_patches_away_from_the_labels(tmp_path):
     """``train unet --labels DIR --plant``: each scan also gives planted patches, whose targets are
     the auto-labels and the planted defects (at least 1 nm from the labels), and whose images differ
@@ -272,15 +286,7 @@ def test_planted_copies_join_the_labelled_patches_away_from_the_labels(tmp_path)
     from stmwatch.models.autolabel.planted import PlantSettings
     from stmwatch.models.autolabel.training import labelled_patches
 
-    out = tmp_path / "labels"
-    out.mkdir()
-    (out / "autolabel.json").write_text(json.dumps({s: {"surface": "ge001"} for s in ("s1", "s2")}))
-    for stem, seed in (("s1", 1), ("s2", 2)):
-        scan, truth = simulate_scan("ge001", seed, pixels=(96, 96), n_defects=5)
-        write_example(scan, truth, out / f"{stem}.sxm")
-        mask = np.zeros((96, 96), np.uint8)
-        mask[18:23, 28:33] = 1  # one auto-label at (20, 30), the model grid being the scan's here
-        np.save(out / f"{stem}.mask.npy", mask)
+    out = _labels_at_one_place(tmp_path / "labels")
     plain, _, _ = labelled_patches(out, patch=96, radius_px=3.0)
     train, val, _ = labelled_patches(out, patch=96, radius_px=3.0, plant=PlantSettings(rate=5))  # its draws: the loader's generator
     assert (len(plain), len(train), len(val)) == (2, 6, 6)  # 2 windows, and 2 windows x 2 planted copies
@@ -309,15 +315,7 @@ def test_a_student_of_planted_defects_is_run_as_its_teacher(tmp_path):
     from stmwatch.models.settings import ModelSettings
     from stmwatch.models.surfaces import get_surface
 
-    labels = tmp_path / "labels"
-    labels.mkdir()
-    (labels / "autolabel.json").write_text(json.dumps({s: {"surface": "ge001"} for s in ("s1", "s2")}))
-    for stem, seed in (("s1", 1), ("s2", 2)):
-        scan, truth = simulate_scan("ge001", seed, pixels=(96, 96), n_defects=5)
-        write_example(scan, truth, labels / f"{stem}.sxm")
-        mask = np.zeros((96, 96), np.uint8)
-        mask[18:23, 28:33] = 1
-        np.save(labels / f"{stem}.mask.npy", mask)
+    labels = _labels_at_one_place(tmp_path / "labels")
     tiny = ["--epochs", "1", "--steps", "1", "--batch", "2", "--width", "4", "--patch", "96", "--threads", "1",
             "--device", "cpu"]
     found = {}
