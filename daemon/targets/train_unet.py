@@ -51,7 +51,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--labels", metavar="DIR", help="train on scans with the masks of 'stmwatch autolabel --out DIR' "
                         "instead of simulated truth (--scans, --val-scans and --surfaces are then not used; the "
                         "validation F1 is against the auto-labels of the last tenth of the scans)")
-    parser.add_argument("--plant", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--plant", action=argparse.BooleanOptionalAction, default=None,
                         help="with --labels (default on): also train on copies of the scans with synthetic defects "
                              "planted, as the auto-labeller's detector, and record in the weights that they are run "
                              "as it is (components of mean probability >= 0.7, a double tip's ghosts by pairs): "
@@ -70,12 +70,15 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     radius_px = args.disc_nm / 0.1  # every surface is seen at 0.1 nm per model pixel
     cache = out / "data.npz"
+    if getattr(args, "plant", None) is not None and not getattr(args, "labels", None):
+        console.print("--plant and --no-plant apply to --labels only: ignored")
     if getattr(args, "labels", None):
         from stmwatch.models.autolabel.training import labelled_patches
 
         with console.status(f"reading scans and auto-labels from {args.labels}"):
             from stmwatch.models.autolabel.planted import PlantSettings
 
+            args.plant = args.plant is not False  # on unless --no-plant; recorded in the meta's train_args
             plant = PlantSettings() if args.plant else None  # (drawn from the loader's generator, seeded by --seed)
             data, val, args.surfaces = labelled_patches(args.labels, args.patch, radius_px, seed=args.seed,
                                                         plant=plant)
