@@ -56,7 +56,8 @@ def load_segmenter(settings: ModelSettings, surface: Surface, preprocess=None,
                          batch_size=settings.batch_tiles, max_nm_per_px=settings.max_nm_per_px,
                          remove_ghosts=settings.remove_double_tip_ghosts, flips=settings.test_time_flips,
                          name=checkpoint.get("meta", {}).get("name", "unet"),
-                         min_score=float(decode.get("min_score", 0.0)), ghost_method=decode.get("ghost_method", "image"))
+                         min_score=float(decode.get("min_score", 0.0)),
+                         ghost_method=decode.get("ghost_method", "image"))
 
 
 def find_support(settings: ModelSettings, surface: Surface, support: str | Path | None) -> Path | None:

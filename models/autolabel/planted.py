@@ -33,6 +33,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -207,7 +208,7 @@ def train_detector(scans: Sequence[tuple[Prepared, np.ndarray]], out: Path, sett
 # How a network trained on planted defects is run: components below this mean probability left out,
 # a double tip's ghosts found by pairs. ``train unet --labels --plant`` writes it into the weights'
 # meta ("decode"), which :func:`~stmwatch.models.load.load_segmenter` applies.
-DETECTOR_DECODING = {"min_score": CONFIDENT, "ghost_method": "pairs"}
+DETECTOR_DECODING = MappingProxyType({"min_score": CONFIDENT, "ghost_method": "pairs"})
 
 
 def detector_segmenter(path: str | Path, surface: str, confident: float = CONFIDENT) -> Callable[[Scan], list]:
