@@ -48,6 +48,9 @@ def load_segmenter(settings: ModelSettings, surface: Surface, preprocess=None,
     runner = make_backend(backend or settings.backend, model, settings.tile_px, settings.batch_tiles,
                           settings.engine_cache, settings.threads or None)
     decode = checkpoint.get("meta", {}).get("decode", {})  # a network trained on planted defects: see its meta
+    if not isinstance(decode, dict) or set(decode) - {"min_score", "ghost_method"}:
+        raise ValueError(f"UNet weights {path}: meta 'decode' must be a table of min_score and ghost_method, "
+                         f"not {decode!r}")
     log.info("segmenter: %s (%s), backend %s%s", path.name, digest[:12], runner.name,
              f", decoded as {decode}" if decode else "")
     return UNetSegmenter(model, runner, surface, version=digest[:12], preprocess=preprocess,

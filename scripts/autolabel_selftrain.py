@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                       "--epochs", str(train_args["epochs"]), "--steps", str(train_args["steps"]),
                       "--batch", str(train_args["batch"]), "--width", str(train_args["width"]),
                       "--patch", str(train_args["patch"]), "--threads", str(args.threads),
-                      "--device", "cpu", "--seed", str(train_args["seed"])])
+                      "--device", "cpu", "--seed", str(train_args["seed"]),
+                      "--plant" if train_args.get("plant") else "--no-plant"])  # as the first round's UNet
             weights = root / "unet" / "best.pt"
             unet = evaluate_surfaces([surface], args.held_out or train_args["held_out"], weights=str(weights))[surface]
             rounds.append({"round": k, "labeller": f"round {k - 1} UNet {segmenter.version}", "labels": found, "unet": unet,

@@ -328,3 +328,9 @@ def test_a_student_of_planted_defects_is_run_as_its_teacher(tmp_path):
         found[name] = (meta.get("decode"), segmenter.min_score, segmenter.ghost_method, meta["train_args"]["plant"])
     assert found["plant"] == ({"min_score": CONFIDENT, "ghost_method": "pairs"}, CONFIDENT, "pairs", True)
     assert found["plain"] == (None, 0.0, "image", False)
+    bad = torch.load(tmp_path / "plant" / "best.pt", map_location="cpu", weights_only=True)
+    bad["meta"]["decode"] = "pairs"  # not a table: refused with the file's name
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt: meta 'decode'"):
+        load_segmenter(dataclasses.replace(ModelSettings(), segmenter_weights=str(tmp_path / "bad.pt"),
+                                           backend="torch"), get_surface("ge001"))

@@ -78,6 +78,9 @@ def run(args) -> int:
         with console.status(f"reading scans and auto-labels from {args.labels}"):
             from stmwatch.models.autolabel.planted import PlantSettings
 
+            if args.plant is None and args.resume and (out / "last.pt").exists():  # go on as the run began
+                last = torch.load(out / "last.pt", map_location="cpu", weights_only=False)  # our own file, as train()
+                args.plant = bool(last.get("meta", {}).get("train_args", {}).get("plant", False))
             args.plant = args.plant is not False  # on unless --no-plant; recorded in the meta's train_args
             plant = PlantSettings() if args.plant else None  # (drawn from the loader's generator, seeded by --seed)
             data, val, args.surfaces = labelled_patches(args.labels, args.patch, radius_px, seed=args.seed,
