@@ -47,7 +47,8 @@ def load_segmenter(settings: ModelSettings, surface: Surface, preprocess=None,
     digest = model_hash(model)
     runner = make_backend(backend or settings.backend, model, settings.tile_px, settings.batch_tiles,
                           settings.engine_cache, settings.threads or None)
-    decode = checkpoint.get("meta", {}).get("decode", {})  # a network trained on planted defects: see its meta
+    meta = checkpoint.get("meta", {})
+    decode = meta.get("decode", {})  # a network trained on planted defects: see its meta
     if not isinstance(decode, dict) or set(decode) - {"min_score", "ghost_method"}:
         raise ValueError(f"UNet weights {path}: meta 'decode' must be a table of min_score and ghost_method, "
                          f"not {decode!r}")
@@ -58,7 +59,7 @@ def load_segmenter(settings: ModelSettings, surface: Surface, preprocess=None,
                          tile_px=settings.tile_px, tile_overlap_px=settings.tile_overlap_px,
                          batch_size=settings.batch_tiles, max_nm_per_px=settings.max_nm_per_px,
                          remove_ghosts=settings.remove_double_tip_ghosts, flips=settings.test_time_flips,
-                         name=checkpoint.get("meta", {}).get("name", "unet"),
+                         name=meta.get("name", "unet"),
                          min_score=float(decode.get("min_score", 0.0)),
                          ghost_method=decode.get("ghost_method", "image"))
 
