@@ -283,7 +283,7 @@ def test_planted_copies_join_the_labelled_patches_away_from_the_labels(tmp_path)
     """``train unet --labels DIR --plant``: each scan also gives planted patches, whose targets are
     the auto-labels and the planted defects (at least 1 nm from the labels), and whose images differ
     from the scan where defects were planted."""
-    from stmwatch.models.autolabel.planted import PlantSettings
+    from stmwatch.models.autolabel.planted import PlantSettings, plant_settings
     from stmwatch.models.autolabel.training import labelled_patches
 
     out = _labels_at_one_place(tmp_path / "labels")
@@ -301,6 +301,14 @@ def test_planted_copies_join_the_labelled_patches_away_from_the_labels(tmp_path)
         for r, c in planted:
             assert changed[int(round(r)), int(round(c))] > 0
         assert changed[20, 30] < changed.max() / 10  # the label's place is left alone
+    # plant=True: each scan planted as its surface plants them (recorded as TiO2(110): its own heights)
+    manifest = out / "autolabel.json"
+    manifest.write_text(manifest.read_text().replace('"ge001"', '"tio2110"'))
+    by_surface, _, _ = labelled_patches(out, patch=96, radius_px=3.0, plant=True)
+    explicit, _, _ = labelled_patches(out, patch=96, radius_px=3.0, plant=plant_settings("tio2110"))
+    defaults, _, _ = labelled_patches(out, patch=96, radius_px=3.0, plant=PlantSettings())
+    assert len(by_surface) == 6 and np.array_equal(by_surface.images, explicit.images)
+    assert not np.array_equal(by_surface.images, defaults.images)
 
 
 def test_a_student_of_planted_defects_is_run_as_its_teacher(tmp_path):

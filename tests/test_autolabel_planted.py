@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stmwatch.models.autolabel.evaluate import mask_centroids
-from stmwatch.models.autolabel.planted import (PlantSettings, detector_mask, draw_ghost, plant_defects,
+from stmwatch.models.autolabel.planted import (PlantSettings, detector_mask, draw_ghost, plant_defects, plant_settings,
                                                planted_patches, residual_spread)
 from stmwatch.models.defects import Defect
 from stmwatch.models.preprocess import Prepared
@@ -47,17 +47,28 @@ def test_planted_defects_are_where_it_says_with_their_heights():
     assert np.abs(out[0][far]).max() < 0.05
 
 
-def test_default_planted_heights_span_2_to_12_noise_spreads():
-    """The default heights (stop 23: 2-12, not 1-12, times the noise scale; docs/autolabel.md): each
-    bump's peak, spread out so that no two overlap, lies in that range, both ends reached."""
-    settings = dataclasses.replace(PlantSettings(), sigma_nm=(0.5, 0.5), max_aspect=1.0, min_separation_nm=5.0)
-    assert settings.amplitude == (2.0, 12.0)
+@pytest.mark.parametrize("surface, top", [("si001h", 40.0), ("ge001", 40.0), ("tio2110", 12.0)])
+def test_default_planted_heights_span_the_surfaces_range_of_noise_spreads(surface, top):
+    """The default heights (stop 27: 2-40 times the noise scale; TiO2(110) keeps stop 23's 2-12;
+    docs/autolabel.md): each bump's peak, spread out so that no two overlap, lies in that range,
+    both ends reached."""
+    settings = plant_settings(surface, sigma_nm=(0.5, 0.5), max_aspect=1.0, min_separation_nm=5.0)
+    assert settings.amplitude == (2.0, top)
     image, valid = np.zeros((2, 480, 480), np.float32), np.ones((480, 480), bool)
     out, centres = plant_defects(image, valid, 0.25, np.random.default_rng(3), settings)
     peaks = np.array([abs(out[0, int(round(r)), int(round(c))]) for r, c in centres]) / 0.25
     assert len(peaks) >= 30
-    assert peaks.min() >= 2.0 * 0.99 and peaks.max() <= 12.0  # the pixel nearest a centre: within 1 % of its peak
-    assert peaks.min() < 3.0 and peaks.max() > 8.0
+    assert peaks.min() >= 2.0 * 0.99 and peaks.max() <= top  # the pixel nearest a centre: within 1 % of its peak
+    assert peaks.min() < 3.0 and peaks.max() > 0.66 * top
+
+
+def test_a_surfaces_planting_and_epochs_come_with_changes_on_top():
+    """``plant_settings``: the defaults, a surface's own values over them, then the caller's."""
+    assert plant_settings("ge001") == PlantSettings()
+    assert (PlantSettings().epochs, PlantSettings().sigma_nm) == (40, (0.15, 0.7))
+    tio2 = plant_settings("tio2110", steps=7)
+    assert (tio2.epochs, tio2.sigma_nm, tio2.amplitude, tio2.steps) == (20, (0.15, 0.5), (2.0, 12.0), 7)
+    assert plant_settings("tio2110", epochs=3).epochs == 3
 
 
 def test_a_double_tip_copies_each_planted_bump_fainter_and_leaves_pits_single():

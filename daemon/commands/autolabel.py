@@ -57,7 +57,8 @@ def add_arguments(parser) -> None:
                              "this (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="detector training rounds: each after the first "
                         "learns the previous detector's defects instead of the clusters' (default 2)")
-    parser.add_argument("--epochs", type=int, default=20, help="detector training: epochs (default 20)")
+    parser.add_argument("--epochs", type=int, default=None, help="detector training: epochs (default: the "
+                        "surface's, 40; 20 on TiO2(110); models/autolabel/planted.py SURFACE_PLANTING)")
     parser.add_argument("--device", default="cpu", help="detector training: cpu | cuda (default cpu)")
     parser.add_argument("--steps", type=int, default=50, help="detector training: steps per epoch (default 50)")
 
@@ -72,7 +73,7 @@ def run(args) -> int:
         scales = parse_ints(args.scales)
         chosen = parse_ints(args.defect_clusters)
         features = make_features(args.features)
-        if min(args.rounds, args.epochs, args.steps) < 1:
+        if min(args.rounds, args.epochs or 1, args.steps) < 1:
             raise ValueError("--rounds, --epochs and --steps must be 1 or more")
         if not 0 < args.confident < 1:
             raise ValueError(f"--confident must be between 0 and 1, not {args.confident}")
@@ -173,12 +174,13 @@ class Labeller:
 
         from stmwatch.drivers.sxm import read_sxm
         from stmwatch.models.autolabel.evaluate import mask_centroids
-        from stmwatch.models.autolabel.planted import PlantSettings, detector_segmenter, train_rounds
+        from stmwatch.models.autolabel.planted import detector_segmenter, plant_settings, train_rounds
 
         if self.args.detector:
             self.detector_path = Path(self.args.detector)
             return detector_segmenter(self.detector_path, self.args.surface, self.args.confident)
-        settings = PlantSettings(epochs=self.args.epochs, steps=self.args.steps, seed=self.args.seed)
+        settings = plant_settings(self.args.surface, steps=self.args.steps, seed=self.args.seed,
+                                  **({"epochs": self.args.epochs} if self.args.epochs else {}))
         scans = [(functools.partial(read_sxm, path), result.prepared, mask_centroids(result.model_mask))
                  for path, result in labelled]
         console = Console(stderr=True)

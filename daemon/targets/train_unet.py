@@ -76,15 +76,13 @@ def run(args) -> int:
         from stmwatch.models.autolabel.training import labelled_patches
 
         with console.status(f"reading scans and auto-labels from {args.labels}"):
-            from stmwatch.models.autolabel.planted import PlantSettings
-
             if args.plant is None and args.resume and (out / "last.pt").exists():  # go on as the run began
                 last = torch.load(out / "last.pt", map_location="cpu", weights_only=False)  # our own file, as train()
                 args.plant = bool(last.get("meta", {}).get("train_args", {}).get("plant", False))
             args.plant = args.plant is not False  # on unless --no-plant; recorded in the meta's train_args
-            plant = PlantSettings() if args.plant else None  # (drawn from the loader's generator, seeded by --seed)
+            # planted as each scan's surface plants them (drawn from the loader's generator, seeded by --seed)
             data, val, args.surfaces = labelled_patches(args.labels, args.patch, radius_px, seed=args.seed,
-                                                        plant=plant)
+                                                        plant=args.plant)
         console.print(f"{len(data)} training, {len(val)} validation patches from the auto-labels in {args.labels}")
     key = json.dumps({"surfaces": args.surfaces, "scans": args.scans, "val": args.val_scans, "patch": args.patch,
                       "disc": args.disc_nm, "seed": args.seed,

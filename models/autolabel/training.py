@@ -22,7 +22,7 @@ import numpy as np
 
 from ..train_unet import Patches, cut_patches, join, split_validation
 from .evaluate import mask_centroids
-from .planted import MODEL_NM_PER_PX, PlantSettings, planted_patches
+from .planted import MODEL_NM_PER_PX, PlantSettings, plant_settings, planted_patches
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,11 @@ def labelled_scans(labels_dir: str | Path) -> list[tuple[Path, Path, str]]:
 
 
 def mask_patches(scan_path: Path, mask_path: Path, surface: str, patch: int, radius_px: float,
-                 rng: np.random.Generator, max_per_scan: int = 10, plant: PlantSettings | None = None) -> Patches:
+                 rng: np.random.Generator, max_per_scan: int = 10, plant: PlantSettings | bool | None = None) -> Patches:
     """The training patches of one scan and its mask, and with ``plant`` its planted patches
-    (``plant.patch``, ``plant.per_scan`` and ``plant.disc_nm`` are replaced by ``patch``,
-    ``max_per_scan`` and ``radius_px``; see the module docstring)."""
+    (``True``: planted as ``surface`` plants them, :func:`.planted.plant_settings`; ``plant.patch``,
+    ``plant.per_scan`` and ``plant.disc_nm`` are replaced by ``patch``, ``max_per_scan`` and
+    ``radius_px``; see the module docstring)."""
     from stmwatch.drivers.sxm import read_sxm
 
     from ..preprocess import prepare
@@ -69,14 +70,14 @@ def mask_patches(scan_path: Path, mask_path: Path, surface: str, patch: int, rad
     count = int(np.clip(round(image.shape[1] * image.shape[2] / patch**2), 2, max_per_scan))
     centres = centres.reshape(-1, 2)
     patches = cut_patches(image, centres, patch, count, radius_px, rng)
-    if plant is None:
+    if plant is None or plant is False:
         return patches
-    plant = dataclasses.replace(plant, patch=patch, per_scan=max_per_scan, disc_nm=radius_px * MODEL_NM_PER_PX)
+    plant = dataclasses.replace(plant_settings(surface) if plant is True else plant, patch=patch, per_scan=max_per_scan, disc_nm=radius_px * MODEL_NM_PER_PX)
     return join([patches, planted_patches(prepared, centres, rng, plant)])
 
 
 def labelled_patches(labels_dir: str | Path, patch: int, radius_px: float, val_fraction: float = 0.1,
-                     seed: int = 0, plant: PlantSettings | None = None) -> tuple[Patches, Patches, list[str]]:
+                     seed: int = 0, plant: PlantSettings | bool | None = None) -> tuple[Patches, Patches, list[str]]:
     """``(training patches, validation patches, surfaces)`` from ``labels_dir``; the last
     ``val_fraction`` of the scans (at least one, when there are two or more) are for validation,
     whose F1 is then against the auto-labels themselves (and the planted defects, with ``plant``)."""
