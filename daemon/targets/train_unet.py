@@ -15,19 +15,26 @@ from stmwatch.models.unet import UNet, UNetConfig
 
 HELP = "train the UNet segmenter on simulated scans (CPU in minutes; GPU with the same command)"
 
+# Defaults of the options left out: on simulated scans, and with --labels the student measured in
+# docs/autolabel.md (stops 25-27; its epochs are its surface's detector's, planted.plant_settings).
+SIMULATED_DEFAULTS = {"patch": 128, "width": 12, "epochs": 8, "steps": 100, "batch": 16}
+LABELS_DEFAULTS = {"patch": 96, "width": 8, "steps": 50, "batch": 12}
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="runs/unet", help="output folder: data.npz, last.pt, best.pt (default runs/unet)")
     parser.add_argument("--surfaces", nargs="+", default=list(SURFACE_KEYS), help="surfaces to train on (one model)")
     parser.add_argument("--scans", type=int, default=60, help="simulated training scans per surface (default 60)")
     parser.add_argument("--val-scans", type=int, default=8, help="validation scans per surface (default 8)")
-    parser.add_argument("--patch", type=int, default=128, help="patch size, model pixels (default 128)")
+    parser.add_argument("--patch", type=int, default=None, help="patch size, model pixels (default 128; 96 with --labels)")
     parser.add_argument("--disc-nm", type=float, default=0.4, help="target disc radius, nm (default 0.4)")
-    parser.add_argument("--width", type=int, default=12, help="UNet channels at full resolution (default 12)")
+    parser.add_argument("--width", type=int, default=None,
+                        help="UNet channels at full resolution (default 12; 8 with --labels)")
     parser.add_argument("--depth", type=int, default=3, help="UNet down-sampling steps (default 3)")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=100, help="optimiser steps per epoch")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=None, help="default 8; with --labels as many as the "
+                        "surface's auto-labelling detector (40; 20 on TiO2(110))")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps per epoch (default 100; 50 with --labels)")
+    parser.add_argument("--batch", type=int, default=None, help="default 16; 12 with --labels")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--noise", type=float, default=0.5, help="fraction of patches given extra noise")
     parser.add_argument("--seed", type=int, default=0, help="seeds the data (training scans), the order and the weights")
@@ -69,6 +76,9 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     radius_px = args.disc_nm / 0.1  # every surface is seen at 0.1 nm per model pixel
+    for name, value in (LABELS_DEFAULTS if getattr(args, "labels", None) else SIMULATED_DEFAULTS).items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
     cache = out / "data.npz"
     if getattr(args, "plant", None) is not None and not getattr(args, "labels", None):
         console.print("--plant and --no-plant apply to --labels only: ignored")
@@ -83,6 +93,10 @@ def run(args) -> int:
             # planted as each scan's surface plants them (drawn from the loader's generator, seeded by --seed)
             data, val, args.surfaces = labelled_patches(args.labels, args.patch, radius_px, seed=args.seed,
                                                         plant=args.plant)
+            if args.epochs is None:  # the student as long as its teacher (docs/autolabel.md, stop 27)
+                from stmwatch.models.autolabel.planted import plant_settings
+
+                args.epochs = max(plant_settings(surface).epochs for surface in args.surfaces)
         console.print(f"{len(data)} training, {len(val)} validation patches from the auto-labels in {args.labels}")
     key = json.dumps({"surfaces": args.surfaces, "scans": args.scans, "val": args.val_scans, "patch": args.patch,
                       "disc": args.disc_nm, "seed": args.seed,
