@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--surfaces", nargs="+", default=["si001h", "ge001", "tio2110"])
     parser.add_argument("--scans", type=int, default=60, help="training scans per surface")
     parser.add_argument("--held-out", type=int, default=20, help="held-out scans per surface for the F1")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="the UNet's epochs (default: as many as the surface's detector, 40; 20 on TiO2(110); stop 27)")
+    parser.add_argument("--epochs", type=int, default=40, help="the UNet's epochs (default 40; 20 until stop 26)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--width", type=int, default=8)
@@ -53,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     from stmwatch.daemon.cli import main as stmwatch
     from stmwatch.drivers.sxm import write_sxm
     from stmwatch.models.autolabel.evaluate import evaluate_autolabel
-    from stmwatch.models.autolabel.planted import plant_settings
     from stmwatch.models.eval_segment import evaluate_surfaces
     from stmwatch.models.train_unet import SURFACE_KEYS, training_scan
 
@@ -76,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{surface}: auto-labelled in {time.perf_counter() - t0:.0f} s", flush=True)
         t0 = time.perf_counter()
-        epochs = args.epochs or plant_settings(surface).epochs  # the student as long as its teacher (stop 27)
-        stmwatch(["train", "unet", "--labels", str(labels), "--out", str(run), "--epochs", str(epochs),
+        stmwatch(["train", "unet", "--labels", str(labels), "--out", str(run), "--epochs", str(args.epochs),
                   "--steps", str(args.steps), "--batch", str(args.batch), "--width", str(args.width),
                   "--patch", str(args.patch), "--threads", str(args.threads), "--device", args.device,
                   "--workers", str(args.workers), "--seed", str(args.seed),
@@ -86,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         detector = str(labels / "detector" / "best.pt") if args.method == "planted" else None
         auto = evaluate_autolabel([surface], args.held_out, detector=detector)[surface]
         unet = evaluate_surfaces([surface], args.held_out, weights=str(run / "best.pt"))[surface]
-        result = {"surface": surface, "autolabel": auto, "unet_on_autolabels": unet, "unet_epochs": epochs, "args": vars(args)}
+        result = {"surface": surface, "autolabel": auto, "unet_on_autolabels": unet, "args": vars(args)}
         (root / "results.json").write_text(json.dumps(result, indent=1))
         print(f"{surface}: held-out F1 auto-labels {auto['f1']:.3f} (P {auto['precision']:.3f} R {auto['recall']:.3f}), "
               f"UNet on auto-labels {unet['f1']:.3f} (P {unet['precision']:.3f} R {unet['recall']:.3f})", flush=True)

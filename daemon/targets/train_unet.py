@@ -16,9 +16,9 @@ from stmwatch.models.unet import UNet, UNetConfig
 HELP = "train the UNet segmenter on simulated scans (CPU in minutes; GPU with the same command)"
 
 # Defaults of the options left out: on simulated scans, and with --labels the student measured in
-# docs/autolabel.md (stops 25-27; its epochs are its surface's detector's, planted.plant_settings).
+# docs/autolabel.md (stops 25-27).
 SIMULATED_DEFAULTS = {"patch": 128, "width": 12, "epochs": 8, "steps": 100, "batch": 16}
-LABELS_DEFAULTS = {"patch": 96, "width": 8, "steps": 50, "batch": 12}
+LABELS_DEFAULTS = {"patch": 96, "width": 8, "epochs": 40, "steps": 50, "batch": 12}
 
 
 def add_arguments(parser) -> None:
@@ -31,8 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--width", type=int, default=None,
                         help="UNet channels at full resolution (default 12; 8 with --labels)")
     parser.add_argument("--depth", type=int, default=3, help="UNet down-sampling steps (default 3)")
-    parser.add_argument("--epochs", type=int, default=None, help="default 8; with --labels as many as the "
-                        "surface's auto-labelling detector (40; 20 on TiO2(110))")
+    parser.add_argument("--epochs", type=int, default=None, help="default 8; 40 with --labels")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps per epoch (default 100; 50 with --labels)")
     parser.add_argument("--batch", type=int, default=None, help="default 16; 12 with --labels")
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -93,10 +92,6 @@ def run(args) -> int:
             # planted as each scan's surface plants them (drawn from the loader's generator, seeded by --seed)
             data, val, args.surfaces = labelled_patches(args.labels, args.patch, radius_px, seed=args.seed,
                                                         plant=args.plant)
-            if args.epochs is None:  # the student as long as its teacher (docs/autolabel.md, stop 27)
-                from stmwatch.models.autolabel.planted import plant_settings
-
-                args.epochs = max(plant_settings(surface).epochs for surface in args.surfaces)
         console.print(f"{len(data)} training, {len(val)} validation patches from the auto-labels in {args.labels}")
     key = json.dumps({"surfaces": args.surfaces, "scans": args.scans, "val": args.val_scans, "patch": args.patch,
                       "disc": args.disc_nm, "seed": args.seed,
