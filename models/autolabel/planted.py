@@ -82,9 +82,8 @@ class PlantSettings:
     seed: int = 0
 
 
-
 # A surface's own planting and training where the defaults measured worse on it (docs/autolabel.md,
-# stop 27): on TiO2(110) the wider, longer-trained detector lost its small dark O vacancies.
+# stop 27): on TiO2(110) the wider, longer-trained detector lost recall (its small dark O vacancies).
 SURFACE_PLANTING = MappingProxyType({
     "tio2110": MappingProxyType({"amplitude": (2.0, 12.0), "sigma_nm": (0.15, 0.5), "epochs": 20}),
 })
@@ -95,6 +94,7 @@ def plant_settings(surface: str, **changes) -> PlantSettings:
     key): the :class:`PlantSettings` defaults with the surface's own (:data:`SURFACE_PLANTING`),
     then ``changes`` (field=value) over them."""
     return dataclasses.replace(PlantSettings(**SURFACE_PLANTING.get(surface, {})), **changes)
+
 
 def residual_spread(image: np.ndarray, valid: np.ndarray, nm_per_px: float = MODEL_NM_PER_PX) -> float:
     """The scan's noise scale: the robust spread (MAD × 1.4826) of its lattice-free residual

@@ -72,7 +72,8 @@ def mask_patches(scan_path: Path, mask_path: Path, surface: str, patch: int, rad
     patches = cut_patches(image, centres, patch, count, radius_px, rng)
     if plant is None or plant is False:
         return patches
-    plant = dataclasses.replace(plant_settings(surface) if plant is True else plant, patch=patch, per_scan=max_per_scan, disc_nm=radius_px * MODEL_NM_PER_PX)
+    plant = plant_settings(surface) if plant is True else plant
+    plant = dataclasses.replace(plant, patch=patch, per_scan=max_per_scan, disc_nm=radius_px * MODEL_NM_PER_PX)
     return join([patches, planted_patches(prepared, centres, rng, plant)])
 
 
