@@ -73,7 +73,7 @@ def run(args) -> int:
         scales = parse_ints(args.scales)
         chosen = parse_ints(args.defect_clusters)
         features = make_features(args.features)
-        if min(args.rounds, args.epochs or 1, args.steps) < 1:
+        if min(args.rounds, args.steps) < 1 or (args.epochs is not None and args.epochs < 1):
             raise ValueError("--rounds, --epochs and --steps must be 1 or more")
         if not 0 < args.confident < 1:
             raise ValueError(f"--confident must be between 0 and 1, not {args.confident}")
@@ -180,7 +180,7 @@ class Labeller:
             self.detector_path = Path(self.args.detector)
             return detector_segmenter(self.detector_path, self.args.surface, self.args.confident)
         settings = plant_settings(self.args.surface, steps=self.args.steps, seed=self.args.seed,
-                                  **({"epochs": self.args.epochs} if self.args.epochs else {}))
+                                  **({} if self.args.epochs is None else {"epochs": self.args.epochs}))
         scans = [(functools.partial(read_sxm, path), result.prepared, mask_centroids(result.model_mask))
                  for path, result in labelled]
         console = Console(stderr=True)

@@ -21,19 +21,23 @@ SIMULATED_DEFAULTS = {"patch": 128, "width": 12, "epochs": 8, "steps": 100, "bat
 LABELS_DEFAULTS = {"patch": 96, "width": 8, "epochs": 40, "steps": 50, "batch": 12}
 
 
+def _defaults(name: str) -> str:
+    """The help text's defaults of option ``name``."""
+    return f"default {SIMULATED_DEFAULTS[name]}; {LABELS_DEFAULTS[name]} with --labels"
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="runs/unet", help="output folder: data.npz, last.pt, best.pt (default runs/unet)")
     parser.add_argument("--surfaces", nargs="+", default=list(SURFACE_KEYS), help="surfaces to train on (one model)")
     parser.add_argument("--scans", type=int, default=60, help="simulated training scans per surface (default 60)")
     parser.add_argument("--val-scans", type=int, default=8, help="validation scans per surface (default 8)")
-    parser.add_argument("--patch", type=int, default=None, help="patch size, model pixels (default 128; 96 with --labels)")
+    parser.add_argument("--patch", type=int, default=None, help=f"patch size, model pixels ({_defaults('patch')})")
     parser.add_argument("--disc-nm", type=float, default=0.4, help="target disc radius, nm (default 0.4)")
-    parser.add_argument("--width", type=int, default=None,
-                        help="UNet channels at full resolution (default 12; 8 with --labels)")
+    parser.add_argument("--width", type=int, default=None, help=f"UNet channels at full resolution ({_defaults('width')})")
     parser.add_argument("--depth", type=int, default=3, help="UNet down-sampling steps (default 3)")
-    parser.add_argument("--epochs", type=int, default=None, help="default 8; 40 with --labels")
-    parser.add_argument("--steps", type=int, default=None, help="optimiser steps per epoch (default 100; 50 with --labels)")
-    parser.add_argument("--batch", type=int, default=None, help="default 16; 12 with --labels")
+    parser.add_argument("--epochs", type=int, default=None, help=_defaults("epochs"))
+    parser.add_argument("--steps", type=int, default=None, help=f"optimiser steps per epoch ({_defaults('steps')})")
+    parser.add_argument("--batch", type=int, default=None, help=_defaults("batch"))
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--noise", type=float, default=0.5, help="fraction of patches given extra noise")
     parser.add_argument("--seed", type=int, default=0, help="seeds the data (training scans), the order and the weights")

@@ -258,12 +258,13 @@ def train_rounds(scans: Sequence[tuple[Scan | Callable[[], Scan], Prepared, np.n
     that reads it (so that a large folder's scans need not all be held in memory). Each round after
     the first replaces the known defects by the previous detector's (mean probability ≥
     ``confident``). Round ``k`` is written to ``out/round<k>/``, the last one's ``best.pt`` copied to
-    ``out/best.pt``. Returns that path and the last detector's ``segment``."""
+    ``out/best.pt``. ``settings``: :func:`plant_settings` of ``surface`` unless given. Returns that
+    path and the last detector's ``segment``."""
     import shutil
 
     if rounds < 1:
         raise ValueError(f"rounds must be 1 or more, not {rounds}")
-    s = settings or PlantSettings()
+    s = settings or plant_settings(surface)
     known = [points for _, _, points in scans]
     for round_ in range(1, rounds + 1):
         folder = out / f"round{round_}"

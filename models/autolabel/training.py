@@ -70,7 +70,7 @@ def mask_patches(scan_path: Path, mask_path: Path, surface: str, patch: int, rad
     count = int(np.clip(round(image.shape[1] * image.shape[2] / patch**2), 2, max_per_scan))
     centres = centres.reshape(-1, 2)
     patches = cut_patches(image, centres, patch, count, radius_px, rng)
-    if plant is None or plant is False:
+    if not plant:  # None or False
         return patches
     plant = plant_settings(surface) if plant is True else plant
     plant = dataclasses.replace(plant, patch=patch, per_scan=max_per_scan, disc_nm=radius_px * MODEL_NM_PER_PX)
