@@ -82,50 +82,12 @@ def run(args) -> int:
     for name, value in (LABELS_DEFAULTS if getattr(args, "labels", None) else SIMULATED_DEFAULTS).items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
-    cache = out / "data.npz"
     if getattr(args, "plant", None) is not None and not getattr(args, "labels", None):
         console.print("--plant and --no-plant apply to --labels only: ignored")
     if getattr(args, "labels", None):
-        from stmwatch.models.autolabel.training import labelled_patches
-
-        with console.status(f"reading scans and auto-labels from {args.labels}"):
-            if args.plant is None and args.resume and (out / "last.pt").exists():  # go on as the run began
-                last = torch.load(out / "last.pt", map_location="cpu", weights_only=False)  # our own file, as train()
-                args.plant = bool(last.get("meta", {}).get("train_args", {}).get("plant", False))
-            args.plant = args.plant is not False  # on unless --no-plant; recorded in the meta's train_args
-            # planted as each scan's surface plants them (drawn from the loader's generator, seeded by --seed)
-            data, val, args.surfaces = labelled_patches(args.labels, args.patch, radius_px, seed=args.seed,
-                                                        plant=args.plant)
-        console.print(f"{len(data)} training, {len(val)} validation patches from the auto-labels in {args.labels}")
-    key = json.dumps({"surfaces": args.surfaces, "scans": args.scans, "val": args.val_scans, "patch": args.patch,
-                      "disc": args.disc_nm, "seed": args.seed,
-                      **({} if args.double_tip_share is None else {"double_tip": args.double_tip_share}),
-                      **({"randomise": args.randomise} if args.randomise else {})})
-    if getattr(args, "labels", None):
-        pass
-    elif cache.exists() and str(np.load(cache)["key"]) == key:
-        z = np.load(cache, allow_pickle=True)
-        data = Patches(z["images"], z["targets"], list(z["centres"]))
-        val = Patches(z["val_images"], z["val_targets"], list(z["val_centres"]))
-        console.print(f"data from {cache}: {len(data)} training, {len(val)} validation patches")
+        data, val = _labelled_data(args, out, radius_px, console)
     else:
-        t0 = time.perf_counter()
-        with console.status("simulating training scans"):
-            data = simulated_patches(args.surfaces, args.scans, args.patch, radius_px, seed_base=args.seed * 10_000,
-                                     double_tip_share=args.double_tip_share, workers=args.workers,
-                                     randomise=args.randomise)
-            val = simulated_patches(args.surfaces, args.val_scans, args.patch, radius_px,
-                                    seed_base=args.seed * 10_000 + 50_000, max_per_scan=4,
-                                    double_tip_share=args.double_tip_share, workers=args.workers,
-                                    randomise=args.randomise)
-        obj = np.empty(len(data.centres), dtype=object)
-        obj[:] = data.centres
-        vobj = np.empty(len(val.centres), dtype=object)
-        vobj[:] = val.centres
-        np.savez(cache, key=key, images=data.images, targets=data.targets, centres=obj,
-                 val_images=val.images, val_targets=val.targets, val_centres=vobj)
-        console.print(f"simulated {len(data)} training and {len(val)} validation patches "
-                      f"in {time.perf_counter() - t0:.0f} s")
+        data, val = _simulated_data(args, out / "data.npz", radius_px, console)
     if args.init:  # (with --resume, OUT/last.pt then replaces these weights)
         from stmwatch.models.unet import load_checkpoint
 
@@ -151,3 +113,51 @@ def run(args) -> int:
         torch.save(best, args.weights)
         console.print(f"best weights (epoch {best['meta'].get('epoch')}) copied to {args.weights}")
     return 0
+
+
+def _labelled_data(args, out: Path, radius_px: float, console) -> tuple[Patches, Patches]:
+    """The patches of the scans and masks in ``args.labels`` (sets ``args.plant`` and ``args.surfaces``)."""
+    from stmwatch.models.autolabel.training import labelled_patches
+
+    with console.status(f"reading scans and auto-labels from {args.labels}"):
+        if args.plant is None and args.resume and (out / "last.pt").exists():  # go on as the run began
+            last = torch.load(out / "last.pt", map_location="cpu", weights_only=False)  # our own file, as train()
+            args.plant = bool(last.get("meta", {}).get("train_args", {}).get("plant", False))
+        args.plant = args.plant is not False  # on unless --no-plant; recorded in the meta's train_args
+        # planted as each scan's surface plants them (drawn from the loader's generator, seeded by --seed)
+        data, val, args.surfaces = labelled_patches(args.labels, args.patch, radius_px, seed=args.seed,
+                                                    plant=args.plant)
+    console.print(f"{len(data)} training, {len(val)} validation patches from the auto-labels in {args.labels}")
+    return data, val
+
+
+def _simulated_data(args, cache: Path, radius_px: float, console) -> tuple[Patches, Patches]:
+    """Patches of simulated scans with their truth, from ``cache`` when it was made with the same arguments."""
+    key = json.dumps({"surfaces": args.surfaces, "scans": args.scans, "val": args.val_scans, "patch": args.patch,
+                      "disc": args.disc_nm, "seed": args.seed,
+                      **({} if args.double_tip_share is None else {"double_tip": args.double_tip_share}),
+                      **({"randomise": args.randomise} if args.randomise else {})})
+    if cache.exists() and str(np.load(cache)["key"]) == key:
+        z = np.load(cache, allow_pickle=True)
+        data = Patches(z["images"], z["targets"], list(z["centres"]))
+        val = Patches(z["val_images"], z["val_targets"], list(z["val_centres"]))
+        console.print(f"data from {cache}: {len(data)} training, {len(val)} validation patches")
+        return data, val
+    t0 = time.perf_counter()
+    with console.status("simulating training scans"):
+        data = simulated_patches(args.surfaces, args.scans, args.patch, radius_px, seed_base=args.seed * 10_000,
+                                 double_tip_share=args.double_tip_share, workers=args.workers,
+                                 randomise=args.randomise)
+        val = simulated_patches(args.surfaces, args.val_scans, args.patch, radius_px,
+                                seed_base=args.seed * 10_000 + 50_000, max_per_scan=4,
+                                double_tip_share=args.double_tip_share, workers=args.workers,
+                                randomise=args.randomise)
+    obj = np.empty(len(data.centres), dtype=object)
+    obj[:] = data.centres
+    vobj = np.empty(len(val.centres), dtype=object)
+    vobj[:] = val.centres
+    np.savez(cache, key=key, images=data.images, targets=data.targets, centres=obj,
+             val_images=val.images, val_targets=val.targets, val_centres=vobj)
+    console.print(f"simulated {len(data)} training and {len(val)} validation patches "
+                  f"in {time.perf_counter() - t0:.0f} s")
+    return data, val
