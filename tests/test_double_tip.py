@@ -160,6 +160,7 @@ def test_the_description_gives_the_offset_in_nm_right_and_down_and_says_when_the
     assert text.startswith("double tip: a second apex images every feature again 0.50 nm away "
                            "(-0.40 nm right, +0.30 nm down); 1 ghost defect(s) dropped, 1 moved")
     assert "or the opposite way" in DoubleTip((3.0, -4.0), 2, (5,), side_known=False).describe(0.1)
+    assert text.endswith("dark defects (pits) may be undercounted: the other apex fills them in")
     # a tied vote of the pairs: equal masses
     points = np.array([[20.0, 20.0], [20.0, 32.0], [60.0, 90.0], [60.0, 102.0], [110.0, 40.0], [110.0, 52.0],
                        [150.0, 150.0], [150.0, 162.0], [200.0, 70.0], [200.0, 82.0]])
