@@ -367,6 +367,12 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
         extra = {"lab_crops.npy": tmp / "lab_crops.npy"}
         if fs_meta.get("gate"):  # the classifier's unknown gate travels with it
             extra[fs_meta["gate"]] = fs_path.parent / fs_meta["gate"]
+        if fs_meta.get("polarity_maps"):  # and its polarity maps, while the embedding is the one they were fitted for
+            if settings.embedding_steps > 0 or settings.adabn:
+                log.warning("the embedding was adapted: its polarity maps are left out of the bundle")
+                fs_meta = {k: v for k, v in fs_meta.items() if k != "polarity_maps"}
+            else:
+                extra[fs_meta["polarity_maps"]] = fs_path.parent / fs_meta["polarity_maps"]
         save_fewshot(tmp / "fewshot.pt", net, fs_config,
                      {**fs_meta, "unknown_distance": u, "pool": "lab_crops.npy", "refine_steps": settings.refine_steps,
                       "adapted": {"crops": len(lab_crops), "adabn": settings.adabn and len(lab_crops) >= 8}})

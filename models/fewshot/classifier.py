@@ -20,6 +20,7 @@ import torch
 from ..surfaces import SURFACES
 from .crops import CropSet, load_surface, normalise_crops, to_model_input
 from .episodes import sample_episode
+from .polarity import load_maps
 from .proto import ProtoNet
 from .site import WEIGHT as SITE_WEIGHT
 from .transductive import STEPS as TRANSDUCTIVE_STEPS
@@ -188,7 +189,9 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     ``backend`` (``[models] backend``: auto | torch | onnxruntime | tensorrt) picks the embedding's
     runner, see :func:`classifier_backend`. The classes' lattice sites are learnt with the
     prototypes (:mod:`.site`) on a known surface, with the weights' ``meta["site_weight"]``
-    (default :data:`.site.WEIGHT`; 0 turns it off).
+    (default :data:`.site.WEIGHT`; 0 turns it off). The weights' ``meta["polarity_maps"]`` (a file
+    beside them, :mod:`.polarity`) translate a class's clicks to a scan's other polarity; a file
+    fitted for another embedding is refused (``ValueError``).
     """
     from .training import load  # avoid a cycle at import time
 
@@ -197,6 +200,12 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     if not isinstance(net, ProtoNet):
         raise ValueError(f"{weights} holds a {config.method} network, not a prototypical one")
     net.tta = tta or meta.get("tta", "none")
+    maps = {}
+    if meta.get("polarity_maps"):  # a click's look at the other polarity (models/fewshot/polarity.py)
+        maps_path = weights.parent / meta["polarity_maps"]
+        if not maps_path.is_file():
+            raise FileNotFoundError(f"{weights}: its polarity maps {maps_path.name} are missing")
+        maps = load_maps(maps_path, surface, net.backbone)
     runner = classifier_backend(backend)
     if runner == "onnxruntime":
         net.backbone = OnnxBackbone(net.backbone)
@@ -223,4 +232,4 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     return TransductiveClassifier(classifier, np.load(pool) if pool is not None else None,
                                   steps=int(meta.get("refine_steps", TRANSDUCTIVE_STEPS)),
                                   row_period_px=facts.row_nm / facts.nm_per_px if facts else None,
-                                  site_weight=float(meta.get("site_weight", SITE_WEIGHT)))
+                                  site_weight=float(meta.get("site_weight", SITE_WEIGHT)), polarity_maps=maps)

@@ -66,3 +66,29 @@ def make_look_set(surface: str, scans: int, seed: int, randomised: bool, per_cla
     out = LookSet(surface, x.astype(np.float32), np.array(cs, dtype=str), np.array(ls, dtype=np.int64))
     log.info("look crops of %s: %s", surface, out.counts())
     return out
+
+
+def paired_polarity_crops(surface: str, seed: int, pixels: int = 192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(filled (n, 2, 32, 32), empty (n, 2, 32, 32), classes (n,))``: one training-style sample
+    of ``surface`` (random artefacts, ``pixels``²) imaged at ``-|V|`` and ``+|V|`` (|V| 1.2-2.2 V),
+    the same defects cut at the same (jittered) points in both, each crop normalised on its own:
+    what :mod:`.polarity`'s maps are fitted on."""
+    from stmwatch.models.preprocess import prepare
+    from stmwatch.models.sim.artefacts import Artefacts
+    from stmwatch.models.sim.simulate import simulate_scan
+    from stmwatch.models.surfaces import get_surface
+
+    surf = get_surface(surface)
+    bias = float(np.round(np.random.default_rng([seed, 5]).uniform(1.2, 2.2), 2))
+    artefacts = Artefacts.random(np.random.default_rng([seed, 6]))
+    looks = []
+    for sign in (-1.0, 1.0):
+        scan, truth = simulate_scan(surface, seed, pixels=(pixels, pixels), range_nm=pixels * surf.nm_per_px,
+                                    artefacts=artefacts, bias_v=sign * bias, style="training")
+        looks.append(crops_at_truth(prepare(scan, surf), truth, np.random.default_rng([seed, 7]), 1.0))
+    filled, empty = looks
+    if [k for k, _ in filled] != [k for k, _ in empty]:
+        raise RuntimeError(f"{surface} seed {seed}: the two polarities' defects differ")
+    def stack(pairs):
+        return np.stack([c for _, c in pairs]).astype(np.float32) if pairs else np.zeros((0, 2, 32, 32), np.float32)
+    return stack(filled), stack(empty), np.array([k for k, _ in filled], dtype=str)

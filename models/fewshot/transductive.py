@@ -16,8 +16,10 @@ One step, on the scan's crops and the pool, was chosen on training-style scans
 
 **Polarity.** Many defects look different in filled states (negative sample bias) and empty
 states (positive). When the call says the scan's bias, a class's prototype is made from its
-clicks at that polarity (and those of unknown bias); a class with no click there keeps all its
-clicks. A scan of unknown bias, or a support set without bias records, uses every click. The pool
+clicks at that polarity (and those of unknown bias). A class with no click there uses its clicks at
+the other polarity, moved by the surface's polarity map where the classifier has one (:mod:`.polarity`:
+where the same defect's embedding goes when the polarity flips), as they are otherwise. A scan of
+unknown bias, or a support set without bias records, uses every click as it is. The pool
 is used whole: cutting it to the scan's polarity was lower on training-style scans (docs/adapt.md,
 "Clicks at each polarity").
 
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from .crops import CropSet, bias_polarity
+from .polarity import translate
 from .site import WEIGHT as SITE_WEIGHT
 from .site import SiteModel, row_phase_cos
 
@@ -44,16 +47,20 @@ class TransductiveClassifier:
     :meth:`distances`) refines the support set's prototypes over ``steps`` soft k-means steps on
     that call's crops together with ``pool`` ``(n, C, H, W)`` (the lab's crops, or None);
     everything else is the base classifier's. ``row_period_px`` (the surface's row period in crop
-    pixels; None: no site cue) and ``site_weight`` (0: none) set the lattice-site cue."""
+    pixels; None: no site cue) and ``site_weight`` (0: none) set the lattice-site cue.
+    ``polarity_maps`` ``{to_sign: map}`` (:mod:`.polarity`; None: none) translate a class's clicks
+    to a scan's polarity where it has none there."""
 
     def __init__(self, base, pool: np.ndarray | None = None, steps: int = STEPS,
-                 row_period_px: float | None = None, site_weight: float = SITE_WEIGHT):
+                 row_period_px: float | None = None, site_weight: float = SITE_WEIGHT,
+                 polarity_maps: dict[int, np.ndarray] | None = None):
         self.base = base
         self.pool = None if pool is None or len(pool) == 0 else np.asarray(pool, dtype=np.float32)
         self.steps = int(steps)
         self.row_period_px = row_period_px if row_period_px and site_weight > 0 else None
         self.name = f"{base.name}-transductive" + ("-site" if self.row_period_px else "")
         self.site_weight = float(site_weight)
+        self.polarity_maps = dict(polarity_maps or {})
         self._pool_embedding, self._pool_site = self._features(self.pool) if self.pool is not None else (None, None)
         self._fit_support()
 
@@ -89,13 +96,19 @@ class TransductiveClassifier:
             return everything
         keep = (self._support_polarity == 0) | (self._support_polarity == sign)
         owner = self._one_hot.argmax(1).numpy()
+        moved = np.zeros_like(keep)
         for k in range(self._one_hot.shape[1]):
             if not keep[owner == k].any():
-                keep[owner == k] = True  # no click of this class at this polarity: all of them
-        if keep.all():
+                keep[owner == k] = True  # no click of this class at this polarity: all of them,
+                moved[owner == k] = sign in self.polarity_maps  # translated where there is a map
+        if keep.all() and not moved.any():
             return everything
+        embedding = self._support_embedding.clone()
+        if moved.any():
+            rows = torch.from_numpy(moved)
+            embedding[rows] = translate(self.polarity_maps[sign], embedding[rows], self.base.net.metric == "cosine")
         mask = torch.from_numpy(keep)
-        embedding, one_hot = self._support_embedding[mask], self._one_hot[mask]
+        embedding, one_hot = embedding[mask], self._one_hot[mask]
         protos = (one_hot.T @ embedding) / one_hot.sum(0).unsqueeze(1)
         if self.base.net.metric == "cosine":
             protos = torch.nn.functional.normalize(protos, dim=1)
