@@ -208,6 +208,8 @@ def test_adapt_writes_a_bundle_that_loads_and_keeps_the_held_back_scans_out(tiny
     # the shipped classifier's unknown gate travels in the bundle and is used from there
     assert (tmp_path / "bundle" / "fewshot_proto_conv4_gate.pt").is_file() and analyser.classifier.gate is not None
     assert analyser.classifier.crop_norm == "per_crop"
+    # and so do its polarity maps: the embedding was not changed (no fine-tuning, no AdaBN)
+    assert (tmp_path / "bundle" / "fewshot_polarity.npz").is_file() and sorted(analyser.classifier.polarity_maps) == [-1, 1]
     scan, _ = simulate_scan("si001h", 99, pixels=(64, 64))
     analyser.analyse(scan)
 
@@ -234,13 +236,16 @@ def test_the_second_round_is_labelled_by_the_fine_tuned_unet(tiny_setup, monkeyp
     monkeypatch.setitem(adapt_module.LABEL_SOURCES, "recording", Recording)
     monkeypatch.setattr(adapt_module, "card_figures", lambda *args: {"held_back_scans": 0})
     adapt(scans, "si001h", tmp_path / "b2", config, label_source="recording",
-          settings=AdaptSettings(steps=4, batch=2, patch=32, rounds=2, lr=1e-2))
+          settings=AdaptSettings(steps=4, batch=2, patch=32, rounds=2, lr=1e-2, adabn=True))
     assert len(teachers) == 12  # 6 training scans, labelled in each of 2 rounds
     first, second = teachers[0], teachers[6]
     assert all(torch.equal(first[k], teachers[5][k]) for k in first)  # one teacher for a round
     assert any(not torch.equal(first[k], second[k]) for k in first if first[k].is_floating_point())
     made = json.loads((tmp_path / "b2" / "config.json").read_text())
     assert made["settings"]["rounds"] == 2
+    # AdaBN changed the embedding: the polarity maps, fitted for the shipped one, stay out
+    assert not (tmp_path / "b2" / "fewshot_polarity.npz").exists()
+    assert "polarity_maps" not in torch.load(tmp_path / "b2" / "fewshot.pt", weights_only=True)["meta"]
 
 
 def test_adapt_command_refuses_an_empty_folder(tmp_path, capsys):

@@ -130,3 +130,4 @@ def test_support_suggest_lists_defects_by_margin_smallest_first(tmp_path, capsys
     assert main(["support", "suggest", "--surface", "si001h", "--scan", str(sxm), "--support", str(support)]) == 0
     err = capsys.readouterr().err
     assert "vacancy clicked only at the other bias polarity" in err and "-1.8 V" in err
+    assert "translated from those clicks" in err  # Si(001):H has polarity maps (models/fewshot/polarity.py)

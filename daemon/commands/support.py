@@ -100,8 +100,11 @@ def _suggest(args, config, folder) -> int:
     rows = least_sure(analyser.analyse(scan), analyser.classifier, args.n)
     unclicked = unclicked_at_polarity(analyser.classifier.support, scan.bias_v)
     if unclicked:  # stderr: stdout stays a table (or JSON lines)
+        translated = (1 if scan.bias_v > 0 else -1) in getattr(analyser.classifier, "polarity_maps", {})
+        advice = ("their look here is translated from those clicks (the classifier's polarity maps); a click of "
+                  "each here may still help" if translated else "a click of each here helps most")
         print(f"note: {', '.join(unclicked)} clicked only at the other bias polarity; this scan is at "
-              f"{scan.bias_v:+g} V: a click of each here helps most", file=sys.stderr)
+              f"{scan.bias_v:+g} V: {advice}", file=sys.stderr)
     if args.json:
         for r in rows:
             print(json.dumps(r))

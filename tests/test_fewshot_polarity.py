@@ -1,0 +1,105 @@
+"""The few-shot classifier's polarity maps (models/fewshot/polarity.py): fitting, storing, and a
+class clicked at one bias polarity named at the other."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stmwatch.models.fewshot.classifier import PrototypicalClassifier, load_classifier
+from stmwatch.models.fewshot.crops import CropSet
+from stmwatch.models.fewshot.look_crops import paired_polarity_crops
+from stmwatch.models.fewshot.polarity import embedding_fingerprint, fit_map, load_maps, map_key, save_maps, translate
+from stmwatch.models.fewshot.proto import ProtoNet
+from stmwatch.models.fewshot.transductive import TransductiveClassifier
+
+
+class FirstTwo(torch.nn.Module):
+    """An 'embedding': the first two pixels of channel 0, times a weight (so nets can differ)."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(scale))
+
+    def forward(self, x):
+        return self.scale * x[:, 0, 0, :2]
+
+
+def crop(a: float, b: float) -> np.ndarray:
+    c = np.zeros((2, 32, 32), np.float32)
+    c[0, 0, 0], c[0, 0, 1] = a, b
+    return c
+
+
+def test_a_ridge_map_recovers_a_linear_relation():
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(200, 3))
+    a, offset = rng.normal(size=(3, 3)), np.array([0.5, -1.0, 2.0])
+    w = fit_map(source, source @ a + offset, ridge=1e-6)
+    assert w.shape == (4, 3)
+    assert np.allclose(w[:3], a, atol=1e-4) and np.allclose(w[3], offset, atol=1e-4)
+    moved = translate(w, torch.from_numpy(source[:5].astype(np.float32)), unit=False).numpy()
+    assert np.allclose(moved, source[:5] @ a + offset, atol=1e-3)
+    unit = translate(w, torch.from_numpy(source[:5].astype(np.float32))).numpy()
+    assert np.allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-6)
+
+
+def test_maps_are_refused_for_another_embedding(tmp_path):
+    net = FirstTwo(1.0)
+    path = save_maps(tmp_path / "maps.npz", {map_key("si001h", 1): np.eye(3, 2, dtype=np.float32)},
+                     embedding_fingerprint(net))
+    maps = load_maps(path, "si001h", net)
+    assert list(maps) == [1] and np.allclose(maps[1], np.eye(3, 2))
+    assert load_maps(path, "tio2110", FirstTwo(2.0)) == {}  # none for that surface: nothing to check
+    with pytest.raises(ValueError, match="fitted for embedding"):
+        load_maps(path, "si001h", FirstTwo(2.0))
+
+
+def test_a_class_clicked_at_one_polarity_is_translated_to_the_other():
+    """Class a was clicked at -1.8 V, where it looks like (0, 1); the map says that at positive bias
+    such a defect looks like (1, 0) (the two pixels swap). b was clicked once, bias unknown, at
+    (0.5, -0.5). A query (0.9, 0.1) in a +2 V scan: 1.62 from the untranslated a, 0.52 from b, 0.02
+    from the translated a."""
+    support = CropSet("si001h", {"a": np.stack([crop(0.0, 1.0)]), "b": np.stack([crop(0.5, -0.5)])},
+                      bias_v={"a": np.array([-1.8]), "b": np.array([np.nan])})
+    swap = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]], np.float32)  # (d + 1, d): no offset
+    query = np.stack([crop(0.9, 0.1)])
+
+    def classifier(maps):
+        return TransductiveClassifier(PrototypicalClassifier(ProtoNet(FirstTwo()), support, float("inf")), None,
+                                      steps=0, polarity_maps=maps)
+    plain, mapped = classifier(None), classifier({1: swap})
+    assert [lab for lab, _ in plain.classify(query, bias_v=2.0)] == ["b"]
+    assert [lab for lab, _ in mapped.classify(query, bias_v=2.0)] == ["a"]
+    assert np.allclose(mapped.refined_prototypes(query, bias_v=2.0).numpy(), [[1.0, 0.0], [0.5, -0.5]])
+    # at the click's own polarity, and for a scan of unknown bias, the click is used as it is
+    assert np.allclose(mapped.refined_prototypes(query, bias_v=-2.0).numpy(), [[0.0, 1.0], [0.5, -0.5]])
+    assert np.allclose(mapped.refined_prototypes(query, bias_v=None).numpy(), [[0.0, 1.0], [0.5, -0.5]])
+    assert np.allclose(mapped.net.prototypes.numpy(), [[0.0, 1.0], [0.5, -0.5]])  # the support is not changed
+
+
+def test_the_shipped_maps_name_a_class_across_polarities_on_simulated_samples():
+    """The shipped maps fit the shipped embedding (else loading refuses them), exist for the two
+    surfaces imaged at both polarities, and do what they are for: on fresh simulated Si(001):H
+    samples imaged at both polarities (seeds never fitted on), a single crop of each class at
+    -|V| names the crops at +|V| better translated than as it is (nearest prototype, every crop
+    of each class in turn as the click)."""
+    clf = load_classifier("si001h", backend="torch")
+    assert sorted(clf.polarity_maps) == [-1, 1]
+    assert load_classifier("tio2110", backend="torch").polarity_maps == {}
+    filled, empty, classes = zip(*(paired_polarity_crops("si001h", 777_000 + i) for i in range(10)))
+    filled, empty, classes = np.concatenate(filled), np.concatenate(empty), np.concatenate(classes)
+    e_filled, e_empty = clf._features(filled)[0], clf._features(empty)[0]
+    moved = translate(clf.polarity_maps[1], e_filled)
+    names = sorted(set(classes))
+    rng = np.random.default_rng(0)
+
+    def accuracy(clicks: torch.Tensor) -> float:
+        hits = []
+        for _ in range(50):  # one click per class, drawn at random
+            pick = [int(rng.choice(np.flatnonzero(classes == k))) for k in names]
+            nearest = torch.cdist(e_empty, clicks[pick]).argmin(1).numpy()
+            hits.append(np.mean(np.array(names)[nearest] == classes))
+        return float(np.mean(hits))
+    raw, translated = accuracy(e_filled), accuracy(moved)
+    assert translated > raw + 0.08, (raw, translated)
