@@ -3,8 +3,9 @@
 For each surface imaged at both polarities (not TiO2(110): filled states only), ``--scans``
 training-style samples are imaged at -|V| and +|V|; their defect crops are embedded by the
 shipped network as the daemon embeds them (its test-time augmentation included), and a ridge map
-is fitted each way. Writes ``--out`` (default models/weights/fewshot_polarity.npz) and names it in
-the weights' meta (``polarity_maps``), which changes the weights file (and its version).
+is fitted each way. Writes ``--out`` (default models/weights/fewshot_polarity.npz) and names it,
+with its sha256 prefix, in the weights' meta (``polarity_maps``), which changes the weights file (and
+so the classifier's version).
 The simulator's training style only: no foreign scan, no evaluation scan. About 3 minutes per
 surface on 2 cores (400 scans).
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stmwatch.models.fewshot.classifier import WEIGHTS
+from stmwatch.models.fewshot.classifier import WEIGHTS, file_version
 from stmwatch.models.fewshot.crops import normalise_crops, to_model_input
 from stmwatch.models.fewshot.look_crops import paired_polarity_crops
 from stmwatch.models.fewshot.polarity import RIDGE, embedding_fingerprint, fit_map, map_key, save_maps
@@ -70,7 +71,7 @@ def main() -> None:
     log.info("wrote %s (%s)", out, ", ".join(maps))
     if not args.no_meta:
         ckpt = torch.load(args.weights, map_location="cpu", weights_only=True)
-        ckpt["meta"] = {**ckpt["meta"], "polarity_maps": out.name,
+        ckpt["meta"] = {**ckpt["meta"], "polarity_maps": out.name, "polarity_maps_sha256": file_version(out),
                         "polarity_maps_fit": {"scans": args.scans, "seed": args.seed, "ridge": args.ridge}}
         torch.save(ckpt, args.weights)
         log.info("named in %s's meta", args.weights)

@@ -103,3 +103,24 @@ def test_the_shipped_maps_name_a_class_across_polarities_on_simulated_samples():
         return float(np.mean(hits))
     raw, translated = accuracy(e_filled), accuracy(moved)
     assert translated > raw + 0.08, (raw, translated)
+
+
+def test_weights_refuse_polarity_maps_other_than_theirs(tmp_path):
+    """The weights name their maps with the maps' sha256: a changed or missing maps file is refused
+    with a message naming it, never used quietly."""
+    import shutil
+
+    from stmwatch.models.fewshot.classifier import WEIGHTS
+
+    for name in (WEIGHTS.name, "fewshot_proto_conv4_gate.pt", "fewshot_polarity.npz"):
+        shutil.copy(WEIGHTS.parent / name, tmp_path / name)
+    assert sorted(load_classifier("ge001", weights=tmp_path / WEIGHTS.name).polarity_maps) == [-1, 1]
+    with np.load(tmp_path / "fewshot_polarity.npz") as data:
+        maps = {k: data[k] for k in data.files}
+    maps["ge001__to_empty"] = maps["ge001__to_empty"] * 1.01
+    np.savez(tmp_path / "fewshot_polarity.npz", **maps)
+    with pytest.raises(ValueError, match="fewshot_polarity.npz: sha256"):
+        load_classifier("ge001", weights=tmp_path / WEIGHTS.name)
+    (tmp_path / "fewshot_polarity.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="polarity maps fewshot_polarity.npz are missing"):
+        load_classifier("ge001", weights=tmp_path / WEIGHTS.name)

@@ -191,7 +191,8 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     prototypes (:mod:`.site`) on a known surface, with the weights' ``meta["site_weight"]``
     (default :data:`.site.WEIGHT`; 0 turns it off). The weights' ``meta["polarity_maps"]`` (a file
     beside them, :mod:`.polarity`) translate a class's clicks to a scan's other polarity; a file
-    fitted for another embedding is refused (``ValueError``).
+    fitted for another embedding, or other than the one the weights name (its sha256), is refused
+    (``ValueError``).
     """
     from .training import load  # avoid a cycle at import time
 
@@ -205,6 +206,9 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
         maps_path = weights.parent / meta["polarity_maps"]
         if not maps_path.is_file():
             raise FileNotFoundError(f"{weights}: its polarity maps {maps_path.name} are missing")
+        if meta.get("polarity_maps_sha256", file_version(maps_path)) != file_version(maps_path):
+            raise ValueError(f"{maps_path}: sha256 {file_version(maps_path)}, but {weights.name} was made with "
+                             f"{meta['polarity_maps_sha256']}")
         maps = load_maps(maps_path, surface, net.backbone)
     runner = classifier_backend(backend)
     if runner == "onnxruntime":
