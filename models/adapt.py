@@ -368,9 +368,9 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
         if fs_meta.get("gate"):  # the classifier's unknown gate travels with it
             extra[fs_meta["gate"]] = fs_path.parent / fs_meta["gate"]
         if fs_meta.get("polarity_maps"):  # and its polarity maps, while the embedding is the one they were fitted for
-            if settings.embedding_steps > 0 or settings.adabn:
-                log.warning("the embedding was adapted: its polarity maps are left out of the bundle")
-                fs_meta = {k: v for k, v in fs_meta.items() if k != "polarity_maps"}
+            if len(lab_crops) >= 8 and (settings.embedding_steps > 0 or settings.adabn):
+                log.warning("the embedding was adapted to the lab's crops: its polarity maps are left out of the bundle")
+                fs_meta = {k: v for k, v in fs_meta.items() if not k.startswith("polarity_maps")}
             else:
                 extra[fs_meta["polarity_maps"]] = fs_path.parent / fs_meta["polarity_maps"]
         save_fewshot(tmp / "fewshot.pt", net, fs_config,

@@ -6,8 +6,8 @@ shipped network as the daemon embeds them (its test-time augmentation included),
 is fitted each way. Writes ``--out`` (default models/weights/fewshot_polarity.npz) and names it,
 with its sha256 prefix, in the weights' meta (``polarity_maps``), which changes the weights file (and
 so the classifier's version).
-The simulator's training style only: no foreign scan, no evaluation scan. About 3 minutes per
-surface on 2 cores (400 scans).
+The simulator's training style only: no foreign scan, no evaluation scan. About 2 minutes in all
+on the 2-core VM (400 scans per surface).
 
     python scripts/fit_polarity_maps.py                      # the shipped maps (seed 29000)
     python scripts/fit_polarity_maps.py --scans 40 --out /tmp/maps.npz --no-meta
@@ -67,7 +67,7 @@ def main() -> None:
         maps[map_key(surface, +1)] = fit_map(filled, empty, args.ridge)
         maps[map_key(surface, -1)] = fit_map(empty, filled, args.ridge)
         log.info("%s: %d paired crops", surface, len(filled))
-    save_maps(out, maps, embedding_fingerprint(net.backbone))
+    save_maps(out, maps, embedding_fingerprint(net.backbone), net.tta)
     log.info("wrote %s (%s)", out, ", ".join(maps))
     if not args.no_meta:
         ckpt = torch.load(args.weights, map_location="cpu", weights_only=True)

@@ -103,6 +103,10 @@ def main(argv: list[str]) -> int:
     unknown = calibrate_unknown_distance(net, plain, percentile=99.0)
     figures = validate(net, args.looks)
     meta = {**meta, "unknown_distance": unknown, "validation": figures, "tta": net.tta}
+    if any(k.startswith("polarity_maps") for k in meta):  # they belong to the embedding they were fitted for
+        meta = {k: v for k, v in meta.items() if not k.startswith("polarity_maps")}
+        logging.info("polarity maps left out: fit them for these weights with scripts/fit_polarity_maps.py --weights %s",
+                     args.out)
     save(args.out, net, cfg, meta)
     print(json.dumps(figures))
     return 0

@@ -47,12 +47,14 @@ def test_a_ridge_map_recovers_a_linear_relation():
 def test_maps_are_refused_for_another_embedding(tmp_path):
     net = FirstTwo(1.0)
     path = save_maps(tmp_path / "maps.npz", {map_key("si001h", 1): np.eye(3, 2, dtype=np.float32)},
-                     embedding_fingerprint(net))
-    maps = load_maps(path, "si001h", net)
+                     embedding_fingerprint(net), "d8")
+    maps = load_maps(path, "si001h", net, "d8")
     assert list(maps) == [1] and np.allclose(maps[1], np.eye(3, 2))
-    assert load_maps(path, "tio2110", FirstTwo(2.0)) == {}  # none for that surface: nothing to check
+    assert load_maps(path, "tio2110", FirstTwo(2.0), "d8") == {}  # none for that surface: nothing to check
     with pytest.raises(ValueError, match="fitted for embedding"):
-        load_maps(path, "si001h", FirstTwo(2.0))
+        load_maps(path, "si001h", FirstTwo(2.0), "d8")  # other weights
+    with pytest.raises(ValueError, match="augmentation 'd8', not this one"):
+        load_maps(path, "si001h", net, "none")  # the same weights, embedded without the turns and mirrors
 
 
 def test_a_class_clicked_at_one_polarity_is_translated_to_the_other():
@@ -76,6 +78,20 @@ def test_a_class_clicked_at_one_polarity_is_translated_to_the_other():
     assert np.allclose(mapped.refined_prototypes(query, bias_v=-2.0).numpy(), [[0.0, 1.0], [0.5, -0.5]])
     assert np.allclose(mapped.refined_prototypes(query, bias_v=None).numpy(), [[0.0, 1.0], [0.5, -0.5]])
     assert np.allclose(mapped.net.prototypes.numpy(), [[0.0, 1.0], [0.5, -0.5]])  # the support is not changed
+
+
+def test_a_translated_click_has_unit_length_with_the_cosine_metric():
+    """The cosine net's embeddings and prototypes are unit vectors: a translated click is made one
+    too. Class a at -1.8 V looks like (0, 2), the map doubles and swaps: (4, 0) → unit (1, 0)."""
+    support = CropSet("si001h", {"a": np.stack([crop(0.0, 2.0)]), "b": np.stack([crop(-1.0, -1.0)])},
+                      bias_v={"a": np.array([-1.8]), "b": np.array([np.nan])})
+    double_swap = np.array([[0.0, 2.0], [2.0, 0.0], [0.0, 0.0]], np.float32)
+    clf = TransductiveClassifier(PrototypicalClassifier(ProtoNet(FirstTwo(), metric="cosine"), support, float("inf")),
+                                 None, steps=0, polarity_maps={1: double_swap})
+    query = np.stack([crop(0.9, 0.1)])
+    s = 0.5 ** 0.5
+    assert np.allclose(clf.refined_prototypes(query, bias_v=1.5).numpy(), [[1.0, 0.0], [-s, -s]], atol=1e-6)
+    assert np.allclose(clf.refined_prototypes(query, bias_v=-1.5).numpy(), [[0.0, 1.0], [-s, -s]], atol=1e-6)
 
 
 def test_the_shipped_maps_name_a_class_across_polarities_on_simulated_samples():
@@ -105,22 +121,29 @@ def test_the_shipped_maps_name_a_class_across_polarities_on_simulated_samples():
     assert translated > raw + 0.08, (raw, translated)
 
 
-def test_weights_refuse_polarity_maps_other_than_theirs(tmp_path):
-    """The weights name their maps with the maps' sha256: a changed or missing maps file is refused
-    with a message naming it, never used quietly."""
+def test_weights_refuse_polarity_maps_other_than_theirs(tmp_path, caplog):
+    """The weights name their maps with the maps' sha256: a changed or missing maps file, or maps of
+    another embedding, are not used, with a warning naming the file and the problem; the classifier
+    itself still works (without the maps, as before they existed)."""
     import shutil
 
     from stmwatch.models.fewshot.classifier import WEIGHTS
 
     for name in (WEIGHTS.name, "fewshot_proto_conv4_gate.pt", "fewshot_polarity.npz"):
         shutil.copy(WEIGHTS.parent / name, tmp_path / name)
-    assert sorted(load_classifier("ge001", weights=tmp_path / WEIGHTS.name).polarity_maps) == [-1, 1]
+    weights = tmp_path / WEIGHTS.name
+    assert sorted(load_classifier("ge001", weights=weights).polarity_maps) == [-1, 1]
+    assert load_classifier("ge001", weights=weights, tta="none").polarity_maps == {}  # fitted with d8
+    assert "test-time augmentation 'd8'" in caplog.text
     with np.load(tmp_path / "fewshot_polarity.npz") as data:
         maps = {k: data[k] for k in data.files}
     maps["ge001__to_empty"] = maps["ge001__to_empty"] * 1.01
     np.savez(tmp_path / "fewshot_polarity.npz", **maps)
-    with pytest.raises(ValueError, match="fewshot_polarity.npz: sha256"):
-        load_classifier("ge001", weights=tmp_path / WEIGHTS.name)
+    caplog.clear()
+    clf = load_classifier("ge001", weights=weights)
+    assert clf.polarity_maps == {} and "fewshot_polarity.npz: sha256" in caplog.text
+    assert clf.classify(np.zeros((1, 2, 32, 32), np.float32), bias_v=1.5)[0][0] in clf.labels + ["unknown"]
     (tmp_path / "fewshot_polarity.npz").unlink()
-    with pytest.raises(FileNotFoundError, match="polarity maps fewshot_polarity.npz are missing"):
-        load_classifier("ge001", weights=tmp_path / WEIGHTS.name)
+    caplog.clear()
+    assert load_classifier("ge001", weights=weights).polarity_maps == {}
+    assert "fewshot_polarity.npz is missing" in caplog.text and "polarity maps not used" in caplog.text

@@ -174,6 +174,24 @@ def file_version(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
+def polarity_maps(weights: Path, meta: dict, surface: str, net: ProtoNet) -> dict[int, np.ndarray]:
+    """The polarity maps that ``weights``' ``meta`` names (:mod:`.polarity`) for ``surface``, checked:
+    the file beside the weights, of the sha256 the meta records, fitted for ``net``'s embedding and
+    test-time augmentation. Any of these wrong: none (the classifier works without them), and a
+    warning that names the file and the problem."""
+    path = weights.parent / meta["polarity_maps"]
+    try:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing")
+        if meta.get("polarity_maps_sha256") != file_version(path):
+            raise ValueError(f"{path}: sha256 {file_version(path)}, but {weights.name} names "
+                             f"{meta.get('polarity_maps_sha256')}")
+        return load_maps(path, surface, net.backbone, net.tta)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("polarity maps not used (%s): a class clicked only at the other polarity is used as it is", exc)
+        return {}
+
+
 def load_classifier(surface: str, support_dir: Path | str | None = None, weights: Path | str | None = None,
                     unknown_distance: float | None = None, tta: str | None = None,
                     backend: str = "torch") -> TransductiveClassifier:
@@ -190,9 +208,9 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     runner, see :func:`classifier_backend`. The classes' lattice sites are learnt with the
     prototypes (:mod:`.site`) on a known surface, with the weights' ``meta["site_weight"]``
     (default :data:`.site.WEIGHT`; 0 turns it off). The weights' ``meta["polarity_maps"]`` (a file
-    beside them, :mod:`.polarity`) translate a class's clicks to a scan's other polarity; a file
-    fitted for another embedding, or other than the one the weights name (its sha256), is refused
-    (``ValueError``).
+    beside them, :mod:`.polarity`) translate a class's clicks to a scan's other polarity; a missing
+    file, one other than the weights name (its sha256) or one fitted for another embedding is not
+    used (:func:`polarity_maps`).
     """
     from .training import load  # avoid a cycle at import time
 
@@ -201,15 +219,7 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     if not isinstance(net, ProtoNet):
         raise ValueError(f"{weights} holds a {config.method} network, not a prototypical one")
     net.tta = tta or meta.get("tta", "none")
-    maps = {}
-    if meta.get("polarity_maps"):  # a click's look at the other polarity (models/fewshot/polarity.py)
-        maps_path = weights.parent / meta["polarity_maps"]
-        if not maps_path.is_file():
-            raise FileNotFoundError(f"{weights}: its polarity maps {maps_path.name} are missing")
-        if meta.get("polarity_maps_sha256", file_version(maps_path)) != file_version(maps_path):
-            raise ValueError(f"{maps_path}: sha256 {file_version(maps_path)}, but {weights.name} was made with "
-                             f"{meta['polarity_maps_sha256']}")
-        maps = load_maps(maps_path, surface, net.backbone)
+    maps = polarity_maps(weights, meta, surface, net) if meta.get("polarity_maps") else {}
     runner = classifier_backend(backend)
     if runner == "onnxruntime":
         net.backbone = OnnxBackbone(net.backbone)

@@ -12,8 +12,9 @@ surface, where a defect's embedding goes when the polarity flips: a ridge-regres
 (:func:`fit_map`). When a scan is labelled at a polarity where a class has no click,
 :class:`~.transductive.TransductiveClassifier` uses that class's clicks translated by the map
 (:func:`translate`) instead of the clicks as they are. The maps belong to one embedding network:
-they are stored with the fingerprint of its weights (:func:`embedding_fingerprint`) and refused
-for any other (a re-trained or fine-tuned embedding).
+they are stored with the fingerprint of its weights (:func:`embedding_fingerprint`) and its
+test-time augmentation, and refused for any other (a re-trained or fine-tuned embedding): the
+classifier then works without them, as before they existed, and says so in the log.
 
 Fitted by ``scripts/fit_polarity_maps.py`` (training-style scans only); chosen and measured in
 docs/adapt.md ("Stop 29").
@@ -59,21 +60,23 @@ def map_key(surface: str, to_sign: int) -> str:
     return f"{surface}/to_{'empty' if to_sign > 0 else 'filled'}"
 
 
-def save_maps(path: Path | str, maps: dict[str, np.ndarray], fingerprint: str) -> Path:
-    """Write ``maps`` (:func:`map_key` → :func:`fit_map` array) and the embedding's fingerprint."""
+def save_maps(path: Path | str, maps: dict[str, np.ndarray], fingerprint: str, tta: str) -> Path:
+    """Write ``maps`` (:func:`map_key` → :func:`fit_map` array), the fingerprint of the embedding
+    network they were fitted for and its test-time augmentation (``ProtoNet.tta``)."""
     path = Path(path)
-    np.savez(path, fingerprint=np.array(fingerprint), **{k.replace("/", "__"): v for k, v in maps.items()})
+    np.savez(path, fingerprint=np.array(fingerprint), tta=np.array(tta),
+             **{k.replace("/", "__"): v for k, v in maps.items()})
     return path
 
 
-def load_maps(path: Path | str, surface: str, net: torch.nn.Module) -> dict[int, np.ndarray]:
+def load_maps(path: Path | str, surface: str, backbone: torch.nn.Module, tta: str) -> dict[int, np.ndarray]:
     """``surface``'s maps in ``path`` as ``{to_sign: array}`` (empty when the file has none for
-    it). ``ValueError`` when they were fitted for another embedding than ``net``'s."""
+    it). ``ValueError`` when they were fitted for another embedding than ``backbone`` with ``tta``."""
     with np.load(Path(path)) as data:
-        fitted_for = str(data["fingerprint"])
+        fitted_for, fitted_tta = str(data["fingerprint"]), str(data["tta"]) if "tta" in data.files else "?"
         found = {sign: data[map_key(surface, sign).replace("/", "__")] for sign in (-1, 1)
                  if map_key(surface, sign).replace("/", "__") in data.files}
-    if found and fitted_for != embedding_fingerprint(net):
-        raise ValueError(f"{path}: polarity maps fitted for embedding {fitted_for}, "
-                         f"not this one ({embedding_fingerprint(net)})")
+    if found and (fitted_for, fitted_tta) != (embedding_fingerprint(backbone), tta):
+        raise ValueError(f"{path}: polarity maps fitted for embedding {fitted_for} with test-time "
+                         f"augmentation {fitted_tta!r}, not this one ({embedding_fingerprint(backbone)}, {tta!r})")
     return found
