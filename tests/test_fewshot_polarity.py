@@ -80,6 +80,20 @@ def test_a_class_clicked_at_one_polarity_is_translated_to_the_other():
     assert np.allclose(mapped.net.prototypes.numpy(), [[0.0, 1.0], [0.5, -0.5]])  # the support is not changed
 
 
+def test_with_clicks_at_both_polarities_the_other_ones_are_translated_and_join():
+    """Class a clicked at -1.8 V (0, 1) and at +1.2 V (1, 0.2); the map to empty states swaps the two
+    pixels. For a +2 V scan a's prototype is the mean of (1, 0.2) and the translated (1, 0); for a
+    -2 V scan, with no map towards filled states, the -1.8 V click alone."""
+    support = CropSet("si001h", {"a": np.stack([crop(0.0, 1.0), crop(1.0, 0.2)]), "b": np.stack([crop(-1.0, -1.0)])},
+                      bias_v={"a": np.array([-1.8, 1.2]), "b": np.array([np.nan])})
+    swap = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]], np.float32)
+    clf = TransductiveClassifier(PrototypicalClassifier(ProtoNet(FirstTwo()), support, float("inf")), None,
+                                 steps=0, polarity_maps={1: swap})
+    query = np.stack([crop(0.9, 0.1)])
+    assert np.allclose(clf.refined_prototypes(query, bias_v=2.0).numpy(), [[1.0, 0.1], [-1.0, -1.0]])
+    assert np.allclose(clf.refined_prototypes(query, bias_v=-2.0).numpy(), [[0.0, 1.0], [-1.0, -1.0]])
+
+
 def test_a_translated_click_has_unit_length_with_the_cosine_metric():
     """The cosine net's embeddings and prototypes are unit vectors: a translated click is made one
     too. Class a at -1.8 V looks like (0, 2), the map doubles and swaps: (4, 0) → unit (1, 0)."""

@@ -15,10 +15,12 @@ One step, on the scan's crops and the pool, was chosen on training-style scans
 (docs/adapt.md, "Transduction on the scan's own defects").
 
 **Polarity.** Many defects look different in filled states (negative sample bias) and empty
-states (positive). When the call says the scan's bias, a class's prototype is made from its
-clicks at that polarity (and those of unknown bias). A class with no click there uses its clicks at
-the other polarity, moved by the surface's polarity map where the classifier has one (:mod:`.polarity`:
-where the same defect's embedding goes when the polarity flips), as they are otherwise. A scan of
+states (positive). When the call says the scan's bias and the classifier has the surface's
+polarity map towards it (:mod:`.polarity`: where the same defect's embedding goes when the
+polarity flips), a class's clicks at the other polarity are translated by it and join its clicks
+at the scan's polarity and of unknown bias (chosen on training-style scans: docs/adapt.md, stop 29).
+Without a map, a class's prototype is made from its clicks at the scan's polarity (and those of
+unknown bias), and a class with no click there keeps all its clicks as they are. A scan of
 unknown bias, or a support set without bias records, uses every click as it is. The pool
 is used whole: cutting it to the scan's polarity was lower on training-style scans (docs/adapt.md,
 "Clicks at each polarity").
@@ -48,8 +50,8 @@ class TransductiveClassifier:
     that call's crops together with ``pool`` ``(n, C, H, W)`` (the lab's crops, or None);
     everything else is the base classifier's. ``row_period_px`` (the surface's row period in crop
     pixels; None: no site cue) and ``site_weight`` (0: none) set the lattice-site cue.
-    ``polarity_maps`` ``{to_sign: map}`` (:mod:`.polarity`; None: none) translate a class's clicks
-    to a scan's polarity where it has none there."""
+    ``polarity_maps`` ``{to_sign: map}`` (:mod:`.polarity`; None: none) translate the clicks at the
+    other polarity than a scan's to its polarity (see "Polarity" above)."""
 
     def __init__(self, base, pool: np.ndarray | None = None, steps: int = STEPS,
                  row_period_px: float | None = None, site_weight: float = SITE_WEIGHT,
@@ -97,10 +99,11 @@ class TransductiveClassifier:
         keep = (self._support_polarity == 0) | (self._support_polarity == sign)
         owner = self._one_hot.argmax(1).numpy()
         moved = np.zeros_like(keep)
+        if sign in self.polarity_maps:  # the clicks at the other polarity, translated, join those at this one
+            keep, moved = np.ones_like(keep), self._support_polarity == -sign
         for k in range(self._one_hot.shape[1]):
             if not keep[owner == k].any():
-                keep[owner == k] = True  # no click of this class at this polarity: all of them,
-                moved[owner == k] = sign in self.polarity_maps  # translated where there is a map
+                keep[owner == k] = True  # no click of this class at this polarity: all of them, as they are
         if keep.all() and not moved.any():
             return everything
         embedding = self._support_embedding.clone()
