@@ -21,6 +21,7 @@ class ModelSettings:
     surface_thresholds: dict[str, float] = dataclasses.field(default_factory=lambda: {"si001h": 0.25})
     min_area_px: int = 12  # smaller components (in model pixels) are noise (12: best F1 on validation scans)
     unknown_distance: float = 0.0  # above this embedding distance a defect is 'unknown'; 0 = shipped
+    polarity_maps: bool = True  # translate clicks to the other bias polarity where the classifier has maps
     engine_cache: str = "~/.cache/stmwatch/engines"  # TensorRT engines and ONNX exports, keyed by model hash/shape(/GPU)
     tile_px: int = 256  # UNet tile size (model pixels); a multiple of 8
     tile_overlap_px: int = 32  # overlap between tiles (model pixels)

@@ -161,3 +161,15 @@ def test_weights_refuse_polarity_maps_other_than_theirs(tmp_path, caplog):
     caplog.clear()
     assert load_classifier("ge001", weights=weights).polarity_maps == {}
     assert "fewshot_polarity.npz is missing" in caplog.text and "polarity maps not used" in caplog.text
+
+
+def test_models_polarity_maps_false_turns_them_off():
+    """``[models] polarity_maps = false``: the daemon's classifier has no maps (each scan uses its own
+    polarity's clicks); the default uses the shipped ones."""
+    from stmwatch.daemon.config import Config
+    from stmwatch.models.load import load_analyser
+    from stmwatch.models.settings import ModelSettings
+
+    on = load_analyser(Config(models=ModelSettings(backend="torch")), "ge001")
+    off = load_analyser(Config(models=ModelSettings(backend="torch", polarity_maps=False)), "ge001")
+    assert sorted(on.classifier.polarity_maps) == [-1, 1] and off.classifier.polarity_maps == {}

@@ -174,7 +174,7 @@ def file_version(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
-def polarity_maps(weights: Path, meta: dict, surface: str, net: ProtoNet) -> dict[int, np.ndarray]:
+def checked_polarity_maps(weights: Path, meta: dict, surface: str, net: ProtoNet) -> dict[int, np.ndarray]:
     """The polarity maps that ``weights``' ``meta`` names (:mod:`.polarity`) for ``surface``, checked:
     the file beside the weights, of the sha256 the meta records, fitted for ``net``'s embedding and
     test-time augmentation. Any of these wrong: none (the classifier works without them), and a
@@ -194,7 +194,7 @@ def polarity_maps(weights: Path, meta: dict, surface: str, net: ProtoNet) -> dic
 
 def load_classifier(surface: str, support_dir: Path | str | None = None, weights: Path | str | None = None,
                     unknown_distance: float | None = None, tta: str | None = None,
-                    backend: str = "torch") -> TransductiveClassifier:
+                    backend: str = "torch", polarity_maps: bool = True) -> TransductiveClassifier:
     """The shipped (or given) prototypical network with the support set of ``surface``, its
     prototypes refined on the crops of each call (:class:`~.transductive.TransductiveClassifier`;
     an adapted network's ``meta["pool"]`` of lab crops too).
@@ -210,7 +210,7 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     (default :data:`.site.WEIGHT`; 0 turns it off). The weights' ``meta["polarity_maps"]`` (a file
     beside them, :mod:`.polarity`) translate a class's clicks to a scan's other polarity; a missing
     file, one other than the weights name (its sha256) or one fitted for another embedding is not
-    used (:func:`polarity_maps`).
+    used (:func:`checked_polarity_maps`); ``polarity_maps`` False (``[models] polarity_maps``): none.
     """
     from .training import load  # avoid a cycle at import time
 
@@ -219,7 +219,7 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     if not isinstance(net, ProtoNet):
         raise ValueError(f"{weights} holds a {config.method} network, not a prototypical one")
     net.tta = tta or meta.get("tta", "none")
-    maps = polarity_maps(weights, meta, surface, net) if meta.get("polarity_maps") else {}
+    maps = checked_polarity_maps(weights, meta, surface, net) if polarity_maps and meta.get("polarity_maps") else {}
     runner = classifier_backend(backend)
     if runner == "onnxruntime":
         net.backbone = OnnxBackbone(net.backbone)
