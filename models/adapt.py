@@ -170,13 +170,14 @@ def _patches(image: np.ndarray, target: np.ndarray, patch: int, count: int, rng)
 
 
 def label_patches(paths: list[Path], prepared_scans: list[Prepared], source: LabelSource, radius: float,
-                  settings: AdaptSettings, rng, progress) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                  settings: AdaptSettings, rng, progress,
+                  scan_bias: list[float | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Patches ``(N, C, P, P)`` of the scans with targets ``(N, P, P)`` in {-1 left out, 0, 1} from
-    ``source``'s labels (discs of ``radius`` model pixels), the crops at the labelled defects, and
-    the number of defect pixels."""
+    ``source``'s labels (discs of ``radius`` model pixels), the crops at the labelled defects, each
+    crop's scan bias (V, from ``scan_bias``, one per scan; NaN unknown), and the number of defect pixels."""
     from .train_unet import disc_target
 
-    xs, ys, crops = [], [], []
+    xs, ys, crops, biases = [], [], [], []
     for i, (path, prepared) in enumerate(zip(paths, prepared_scans)):
         labels = source.labels(path, prepared)
         image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
@@ -188,9 +189,12 @@ def label_patches(paths: list[Path], prepared_scans: list[Prepared], source: Lab
         ys.append(y)
         if len(labels.centres):
             crops.append(crops_at(prepared.image, labels.centres[:, 0], labels.centres[:, 1]))
+            bias = scan_bias[i] if scan_bias is not None and scan_bias[i] is not None else np.nan
+            biases.append(np.full(len(labels.centres), bias, np.float32))
         progress(i + 1, len(paths))
     lab_crops = np.concatenate(crops) if crops else np.zeros((0, 2, 32, 32), np.float32)
-    return np.concatenate(xs), np.concatenate(ys), lab_crops, int(sum((t == 1).sum() for t in ys))
+    lab_bias = np.concatenate(biases) if biases else np.zeros(0, np.float32)
+    return np.concatenate(xs), np.concatenate(ys), lab_crops, lab_bias, int(sum((t == 1).sum() for t in ys))
 
 
 def masked_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -311,9 +315,11 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
     # 1. labels and crops
     radius = settings.disc_nm / surf.nm_per_px
     rng = np.random.default_rng([settings.seed, 5])
-    prepared_scans = [prepare(read_sxm(path), surf, config.preprocess) for path in train_paths]
-    images, targets, lab_crops, n_labels = label_patches(train_paths, prepared_scans, source, radius, settings, rng,
-                                                         lambda d, t: report("labels", d, t))
+    train_scans = [read_sxm(path) for path in train_paths]
+    prepared_scans = [prepare(scan, surf, config.preprocess) for scan in train_scans]
+    images, targets, lab_crops, lab_bias, n_labels = label_patches(
+        train_paths, prepared_scans, source, radius, settings, rng, lambda d, t: report("labels", d, t),
+        [scan.bias_v for scan in train_scans])
     log.info("%d patches, %d confident defects (crops)", len(images), len(lab_crops))
 
     with tempfile.TemporaryDirectory(prefix="adapt-") as tmp:
@@ -334,7 +340,7 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
         for r, steps in enumerate(per_round):
             if r:
                 source.segmenter = with_model(source.segmenter, copy.deepcopy(model))
-                images, targets, _, n_labels = label_patches(train_paths, prepared_scans, source, radius, settings,
+                images, targets, _, _, n_labels = label_patches(train_paths, prepared_scans, source, radius, settings,
                                                              rng, lambda d, t: report("labels", d, t))
             final_loss = finetune_unet(model, images, targets,
                                        dataclasses.replace(settings, steps=steps, seed=settings.seed + r), step)
@@ -364,7 +370,8 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
         else:
             u = fs_meta.get("unknown_distance", float("inf"))
         np.save(tmp / "lab_crops.npy", lab_crops.astype(np.float32))
-        extra = {"lab_crops.npy": tmp / "lab_crops.npy"}
+        np.save(tmp / "lab_crops_bias.npy", lab_bias.astype(np.float32))  # each crop's scan bias (V; NaN unknown)
+        extra = {"lab_crops.npy": tmp / "lab_crops.npy", "lab_crops_bias.npy": tmp / "lab_crops_bias.npy"}
         if fs_meta.get("gate"):  # the classifier's unknown gate travels with it
             extra[fs_meta["gate"]] = fs_path.parent / fs_meta["gate"]
         if fs_meta.get("polarity_maps"):  # and its polarity maps, while the embedding is the one they were fitted for
@@ -374,7 +381,8 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
             else:
                 extra[fs_meta["polarity_maps"]] = fs_path.parent / fs_meta["polarity_maps"]
         save_fewshot(tmp / "fewshot.pt", net, fs_config,
-                     {**fs_meta, "unknown_distance": u, "pool": "lab_crops.npy", "refine_steps": settings.refine_steps,
+                     {**fs_meta, "unknown_distance": u, "pool": "lab_crops.npy", "pool_bias": "lab_crops_bias.npy",
+                      "refine_steps": settings.refine_steps,
                       "adapted": {"crops": len(lab_crops), "adabn": settings.adabn and len(lab_crops) >= 8}})
         report("embedding", 1, 1)
 

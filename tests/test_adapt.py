@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from stmwatch.daemon.cli import main
+from stmwatch.drivers.sxm import read_sxm
 from stmwatch.daemon.config import Config
 from stmwatch.models.adapt import (AdaptSettings, PseudoLabels, UNetConfidentLabels, UNetFlipAgreementLabels, adapt,
                                   split_scans)
@@ -200,6 +201,9 @@ def test_adapt_writes_a_bundle_that_loads_and_keeps_the_held_back_scans_out(tiny
     assert "before" in (tmp_path / "bundle" / "CARD.md").read_text()
     pool = np.load(tmp_path / "bundle" / "lab_crops.npy")
     assert pool.shape[1:] == (2, 32, 32) and len(pool) >= 8  # 6 scans x ~8 defects
+    pool_bias = np.load(tmp_path / "bundle" / "lab_crops_bias.npy")  # each crop's scan bias
+    biases = {read_sxm(p).bias_v for p in sorted(scans.glob("*.sxm"))[:6]}
+    assert len(pool_bias) == len(pool) and set(pool_bias.tolist()) <= {np.float32(b) for b in biases}
     after = dataclasses.replace(config, models=dataclasses.replace(config.models, bundle=str(tmp_path / "bundle"),
                                                                    segmenter_weights=""))
     analyser = load_analyser(after, "si001h")
@@ -210,6 +214,7 @@ def test_adapt_writes_a_bundle_that_loads_and_keeps_the_held_back_scans_out(tiny
     assert analyser.classifier.crop_norm == "per_crop"
     # and so do its polarity maps: the embedding was not changed (no fine-tuning, no AdaBN)
     assert (tmp_path / "bundle" / "fewshot_polarity.npz").is_file() and sorted(analyser.classifier.polarity_maps) == [-1, 1]
+    assert analyser.classifier._pool_polarity is not None and len(analyser.classifier._pool_polarity) == len(pool)
     scan, _ = simulate_scan("si001h", 99, pixels=(64, 64))
     analyser.analyse(scan)
 

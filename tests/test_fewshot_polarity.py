@@ -94,6 +94,28 @@ def test_with_clicks_at_both_polarities_the_other_ones_are_translated_and_join()
     assert np.allclose(clf.refined_prototypes(query, bias_v=-2.0).numpy(), [[0.0, 1.0], [-1.0, -1.0]])
 
 
+def test_an_adapted_pools_crops_at_the_other_polarity_are_translated():
+    """Class a clicked at +1.2 V at (1, 0); the lab's pool holds ten crops of a from -1.5 V scans, at
+    (0, 1), which the map to empty states swaps to (1, 0). For a +2 V scan, one soft k-means step
+    leaves a's prototype at (1, 0) when the pool's biases are known, and pulls it towards (0, 1)
+    when they are not (the pool as it is)."""
+    support = CropSet("si001h", {"a": np.stack([crop(1.0, 0.0)]), "b": np.stack([crop(-1.0, -1.0)])},
+                      bias_v={"a": np.array([1.2]), "b": np.array([np.nan])})
+    swap = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]], np.float32)
+    pool = np.stack([crop(0.0, 1.0)] * 10)
+
+    def classifier(pool_bias):
+        return TransductiveClassifier(PrototypicalClassifier(ProtoNet(FirstTwo()), support, float("inf")), pool,
+                                      steps=1, polarity_maps={1: swap}, pool_bias=pool_bias)
+    query = np.zeros((0, 2, 32, 32), np.float32)
+    known = classifier(np.full(10, -1.5)).refined_prototypes(query, bias_v=2.0).numpy()
+    assert np.allclose(known[0], [1.0, 0.0], atol=1e-5)
+    unknown = classifier(None).refined_prototypes(query, bias_v=2.0).numpy()
+    assert unknown[0][1] > 0.5  # most of the way to the pool's (0, 1)
+    # a -2 V scan: no map towards filled states, the pool as it is
+    assert classifier(np.full(10, -1.5)).refined_prototypes(query, bias_v=-2.0).numpy()[0][1] > 0.5
+
+
 def test_a_translated_click_has_unit_length_with_the_cosine_metric():
     """The cosine net's embeddings and prototypes are unit vectors: a translated click is made one
     too. Class a at -1.8 V looks like (0, 2), the map doubles and swaps: (4, 0) → unit (1, 0)."""

@@ -242,8 +242,12 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
         raise FileNotFoundError(f"{weights}: its pool of lab crops {pool.name} is missing")
     # prototypes refined on each scan's own defects, and on the lab's crops for an adapted classifier
     # and the classes' lattice sites learnt with them (models/fewshot/site.py)
+    pool_bias = weights.parent / meta["pool_bias"] if pool is not None and meta.get("pool_bias") else None
+    if pool_bias is not None and not pool_bias.is_file():
+        raise FileNotFoundError(f"{weights}: its pool's biases {pool_bias.name} are missing")
     facts = SURFACES.get(surface)
     return TransductiveClassifier(classifier, np.load(pool) if pool is not None else None,
                                   steps=int(meta.get("refine_steps", TRANSDUCTIVE_STEPS)),
                                   row_period_px=facts.row_nm / facts.nm_per_px if facts else None,
-                                  site_weight=float(meta.get("site_weight", SITE_WEIGHT)), polarity_maps=maps)
+                                  site_weight=float(meta.get("site_weight", SITE_WEIGHT)), polarity_maps=maps,
+                                  pool_bias=np.load(pool_bias) if pool_bias is not None else None)

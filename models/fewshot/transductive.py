@@ -18,7 +18,9 @@ One step, on the scan's crops and the pool, was chosen on training-style scans
 states (positive). When the call says the scan's bias and the classifier has the surface's
 polarity map towards it (:mod:`.polarity`: where the same defect's embedding goes when the
 polarity flips), a class's clicks at the other polarity are translated by it and join its clicks
-at the scan's polarity and of unknown bias (chosen on training-style scans: docs/adapt.md, stop 29).
+at the scan's polarity and of unknown bias (chosen on training-style scans: docs/adapt.md, stop 29);
+so do the crops of an adapted classifier's pool taken from scans at the other polarity, where the
+bundle records each crop's bias.
 Without a map, a class's prototype is made from its clicks at the scan's polarity (and those of
 unknown bias), and a class with no click there keeps all its clicks as they are. A scan of
 unknown bias, or a support set without bias records, uses every click as it is. The pool
@@ -51,11 +53,12 @@ class TransductiveClassifier:
     everything else is the base classifier's. ``row_period_px`` (the surface's row period in crop
     pixels; None: no site cue) and ``site_weight`` (0: none) set the lattice-site cue.
     ``polarity_maps`` ``{to_sign: map}`` (:mod:`.polarity`; None: none) translate the clicks at the
-    other polarity than a scan's to its polarity (see "Polarity" above)."""
+    other polarity than a scan's to its polarity, and the pool's crops with ``pool_bias`` ``(n,)``
+    (V, each pool crop's scan; NaN unknown) at it (see "Polarity" above)."""
 
     def __init__(self, base, pool: np.ndarray | None = None, steps: int = STEPS,
                  row_period_px: float | None = None, site_weight: float = SITE_WEIGHT,
-                 polarity_maps: dict[int, np.ndarray] | None = None):
+                 polarity_maps: dict[int, np.ndarray] | None = None, pool_bias: np.ndarray | None = None):
         self.base = base
         self.pool = None if pool is None or len(pool) == 0 else np.asarray(pool, dtype=np.float32)
         self.steps = int(steps)
@@ -64,6 +67,9 @@ class TransductiveClassifier:
         self.site_weight = float(site_weight)
         self.polarity_maps = dict(polarity_maps or {})
         self._pool_embedding, self._pool_site = self._features(self.pool) if self.pool is not None else (None, None)
+        self._pool_polarity = None  # the polarity of each pool crop's scan, where known for every crop
+        if self.pool is not None and pool_bias is not None and len(pool_bias) == len(self.pool):
+            self._pool_polarity = np.array([bias_polarity(float(b)) for b in pool_bias], np.int8)
         self._fit_support()
 
     def __getattr__(self, name):  # labels, net, version, unknown_distance, support ...
@@ -128,7 +134,7 @@ class TransductiveClassifier:
         crops, their row-phase cosines ``site_cos``) and the pool, and the classes' site model
         (None without the site cue)."""
         support, one_hot, protos, support_cos = self._start(bias_v)
-        parts = [(e, c) for e, c in ((self._pool_embedding, self._pool_site), (embedded, site_cos))
+        parts = [(e, c) for e, c in ((self._pool_for(bias_v), self._pool_site), (embedded, site_cos))
                  if e is not None and len(e)]
         site = None if support_cos is None else SiteModel.fit(one_hot, support_cos)
         if not parts or self.steps <= 0:
@@ -146,6 +152,20 @@ class TransductiveClassifier:
             if site is not None:
                 site = SiteModel.fit(one_hot, support_cos, weights, unlabelled_cos)
         return protos, site
+
+    def _pool_for(self, bias_v: float | None) -> torch.Tensor | None:
+        """The pool's embeddings for a scan of sample bias ``bias_v``: those of crops from scans at
+        the other polarity translated to the scan's where there is a map and the pool's biases are
+        known (see "Polarity" above), the rest as they are."""
+        sign = bias_polarity(bias_v)
+        if self._pool_embedding is None or self._pool_polarity is None or sign not in self.polarity_maps:
+            return self._pool_embedding
+        other = torch.from_numpy(self._pool_polarity == -sign)
+        if not other.any():
+            return self._pool_embedding
+        pool = self._pool_embedding.clone()
+        pool[other] = translate(self.polarity_maps[sign], pool[other], self.base.net.metric == "cosine")
+        return pool
 
     def _logits(self, embedded: torch.Tensor, protos: torch.Tensor, site: SiteModel | None = None,
                 site_cos: torch.Tensor | None = None) -> torch.Tensor:
