@@ -188,7 +188,7 @@ def checked_polarity_maps(weights: Path, meta: dict, surface: str, net: ProtoNet
                              f"{meta.get('polarity_maps_sha256')}")
         return load_maps(path, surface, net.backbone, net.tta)
     except (OSError, ValueError, KeyError) as exc:
-        log.warning("polarity maps not used (%s): a class clicked only at the other polarity is used as it is", exc)
+        log.warning("polarity maps not used (%s): clicks at the other polarity than a scan's are used as they are", exc)
         return {}
 
 

@@ -112,10 +112,7 @@ class TransductiveClassifier:
                 keep[owner == k] = True  # no click of this class at this polarity: all of them, as they are
         if keep.all() and not moved.any():
             return everything
-        embedding = self._support_embedding.clone()
-        if moved.any():
-            rows = torch.from_numpy(moved)
-            embedding[rows] = translate(self.polarity_maps[sign], embedding[rows], self.base.net.metric == "cosine")
+        embedding = self._translated(self._support_embedding, moved, sign)
         mask = torch.from_numpy(keep)
         embedding, one_hot = embedding[mask], self._one_hot[mask]
         protos = (one_hot.T @ embedding) / one_hot.sum(0).unsqueeze(1)
@@ -160,12 +157,16 @@ class TransductiveClassifier:
         sign = bias_polarity(bias_v)
         if self._pool_embedding is None or self._pool_polarity is None or sign not in self.polarity_maps:
             return self._pool_embedding
-        other = torch.from_numpy(self._pool_polarity == -sign)
-        if not other.any():
-            return self._pool_embedding
-        pool = self._pool_embedding.clone()
-        pool[other] = translate(self.polarity_maps[sign], pool[other], self.base.net.metric == "cosine")
-        return pool
+        return self._translated(self._pool_embedding, self._pool_polarity == -sign, sign)
+
+    def _translated(self, embedded: torch.Tensor, rows: np.ndarray, sign: int) -> torch.Tensor:
+        """``embedded`` with its ``rows`` (bool) moved by the map towards polarity ``sign`` (a copy;
+        ``embedded`` itself when no row is)."""
+        if not rows.any():
+            return embedded
+        out, mask = embedded.clone(), torch.from_numpy(rows)
+        out[mask] = translate(self.polarity_maps[sign], out[mask], self.base.net.metric == "cosine")
+        return out
 
     def _logits(self, embedded: torch.Tensor, protos: torch.Tensor, site: SiteModel | None = None,
                 site_cos: torch.Tensor | None = None) -> torch.Tensor:
