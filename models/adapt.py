@@ -15,7 +15,9 @@
    there (same-cluster pairs of crops), and the crops are stored as a pool for *transductive
    prototype refinement*: whatever support set the operator clicks later, each prototype moves
    towards the lab crops and the scan's own defects it attracts (soft k-means,
-   :class:`~stmwatch.models.fewshot.transductive.TransductiveClassifier`).
+   :class:`~stmwatch.models.fewshot.transductive.TransductiveClassifier`). Each pool crop's scan
+   bias is stored with it, so that crops of the other polarity than a scan's are translated to it
+   by the classifier's polarity maps, which travel in the bundle unless the embedding was changed.
 4. A part of the given scans is **held back**; the card reports before/after figures on it: with
    truth files beside the scans (simulated data) detection F1 and one-click label accuracy,
    else label-free figures (defects per scan, mean classifier confidence). The held-back scans

@@ -89,6 +89,7 @@ def paired_polarity_crops(surface: str, seed: int, pixels: int = 192) -> tuple[n
     filled, empty = looks
     if [k for k, _ in filled] != [k for k, _ in empty]:
         raise RuntimeError(f"{surface} seed {seed}: the two polarities' defects differ")
+
     def stack(pairs):
         return np.stack([c for _, c in pairs]).astype(np.float32) if pairs else np.zeros((0, 2, 32, 32), np.float32)
     return stack(filled), stack(empty), np.array([k for k, _ in filled], dtype=str)
