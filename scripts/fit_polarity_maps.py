@@ -21,11 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stmwatch.models.fewshot.classifier import WEIGHTS, file_version
-from stmwatch.models.fewshot.crops import normalise_crops, to_model_input
+from stmwatch.models.fewshot.classifier import WEIGHTS, file_version, load_classifier
 from stmwatch.models.fewshot.look_crops import paired_polarity_crops
 from stmwatch.models.fewshot.polarity import RIDGE, embedding_fingerprint, fit_map, map_key, save_maps
-from stmwatch.models.fewshot.training import load
 from stmwatch.models.surfaces import SURFACES
 
 log = logging.getLogger("fit_polarity_maps")
@@ -43,19 +41,18 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = args.out or args.weights.parent / "fewshot_polarity.npz"
 
-    net, config, meta = load(args.weights)
-    net.tta = meta.get("tta", "none")
-
-    @torch.no_grad()
-    def embed(crops: np.ndarray) -> np.ndarray:  # as TransductiveClassifier embeds a call's crops
-        x = to_model_input(crops)
-        x = normalise_crops(x) if config.crop_norm == "per_crop" else x
-        return net.embed(torch.from_numpy(x)).numpy()
-
-    maps = {}
+    maps, net = {}, None
     for surface, facts in SURFACES.items():
         if facts.filled_only:
             continue
+        # the network as the daemon loads it: its crop normalisation and test-time augmentation
+        classifier = load_classifier(surface, weights=args.weights, backend="torch", polarity_maps=False).base
+        net = classifier.net
+
+        @torch.no_grad()
+        def embed(crops: np.ndarray) -> np.ndarray:
+            return net.embed(torch.from_numpy(classifier.model_input(crops))).numpy()
+
         filled, empty = [], []
         for i in range(args.scans):
             seed = int(np.random.SeedSequence([args.seed, i]).generate_state(1)[0] & 0x7FFFFFFF)

@@ -80,6 +80,7 @@ def _suggest(args, config, folder) -> int:
 
     from stmwatch.drivers.sxm import ScanReadError, read_sxm
     from stmwatch.models.clicks import least_sure, unclicked_at_polarity
+    from stmwatch.models.fewshot.crops import bias_polarity
     from stmwatch.models.load import load_analyser
 
     if config is None:
@@ -100,7 +101,7 @@ def _suggest(args, config, folder) -> int:
     rows = least_sure(analyser.analyse(scan), analyser.classifier, args.n)
     unclicked = unclicked_at_polarity(analyser.classifier.support, scan.bias_v)
     if unclicked:  # stderr: stdout stays a table (or JSON lines)
-        translated = (1 if scan.bias_v > 0 else -1) in getattr(analyser.classifier, "polarity_maps", {})
+        translated = bias_polarity(scan.bias_v) in getattr(analyser.classifier, "polarity_maps", {})
         advice = ("their look here is translated from those clicks (the classifier's polarity maps); a click of "
                   "each here may still help" if translated else "a click of each here helps most")
         print(f"note: {', '.join(unclicked)} clicked only at the other bias polarity; this scan is at "

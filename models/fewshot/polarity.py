@@ -56,16 +56,16 @@ def translate(weights: np.ndarray, embedded: torch.Tensor, unit: bool = True) ->
 
 
 def map_key(surface: str, to_sign: int) -> str:
-    """The name of ``surface``'s map towards polarity ``to_sign`` (+1 empty, -1 filled states)."""
-    return f"{surface}/to_{'empty' if to_sign > 0 else 'filled'}"
+    """The name of ``surface``'s map towards polarity ``to_sign`` (+1 empty, -1 filled states), as
+    stored in the maps file."""
+    return f"{surface}__to_{'empty' if to_sign > 0 else 'filled'}"
 
 
 def save_maps(path: Path | str, maps: dict[str, np.ndarray], fingerprint: str, tta: str) -> Path:
     """Write ``maps`` (:func:`map_key` → :func:`fit_map` array), the fingerprint of the embedding
     network they were fitted for and its test-time augmentation (``ProtoNet.tta``)."""
     path = Path(path)
-    np.savez(path, fingerprint=np.array(fingerprint), tta=np.array(tta),
-             **{k.replace("/", "__"): v for k, v in maps.items()})
+    np.savez(path, fingerprint=np.array(fingerprint), tta=np.array(tta), **maps)
     return path
 
 
@@ -74,8 +74,7 @@ def load_maps(path: Path | str, surface: str, backbone: torch.nn.Module, tta: st
     it). ``ValueError`` when they were fitted for another embedding than ``backbone`` with ``tta``."""
     with np.load(Path(path)) as data:
         fitted_for, fitted_tta = str(data["fingerprint"]), str(data["tta"]) if "tta" in data.files else "?"
-        found = {sign: data[map_key(surface, sign).replace("/", "__")] for sign in (-1, 1)
-                 if map_key(surface, sign).replace("/", "__") in data.files}
+        found = {sign: data[map_key(surface, sign)] for sign in (-1, 1) if map_key(surface, sign) in data.files}
     if found and (fitted_for, fitted_tta) != (embedding_fingerprint(backbone), tta):
         raise ValueError(f"{path}: polarity maps fitted for embedding {fitted_for} with test-time "
                          f"augmentation {fitted_tta!r}, not this one ({embedding_fingerprint(backbone)}, {tta!r})")
