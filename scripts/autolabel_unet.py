@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                   "--workers", str(args.workers), "--seed", str(args.seed),
                   "--plant" if args.plant else "--no-plant"])
         print(f"{surface}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
-        detector = str(labels / "detector" / "best.pt") if args.method == "planted" else None
+        detector = str(labels / "detector") if args.method == "planted" else None  # all its members
         auto = evaluate_autolabel([surface], args.held_out, detector=detector)[surface]
         unet = evaluate_surfaces([surface], args.held_out, weights=str(run / "best.pt"))[surface]
         result = {"surface": surface, "autolabel": auto, "unet_on_autolabels": unet, "args": vars(args)}

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from stmwatch.models.autolabel.evaluate import mask_centroids
 from stmwatch.models.autolabel.planted import (PlantSettings, detector_mask, draw_ghost, plant_defects, plant_settings,
@@ -166,6 +167,33 @@ def test_the_detector_runs_with_the_ghost_handling_for_both_copies_and_its_confi
     assert detector_segmenter(path, "si001h", 0.6).__self__.min_score == 0.6
 
 
+def test_several_detectors_give_the_mean_of_their_probabilities(tmp_path):
+    """Two detectors (files, or the folder ``autolabel`` trains them into) are one segmenter whose
+    probability is the mean of each one's own, pixel by pixel."""
+    from stmwatch.models.autolabel.planted import detector_paths, detector_segmenter
+    from stmwatch.models.preprocess import prepare
+    from stmwatch.models.sim.simulate import simulate_scan
+    from stmwatch.models.unet import UNet, UNetConfig, save_checkpoint
+
+    paths = []
+    for i in range(2):
+        torch.manual_seed(i)
+        (tmp_path / f"member{i}").mkdir()
+        paths.append(save_checkpoint(UNet(UNetConfig(width=4, depth=2)), tmp_path / f"member{i}" / "best.pt"))
+    assert detector_paths(tmp_path) == paths and detector_paths(paths[0]) == [paths[0]]
+    scan, _ = simulate_scan("si001h", 3, pixels=(64, 64), n_defects=3)
+    singles = [detector_segmenter(p, "si001h").__self__ for p in paths]
+    pair = detector_segmenter(tmp_path, "si001h").__self__
+    prepared = prepare(scan, pair.surface, pair.preprocess)
+    own = [s.probability(prepared) for s in singles]
+    assert not np.allclose(own[0], own[1])  # two different networks
+    assert np.allclose(pair.probability(prepared), (own[0] + own[1]) / 2, atol=1e-6)
+    assert np.allclose(detector_segmenter(paths, "si001h").__self__.probability(prepared), (own[0] + own[1]) / 2, atol=1e-6)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no best.pt nor member"):
+        detector_paths(tmp_path / "empty")
+
+
 def test_command_trains_a_detector_labels_with_it_and_reuses_it(tmp_path, capsys, monkeypatch):
     from stmwatch.daemon.cli import main
     from stmwatch.models.autolabel.training import labelled_patches
@@ -182,11 +210,15 @@ def test_command_trains_a_detector_labels_with_it_and_reuses_it(tmp_path, capsys
     manifest = json.loads((out / "autolabel.json").read_text())
     assert sorted(manifest) == ["s1", "s2", "s3"]
     assert {e["method"] for e in manifest.values()} == {"planted"}
-    detector = out / "detector" / "best.pt"
-    model, state = load_checkpoint(detector)
-    assert state["meta"]["name"] == "planted-detector" and state["meta"]["plant"]["steps"] == 2
-    assert state["meta"]["round"] == 2  # the default: a second round on the first detector's defects
-    assert (out / "detector" / "round1" / "best.pt").exists()
+    detector = out / "detector"  # the default: two detectors, from seeds 0 and 1, averaged
+    members = [detector / "member0" / "best.pt", detector / "member1" / "best.pt"]
+    for seed, member in enumerate(members):
+        model, state = load_checkpoint(member)
+        assert state["meta"]["name"] == "planted-detector" and state["meta"]["plant"]["steps"] == 2
+        assert state["meta"]["plant"]["seed"] == seed
+        assert state["meta"]["round"] == 2  # the default: a second round on the first detector's defects
+        assert (member.parent / "round1" / "best.pt").exists()
+    assert sorted(p.name for p in detector.iterdir()) == ["member0", "member1"]
     assert (out / "s1.autolabel.png").stat().st_size > 0
     for stem in manifest:
         mask = np.load(out / f"{stem}.mask.npy")
@@ -203,7 +235,7 @@ def test_command_trains_a_detector_labels_with_it_and_reuses_it(tmp_path, capsys
     monkeypatch.undo()
     assert not (again / "detector").exists()
     reused = json.loads((again / "autolabel.json").read_text())
-    assert reused["s1"]["detector"] == str(detector.resolve()) and reused["s1"]["method"] == "planted"
+    assert reused["s1"]["detector"] == [str(m.resolve()) for m in members] and reused["s1"]["method"] == "planted"
     for stem in manifest:  # the same detector, the same masks as when it was trained
         assert np.array_equal(np.load(again / f"{stem}.mask.npy"), np.load(out / f"{stem}.mask.npy"))
         assert reused[stem]["defects"] == manifest[stem]["defects"]

@@ -4,9 +4,10 @@ For each ``.sxm`` file (folders are searched for ``*.sxm``, not recursively) wri
 ``DIR/<stem>.mask.npy``: uint8, shape ``(rows, columns)`` of the scan as read, display frame (row
 0 at the top), 1 = defect; with ``--png`` also ``DIR/<stem>.autolabel.png`` (scan | clusters |
 mask). Two methods: ``clusters`` (per-pixel features, k-means, the defect clusters) and
-``planted`` (the default): the clusters' defects first, then a small UNet trained on these
-scans with synthetic defects planted in them (``DIR/detector/best.pt``; a few minutes on a CPU)
-labels every scan; ``--detector`` reuses a trained one (then, without ``--png``, no scan is
+``planted`` (the default): the clusters' defects first, then small UNets trained on these
+scans with synthetic defects planted in them (two, from two seeds: ``DIR/detector/member<i>/best.pt``;
+a few minutes each on a CPU) label every scan with their mean probability; ``--detector DIR/detector``
+reuses trained ones (then, without ``--png``, no scan is
 clustered unless the detector fails on it). ``DIR/autolabel.json`` records, per stem, the scan's path and what was chosen, so that
 ``stmwatch train unet --labels DIR`` finds the scans. A file that cannot be read or labelled is
 one line on stderr and is skipped (exit code 2 at the end).
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 from stmwatch.models.autolabel import CONFIDENT, DEFAULT_K
+from stmwatch.models.autolabel.planted import MEMBERS
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", choices=("planted", "clusters"), default="planted",
                         help="planted (default): the cluster rule's defects, then a detector trained on the scans "
                              "with planted synthetic defects labels them all (minutes); clusters: the cluster rule alone")
-    parser.add_argument("--detector", metavar="PATH", help="with --method planted: use this trained detector "
-                        "(e.g. an earlier OUT/detector/best.pt) instead of training one; without --png no scan is clustered "
-                        "(seconds per scan)")
+    parser.add_argument("--detector", metavar="PATH", nargs="+", help="with --method planted: use these trained "
+                        "detectors (e.g. an earlier OUT/detector folder: all its members; or .pt files, averaged) "
+                        "instead of training; without --png no scan is clustered (seconds per scan)")
+    parser.add_argument("--detectors", type=int, default=MEMBERS, help="with --method planted: detectors trained "
+                        "(from seeds --seed, --seed + 1, ...) and averaged (default %(default)s; 1 takes half the time)")
     parser.add_argument("--confident", type=float, default=CONFIDENT,
                         help="with --method planted: keep the detector's defects whose mean probability is at least "
                              "this (default %(default)s)")
@@ -73,12 +77,13 @@ def run(args) -> int:
         scales = parse_ints(args.scales)
         chosen = parse_ints(args.defect_clusters)
         features = make_features(args.features)
-        if min(args.rounds, args.steps) < 1 or (args.epochs is not None and args.epochs < 1):
-            raise ValueError("--rounds, --epochs and --steps must be 1 or more")
+        if min(args.rounds, args.steps, args.detectors) < 1 or (args.epochs is not None and args.epochs < 1):
+            raise ValueError("--rounds, --epochs, --steps and --detectors must be 1 or more")
         if not 0 < args.confident < 1:
             raise ValueError(f"--confident must be between 0 and 1, not {args.confident}")
-        if args.detector and not Path(args.detector).is_file():
-            raise ValueError(f"--detector {args.detector}: no such file")
+        for path in args.detector or []:
+            if not Path(path).exists():
+                raise ValueError(f"--detector {path}: no such file or folder")
     except (KeyError, ValueError) as exc:
         print(f"stmwatch autolabel: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
@@ -168,25 +173,27 @@ class Labeller:
         return path, result
 
     def detector(self, labelled: list):
-        """The planted-defect detector's ``segment``: ``--detector``, or one trained now on the
-        scans in ``--rounds`` rounds (``OUT/detector/``; :func:`~stmwatch.models.autolabel.planted.train_rounds`)."""
+        """The planted-defect detectors' ``segment``: ``--detector``, or ``--detectors`` trained now on
+        the scans in ``--rounds`` rounds each (``OUT/detector/``;
+        :func:`~stmwatch.models.autolabel.planted.train_members`)."""
         from rich.console import Console
 
         from stmwatch.drivers.sxm import read_sxm
         from stmwatch.models.autolabel.evaluate import mask_centroids
-        from stmwatch.models.autolabel.planted import detector_segmenter, plant_settings, train_rounds
+        from stmwatch.models.autolabel.planted import detector_paths, detector_segmenter, plant_settings, train_members
 
         if self.args.detector:
-            self.detector_path = Path(self.args.detector)
-            return detector_segmenter(self.detector_path, self.args.surface, self.args.confident)
+            self.detector_paths = [f for path in self.args.detector for f in detector_paths(path)]
+            return detector_segmenter(self.detector_paths, self.args.surface, self.args.confident)
         settings = plant_settings(self.args.surface, steps=self.args.steps, seed=self.args.seed,
                                   **({} if self.args.epochs is None else {"epochs": self.args.epochs}))
         scans = [(functools.partial(read_sxm, path), result.prepared, mask_centroids(result.model_mask))
                  for path, result in labelled]
         console = Console(stderr=True)
-        self.detector_path, segment = train_rounds(scans, self.out / "detector", self.args.surface, settings,
-                                                   rounds=self.args.rounds, confident=self.args.confident,
-                                                   device=self.args.device, announce=console.print)
+        self.detector_paths, segment = train_members(scans, self.out / "detector", self.args.surface, settings,
+                                                     members=self.args.detectors, rounds=self.args.rounds,
+                                                     confident=self.args.confident, device=self.args.device,
+                                                     announce=console.print)
         return segment
 
     def planted(self, items: list, train_on: list, fallback, work) -> None:
@@ -217,7 +224,8 @@ class Labeller:
             fallback()
             return None
         double_tip = getattr(getattr(segment, "__self__", None), "last_double_tip", None)
-        fields = {"method": "planted", "detector": str(self.detector_path.resolve()), "defects": len(kept),
+        detectors = [str(path.resolve()) for path in self.detector_paths]
+        fields = {"method": "planted", "detector": detectors[0] if len(detectors) == 1 else detectors, "defects": len(kept),
                   "double_tip": double_tip is not None}
         return mask, kept, fields
 

@@ -21,9 +21,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4], help="resolutions (default 1 4)")
     parser.add_argument("--features", default="filters", help="filters | unet | unet:PATH | TorchScript file")
     parser.add_argument("--artefacts", default="all", help='simulated artefacts (default "all")')
-    parser.add_argument("--detector", metavar="PATH", help="score a planted-defect detector's masks instead of the "
-                        "cluster rule's (one trained by 'stmwatch autolabel' on other, unlabelled scans: "
-                        "OUT/detector/best.pt)")
+    parser.add_argument("--detector", metavar="PATH", help="score planted-defect detectors' masks instead of the "
+                        "cluster rule's (trained by 'stmwatch autolabel' on other, unlabelled scans: its OUT/detector "
+                        "folder, their probabilities averaged, or one .pt file)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 

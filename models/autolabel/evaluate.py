@@ -42,7 +42,7 @@ def evaluate_autolabel(surfaces: list[str], n_scans: int, *, seed: int = HELD_OU
     """Precision, recall and F1 of the automatic auto-labels per surface on ``n_scans`` held-out
     scans (``held_out_scan(surface, i, seed)``, i = 0..n-1): the cluster rule's, or with
     ``detector`` (a planted-defect detector trained on other, unlabelled scans: ``stmwatch
-    autolabel``'s ``OUT/detector/best.pt``) its masks (:func:`.planted.detector_mask`)."""
+    autolabel``'s ``OUT/detector`` folder, or a file of it) its masks (:func:`.planted.detector_mask`)."""
     from . import CONFIDENT, DEFAULT_K
     from .features import make_features
     from .label import autolabel
