@@ -121,7 +121,7 @@ def test_a_scans_polarity_picks_the_clicks_sites_too():
                                  steps=0, row_period_px=PERIOD)
     query = np.stack([crop(0.0)])
     for bias, mean_a in ((1.5, 1.0), (-1.5, -1.0), (None, 0.0)):
-        _, _, _, support_cos = clf._start(bias)
+        support_cos = clf._start(bias)[3]
         site = SiteModel.fit(clf._one_hot if bias is None else clf._one_hot[[0 if bias > 0 else 1, 2]], support_cos)
         assert np.allclose(site.mean.numpy(), [mean_a, 0.0], atol=0.05)
     assert clf.classify(query, 1.5)[0][0] == "a" and clf.classify(query, -1.5)[0][0] == "b"

@@ -22,6 +22,7 @@ from .crops import CropSet, load_surface, normalise_crops, to_model_input
 from .episodes import sample_episode
 from .polarity import load_maps
 from .proto import ProtoNet
+from .contrast import WEIGHT as CONTRAST_WEIGHT
 from .site import WEIGHT as SITE_WEIGHT
 from .transductive import STEPS as TRANSDUCTIVE_STEPS
 from .transductive import TransductiveClassifier
@@ -207,7 +208,8 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     ``backend`` (``[models] backend``: auto | torch | onnxruntime | tensorrt) picks the embedding's
     runner, see :func:`classifier_backend`. The classes' lattice sites are learnt with the
     prototypes (:mod:`.site`) on a known surface, with the weights' ``meta["site_weight"]``
-    (default :data:`.site.WEIGHT`; 0 turns it off). The weights' ``meta["polarity_maps"]`` (a file
+    (default :data:`.site.WEIGHT`; 0 turns it off), and their contrast (:mod:`.contrast`) with
+    ``meta["contrast_weight"]`` (default :data:`.contrast.WEIGHT`; 0 turns it off). The weights' ``meta["polarity_maps"]`` (a file
     beside them, :mod:`.polarity`) translate a class's clicks to a scan's other polarity; a missing
     file, one other than the weights name (its sha256) or one fitted for another embedding is not
     used (:func:`checked_polarity_maps`); ``polarity_maps`` False (``[models] polarity_maps``): none.
@@ -250,4 +252,5 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
                                   steps=int(meta.get("refine_steps", TRANSDUCTIVE_STEPS)),
                                   row_period_px=facts.row_nm / facts.nm_per_px if facts else None,
                                   site_weight=float(meta.get("site_weight", SITE_WEIGHT)), polarity_maps=maps,
-                                  pool_bias=np.load(pool_bias) if pool_bias is not None else None)
+                                  pool_bias=np.load(pool_bias) if pool_bias is not None else None,
+                                  contrast_weight=float(meta.get("contrast_weight", CONTRAST_WEIGHT)))

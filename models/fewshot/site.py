@@ -74,10 +74,13 @@ def row_phase_cos(crops: np.ndarray, period_px: float) -> np.ndarray:
 
 @dataclasses.dataclass
 class SiteModel:
-    """A Gaussian per class on the cos phase: ``mean`` and ``var`` ``(classes,)``."""
+    """A Gaussian per class on the cos phase (or another measure of each crop, :mod:`.contrast`):
+    ``mean`` and ``var`` ``(classes,)``; ``fitted`` ``(classes,)`` False for a class that had no
+    crop to fit on (None: all were)."""
 
     mean: torch.Tensor
     var: torch.Tensor
+    fitted: torch.Tensor | None = None
 
     @classmethod
     def fit(cls, one_hot: torch.Tensor, support_cos: torch.Tensor, weights: torch.Tensor | None = None,
@@ -85,16 +88,24 @@ class SiteModel:
         """From the clicks (``one_hot`` ``(s, classes)``, their row phases' cosines ``support_cos``
         ``(s,)``) and the unlabelled crops' ``unlabelled_cos`` ``(n,)`` with their soft class
         ``weights`` ``(n, classes)``: per class the weighted mean and the weighted variance (mean
-        square less the squared mean), at least ``floor``."""
+        square less the squared mean), at least ``floor``. A class of no weight at all (possible
+        only when clicks or crops were left out by zero rows) is not fitted."""
         count, total, square = one_hot.sum(0), one_hot.T @ support_cos, one_hot.T @ support_cos.pow(2)
         if weights is not None and len(weights):
             count = count + weights.sum(0)
             total, square = total + weights.T @ unlabelled_cos, square + weights.T @ unlabelled_cos.pow(2)
+        fitted = count > 1e-9
+        count = torch.where(fitted, count, torch.ones_like(count))
         mean = total / count
-        return cls(mean, (square / count - mean.pow(2)).clamp_min(floor))
+        return cls(mean, (square / count - mean.pow(2)).clamp_min(floor), None if fitted.all() else fitted)
 
     def penalty(self, cos: torch.Tensor, weight: float = WEIGHT) -> torch.Tensor:
         """``(n, classes)``: ``weight`` x the negative log-likelihood (without its constant) of each
         crop's row-phase cosine ``cos`` ``(n,)`` under each class's Gaussian; to be subtracted from
-        the logits."""
-        return weight * 0.5 * ((cos[:, None] - self.mean[None]).pow(2) / self.var[None] + self.var.log()[None])
+        the logits. A class not fitted gets, for each crop, the least penalty of the fitted ones
+        (the cue then neither favours nor rules it out)."""
+        penalty = weight * 0.5 * ((cos[:, None] - self.mean[None]).pow(2) / self.var[None] + self.var.log()[None])
+        if self.fitted is not None:
+            least = penalty[:, self.fitted].min(dim=1).values if self.fitted.any() else torch.zeros(len(penalty))
+            penalty[:, ~self.fitted] = least[:, None]
+        return penalty
