@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -181,6 +182,14 @@ def test_several_detectors_give_the_mean_of_their_probabilities(tmp_path):
         (tmp_path / f"member{i}").mkdir()
         paths.append(save_checkpoint(UNet(UNetConfig(width=4, depth=2)), tmp_path / f"member{i}" / "best.pt"))
     assert detector_paths(tmp_path) == paths and detector_paths(paths[0]) == [paths[0]]
+    for name in ("member10", "member2", "member0_old"):  # members in the order of their number; others ignored
+        (tmp_path / name).mkdir()
+        save_checkpoint(UNet(UNetConfig(width=4, depth=2)), tmp_path / name / "best.pt")
+    assert [p.parent.name for p in detector_paths(tmp_path)] == ["member0", "member1", "member2", "member10"]
+    for name in ("member10", "member2", "member0_old"):
+        shutil.rmtree(tmp_path / name)
+    with pytest.raises(ValueError, match="no planted-defect detector"):
+        detector_segmenter([], "si001h")
     scan, _ = simulate_scan("si001h", 3, pixels=(64, 64), n_defects=3)
     singles = [detector_segmenter(p, "si001h").__self__ for p in paths]
     pair = detector_segmenter(tmp_path, "si001h").__self__
@@ -219,6 +228,11 @@ def test_command_trains_a_detector_labels_with_it_and_reuses_it(tmp_path, capsys
         assert state["meta"]["round"] == 2  # the default: a second round on the first detector's defects
         assert (member.parent / "round1" / "best.pt").exists()
     assert sorted(p.name for p in detector.iterdir()) == ["member0", "member1"]
+    # trained again into the same folder with one detector: the earlier members are gone, so that
+    # reusing the folder finds this run's detector alone
+    assert main([*args[:5], str(out), "--k", "6", "--epochs", "1", "--steps", "2", "--detectors", "1"]) == 0
+    assert sorted(p.name for p in detector.iterdir()) == ["best.pt", "round1", "round2"]
+    assert main(args) == 0  # and back to two
     assert (out / "s1.autolabel.png").stat().st_size > 0
     for stem in manifest:
         mask = np.load(out / f"{stem}.mask.npy")

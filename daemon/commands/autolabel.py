@@ -21,8 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from stmwatch.models.autolabel import CONFIDENT, DEFAULT_K
-from stmwatch.models.autolabel.planted import MEMBERS
+from stmwatch.models.autolabel import CONFIDENT, DEFAULT_K, MEMBERS
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +50,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", choices=("planted", "clusters"), default="planted",
                         help="planted (default): the cluster rule's defects, then a detector trained on the scans "
                              "with planted synthetic defects labels them all (minutes); clusters: the cluster rule alone")
-    parser.add_argument("--detector", metavar="PATH", nargs="+", help="with --method planted: use these trained "
-                        "detectors (e.g. an earlier OUT/detector folder: all its members; or .pt files, averaged) "
-                        "instead of training; without --png no scan is clustered (seconds per scan)")
+    parser.add_argument("--detector", metavar="PATH", action="append", help="with --method planted: use trained "
+                        "detectors instead of training (an earlier OUT/detector folder: all its members, averaged; "
+                        "or a .pt file; give --detector again to average more); without --png no scan is clustered "
+                        "(seconds per scan)")
     parser.add_argument("--detectors", type=int, default=MEMBERS, help="with --method planted: detectors trained "
-                        "(from seeds --seed, --seed + 1, ...) and averaged (default %(default)s; 1 takes half the time)")
+                        "(from seeds --seed, --seed + 1, ...) and averaged (default %(default)s; 1 takes half the time; not with --detector)")
     parser.add_argument("--confident", type=float, default=CONFIDENT,
                         help="with --method planted: keep the detector's defects whose mean probability is at least "
                              "this (default %(default)s)")
@@ -70,6 +70,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from stmwatch.models.autolabel.command import parse_ints, scan_files
     from stmwatch.models.autolabel.features import make_features
+    from stmwatch.models.autolabel.planted import detector_paths
     from stmwatch.models.surfaces import get_surface
 
     try:
@@ -82,8 +83,10 @@ def run(args) -> int:
         if not 0 < args.confident < 1:
             raise ValueError(f"--confident must be between 0 and 1, not {args.confident}")
         for path in args.detector or []:
-            if not Path(path).exists():
-                raise ValueError(f"--detector {path}: no such file or folder")
+            try:
+                detector_paths(path)
+            except FileNotFoundError as exc:
+                raise ValueError(f"--detector: {exc}") from None
     except (KeyError, ValueError) as exc:
         print(f"stmwatch autolabel: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
@@ -224,8 +227,7 @@ class Labeller:
             fallback()
             return None
         double_tip = getattr(getattr(segment, "__self__", None), "last_double_tip", None)
-        detectors = [str(path.resolve()) for path in self.detector_paths]
-        fields = {"method": "planted", "detector": detectors[0] if len(detectors) == 1 else detectors, "defects": len(kept),
+        fields = {"method": "planted", "detector": [str(path.resolve()) for path in self.detector_paths], "defects": len(kept),
                   "double_tip": double_tip is not None}
         return mask, kept, fields
 

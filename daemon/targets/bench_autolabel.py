@@ -86,17 +86,19 @@ def run(args) -> int:
 
 
 def _time_detector(scan, surface: str, repeats: int) -> float:
-    """Median time of the planted-defect detector's pass over ``scan`` (an untrained width-8 UNet,
-    run as ``stmwatch autolabel --method planted`` runs it per scan)."""
+    """Median time of the planted-defect detectors' pass over ``scan`` (``MEMBERS`` untrained
+    width-8 UNets, averaged, run as ``stmwatch autolabel --method planted`` runs them per scan)."""
     import tempfile
     from pathlib import Path
 
+    from stmwatch.models.autolabel import MEMBERS
     from stmwatch.models.autolabel.planted import PlantSettings, detector_mask, detector_segmenter
     from stmwatch.models.unet import UNet, UNetConfig, save_checkpoint
 
     with tempfile.TemporaryDirectory() as folder:
-        path = save_checkpoint(UNet(UNetConfig(width=PlantSettings().width, depth=3)), Path(folder) / "detector.pt")
-        segment = detector_segmenter(path, surface)
+        paths = [save_checkpoint(UNet(UNetConfig(width=PlantSettings().width, depth=3)), Path(folder) / f"detector{i}.pt")
+                 for i in range(MEMBERS)]
+        segment = detector_segmenter(paths, surface)
         return float(np.median(_seconds(lambda: detector_mask(scan, segment), repeats)))
 
 

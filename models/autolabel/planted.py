@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -45,7 +46,7 @@ from ..double_tip import feature_band
 from ..preprocess import Prepared
 from ..train_unet import Patches, disc_target, split_validation, train
 from ..unet import UNet, UNetConfig
-from . import CONFIDENT
+from . import CONFIDENT, MEMBERS
 from .features import gaussian
 
 log = logging.getLogger(__name__)
@@ -227,9 +228,6 @@ def train_detector(scans: Sequence[tuple[Prepared, np.ndarray]], out: Path, sett
 DETECTOR_DECODING = MappingProxyType({"min_score": CONFIDENT, "ghost_method": "pairs"})
 
 
-MEMBERS = 2  # detectors trained (whole pipelines, seeds seed, seed+1, ...) and averaged (docs/autolabel.md, stop 30)
-
-
 class MeanBackend:
     """A backend (:mod:`..backends`) that is the mean probability of several detectors' backends:
     an ensemble of detectors trained alike from other seeds, decoded as one detector."""
@@ -244,12 +242,14 @@ class MeanBackend:
 
 def detector_paths(path: str | Path) -> list[Path]:
     """The detector files at ``path``: the file itself, or in a folder that ``autolabel`` trained
-    into (``OUT/detector``) its members' ``member<i>/best.pt``, else its ``best.pt``."""
+    into (``OUT/detector``) its members' ``member<i>/best.pt`` in the order of ``i``, else its
+    ``best.pt``."""
     path = Path(path)
     if path.is_dir():
-        members = sorted(path.glob("member*/best.pt"))
+        members = sorted((int(m.group(1)), p / "best.pt") for p in path.iterdir()
+                         if (m := re.fullmatch(r"member(\d+)", p.name)) and (p / "best.pt").is_file())
         if members:
-            return members
+            return [p for _, p in members]
         if not (path / "best.pt").is_file():
             raise FileNotFoundError(f"planted-defect detector {path}: no best.pt nor member*/best.pt in it")
         return [path / "best.pt"]
@@ -277,6 +277,8 @@ def detector_segmenter(paths: str | Path | Sequence[str | Path], surface: str,
     from ..surfaces import get_surface
 
     files = [f for p in ([paths] if isinstance(paths, (str, Path)) else paths) for f in detector_paths(p)]
+    if not files:
+        raise ValueError("no planted-defect detector given")
     segmenters = [load_segmenter(dataclasses.replace(ModelSettings(), segmenter_weights=str(f), backend="torch"),
                                  get_surface(surface)) for f in files]
     segmenter = segmenters[0]
@@ -293,9 +295,19 @@ def train_members(scans: Sequence[tuple[Scan | Callable[[], Scan], Prepared, np.
                   announce: Callable[[str], None] = log.info) -> tuple[list[Path], Callable[[Scan], list]]:
     """:func:`train_rounds` ``members`` times on the same ``scans``, with the seeds ``settings.seed``,
     ``+1`` ... (into ``out/member<i>/``; one member: into ``out`` itself), and the ``segment`` of
-    their mean (:func:`detector_segmenter`). Returns the members' ``best.pt`` paths and it."""
+    their mean (:func:`detector_segmenter`). Returns the members' ``best.pt`` paths and it. What an
+    earlier run left in ``out`` (members, rounds, ``best.pt``) is removed first, so that
+    :func:`detector_paths` of ``out`` finds this run's detectors only."""
+    import shutil
+
     if members < 1:
         raise ValueError(f"members must be 1 or more, not {members}")
+    if out.is_dir():
+        for old in out.iterdir():
+            if re.fullmatch(r"(member|round)\d+", old.name) and old.is_dir():
+                shutil.rmtree(old)
+            elif old.name == "best.pt":
+                old.unlink()
     s = settings or plant_settings(surface)
     paths = []
     for i in range(members):
