@@ -93,7 +93,8 @@ def load_classifier(settings: ModelSettings, surface: Surface, support: Path | N
     weights = Path(settings.classifier_weights).expanduser() if settings.classifier_weights else None
     try:
         return module.load_classifier(surface.key, support, weights, settings.unknown_distance or None,
-                                      backend=backend or settings.backend, polarity_maps=settings.polarity_maps)
+                                      backend=backend or settings.backend, polarity_maps=settings.polarity_maps,
+                                      contrast_cue=settings.contrast_cue)
     except FileNotFoundError as exc:  # e.g. classifier weights not trained/shipped yet
         log.warning("few-shot classifier not available (%s): segment only", exc)
         return None

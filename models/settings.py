@@ -22,6 +22,7 @@ class ModelSettings:
     min_area_px: int = 12  # smaller components (in model pixels) are noise (12: best F1 on validation scans)
     unknown_distance: float = 0.0  # above this embedding distance a defect is 'unknown'; 0 = shipped
     polarity_maps: bool = True  # translate clicks to the other bias polarity where the classifier has maps
+    contrast_cue: bool = True  # each class also learns its defects' contrast at the scan's polarity (fewshot/contrast.py)
     engine_cache: str = "~/.cache/stmwatch/engines"  # TensorRT engines and ONNX exports, keyed by model hash/shape(/GPU)
     tile_px: int = 256  # UNet tile size (model pixels); a multiple of 8
     tile_overlap_px: int = 32  # overlap between tiles (model pixels)

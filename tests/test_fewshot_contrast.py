@@ -92,3 +92,19 @@ def test_the_pools_crops_at_the_other_polarity_leave_the_contrast_alone():
         assert torch.allclose(tone.mean, alone._refine(embedded, sign, None, contrast)[2].mean)
     assert not torch.allclose(both._refine(embedded, -1.5, None, contrast)[2].mean,
                               both._refine(embedded, 1.5, None, contrast)[2].mean)
+
+
+def test_models_contrast_cue_false_turns_it_off(tmp_path):
+    """``[models] contrast_cue = false`` in a config file: the daemon's classifier has no contrast
+    cue; by default it has the shipped weight."""
+    from stmwatch.daemon.config import load_config
+    from stmwatch.models.fewshot.contrast import WEIGHT
+    from stmwatch.models.load import load_analyser
+
+    path = tmp_path / "config.toml"
+    path.write_text('[models]\nbackend = "torch"\ncontrast_cue = false\n')
+    off = load_analyser(load_config(path), "tio2110")
+    path.write_text('[models]\nbackend = "torch"\n')
+    on = load_analyser(load_config(path), "tio2110")
+    assert off.classifier.contrast_weight == 0.0 and not off.classifier.name.endswith("-contrast")
+    assert on.classifier.contrast_weight == WEIGHT and on.classifier.name.endswith("-contrast")

@@ -195,7 +195,8 @@ def checked_polarity_maps(weights: Path, meta: dict, surface: str, net: ProtoNet
 
 def load_classifier(surface: str, support_dir: Path | str | None = None, weights: Path | str | None = None,
                     unknown_distance: float | None = None, tta: str | None = None,
-                    backend: str = "torch", polarity_maps: bool = True) -> TransductiveClassifier:
+                    backend: str = "torch", polarity_maps: bool = True,
+                    contrast_cue: bool = True) -> TransductiveClassifier:
     """The shipped (or given) prototypical network with the support set of ``surface``, its
     prototypes refined on the crops of each call (:class:`~.transductive.TransductiveClassifier`;
     an adapted network's ``meta["pool"]`` of lab crops too).
@@ -209,7 +210,8 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
     runner, see :func:`classifier_backend`. The classes' lattice sites are learnt with the
     prototypes (:mod:`.site`) on a known surface, with the weights' ``meta["site_weight"]``
     (default :data:`.site.WEIGHT`; 0 turns it off), and their contrast (:mod:`.contrast`) with
-    ``meta["contrast_weight"]`` (default :data:`.contrast.WEIGHT`; 0 turns it off). The weights' ``meta["polarity_maps"]`` (a file
+    ``meta["contrast_weight"]`` (default :data:`.contrast.WEIGHT`; 0, or ``contrast_cue`` False
+    (``[models] contrast_cue``), turns it off). The weights' ``meta["polarity_maps"]`` (a file
     beside them, :mod:`.polarity`) translate a class's clicks to a scan's other polarity; a missing
     file, one other than the weights name (its sha256) or one fitted for another embedding is not
     used (:func:`checked_polarity_maps`); ``polarity_maps`` False (``[models] polarity_maps``): none.
@@ -253,4 +255,4 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
                                   row_period_px=facts.row_nm / facts.nm_per_px if facts else None,
                                   site_weight=float(meta.get("site_weight", SITE_WEIGHT)), polarity_maps=maps,
                                   pool_bias=np.load(pool_bias) if pool_bias is not None else None,
-                                  contrast_weight=float(meta.get("contrast_weight", CONTRAST_WEIGHT)))
+                                  contrast_weight=float(meta.get("contrast_weight", CONTRAST_WEIGHT)) if contrast_cue else 0.0)

@@ -15,7 +15,11 @@ bright in one and dark in the other). So each class's Gaussian on it (:class:`.s
 fitted on the crops at the polarity of the scan being labelled only: its clicks there, the scan's
 own defects and the pool's crops at that polarity (:mod:`.transductive`). ``WEIGHT`` and ``FLOOR``
 were set before any measurement, not tuned: the site cue's weight, and a variance floor of about
-the spread of one class's contrast among the shipped support crops (sd 0.2-0.4).
+the spread of one class's contrast among the shipped support crops (sd 0.2-0.4 for most classes;
+those that swap contrast with the bias spread wider). Chosen on fresh training-style scans
+(docs/adapt.md, stop 30). The shipped support crops are each normalised on their own, not in a
+scan's units, so with them (no click) the cue reads a slightly different scale; clicked crops are
+cut in their scan's units.
 """
 from __future__ import annotations
 

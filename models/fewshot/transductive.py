@@ -239,7 +239,7 @@ class TransductiveClassifier:
 
     def distances(self, crops: np.ndarray, bias_v: float | None = None) -> np.ndarray:
         """Squared distances ``(n, classes)`` of ``crops`` (of one scan, of sample bias ``bias_v``)
-        to the prototypes refined on them (one forward pass), with the site cue's penalty added
+        to the prototypes refined on them (one forward pass), with the site and contrast cues' penalties added
         (:meth:`_distances`): the nearest class is that of the highest combined logit."""
         if len(crops) == 0:
             return np.zeros((0, len(self.base.labels)), dtype=np.float32)
@@ -248,7 +248,7 @@ class TransductiveClassifier:
     def classify(self, crops: np.ndarray, bias_v: float | None = None) -> list[tuple[str, float]]:
         """Each crop's class by the combined distances; ``unknown`` when its network distance to
         the nearest prototype passes the unknown distance (which was calibrated on network
-        distances): the site cue chooses among the classes, it never makes a crop unknown."""
+        distances): the cues choose among the classes, they never make a crop unknown."""
         if len(crops) == 0:
             return []
         network, combined = self._distances(crops, bias_v)
