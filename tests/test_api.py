@@ -22,6 +22,14 @@ def test_import_is_light_and_has_the_version():
     assert cli.returncode == 0 and cli.stdout.strip() == f"stmwatch {version('stmwatch')}"
 
 
+def test_the_command_lines_parser_does_not_import_torch():
+    """``stmwatch --help`` builds every command's and target's parser: heavy imports stay in ``run``."""
+    code = ("import sys; from stmwatch.daemon.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'zmq') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
+
+
 def test_public_names():
     import stmwatch
 

@@ -347,7 +347,7 @@ def test_a_student_of_planted_defects_is_run_as_its_teacher(tmp_path):
 def test_a_student_left_at_the_defaults_is_trained_as_measured(tmp_path, monkeypatch):
     """``train unet --labels DIR`` without sizes trains the student of docs/autolabel.md (width 8,
     patches of 96, 40 epochs of 50 steps of 12; stop 27); an option given stays as given."""
-    import stmwatch.daemon.targets.train_unet as target
+    import stmwatch.models.train_unet as training  # the target imports train from it when it runs
     from stmwatch.daemon.cli import main
 
     labels = _labels_at_one_place(tmp_path / "labels")
@@ -357,7 +357,7 @@ def test_a_student_left_at_the_defaults_is_trained_as_measured(tmp_path, monkeyp
         seen.append((model.config.width, data.images.shape[-1], kwargs["epochs"], kwargs["steps"], kwargs["batch"]))
         return []
 
-    monkeypatch.setattr(target, "train", fake_train)
+    monkeypatch.setattr(training, "train", fake_train)
     common = ["train", "unet", "--labels", str(labels), "--threads", "1", "--device", "cpu"]
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
     assert main([*common, "--out", str(tmp_path / "b"), "--epochs", "3", "--width", "4"]) == 0

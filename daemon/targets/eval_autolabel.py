@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from stmwatch.models.autolabel import DEFAULT_K
-from stmwatch.models.autolabel.evaluate import evaluate_autolabel
 from stmwatch.models.eval_segment import HELD_OUT_SEED, MATCH_RADIUS_NM
 
 from .eval_segment import print_table
@@ -29,6 +28,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import sys
+
+    from stmwatch.models.autolabel.evaluate import evaluate_autolabel  # torch: not at import (--help)
 
     try:
         results = evaluate_autolabel(args.surfaces, args.scans, seed=args.seed, k=args.k, scales=args.scales,

@@ -6,12 +6,14 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from stmwatch.models.train_unet import SURFACE_KEYS, Patches, simulated_patches, train
-from stmwatch.models.unet import UNet, UNetConfig
+from stmwatch.models.surfaces import SURFACES
+
+if TYPE_CHECKING:  # torch is imported in run(), so that ``stmwatch --help`` stays fast
+    from stmwatch.models.train_unet import Patches
 
 HELP = "train the UNet segmenter on simulated scans (CPU in minutes; GPU with the same command)"
 
@@ -28,7 +30,7 @@ def _defaults(name: str) -> str:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="runs/unet", help="output folder: data.npz, last.pt, best.pt (default runs/unet)")
-    parser.add_argument("--surfaces", nargs="+", default=list(SURFACE_KEYS), help="surfaces to train on (one model)")
+    parser.add_argument("--surfaces", nargs="+", default=list(SURFACES), help="surfaces to train on (one model)")
     parser.add_argument("--scans", type=int, default=60, help="simulated training scans per surface (default 60)")
     parser.add_argument("--val-scans", type=int, default=8, help="validation scans per surface (default 8)")
     parser.add_argument("--patch", type=int, default=None, help=f"patch size, model pixels ({_defaults('patch')})")
@@ -70,7 +72,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import torch
     from rich.console import Console
+
+    from stmwatch.models.train_unet import train
+    from stmwatch.models.unet import UNet, UNetConfig
 
     console = Console()
     torch.set_num_threads(args.threads)
@@ -117,6 +123,8 @@ def run(args) -> int:
 
 def _labelled_data(args, out: Path, radius_px: float, console) -> tuple[Patches, Patches]:
     """The patches of the scans and masks in ``args.labels`` (sets ``args.plant`` and ``args.surfaces``)."""
+    import torch
+
     from stmwatch.models.autolabel.training import labelled_patches
 
     with console.status(f"reading scans and auto-labels from {args.labels}"):
@@ -133,6 +141,8 @@ def _labelled_data(args, out: Path, radius_px: float, console) -> tuple[Patches,
 
 def _simulated_data(args, cache: Path, radius_px: float, console) -> tuple[Patches, Patches]:
     """Patches of simulated scans with their truth, from ``cache`` when it was made with the same arguments."""
+    from stmwatch.models.train_unet import Patches, simulated_patches
+
     key = json.dumps({"surfaces": args.surfaces, "scans": args.scans, "val": args.val_scans, "patch": args.patch,
                       "disc": args.disc_nm, "seed": args.seed,
                       **({} if args.double_tip_share is None else {"double_tip": args.double_tip_share}),
