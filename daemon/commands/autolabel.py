@@ -46,10 +46,10 @@ def add_arguments(parser) -> None:
                         "(default: the automatic rule)")
     parser.add_argument("--features", default="filters", help="filters | unet | unet:PATH | a TorchScript file")
     parser.add_argument("--png", action="store_true", help="also write DIR/<stem>.autolabel.png previews")
-    parser.add_argument("--seed", type=int, default=0, help="k-means seed, and the detector's (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="k-means seed, and the first detector's (default 0)")
     parser.add_argument("--method", choices=("planted", "clusters"), default="planted",
-                        help="planted (default): the cluster rule's defects, then a detector trained on the scans "
-                             "with planted synthetic defects labels them all (minutes); clusters: the cluster rule alone")
+                        help="planted (default): the cluster rule's defects, then detectors trained on the scans "
+                             "with planted synthetic defects label them all (minutes); clusters: the cluster rule alone")
     parser.add_argument("--detector", metavar="PATH", action="append", help="with --method planted: use trained "
                         "detectors instead of training (an earlier OUT/detector folder: all its members, averaged; "
                         "or a .pt file; give --detector again to average more); without --png no scan is clustered "
