@@ -271,7 +271,8 @@ def detector_segmenter(paths: str | Path | Sequence[str | Path], surface: str,
     On 100 tuning scans per surface and two detectors that took the auto-labels' mean F1 from 0.616
     to 0.700 over the shipped UNet's handling, which reads the ghosts' side from the copy the network
     marked (docs/autolabel.md, stop 22). Two detectors averaged: +0.012 on the mean of the three
-    surfaces (stop 30)."""
+    surfaces on training-style scans, but lower on the foreign style, where the detectors are
+    unsure and their mean passes ``confident`` less often (stop 30)."""
     from ..load import load_segmenter
     from ..settings import ModelSettings
     from ..surfaces import get_surface
