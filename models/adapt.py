@@ -355,6 +355,7 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
         fs_path = Path(models.classifier_weights).expanduser() if models.classifier_weights else SHIPPED_CLASSIFIER
         net, fs_config, fs_meta = load_fewshot(fs_path)
         report("embedding", 0, 1)
+        embedding_changed = False  # fine-tuned or its BatchNorm re-estimated on the lab's crops
         if len(lab_crops) >= 8:
             from .fewshot.crops import normalise_crops
 
@@ -367,6 +368,7 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
                 fs_meta = {**fs_meta, "lab_finetune": tuned}
             if settings.adabn:
                 adapt_batchnorm(net.backbone, seen)
+            embedding_changed = settings.embedding_steps > 0 or settings.adabn
             net.tta = fs_meta.get("tta", "none")
             u = unknown_distance(net, seen, settings.clusters, settings.seed)
         else:
@@ -377,7 +379,7 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
         if fs_meta.get("gate"):  # the classifier's unknown gate travels with it
             extra[fs_meta["gate"]] = fs_path.parent / fs_meta["gate"]
         if fs_meta.get("polarity_maps"):  # and its polarity maps, while the embedding is the one they were fitted for
-            if len(lab_crops) >= 8 and (settings.embedding_steps > 0 or settings.adabn):
+            if embedding_changed:
                 log.warning("the embedding was adapted to the lab's crops: its polarity maps are left out of the bundle")
                 fs_meta = {k: v for k, v in fs_meta.items() if not k.startswith("polarity_maps")}
             else:

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from ..surfaces import SURFACES
+from .contrast import WEIGHT as CONTRAST_WEIGHT
 from .crops import CropSet, load_surface, normalise_crops, to_model_input
 from .episodes import sample_episode
 from .polarity import load_maps
 from .proto import ProtoNet
-from .contrast import WEIGHT as CONTRAST_WEIGHT
 from .site import WEIGHT as SITE_WEIGHT
 from .transductive import STEPS as TRANSDUCTIVE_STEPS
 from .transductive import TransductiveClassifier
