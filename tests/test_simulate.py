@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,3 +301,22 @@ def test_creep_far_outside_the_frame_does_not_overflow():
     np.testing.assert_array_equal(motion.shift(t), expected)
     np.testing.assert_array_equal(np.array(motion.shift(np.array([-1e6])))[:, 0],
                                   np.array(motion.shift(np.array([T_RANGE[0]])))[:, 0])
+
+
+def test_cli_randomised_style_writes_the_randomisers_scans(tmp_path, capsys):
+    """``--style randomised``: the domain randomiser's scans (its own pixel size 0.06-0.2 nm, its
+    own bias and artefacts), square at --pixels, the same bytes for the same seed, and not the
+    training style's scan of that seed."""
+    runs = {}
+    for name, style in (("a", "randomised"), ("b", "randomised"), ("t", "training")):
+        assert main(["simulate", "--surface", "tio2110", "--n", "2", "--out", str(tmp_path / name), "--pixels", "64",
+                     "--seed", "3", "--style", style, "--json"]) == 0
+        runs[name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["file"]).name for r in runs["a"]] == ["tio2110_randomised_3_0000.sxm", "tio2110_randomised_3_0001.sxm"]
+    assert all(r["style"] == "randomised" and r["artefacts"] is None for r in runs["a"])
+    for ra, rb, rt in zip(runs["a"], runs["b"], runs["t"]):
+        assert Path(ra["file"]).read_bytes() == Path(rb["file"]).read_bytes()
+        scan, truth = read_sxm(ra["file"]), read_truth(ra["file"])
+        assert scan.pixels == (64, 64) and truth.mask.shape == (64, 64)
+        assert 0.06e-9 <= scan.range_m[0] / 64 <= 0.2e-9
+        assert not np.array_equal(scan.topography().forward, read_sxm(rt["file"]).topography().forward, equal_nan=True)

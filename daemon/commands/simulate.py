@@ -34,9 +34,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--artefacts", default="random", help="none | all | random | comma list (see above)")
     parser.add_argument("--random-geometry", action="store_true",
                         help="random size, scale, angle, offset and direction per scan (ignores the geometry options)")
-    parser.add_argument("--style", choices=("training", "foreign"), default="training",
-                        help="'training' (the models' simulator) or 'foreign' (another microscope, frozen, for "
-                             "measuring only: docs/foreign_style.md; its own artefacts, --artefacts ignored)")
+    parser.add_argument("--style", choices=("training", "foreign", "randomised"), default="training",
+                        help="'training' (the models' simulator), 'foreign' (another microscope, frozen, for "
+                             "measuring only: docs/foreign_style.md; its own artefacts, --artefacts ignored) or "
+                             "'randomised' (the domain randomiser's wide spread of tips, noise, contrast and defect "
+                             "looks: docs/domain_randomisation.md; --pixels square, its own pixel size, geometry "
+                             "and artefacts, --artefacts and --bias ignored)")
     parser.add_argument("--crops", type=int, default=0, metavar="PER_CLASS", help="also write few-shot crops")
     parser.add_argument("--png", action="store_true", help="also write NAME.png (forward Z) for a quick look")
     parser.add_argument("--json", action="store_true", help="one JSON line per scan written")
@@ -74,17 +77,24 @@ def run(args) -> int:
             artefacts = fixed if fixed is not None else Artefacts.random(rng)
             if args.style == "foreign" and args.size_nm is None and not args.random_geometry:
                 geometry["range_nm"] = None  # the foreign microscope draws its own pixel size
-            scan, truth = simulate_scan(key, scan_seed, bias_v=args.bias, artefacts=artefacts, style=args.style,
-                                        **geometry)
-            stem = f"{key}_{args.seed}_{i:04d}" if args.style == "training" else f"{key}_foreign_{args.seed}_{i:04d}"
+            if args.style == "randomised":  # its own geometry, artefacts and bias (scipy: imported only here)
+                from stmwatch.models.sim.randomise import randomised_scan
+
+                scan, truth, _ = randomised_scan(key, scan_seed, pixel_range=(args.pixels, args.pixels))
+            else:
+                scan, truth = simulate_scan(key, scan_seed, bias_v=args.bias, artefacts=artefacts, style=args.style,
+                                            **geometry)
+            stem = f"{key}_{args.seed}_{i:04d}" if args.style == "training" else f"{key}_{args.style}_{args.seed}_{i:04d}"
             path = write_example(scan, truth, out / stem)
             if args.png:
                 to_png(scan.topography().forward, path.with_suffix(".png"))
             if args.json:
-                print(json.dumps({"file": str(path), "surface": key, "defects": truth.counts(),
-                                  "artefacts": artefacts.on(), "bias_v": scan.bias_v}), flush=True)
+                print(json.dumps({"file": str(path), "surface": key, "style": args.style, "defects": truth.counts(),
+                                  "artefacts": artefacts.on() if args.style == "training" else None,
+                                  "bias_v": scan.bias_v}), flush=True)
             else:
-                made = "foreign style" if args.style == "foreign" else f"artefacts {','.join(artefacts.on()) or 'none'}"
+                made = (f"{args.style} style" if args.style != "training"
+                        else f"artefacts {','.join(artefacts.on()) or 'none'}")
                 print(f"{path}: {len(truth.defects)} defects {truth.counts()}, bias {scan.bias_v:g} V, {made}")
     if args.crops > 0:
         counts = make_crops(out / "crops", surfaces, args.crops, args.seed)
