@@ -108,3 +108,20 @@ def test_train_unet_randomise_share_swaps_in_randomised_scans_deterministically(
     assert not np.array_equal(plain.images, randomised.images)
     _, truth, _ = randomised_scan("tio2110", 11)
     assert len(truth.defects) > 0 and randomised.images.shape[1:] == (2, 64, 64)
+
+
+def test_an_instrument_replaces_the_scans_own_microscope_but_not_its_sample():
+    """``instrument``: its tip, contrast, looks and noise are the scan's; the sample's draw (density,
+    rows, steps, contamination, bias sign) stays the seed's own, so two scans of one microscope differ."""
+    from stmwatch.models.sim.randomise import INSTRUMENT_FIELDS
+
+    instrument = draw_style(np.random.default_rng(99))
+    _, _, own = randomised_scan("si001h", 7, pixel_range=(64, 64))
+    scan, _, style = randomised_scan("si001h", 7, pixel_range=(64, 64), instrument=instrument)
+    _, _, other = randomised_scan("si001h", 8, pixel_range=(64, 64), instrument=instrument)
+    for field in dataclasses.fields(RandomStyle):
+        expected = getattr(instrument if field.name in INSTRUMENT_FIELDS else own, field.name)
+        assert getattr(style, field.name) == expected, field.name
+    assert {f: getattr(style, f) for f in INSTRUMENT_FIELDS} == {f: getattr(other, f) for f in INSTRUMENT_FIELDS}
+    assert style.density != other.density
+    assert own.tip_radius != instrument.tip_radius  # the instrument did change something

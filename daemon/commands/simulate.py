@@ -37,8 +37,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--style", choices=("training", "foreign", "randomised"), default="training",
                         help="'training' (the models' simulator), 'foreign' (another microscope, frozen, for "
                              "measuring only: docs/foreign_style.md; its own artefacts, --artefacts ignored) or "
-                             "'randomised' (the domain randomiser's wide spread of tips, noise, contrast and defect "
-                             "looks: docs/domain_randomisation.md; --pixels square, its own pixel size, geometry "
+                             "'randomised' (one microscope drawn from the domain randomiser's wide spread of tips, "
+                             "noise, contrast and defect looks per --seed and surface, the same for all --n scans: "
+                             "docs/domain_randomisation.md; --pixels square, its own pixel size, geometry, bias "
                              "and artefacts, --artefacts and --bias ignored)")
     parser.add_argument("--crops", type=int, default=0, metavar="PER_CLASS", help="also write few-shot crops")
     parser.add_argument("--png", action="store_true", help="also write NAME.png (forward Z) for a quick look")
@@ -78,9 +79,11 @@ def run(args) -> int:
             if args.style == "foreign" and args.size_nm is None and not args.random_geometry:
                 geometry["range_nm"] = None  # the foreign microscope draws its own pixel size
             if args.style == "randomised":  # its own geometry, artefacts and bias (scipy: imported only here)
-                from stmwatch.models.sim.randomise import randomised_scan
+                from stmwatch.models.sim.randomise import draw_style, randomised_scan
 
-                scan, truth, _ = randomised_scan(key, scan_seed, pixel_range=(args.pixels, args.pixels))
+                instrument = draw_style(np.random.default_rng([args.seed, si, 41]))  # one microscope per surface
+                scan, truth, _ = randomised_scan(key, scan_seed, pixel_range=(args.pixels, args.pixels),
+                                                 instrument=instrument)
             else:
                 scan, truth = simulate_scan(key, scan_seed, bias_v=args.bias, artefacts=artefacts, style=args.style,
                                             **geometry)

@@ -387,12 +387,26 @@ def randomise_heights(scan: Scan, truth: Truth, style: RandomStyle, rng: np.rand
     return dataclasses.replace(scan, channels=[new_z if c is z_chan else c for c in scan.channels])
 
 
-def randomised_scan(surface: str, seed: int, pixel_range: tuple[int, int] = (128, 384)) -> tuple[Scan, Truth, RandomStyle]:
+# The fields of a RandomStyle that belong to the instrument (tip, feedback, contrast, how it shows
+# defects, noise), not to the sample or the scan (density, rows of defects, steps, contamination,
+# scars, glitches, bias sign).
+INSTRUMENT_FIELDS = ("tip_radius", "tip_angle", "tip_skew", "second_apex", "lag_px", "corrugation", "gamma", "invert",
+                     "defect_size", "defect_gain", "halo", "halo_radius", "noise_1f", "noise_exponent", "telegraph",
+                     "telegraph_rate", "white", "line_offsets")
+
+
+def randomised_scan(surface: str, seed: int, pixel_range: tuple[int, int] = (128, 384),
+                    instrument: RandomStyle | None = None) -> tuple[Scan, Truth, RandomStyle]:
     """One domain-randomised training scan of ``surface``: random geometry (as the training scans),
     the simulator's artefacts (all at 0.3-1.4, or its random mix, half each), the style's defect
-    density and rows, either bias sign, then :func:`randomise_heights`. Deterministic per seed."""
+    density and rows, either bias sign, then :func:`randomise_heights`. Deterministic per seed.
+    ``instrument``: a style whose :data:`INSTRUMENT_FIELDS` replace this scan's own draw (one
+    microscope for a folder of scans: ``stmwatch simulate --style randomised``); the sample and the
+    scan (density, rows, steps, contamination, bias sign, ...) stay the seed's own."""
     rng = np.random.default_rng([seed, 31])
     style = draw_style(rng)
+    if instrument is not None:
+        style = dataclasses.replace(style, **{name: getattr(instrument, name) for name in INSTRUMENT_FIELDS})
     geometry = draw_geometry(rng, pixel_range)
     artefacts = Artefacts.all(float(rng.uniform(0.3, 1.4))) if rng.random() < 0.5 else Artefacts.random(rng)
     # the style adds its own noise; the simulator's white and 1/f noise would be dilated by the tip
