@@ -4,7 +4,8 @@
    four mirror passes agree (:class:`UNetFlipAgreementLabels`: confident components seen by
    every pass are defects, only pixels every pass calls background are background, the rest is
    left out of the loss); ``"unet"`` is the plain confident output (:class:`UNetConfidentLabels`).
-   An auto-labeller plugs in as another source (:data:`LABEL_SOURCES`).
+   A folder of masks that ``stmwatch autolabel`` wrote for the scans is a source too
+   (:class:`MaskLabels`; one round), for a microscope on which the UNet finds little.
 2. **The UNet** is fine-tuned on patches of the lab's scans with those labels, with the training's
    own augmentation and noise (:func:`stmwatch.models.train_unet.augment`), its BatchNorm
    statistics following the lab's images, in ``rounds`` of self-training: after each round the
@@ -153,8 +154,44 @@ def with_model(segmenter, model):
     return teacher
 
 
+class MaskLabels:
+    """Labels from the masks that ``stmwatch autolabel`` wrote for the scans (``DIR/<stem>.mask.npy``:
+    uint8, the scan's ``(rows, columns)``, display frame, 1 = defect), for a microscope on which the
+    UNet finds little: the auto-labeller learns from the lab's own scans (docs/autolabel.md). Each
+    component of a mask is a defect at its centroid, on the model grid (as ``train unet --labels``
+    reads them). Auto-labels miss some defects, so a pixel outside them where the starting UNet's
+    probability passes ``unsure_low`` is left out of the loss, not taught as background. The masks
+    do not change between rounds: one round of fine-tuning."""
+
+    name = "autolabel-masks"
+
+    def __init__(self, folder: Path, unet, unsure_low: float):
+        self.folder, self.unet, self.unsure_low = Path(folder), unet, unsure_low
+
+    def mask_path(self, scan_path: Path) -> Path:
+        return self.folder / f"{scan_path.stem}.mask.npy"
+
+    def check(self, paths: list[Path], scans: list) -> None:
+        """A clear error, before any work, for each scan without its mask or with one of another shape."""
+        problems = [f"{path.name}: no mask {self.mask_path(path)}" for path in paths if not self.mask_path(path).is_file()]
+        if not problems:
+            problems = [f"{path.name}: mask of shape {shape}, the scan is {scan.shape}" for path, scan in zip(paths, scans)
+                        if (shape := np.load(self.mask_path(path), mmap_mode="r").shape) != scan.shape]
+        if problems:
+            raise ValueError(f"auto-label masks {self.folder} (stmwatch autolabel --out): " + "; ".join(problems))
+
+    def labels(self, path: Path, prepared: Prepared) -> PseudoLabels:
+        from .autolabel.evaluate import mask_centroids
+
+        centroids = mask_centroids(np.load(self.mask_path(path)))
+        rows, cols = prepared.from_scan(centroids[:, 0], centroids[:, 1])
+        centres = np.stack([np.atleast_1d(rows), np.atleast_1d(cols)], axis=1).reshape(-1, 2)
+        maybe = self.unet.probability(prepared) > self.unsure_low
+        return PseudoLabels(centres, maybe | ~prepared.valid)
+
+
 LABEL_SOURCES: dict[str, Callable[..., LabelSource]] = {"unet": UNetConfidentLabels, "unet-flips": UNetFlipAgreementLabels}
-# The auto-labeller (models/autolabel) registers here as another source once merged.
+# A folder of `stmwatch autolabel` masks is a source too (MaskLabels; adapt's label_source is then its path).
 
 
 # ---- the UNet ----------------------------------------------------------------------------------------
@@ -308,9 +345,13 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
         raise ValueError(f"{scan_dir}: adapt needs at least 2 .sxm files, found {len(paths)}")
     train_paths, held = split_scans(paths, settings.held_back)
     segmenter = load_segmenter(dataclasses.replace(models, backend="torch"), surf, config.preprocess, "torch")
-    if label_source not in LABEL_SOURCES:
-        raise ValueError(f"unknown label source {label_source!r}; known: {sorted(LABEL_SOURCES)}")
-    source = LABEL_SOURCES[label_source](segmenter, settings.confident, settings.unsure_low, models.min_area_px)
+    if label_source in LABEL_SOURCES:
+        source = LABEL_SOURCES[label_source](segmenter, settings.confident, settings.unsure_low, models.min_area_px)
+    elif Path(label_source).expanduser().is_dir():
+        source = MaskLabels(Path(label_source).expanduser(), segmenter, settings.unsure_low)
+    else:
+        raise ValueError(f"unknown label source {label_source!r}; known: {sorted(LABEL_SOURCES)}, "
+                         f"or a folder of `stmwatch autolabel` masks")
     if hasattr(source, "agree"):
         source.agree = settings.agree
 
@@ -318,6 +359,8 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
     radius = settings.disc_nm / surf.nm_per_px
     rng = np.random.default_rng([settings.seed, 5])
     train_scans = [read_sxm(path) for path in train_paths]
+    if isinstance(source, MaskLabels):
+        source.check(train_paths, train_scans)
     prepared_scans = [prepare(scan, surf, config.preprocess) for scan in train_scans]
     images, targets, lab_crops, lab_bias, n_labels = label_patches(
         train_paths, prepared_scans, source, radius, settings, rng, lambda d, t: report("labels", d, t),

@@ -258,3 +258,58 @@ def test_adapt_command_refuses_an_empty_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["adapt", "--surface", "si001h", "--scans", str(tmp_path / "empty"), "--out", str(tmp_path / "b")]) == 1
     assert "at least 2 .sxm" in capsys.readouterr().err
+
+
+def test_mask_labels_are_the_masks_components_on_the_model_grid_and_leave_the_unets_maybes_out(tmp_path):
+    """A mask with two discs (centres at scan pixels (10, 20) and (40, 30)): two defects at
+    ``prepared.from_scan`` of those centres; a pixel the UNet half sees outside them is left out."""
+    from stmwatch.models.adapt import MaskLabels
+
+    mask = np.zeros((64, 64), np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    for r, c in ((10, 20), (40, 30)):
+        mask[(yy - r) ** 2 + (xx - c) ** 2 <= 4] = 1
+    np.save(tmp_path / "scan1.mask.npy", mask)
+    prepared = types.SimpleNamespace(valid=np.ones((32, 32), bool), scale=(2.0, 2.0))
+    prepared.from_scan = lambda row, col: ((np.asarray(row) + 0.5) / 2.0 - 0.5, (np.asarray(col) + 0.5) / 2.0 - 0.5)
+    prob = np.zeros((32, 32))
+    prob[25, 5] = 0.3  # half seen by the UNet, not in the mask
+    unet = types.SimpleNamespace(probability=lambda p: prob)
+    labels = MaskLabels(tmp_path, unet, unsure_low=0.1).labels(tmp_path / "scan1.sxm", prepared)
+    np.testing.assert_allclose(labels.centres, [[4.75, 9.75], [19.75, 14.75]])
+    assert labels.unsure[25, 5] and labels.unsure.sum() == 1
+
+
+def test_adapt_learns_from_autolabel_masks_in_one_round_and_names_a_missing_mask(tiny_setup):
+    tmp_path, scans, config = tiny_setup
+    from stmwatch.models.sim.simulate import read_truth
+
+    from scipy import ndimage
+
+    def disc_mask(path):  # what autolabel writes: a small disc per defect (here at the truth)
+        mask = np.zeros((96, 96), np.uint8)
+        for d in read_truth(path).defects:
+            mask[max(0, round(d.row) - 1):round(d.row) + 2, max(0, round(d.col) - 1):round(d.col) + 2] = 1
+        return mask
+    masks = tmp_path / "labels"
+    masks.mkdir()
+    paths = sorted(scans.glob("*.sxm"))
+    for path in paths[:5]:  # s5 (a training scan: s6, s7 are held back) has none yet
+        np.save(masks / f"{path.stem}.mask.npy", disc_mask(path))
+    settings = AdaptSettings(steps=3, batch=2, patch=32, rounds=2)
+    with pytest.raises(ValueError, match=r"s5\.sxm: no mask"):
+        adapt(scans, "si001h", tmp_path / "b", config, label_source=str(masks), settings=settings)
+    assert not (tmp_path / "b").exists()
+    np.save(masks / "s5.mask.npy", np.zeros((95, 96), np.uint8))
+    with pytest.raises(ValueError, match=r"s5\.sxm: mask of shape \(95, 96\), the scan is \(96, 96\)"):
+        adapt(scans, "si001h", tmp_path / "b", config, label_source=str(masks), settings=settings)
+    np.save(masks / "s5.mask.npy", disc_mask(paths[5]))
+    figures = adapt(scans, "si001h", tmp_path / "b", config, label_source=str(masks), settings=settings)
+    made = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert made["label_source"] == "autolabel-masks" and made["trained_on"] == [p.name for p in paths[:6]]
+    meta = torch.load(tmp_path / "b" / "unet.pt", weights_only=False)["meta"]["adapted"]
+    assert meta["rounds"] == 1 and meta["label_source"] == "autolabel-masks"
+    components = sum(ndimage.label(np.load(masks / f"{p.stem}.mask.npy"), np.ones((3, 3)))[1] for p in paths[:6])
+    assert figures["crops"] == len(np.load(tmp_path / "b" / "lab_crops.npy")) == components > 30  # a crop per component
+    with pytest.raises(ValueError, match="unknown label source 'nowhere'"):
+        adapt(scans, "si001h", tmp_path / "c", config, label_source="nowhere", settings=settings)

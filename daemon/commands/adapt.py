@@ -14,6 +14,8 @@ before/after figures on a held-back quarter of the scans, the settings it was ma
   stmwatch adapt --surface si001h --scans ~/stm-data/today --out ~/bundles/si-2026-03
   stmwatch process scan.sxm --models ~/bundles/si-2026-03
   # or [models] bundle = "~/bundles/si-2026-03" in config.toml, then: systemctl reload stmwatch
+  stmwatch autolabel ~/stm-data/today --surface si001h --out ~/labels/today   # where the UNet finds little:
+  stmwatch adapt --surface si001h --scans ~/stm-data/today --labels ~/labels/today --out ~/bundles/si-2026-03b
 
 On 2 CPU cores, 12 scans of 256 x 256 take a few minutes (stmwatch/models/adapt.py, AdaptSettings)."""
 
@@ -25,7 +27,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--support", metavar="DIR", help="a support set <class>/*.npy to ship in the bundle")
     parser.add_argument("--labels", default="unet-flips",
                         help="label source (default 'unet-flips': the UNet's confident output where its four mirror "
-                             "passes agree; 'unet': its confident output)")
+                             "passes agree; 'unet': its confident output), or a folder of masks that "
+                             "'stmwatch autolabel --out DIR' wrote for these scans (for a microscope on which the "
+                             "UNet finds little; one round of fine-tuning)")
     parser.add_argument("--steps", type=int, help="UNet fine-tuning steps (default: AdaptSettings.steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
