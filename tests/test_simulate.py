@@ -181,14 +181,6 @@ def test_filled_and_empty_states_look_different_but_tio2_is_filled_only():
     assert t.bias_v < 0
 
 
-def test_simulation_is_fast():
-    import time
-
-    t0 = time.perf_counter()
-    simulate_scan("si001h", 1, pixels=(256, 256), artefacts=Artefacts.all())
-    assert time.perf_counter() - t0 < 1.0
-
-
 def test_crops_layout_shape_and_normalisation(tmp_path):
     counts = make_crops(tmp_path / "a", ["si001h", "tio2110"], 2, seed=3)
     assert counts["si001h"] == {c: 2 for c in get_surface("si001h").classes}
