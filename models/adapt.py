@@ -180,7 +180,8 @@ class MaskLabels:
             problems = [f"{path.name}: mask of shape {shape}, the scan is {scan.shape}" for path, scan in zip(paths, scans)
                         if (shape := np.load(self.mask_path(path), mmap_mode="r").shape) != scan.shape]
         if problems:
-            raise ValueError(f"auto-label masks {self.folder} (stmwatch autolabel --out): " + "; ".join(problems))
+            more = f"; and {len(problems) - 3} more of {len(paths)} scans" if len(problems) > 3 else ""
+            raise ValueError(f"auto-label masks {self.folder} (stmwatch autolabel --out): " + "; ".join(problems[:3]) + more)
 
     def labels(self, path: Path, prepared: Prepared) -> PseudoLabels:
         from .autolabel.evaluate import mask_centroids
