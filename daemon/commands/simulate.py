@@ -65,6 +65,11 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for si, key in enumerate(surfaces):
+        instrument = None
+        if args.style == "randomised":  # one microscope for all the surface's scans (scipy: imported only here)
+            from stmwatch.models.sim.randomise import draw_style, randomised_scan
+
+            instrument = draw_style(np.random.default_rng([args.seed, si, 41]))
         for i in range(args.n):
             rng = np.random.default_rng([args.seed, si, i, 11])
             scan_seed = int(rng.integers(0, 2**31 - 1))
@@ -78,10 +83,7 @@ def run(args) -> int:
             artefacts = fixed if fixed is not None else Artefacts.random(rng)
             if args.style == "foreign" and args.size_nm is None and not args.random_geometry:
                 geometry["range_nm"] = None  # the foreign microscope draws its own pixel size
-            if args.style == "randomised":  # its own geometry, artefacts and bias (scipy: imported only here)
-                from stmwatch.models.sim.randomise import draw_style, randomised_scan
-
-                instrument = draw_style(np.random.default_rng([args.seed, si, 41]))  # one microscope per surface
+            if instrument is not None:  # the randomised style: its own geometry, artefacts and bias
                 scan, truth, _ = randomised_scan(key, scan_seed, pixel_range=(args.pixels, args.pixels),
                                                  instrument=instrument)
             else:
