@@ -11,7 +11,7 @@ from stmwatch.models.fewshot.classifier import PrototypicalClassifier
 from stmwatch.models.fewshot.contrast import core_contrast
 from stmwatch.models.fewshot.crops import CropSet
 from stmwatch.models.fewshot.proto import ProtoNet
-from stmwatch.models.fewshot.site import SiteModel
+from stmwatch.models.fewshot.site import ClassGaussian
 from stmwatch.models.fewshot.transductive import TransductiveClassifier
 
 
@@ -32,11 +32,11 @@ def test_core_contrast_is_the_arcsinh_of_the_core_above_the_ring():
 
 def test_a_class_with_nothing_to_fit_on_is_neither_favoured_nor_ruled_out():
     one_hot = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])  # class 2: no click counted
-    model = SiteModel.fit(one_hot, torch.tensor([1.0, -1.0, 5.0]), floor=0.1)
+    model = ClassGaussian.fit(one_hot, torch.tensor([1.0, -1.0, 5.0]), floor=0.1)
     assert model.fitted.tolist() == [True, True, False]
     penalty = model.penalty(torch.tensor([0.9, -2.0]), weight=1.0)
     assert torch.allclose(penalty[:, 2], penalty[:, :2].min(dim=1).values)
-    assert SiteModel.fit(one_hot[:, :2], torch.tensor([1.0, -1.0, 5.0])).fitted is None  # all fitted: as before
+    assert ClassGaussian.fit(one_hot[:, :2], torch.tensor([1.0, -1.0, 5.0])).fitted is None  # all fitted: as before
 
 
 class Blind(torch.nn.Module):

@@ -10,7 +10,7 @@ import torch
 from stmwatch.models.fewshot.classifier import PrototypicalClassifier
 from stmwatch.models.fewshot.crops import CropSet
 from stmwatch.models.fewshot.proto import ProtoNet
-from stmwatch.models.fewshot.site import SiteModel, row_phase_cos
+from stmwatch.models.fewshot.site import ClassGaussian, row_phase_cos
 from stmwatch.models.fewshot.transductive import TransductiveClassifier
 
 PERIOD = 6.5  # px: TiO2(110)'s rows at 0.1 nm/px
@@ -65,11 +65,11 @@ def test_site_model_fits_clicks_and_weighted_crops():
     clicks = torch.tensor([1.0, -1.0])
     weights = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
     phase = torch.tensor([0.0, 1.0, 1.0])
-    site = SiteModel.fit(one_hot, clicks, weights, phase, floor=0.01)
+    site = ClassGaussian.fit(one_hot, clicks, weights, phase, floor=0.01)
     # class 0: values 1, 0 (weight 1), 1 (weight 0.5): mean 1.5/2.5 = 0.6, mean square 1.5/2.5 → var 0.24
     # class 1: values -1, 1 (0.5), 1 (1): mean 0.5/2.5 = 0.2, mean square 2.5/2.5 → var 0.96
     assert np.allclose(site.mean.numpy(), [0.6, 0.2]) and np.allclose(site.var.numpy(), [0.24, 0.96])
-    assert np.allclose(SiteModel.fit(one_hot, clicks).var.numpy(), [0.2, 0.2])  # one click each: the floor
+    assert np.allclose(ClassGaussian.fit(one_hot, clicks).var.numpy(), [0.2, 0.2])  # one click each: the floor
     penalty = site.penalty(torch.tensor([0.6]), weight=1.0).numpy()
     assert np.allclose(penalty, [[0.5 * np.log(0.24), 0.5 * (0.16 / 0.96 + np.log(0.96))]], atol=1e-6)
 
@@ -122,7 +122,7 @@ def test_a_scans_polarity_picks_the_clicks_sites_too():
     query = np.stack([crop(0.0)])
     for bias, mean_a in ((1.5, 1.0), (-1.5, -1.0), (None, 0.0)):
         support_cos = clf._start(bias)[3]
-        site = SiteModel.fit(clf._one_hot if bias is None else clf._one_hot[[0 if bias > 0 else 1, 2]], support_cos)
+        site = ClassGaussian.fit(clf._one_hot if bias is None else clf._one_hot[[0 if bias > 0 else 1, 2]], support_cos)
         assert np.allclose(site.mean.numpy(), [mean_a, 0.0], atol=0.05)
     assert clf.classify(query, 1.5)[0][0] == "a" and clf.classify(query, -1.5)[0][0] == "b"
 

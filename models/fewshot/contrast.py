@@ -11,7 +11,7 @@ their contrast is measured against the scan's own spread, whatever the microscop
 channel 0, through ``arcsinh`` (so that tall adatoms do not spread their class over everything).
 
 A defect's contrast changes sign with the bias polarity for some classes (Si's incorporated As is
-bright in one and dark in the other). So each class's Gaussian on it (:class:`.site.SiteModel`) is
+bright in one and dark in the other). So each class's Gaussian on it (:class:`.site.ClassGaussian`) is
 fitted on the crops at the polarity of the scan being labelled only: its clicks there, the scan's
 own defects and the pool's crops at that polarity (:mod:`.transductive`). ``WEIGHT`` and ``FLOOR``
 were set before any measurement, not tuned: the site cue's weight, and a variance floor of about

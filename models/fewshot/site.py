@@ -12,7 +12,7 @@ when the centre lies on a bright row's crest, -1 in a trough. The cosine does no
 way the wave vector points. The centre is the pixel the defect is cut at (``size // 2``, as
 ``segment.crops_at`` cuts crops).
 
-:class:`SiteModel` is a Gaussian per class on that value. Its mean and variance are learnt on
+:class:`ClassGaussian` is a Gaussian per class on that value. Its mean and variance are learnt on
 the clicks together with the unlabelled crops each class attracts (the transductive step of
 :mod:`.transductive`), so a class whose members sit anywhere (adatoms) gets a wide Gaussian and
 little weight by itself, and a class tied to one site a narrow one. The variance has a floor
@@ -73,8 +73,8 @@ def row_phase_cos(crops: np.ndarray, period_px: float) -> np.ndarray:
 
 
 @dataclasses.dataclass
-class SiteModel:
-    """A Gaussian per class on the cos phase (or another measure of each crop, :mod:`.contrast`):
+class ClassGaussian:
+    """A Gaussian per class on one number per crop: the cos phase here, the contrast in :mod:`.contrast`:
     ``mean`` and ``var`` ``(classes,)``; ``fitted`` ``(classes,)`` False for a class that had no
     crop to fit on (None: all were)."""
 
@@ -84,7 +84,7 @@ class SiteModel:
 
     @classmethod
     def fit(cls, one_hot: torch.Tensor, support_cos: torch.Tensor, weights: torch.Tensor | None = None,
-            unlabelled_cos: torch.Tensor | None = None, floor: float = FLOOR) -> "SiteModel":
+            unlabelled_cos: torch.Tensor | None = None, floor: float = FLOOR) -> "ClassGaussian":
         """From the clicks (``one_hot`` ``(s, classes)``, their row phases' cosines ``support_cos``
         ``(s,)``) and the unlabelled crops' ``unlabelled_cos`` ``(n,)`` with their soft class
         ``weights`` ``(n, classes)``: per class the weighted mean and the weighted variance (mean

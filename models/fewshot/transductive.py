@@ -48,7 +48,7 @@ from .contrast import core_contrast
 from .crops import CropSet, bias_polarity, to_model_input
 from .polarity import translate
 from .site import WEIGHT as SITE_WEIGHT
-from .site import SiteModel, row_phase_cos
+from .site import ClassGaussian, row_phase_cos
 
 STEPS = 1  # soft k-means steps per call (docs/adapt.md)
 
@@ -145,7 +145,7 @@ class TransductiveClassifier:
     @torch.no_grad()
     def _refine(self, embedded: torch.Tensor | None, bias_v: float | None = None,
                 site_cos: torch.Tensor | None = None, contrast: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, SiteModel | None, SiteModel | None]:
+                ) -> tuple[torch.Tensor, ClassGaussian | None, ClassGaussian | None]:
         """The prototypes after :attr:`steps` soft k-means steps on ``embedded`` (this call's
         crops, their row-phase cosines ``site_cos`` and contrasts ``contrast``) and the pool, and
         the classes' site and contrast models (None without the cue)."""
@@ -155,8 +155,8 @@ class TransductiveClassifier:
         parts = [part for part in ((pool, self._pool_site, self._pool_contrast, self._pool_same(bias_v)),
                                    (embedded, site_cos, contrast, None if embedded is None else torch.ones(len(embedded))))
                  if part[0] is not None and len(part[0])]
-        site = None if support_cos is None else SiteModel.fit(one_hot, support_cos)
-        tone = None if support_contrast is None else SiteModel.fit(here, support_contrast, floor=CONTRAST_FLOOR)
+        site = None if support_cos is None else ClassGaussian.fit(one_hot, support_cos)
+        tone = None if support_contrast is None else ClassGaussian.fit(here, support_contrast, floor=CONTRAST_FLOOR)
         if not parts or self.steps <= 0:
             return protos, site, tone
         net, unlabelled = self.base.net, torch.cat([part[0] for part in parts])
@@ -165,8 +165,8 @@ class TransductiveClassifier:
         unlabelled_same = torch.cat([part[3] for part in parts])[:, None]
 
         def fitted(weights):  # the cues' classes from the soft assignment ``weights``
-            return (None if site is None else SiteModel.fit(one_hot, support_cos, weights, unlabelled_cos),
-                    None if tone is None else SiteModel.fit(here, support_contrast, weights * unlabelled_same,
+            return (None if site is None else ClassGaussian.fit(one_hot, support_cos, weights, unlabelled_cos),
+                    None if tone is None else ClassGaussian.fit(here, support_contrast, weights * unlabelled_same,
                                                             unlabelled_contrast, floor=CONTRAST_FLOOR))
 
         site, tone = fitted(torch.softmax(self._logits(unlabelled, protos), dim=1))  # from the network's own first
@@ -207,13 +207,13 @@ class TransductiveClassifier:
         out[mask] = translate(self.polarity_maps[sign], out[mask], self.base.net.metric == "cosine")
         return out
 
-    def _logits(self, embedded: torch.Tensor, protos: torch.Tensor, site: SiteModel | None = None,
-                site_cos: torch.Tensor | None = None, tone: SiteModel | None = None,
+    def _logits(self, embedded: torch.Tensor, protos: torch.Tensor, site: ClassGaussian | None = None,
+                site_cos: torch.Tensor | None = None, tone: ClassGaussian | None = None,
                 contrast: torch.Tensor | None = None) -> torch.Tensor:
         """The network's logits (minus the scaled squared distances), less the cues' penalties."""
         return -self.base.net.temperature * torch.cdist(embedded, protos).pow(2) - self._penalty(site, site_cos, tone, contrast)
 
-    def _penalty(self, site: SiteModel | None, site_cos: torch.Tensor | None, tone: SiteModel | None,
+    def _penalty(self, site: ClassGaussian | None, site_cos: torch.Tensor | None, tone: ClassGaussian | None,
                  contrast: torch.Tensor | None) -> torch.Tensor | float:
         """The site's and the contrast's penalties ``(n, classes)`` (0 without either)."""
         return ((0.0 if site is None else site.penalty(site_cos, self.site_weight))
