@@ -184,13 +184,10 @@ class MaskLabels:
             raise ValueError(f"auto-label masks {self.folder} (stmwatch autolabel --out): " + "; ".join(problems[:3]) + more)
 
     def labels(self, path: Path, prepared: Prepared) -> PseudoLabels:
-        from .autolabel.evaluate import mask_centroids
+        from .autolabel.training import mask_centres
 
-        centroids = mask_centroids(np.load(self.mask_path(path)))
-        rows, cols = prepared.from_scan(centroids[:, 0], centroids[:, 1])
-        centres = np.stack([np.atleast_1d(rows), np.atleast_1d(cols)], axis=1).reshape(-1, 2)
         maybe = self.unet.probability(prepared) > self.unsure_low
-        return PseudoLabels(centres, maybe | ~prepared.valid)
+        return PseudoLabels(mask_centres(np.load(self.mask_path(path)), prepared), maybe | ~prepared.valid)
 
 
 LABEL_SOURCES: dict[str, Callable[..., LabelSource]] = {"unet": UNetConfidentLabels, "unet-flips": UNetFlipAgreementLabels}
@@ -350,8 +347,8 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
     segmenter = load_segmenter(dataclasses.replace(models, backend="torch"), surf, config.preprocess, "torch")
     if label_source in LABEL_SOURCES:
         source = LABEL_SOURCES[label_source](segmenter, settings.confident, settings.unsure_low, models.min_area_px)
-    elif Path(label_source).expanduser().is_dir():
-        source = MaskLabels(Path(label_source).expanduser(), segmenter, settings.unsure_low)
+    elif (mask_folder := Path(label_source).expanduser()).is_dir():
+        source = MaskLabels(mask_folder, segmenter, settings.unsure_low)
     else:
         raise ValueError(f"unknown label source {label_source!r}; known: {sorted(LABEL_SOURCES)}, "
                          f"or a folder of `stmwatch autolabel` masks")

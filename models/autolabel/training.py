@@ -47,6 +47,14 @@ def labelled_scans(labels_dir: str | Path) -> list[tuple[Path, Path, str]]:
     return out
 
 
+def mask_centres(mask: np.ndarray, prepared) -> np.ndarray:
+    """``(n, 2)`` model-grid row/col of the defects of an auto-label ``mask`` (the scan's grid,
+    display frame): each component at its centroid, brought to ``prepared``'s grid."""
+    centres = mask_centroids(mask)
+    rows, cols = prepared.from_scan(centres[:, 0], centres[:, 1])
+    return np.stack([np.atleast_1d(rows), np.atleast_1d(cols)], axis=1).reshape(-1, 2)
+
+
 def mask_patches(scan_path: Path, mask_path: Path, surface: str, patch: int, radius_px: float,
                  rng: np.random.Generator, max_per_scan: int = 10, plant: PlantSettings | bool | None = None) -> Patches:
     """The training patches of one scan and its mask, and with ``plant`` its planted patches
@@ -62,13 +70,9 @@ def mask_patches(scan_path: Path, mask_path: Path, surface: str, patch: int, rad
     if mask.shape != scan.shape:
         raise ValueError(f"{mask_path}: mask of shape {mask.shape}, but the scan {scan_path.name} is {scan.shape}")
     prepared = prepare(scan, surface)
-    centres = mask_centroids(mask)
-    if len(centres):
-        rows, cols = prepared.from_scan(centres[:, 0], centres[:, 1])
-        centres = np.stack([rows, cols], axis=1)
+    centres = mask_centres(mask, prepared)
     image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
     count = int(np.clip(round(image.shape[1] * image.shape[2] / patch**2), 2, max_per_scan))
-    centres = centres.reshape(-1, 2)
     patches = cut_patches(image, centres, patch, count, radius_px, rng)
     if not plant:  # None or False
         return patches
