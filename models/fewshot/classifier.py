@@ -184,9 +184,9 @@ def checked_polarity_maps(weights: Path, meta: dict, surface: str, net: ProtoNet
     try:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing")
-        if meta.get("polarity_maps_sha256") != file_version(path):
-            raise ValueError(f"{path}: sha256 {file_version(path)}, but {weights.name} names "
-                             f"{meta.get('polarity_maps_sha256')}")
+        digest = file_version(path)
+        if meta.get("polarity_maps_sha256") != digest:
+            raise ValueError(f"{path}: sha256 {digest}, but {weights.name} names {meta.get('polarity_maps_sha256')}")
         return load_maps(path, surface, net.backbone, net.tta)
     except (OSError, ValueError, KeyError) as exc:
         log.warning("polarity maps not used (%s): clicks at the other polarity than a scan's are used as they are", exc)

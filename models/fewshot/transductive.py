@@ -92,10 +92,11 @@ class TransductiveClassifier:
         """The crops' embeddings and the cosines of their row phases (:func:`.site.row_phase_cos`;
         None without the site cue), both from the crops as the network sees them, and their
         contrast (:func:`.contrast.core_contrast`, in the scan's units; None without the cue)."""
-        net, x = self.base.net, self.base.model_input(crops)
+        scan_units = to_model_input(crops)  # resized once; model_input of it only normalises, where the weights ask
+        net, x = self.base.net, self.base.model_input(scan_units)
         embedded = torch.cat([net.embed(torch.from_numpy(x[i:i + 512])) for i in range(0, len(x), 512)])
         site = None if self.row_period_px is None else torch.from_numpy(row_phase_cos(x, self.row_period_px))
-        contrast = None if not self.contrast_weight else torch.from_numpy(core_contrast(to_model_input(crops)))
+        contrast = None if not self.contrast_weight else torch.from_numpy(core_contrast(scan_units))
         return embedded, site, contrast
 
     def _fit_support(self) -> None:
