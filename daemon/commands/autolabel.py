@@ -82,9 +82,10 @@ def run(args) -> int:
             raise ValueError("--rounds, --epochs, --steps and --detectors must be 1 or more")
         if not 0 < args.confident < 1:
             raise ValueError(f"--confident must be between 0 and 1, not {args.confident}")
+        detector_files = []  # resolved once: each --detector file, or a folder's members
         for path in args.detector or []:
             try:
-                detector_paths(path)
+                detector_files.extend(detector_paths(path))
             except FileNotFoundError as exc:
                 raise ValueError(f"--detector: {exc}") from None
     except (KeyError, ValueError) as exc:
@@ -92,7 +93,7 @@ def run(args) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    labeller = Labeller(args, out, features, scales, chosen)
+    labeller = Labeller(args, out, features, scales, chosen, detector_files)
     files = scan_files(args.inputs)
     if args.method == "clusters":
         labeller.each(files, "autolabel", labeller.clusters_only)
@@ -113,10 +114,11 @@ def run(args) -> int:
 class Labeller:
     """The command's state: the output folder, its manifest, the files that failed."""
 
-    def __init__(self, args, out: Path, features, scales, chosen):
+    def __init__(self, args, out: Path, features, scales, chosen, detector_files: list[Path]):
         from stmwatch.models.autolabel.command import MANIFEST
 
         self.args, self.out, self.features, self.scales, self.chosen = args, out, features, scales, chosen
+        self.detector_paths = detector_files  # --detector's files; those trained here, once trained
         self.manifest_path = out / MANIFEST
         self.manifest = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
         self.failed: set[str] = set()
@@ -183,10 +185,9 @@ class Labeller:
 
         from stmwatch.drivers.sxm import read_sxm
         from stmwatch.models.autolabel.evaluate import mask_centroids
-        from stmwatch.models.autolabel.planted import detector_paths, detector_segmenter, plant_settings, train_members
+        from stmwatch.models.autolabel.planted import detector_segmenter, plant_settings, train_members
 
         if self.args.detector:
-            self.detector_paths = [f for path in self.args.detector for f in detector_paths(path)]
             return detector_segmenter(self.detector_paths, self.args.surface, self.args.confident)
         settings = plant_settings(self.args.surface, steps=self.args.steps, seed=self.args.seed,
                                   **({} if self.args.epochs is None else {"epochs": self.args.epochs}))
