@@ -200,10 +200,13 @@ def test_adapt_writes_a_bundle_that_loads_and_keeps_the_held_back_scans_out(tiny
     assert figures["held_back_scans"] == 2 and "before" in figures and "after" in figures
     assert "before" in (tmp_path / "bundle" / "CARD.md").read_text()
     pool = np.load(tmp_path / "bundle" / "lab_crops.npy")
-    assert pool.shape[1:] == (2, 32, 32) and len(pool) >= 8  # 6 scans x ~8 defects
-    pool_bias = np.load(tmp_path / "bundle" / "lab_crops_bias.npy")  # each crop's scan bias
-    biases = {read_sxm(p).bias_v for p in sorted(scans.glob("*.sxm"))[:6]}
-    assert len(pool_bias) == len(pool) and set(pool_bias.tolist()) <= {np.float32(b) for b in biases}
+    # a crop at every labelled defect of the scans trained on, scan by scan, each with its scan's bias
+    trained = [scans / name for name in made["trained_on"]]
+    counts = [len(read_truth(p).defects) for p in trained]
+    assert pool.shape == (sum(counts), 2, 32, 32) and sum(counts) >= 8
+    pool_bias = np.load(tmp_path / "bundle" / "lab_crops_bias.npy")
+    np.testing.assert_array_equal(pool_bias, np.concatenate([np.full(n, read_sxm(p).bias_v, np.float32)
+                                                             for p, n in zip(trained, counts)]))
     after = dataclasses.replace(config, models=dataclasses.replace(config.models, bundle=str(tmp_path / "bundle"),
                                                                    segmenter_weights=""))
     analyser = load_analyser(after, "si001h")
@@ -216,7 +219,8 @@ def test_adapt_writes_a_bundle_that_loads_and_keeps_the_held_back_scans_out(tiny
     assert (tmp_path / "bundle" / "fewshot_polarity.npz").is_file() and sorted(analyser.classifier.polarity_maps) == [-1, 1]
     assert analyser.classifier._pool_polarity is not None and len(analyser.classifier._pool_polarity) == len(pool)
     scan, _ = simulate_scan("si001h", 99, pixels=(64, 64))
-    analyser.analyse(scan)
+    result = analyser.analyse(scan)  # the bundle's models run on a new scan, and its record says so
+    assert result.model_versions["bundle"] == bundle.id
 
 
 def test_the_second_round_is_labelled_by_the_fine_tuned_unet(tiny_setup, monkeypatch):
