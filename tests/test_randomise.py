@@ -106,8 +106,28 @@ def test_train_unet_randomise_share_swaps_in_randomised_scans_deterministically(
     again = scan_patches("tio2110", 11, 64, 4.0, 2, None, 1.0)
     np.testing.assert_array_equal(randomised.images, again.images)
     assert not np.array_equal(plain.images, randomised.images)
-    _, truth, _ = randomised_scan("tio2110", 11)
-    assert len(truth.defects) > 0 and randomised.images.shape[1:] == (2, 64, 64)
+    # the patches are cut from the randomised scan of that seed, as the model sees it
+    from stmwatch.models.preprocess import prepare
+    from stmwatch.models.train_unet import cut_patches
+
+    scan, truth, _ = randomised_scan("tio2110", 11)
+    prepared = prepare(scan, "tio2110")
+    image = np.where(prepared.valid, prepared.image, 0.0).astype(np.float32)
+    expected = cut_patches(image, np.zeros((0, 2)), 64, len(randomised), 4.0, np.random.default_rng(11))
+    np.testing.assert_array_equal(randomised.images, expected.images)
+    assert len(truth.defects) > 0 and randomised.targets.sum() > 0
+    # a share between 0 and 1: each seed gives one kind or the other, and both come up
+    kinds = set()
+    for seed in range(12, 24):
+        half = scan_patches("tio2110", seed, 64, 4.0, 2, None, 0.5).images
+        if np.array_equal(half, scan_patches("tio2110", seed, 64, 4.0, 2, None, 1.0).images):
+            kinds.add("randomised")
+        else:
+            np.testing.assert_array_equal(half, scan_patches("tio2110", seed, 64, 4.0, 2, None, 0.0).images)
+            kinds.add("training")
+        if len(kinds) == 2:
+            break
+    assert kinds == {"randomised", "training"}
 
 
 def test_an_instrument_replaces_the_scans_own_microscope_but_not_its_sample():
