@@ -108,21 +108,38 @@ def test_sxm_and_truth_read_back(tmp_path):
 
 @pytest.mark.parametrize("surface", sorted(SURFACES))
 def test_mask_classes_match_the_truth(surface):
+    """The mask is the footprints and nothing else: every pixel within radius_nm of a listed
+    defect has its class; every other marked pixel belongs to a defect whose centre is just outside
+    the frame (drawn, not listed); no two footprints overlap."""
+    # no drift, creep or angle: pixel (row, col) sees the sample at (row, col) x px_nm
     scan, truth = simulate_scan(surface, 8, pixels=SMALL, n_defects=15)
     classes = get_surface(surface).classes
     assert len(truth.defects) >= 8
     assert truth.mask.dtype == np.uint8 and truth.mask.shape == scan.shape
     assert set(np.unique(truth.mask)) <= set(range(len(classes) + 1))
     px_nm = scan.pixel_size_m[0] * 1e9
-    rows, cols = np.mgrid[0:scan.shape[0], 0:scan.shape[1]]
+    ny, nx = scan.shape
+    rows, cols = np.mgrid[0:ny, 0:nx]
+    eps = 1e-6  # nm: a pixel centre this close to a rim may round either way
+    listed = np.zeros(scan.shape, bool)
+    clearance = np.full(scan.shape, np.inf)  # nm: distance to the nearest listed footprint's rim
     for d in truth.defects:
-        near = np.hypot(rows - d.row, cols - d.col) * px_nm <= 0.8 * d.radius_nm
-        assert np.all(truth.mask[near] == classes.index(d.cls) + 1)
-    # footprints do not overlap: each class's pixel count is at most its defects' disc areas
-    for k, cls in enumerate(classes):
-        area = sum(math.pi * (d.radius_nm / px_nm + 1) ** 2 for d in truth.defects if d.cls == cls)
-        edge = 4 * sum(math.pi * (0.7 ** 2) / px_nm ** 2 for _ in range(3))  # defects cut by the frame
-        assert (truth.mask == k + 1).sum() <= area + edge
+        dist = np.hypot(rows - d.row, cols - d.col) * px_nm
+        assert np.all(truth.mask[dist <= d.radius_nm - eps] == classes.index(d.cls) + 1), d  # the whole disc
+        listed |= dist <= d.radius_nm + eps
+        clearance = np.minimum(clearance, dist - d.radius_nm)
+    # the simulator keeps footprints at least 0.4 nm apart (simulate._place_defects)
+    for i, a in enumerate(truth.defects):
+        for b in truth.defects[i + 1:]:
+            assert math.hypot(a.row - b.row, a.col - b.col) * px_nm >= a.radius_nm + b.radius_nm + 0.4 - eps, (a, b)
+    # Any other marked pixel is in the footprint of an unlisted defect, centred beyond the frame
+    # (row or col < -0.5 or >= size - 0.5), so it is less than (radius / px_nm - 0.5) pixels in from
+    # the edge (radius <= 1.3 nm, the largest of any class: the TiO2(110) adatom), and, that defect
+    # being 0.4 nm clear of every listed one too, at least 0.4 nm outside every listed footprint.
+    stray = (truth.mask > 0) & ~listed
+    depth = np.minimum.reduce([rows, cols, ny - 1 - rows, nx - 1 - cols])  # pixels in from the edge
+    assert np.all(depth[stray] < 1.3 / px_nm - 0.5)
+    assert np.all(clearance[stray] >= 0.4 - eps)
 
 
 @pytest.mark.parametrize("name", ARTEFACTS)
