@@ -362,3 +362,59 @@ def test_a_student_left_at_the_defaults_is_trained_as_measured(tmp_path, monkeyp
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
     assert main([*common, "--out", str(tmp_path / "b"), "--epochs", "3", "--width", "4"]) == 0
     assert seen == [(8, 96, 40, 50, 12), (4, 96, 3, 50, 12)]
+
+
+def _refused(args, capsys) -> str:
+    """Run ``stmwatch autolabel ARGS``; assert it is refused (exit 2) and return its stderr."""
+    from stmwatch.daemon.cli import main
+
+    assert main(["autolabel", *map(str, args)]) == 2
+    return capsys.readouterr().err
+
+
+def test_command_refuses_before_any_work_what_would_lose_or_mislabel_scans(tmp_path, capsys):
+    """Found by a review (stop 33): each of these ran to the end and exited 0 or 2 with wrong masks."""
+    scan, truth = simulate_scan("si001h", 3, pixels=(48, 48), n_defects=2)
+    for folder in ("day1", "day2"):
+        write_example(scan, truth, tmp_path / folder / "scan.sxm")
+    write_example(scan, truth, tmp_path / "day2" / "other.sxm")
+    out = tmp_path / "out"
+    common = ["--surface", "si001h", "--out", out, "--method", "clusters", "--k", "5"]
+    # two scans of one name: their masks would overwrite each other
+    err = _refused([tmp_path / "day1", tmp_path / "day2", *common], capsys)
+    assert "day1/scan.sxm" in err and "day2/scan.sxm" in err
+    # a folder without .sxm files
+    (tmp_path / "empty").mkdir()
+    assert "no .sxm files" in _refused([tmp_path / "empty", *common], capsys)
+    # one scan's cluster numbers applied to others
+    assert "--defect-clusters" in _refused([tmp_path / "day2", *common, "--defect-clusters", "1,2"], capsys)
+    assert "--k" in _refused([tmp_path / "day1", *common[:-2], "--k", "0"], capsys)
+    assert not out.exists()  # nothing written by a refused run
+    # labels of another surface in --out
+    out.mkdir()
+    (out / "autolabel.json").write_text(json.dumps({"x": {"scan": "x.sxm", "surface": "ge001"}}))
+    assert "ge001" in _refused([tmp_path / "day1", *common], capsys)
+    # a detector that is no checkpoint, or trained for another surface
+    fake = tmp_path / "fake.pt"
+    fake.write_bytes(b"not a checkpoint")
+    other = tmp_path / "other.pt"
+    torch.save({"config": {}, "state_dict": {}, "meta": {"surfaces": ["tio2110"]}}, other)
+    base = [tmp_path / "day1", "--surface", "si001h", "--out", tmp_path / "out2"]
+    assert "fake.pt: not a stmwatch checkpoint" in _refused([*base, "--detector", fake], capsys)
+    assert "trained for tio2110, not si001h" in _refused([*base, "--detector", other], capsys)
+
+
+def test_command_prints_odd_file_names_as_they_are_and_keeps_a_manifest_as_it_goes(tmp_path, capsys):
+    from stmwatch.daemon.cli import main
+
+    scan, truth = simulate_scan("si001h", 3, pixels=(48, 48), n_defects=2)
+    write_example(scan, truth, tmp_path / "scans" / "good.sxm")
+    bad = tmp_path / "scans" / "sample[clean] :key:.sxm"
+    bad.write_bytes(b"")
+    code = main(["autolabel", str(tmp_path / "scans"), "--surface", "si001h", "--out", str(tmp_path / "out"),
+                 "--method", "clusters", "--k", "5"])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "sample[clean] :key:.sxm" in captured.err and "error" not in captured.out
+    manifest = json.loads((tmp_path / "out" / "autolabel.json").read_text())
+    assert list(manifest) == ["good"] and not (tmp_path / "out" / "autolabel.json.partial").exists()

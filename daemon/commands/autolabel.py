@@ -6,7 +6,7 @@ For each ``.sxm`` file (folders are searched for ``*.sxm``, not recursively) wri
 mask). Two methods: ``clusters`` (per-pixel features, k-means, the defect clusters) and
 ``planted`` (the default): the clusters' defects first, then small UNets trained on these
 scans with synthetic defects planted in them (two, from two seeds: ``DIR/detector/member<i>/best.pt``;
-a few minutes each on a CPU) label every scan with their mean probability; ``--detector DIR/detector``
+about 8 minutes each on 2 CPU cores) label every scan with their mean probability; ``--detector DIR/detector``
 reuses trained ones (then, without ``--png``, no scan is
 clustered unless the detector fails on it). ``DIR/autolabel.json`` records, per stem, the scan's path and what was chosen, so that
 ``stmwatch train unet --labels DIR`` finds the scans. A file that cannot be read or labelled is
@@ -78,8 +78,8 @@ def run(args) -> int:
         scales = parse_ints(args.scales)
         chosen = parse_ints(args.defect_clusters)
         features = make_features(args.features)
-        if min(args.rounds, args.steps, args.detectors) < 1 or (args.epochs is not None and args.epochs < 1):
-            raise ValueError("--rounds, --epochs, --steps and --detectors must be 1 or more")
+        if min(args.k, args.rounds, args.steps, args.detectors) < 1 or (args.epochs is not None and args.epochs < 1):
+            raise ValueError("--k, --rounds, --epochs, --steps and --detectors must be 1 or more")
         if not 0 < args.confident < 1:
             raise ValueError(f"--confident must be between 0 and 1, not {args.confident}")
         detector_files = []  # resolved once: each --detector file, or a folder's members
@@ -88,13 +88,19 @@ def run(args) -> int:
                 detector_files.extend(detector_paths(path))
             except FileNotFoundError as exc:
                 raise ValueError(f"--detector: {exc}") from None
+        if detector_files:
+            check_detectors(detector_files, args.surface)
+        elif args.method == "planted" and args.device.startswith("cuda"):
+            check_cuda(args.device)
+        files = scan_files(args.inputs)
+        check_inputs(files, args.inputs, chosen)
+        check_out(Path(args.out), args.surface)
     except (KeyError, ValueError) as exc:
         print(f"stmwatch autolabel: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     labeller = Labeller(args, out, features, scales, chosen, detector_files)
-    files = scan_files(args.inputs)
     if args.method == "clusters":
         labeller.each(files, "autolabel", labeller.clusters_only)
     elif args.detector and not args.png:  # a trained detector, no preview: no clustering unless it fails
@@ -109,6 +115,62 @@ def run(args) -> int:
           + ("; the cluster rule's masks, the detector having failed" if labeller.detector_failed else ""),
           file=sys.stderr)
     return 2 if labeller.failed or labeller.detector_failed else 0
+
+
+def check_inputs(files: list[Path], inputs: list[str], chosen: list[int] | None) -> None:
+    """Refuse, before any work: no ``.sxm`` file found; two scans of one name (their masks,
+    ``OUT/<stem>.mask.npy``, would overwrite each other); ``--defect-clusters`` for more than one
+    scan (k-means runs on each scan alone, so its cluster numbers mean something else in each)."""
+    if not files:
+        raise ValueError(f"no .sxm files in {' '.join(inputs)}")
+    first: dict[str, Path] = {}
+    for path in files:
+        if path.stem in first:
+            raise ValueError(f"{first[path.stem]} and {path} have one name, and their masks would overwrite "
+                             "each other in --out: label them into separate folders")
+        first[path.stem] = path
+    if chosen is not None and len(files) > 1:
+        raise ValueError(f"--defect-clusters names one scan's clusters (k-means runs on each scan alone), "
+                         f"but {len(files)} scans were given: label the scan whose preview you read alone")
+
+
+def check_out(out: Path, surface: str) -> None:
+    """Refuse an ``--out`` whose manifest labels another surface: ``train unet --labels`` would
+    train one model on both."""
+    from stmwatch.models.autolabel.command import MANIFEST
+
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        others = {entry.get("surface") for entry in json.loads(manifest.read_text()).values()} - {surface}
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"{manifest}: not an autolabel manifest ({exc})") from None
+    if others:
+        raise ValueError(f"{out} holds labels of {', '.join(sorted(map(str, others)))}, not {surface}: "
+                         "give another --out")
+
+
+def check_detectors(files: list[Path], surface: str) -> None:
+    """Load each ``--detector`` file once, before any work: one that is no stmwatch checkpoint, or
+    was trained for another surface, is named."""
+    import torch
+
+    for path in files:
+        try:
+            meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+        except Exception as exc:  # a pickle, a truncated file, another program's weights
+            raise ValueError(f"--detector {path}: not a stmwatch checkpoint ({type(exc).__name__})") from None
+        trained_for = meta.get("surfaces") or []
+        if trained_for and surface not in trained_for:
+            raise ValueError(f"--detector {path}: trained for {', '.join(trained_for)}, not {surface}")
+
+
+def check_cuda(device: str) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch has no CUDA device (use --device cpu)")
 
 
 class Labeller:
@@ -127,12 +189,14 @@ class Labeller:
     def each(self, items: list, stage: str, work) -> list:
         """``work(item)`` for each item (a path, or a ``(path, ...)`` tuple) under a progress bar;
         a failure is one line on stderr and the item is dropped. Returns what ``work`` returned."""
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.text import Text
 
         columns = [TextColumn(stage), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[name]}"),
                    TimeRemainingColumn()]
         results = []
-        with Progress(*columns, transient=True) as bar:
+        with Progress(*columns, transient=True, console=Console(stderr=True)) as bar:
             task = bar.add_task(stage, total=len(items), name="")
             for item in items:
                 path = item[0] if isinstance(item, tuple) else item
@@ -142,10 +206,12 @@ class Labeller:
                         raise ValueError(f"{self.out} holds the simulator's truth for this scan; "
                                          "writing its .mask.npy there would replace the truth mask")
                     results.append(work(item))
+                    self.finish()  # after each scan: an interrupted run leaves a manifest of what it wrote
                 except Exception as exc:  # any bad file: one line, skipped
                     self.failed.add(str(path))
                     message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-                    bar.console.print(f"[red]error[/red]: {message}", highlight=False, soft_wrap=True)
+                    # a Text: a file name like 'a[1].sxm' or ':key:' is printed as it is, not as markup
+                    bar.console.print(Text.assemble(("error", "red"), f": {message}"), highlight=False, soft_wrap=True)
                     log.debug("%s failed", path, exc_info=True)
                 bar.advance(task)
         return results
@@ -272,4 +338,7 @@ class Labeller:
         self.manifest[path.stem] = {**entry(path, self.args.surface, mask), **fields}
 
     def finish(self) -> None:
-        self.manifest_path.write_text(json.dumps(self.manifest, indent=1))
+        """Write the manifest whole (a temporary file renamed over it)."""
+        partial = self.manifest_path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(self.manifest, indent=1))
+        partial.replace(self.manifest_path)
