@@ -33,6 +33,7 @@ import copy
 import dataclasses
 import json
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -173,15 +174,39 @@ class MaskLabels:
     def mask_path(self, scan_path: Path) -> Path:
         return self.folder / f"{scan_path.stem}.mask.npy"
 
-    def check(self, paths: list[Path], scans: list) -> None:
-        """A clear error, before any work, for each scan without its mask or with one of another shape."""
+    def check(self, paths: list[Path], scans: list, surface: str) -> None:
+        """A clear error, before any work, for each scan without its mask or with one of another shape,
+        and, where the folder's ``autolabel.json`` says what each mask was made from, for a mask made
+        from another file of the same name or for another surface."""
         problems = [f"{path.name}: no mask {self.mask_path(path)}" for path in paths if not self.mask_path(path).is_file()]
+        problems += self._manifest_problems(paths, surface)
         if not problems:
             problems = [f"{path.name}: mask of shape {shape}, the scan is {scan.shape}" for path, scan in zip(paths, scans)
                         if (shape := np.load(self.mask_path(path), mmap_mode="r").shape) != scan.shape]
         if problems:
             more = f"; and {len(problems) - 3} more of {len(paths)} scans" if len(problems) > 3 else ""
             raise ValueError(f"auto-label masks {self.folder} (stmwatch autolabel --out): " + "; ".join(problems[:3]) + more)
+
+    def _manifest_problems(self, paths: list[Path], surface: str) -> list[str]:
+        import filecmp
+
+        from .autolabel.command import MANIFEST
+
+        try:
+            manifest = json.loads((self.folder / MANIFEST).read_text())
+        except FileNotFoundError:
+            return []  # masks from elsewhere: matched by name alone
+        problems = []
+        for path in paths:
+            made_from = manifest.get(path.stem)
+            if made_from is None:
+                continue
+            if made_from.get("surface") != surface:
+                problems.append(f"{path.name}: its mask was made for {made_from.get('surface')}, not {surface}")
+            source = Path(made_from.get("scan", ""))
+            if source.is_file() and source.resolve() != path.resolve() and not filecmp.cmp(source, path, shallow=False):
+                problems.append(f"{path.name}: its mask was made from another file, {source}")
+        return problems
 
     def labels(self, path: Path, prepared: Prepared) -> PseudoLabels:
         from .autolabel.training import mask_centres
@@ -340,9 +365,12 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
     models = config.models
     if models.bundle:  # adapt further from a bundle
         models, _ = with_bundle(models, surface)
-    paths = sorted(Path(scan_dir).glob("*.sxm"))
+    check_out_folder(Path(out))
+    if support is not None:
+        check_support_folder(Path(support).expanduser())
+    paths, skipped = readable_scans(sorted(Path(scan_dir).glob("*.sxm")))
     if len(paths) < 2:
-        raise ValueError(f"{scan_dir}: adapt needs at least 2 .sxm files, found {len(paths)}")
+        raise ValueError(f"{scan_dir}: adapt needs at least 2 .sxm files that read, found {len(paths)}")
     train_paths, held = split_scans(paths, settings.held_back)
     segmenter = load_segmenter(dataclasses.replace(models, backend="torch"), surf, config.preprocess, "torch")
     if label_source in LABEL_SOURCES:
@@ -360,7 +388,7 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
     rng = np.random.default_rng([settings.seed, 5])
     train_scans = [read_sxm(path) for path in train_paths]
     if isinstance(source, MaskLabels):
-        source.check(train_paths, train_scans)
+        source.check(train_paths, train_scans, surface)
     prepared_scans = [prepare(scan, surf, config.preprocess) for scan in train_scans]
     images, targets, lab_crops, lab_bias, n_labels = label_patches(
         train_paths, prepared_scans, source, radius, settings, rng, lambda d, t: report("labels", d, t),
@@ -433,23 +461,72 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
                       "adapted": {"crops": len(lab_crops), "adabn": settings.adabn and len(lab_crops) >= 8}})
         report("embedding", 1, 1)
 
-        made_with = {"surface": surface, "scans": [p.name for p in paths], "trained_on": [p.name for p in train_paths],
+        made_with = {"surface": surface, "scans": [p.name for p in paths], "skipped": skipped,
+                     "trained_on": [p.name for p in train_paths],
                      "held_back": [p.name for p in held], "label_source": source.name,
                      "settings": dataclasses.asdict(settings), "models": dataclasses.asdict(config.models),
                      "preprocess": dataclasses.asdict(config.preprocess) if dataclasses.is_dataclass(config.preprocess) else {},
                      "pseudo_label_pixels": n_labels}
-        bundle = write_bundle(out, surface, unet=tmp / "unet.pt", classifier=tmp / "fewshot.pt",
+        partial = tmp / "bundle"  # put in place of `out` only once whole: a failed run leaves `out` as it was
+        bundle = write_bundle(partial, surface, unet=tmp / "unet.pt", classifier=tmp / "fewshot.pt",
                               support=support, made_with=made_with, extra=extra)
         # 4. the card: before/after on the held-back scans (never trained on, nothing selected on them)
         figures = card_figures(held, surface, config, bundle.path, support, lambda d, t: report("card", d, t))
         figures["seconds"] = round(time.perf_counter() - t_start, 1)
         figures["trained_on_scans"] = len(train_paths)
         figures["crops"] = int(len(lab_crops))
-        bundle = write_bundle(out, surface, unet=tmp / "unet.pt", classifier=tmp / "fewshot.pt", support=support,
+        bundle = write_bundle(partial, surface, unet=tmp / "unet.pt", classifier=tmp / "fewshot.pt", support=support,
                               made_with=made_with, figures=figures, card=card_text(surface, bundle.path, made_with, figures),
                               extra=extra)
+        put_in_place(partial, Path(out))
     figures["bundle"] = bundle.id
     return figures
+
+
+def readable_scans(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """The scans of ``paths`` that read, and one line for each that does not (logged as a warning:
+    an aborted or truncated file in the lab's folder is skipped, not the whole run)."""
+    good, skipped = [], []
+    for path in paths:
+        try:
+            read_sxm(path)
+            good.append(path)
+        except Exception as exc:  # any bad file: named, skipped
+            skipped.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+            log.warning("skipped %s", skipped[-1])
+    return good, skipped
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` that holds files but no bundle (the scans' own folder, say): a bundle
+    hashes every file in its folder."""
+    from .bundle import MANIFEST
+
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ValueError(f"{out} holds files and is no model bundle: give an empty or new folder, or a bundle to replace")
+
+
+def check_support_folder(support: Path) -> None:
+    """Refuse, before any work, a support set that is no folder of class folders of crops (``<class>/*.npy``)."""
+    if not support.is_dir() or not any(sub.is_dir() and any(sub.glob("*.npy")) for sub in support.iterdir()):
+        raise ValueError(f"--support {support}: not a folder of class folders of crops (<class>/*.npy)")
+
+
+def put_in_place(partial: Path, out: Path) -> None:
+    """Move the finished bundle ``partial`` to ``out``, replacing a bundle there (a bundle is one
+    folder: nothing of the old one is kept)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = out.with_name(f".{out.name}.new")
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(partial, staged)  # on out's own file system, so that the renames below are quick
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        staged.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staged.rename(out)
 
 
 def card_figures(held: list[Path], surface: str, config, bundle: Path, support, progress) -> dict:

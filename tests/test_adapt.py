@@ -317,3 +317,81 @@ def test_adapt_learns_from_autolabel_masks_in_one_round_and_names_a_missing_mask
     assert figures["crops"] == len(np.load(tmp_path / "b" / "lab_crops.npy")) == components > 30  # a crop per component
     with pytest.raises(ValueError, match="unknown label source 'nowhere'"):
         adapt(scans, "si001h", tmp_path / "c", config, label_source="nowhere", settings=settings)
+
+
+class _TruthLabels:
+    """The first scans' truth as adapt's 'confident output' (the tiny UNet knows nothing)."""
+
+    name = "truth-for-test"
+
+    def __init__(self, *args):
+        pass
+
+    def labels(self, path, prepared):
+        from stmwatch.models.sim.simulate import read_truth
+
+        truth = read_truth(path)
+        r, c = prepared.from_scan(np.array([d.row for d in truth.defects]), np.array([d.col for d in truth.defects]))
+        return PseudoLabels(np.stack([r, c], 1).reshape(-1, 2), ~prepared.valid)
+
+
+def test_adapt_skips_a_bad_scan_and_a_failed_run_leaves_the_bundle_as_it_was(tiny_setup, monkeypatch):
+    """Found by a review (stop 33): one bad file stopped adapt, and a run that failed after training
+    left a bundle without its card where the lab's previous one had been."""
+    tmp_path, scans, config = tiny_setup
+    from stmwatch.models import adapt as adapt_module
+
+    monkeypatch.setitem(adapt_module.LABEL_SOURCES, "truth", _TruthLabels)
+    (scans / "zz_aborted.sxm").write_bytes(b"")  # last by name: it would have been a held-back scan
+    settings = AdaptSettings(steps=3, batch=2, patch=32)
+    adapt(scans, "si001h", tmp_path / "b", config, label_source="truth", settings=settings)
+    made = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert made["held_back"] == ["s6.sxm", "s7.sxm"] and "zz_aborted.sxm" not in made["scans"]
+    assert len(made["skipped"]) == 1 and "zz_aborted.sxm" in made["skipped"][0]
+    first = load_bundle(tmp_path / "b")
+
+    def failing_card(held, *args):  # fails after the training, once the bundle's files are written
+        raise ValueError(f"{held[0]}: every pixel is NaN")
+
+    monkeypatch.setattr(adapt_module, "card_figures", failing_card)
+    with pytest.raises(ValueError, match="every pixel is NaN"):
+        adapt(scans, "si001h", tmp_path / "b", config, label_source="truth", settings=dataclasses.replace(settings, seed=1))
+    assert load_bundle(tmp_path / "b").id == first.id  # the lab's bundle, whole and unchanged
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".b.")) == []
+
+
+def test_adapt_refuses_an_out_that_is_no_bundle_and_a_support_that_is_no_support_set_before_any_work(tiny_setup):
+    tmp_path, scans, config = tiny_setup
+    settings = AdaptSettings(steps=3, batch=2, patch=32)
+    with pytest.raises(ValueError, match="no model bundle"):
+        adapt(scans, "si001h", scans, config, settings=settings)  # the scans' own folder as --out
+    (tmp_path / "nosupport").mkdir()
+    with pytest.raises(ValueError, match="--support .*nosupport: not a folder of class folders"):
+        adapt(scans, "si001h", tmp_path / "b", config, support=tmp_path / "nosupport", settings=settings)
+    assert not (tmp_path / "b").exists()
+
+
+def test_mask_labels_refuse_masks_made_from_another_file_or_surface(tiny_setup):
+    """The masks' manifest says what each mask was made from: masks of another day's scans of the
+    same names, or of another surface, are named before any work."""
+    tmp_path, scans, config = tiny_setup
+    from stmwatch.models.adapt import MaskLabels
+
+    other = tmp_path / "other_day"
+    scan, truth = simulate_scan("si001h", 500, pixels=(96, 96), n_defects=8)
+    write_example(scan, truth, other / "s0")
+    masks = tmp_path / "labels"
+    masks.mkdir()
+    paths = sorted(scans.glob("*.sxm"))[:2]
+    for path in paths:
+        np.save(masks / f"{path.stem}.mask.npy", np.zeros((96, 96), np.uint8))
+    manifest = {"s0": {"scan": str((other / "s0.sxm").resolve()), "surface": "si001h"},
+                "s1": {"scan": str(paths[1].resolve()), "surface": "ge001"}}
+    (masks / "autolabel.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError) as err:
+        MaskLabels(masks, None, 0.1).check(paths, [read_sxm(p) for p in paths], "si001h")
+    assert "s0.sxm: its mask was made from another file" in str(err.value)
+    assert "s1.sxm: its mask was made for ge001, not si001h" in str(err.value)
+    manifest["s0"]["scan"], manifest["s1"]["surface"] = str(paths[0]), "si001h"
+    (masks / "autolabel.json").write_text(json.dumps(manifest))
+    MaskLabels(masks, None, 0.1).check(paths, [read_sxm(p) for p in paths], "si001h")  # the right masks pass

@@ -55,6 +55,9 @@ def run(args) -> int:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 1
     settings = AdaptSettings(seed=args.seed)
+    if args.steps is not None and args.steps < 1:
+        print(f"error: --steps must be 1 or more, not {args.steps}", file=sys.stderr)
+        return 1
     if args.steps is not None:
         settings = dataclasses.replace(settings, steps=args.steps)
     names = {"labels": "pseudo-labelling scans", "unet": "fine-tuning the UNet", "embedding": "adapting the embedding",
