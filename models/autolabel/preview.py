@@ -14,9 +14,14 @@ from PIL import Image, ImageDraw
 from ..render import BACKGROUND, INVALID_GREY, TEXT, _font, _png_bytes, to_rgb
 from .label import AutoLabel
 
+# 32 distinct colours, one per cluster at the default k (none grey: that is "no data"); larger k repeat them
 PALETTE = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-                    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (255, 255, 255), (0, 0, 0),
-                    (255, 220, 0), (0, 90, 60), (120, 0, 90), (90, 60, 255)], dtype=np.uint8)
+                    (227, 119, 194), (255, 0, 255), (188, 189, 34), (23, 190, 207), (255, 255, 255), (0, 0, 0),
+                    (255, 220, 0), (0, 90, 60), (120, 0, 90), (90, 60, 255),
+                    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+                    (196, 156, 148), (247, 182, 210), (219, 219, 141), (158, 218, 229), (57, 59, 121),
+                    (99, 121, 57), (140, 109, 49), (132, 60, 57), (123, 65, 115), (0, 255, 120), (206, 219, 156)],
+                   dtype=np.uint8)
 
 
 def cluster_rgb(labels: np.ndarray) -> np.ndarray:
