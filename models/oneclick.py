@@ -202,6 +202,22 @@ class _SegmentOnce:
         return self.done[key]
 
 
+def check_support_dir(support_dir: str | Path | None, surface: str, repeats: int = 1) -> None:
+    """Raise ValueError naming the folder when one that :func:`evaluate_oneclick` would click into
+    under ``support_dir`` (``<dir>/<surface>``, or ``<dir>/drawNN/<surface>`` per draw with
+    ``repeats`` > 1) already holds class folders with crops: the clicks would be added to them. An
+    empty or absent ``support_dir`` is fine."""
+    if not support_dir:
+        return
+    base = Path(support_dir)
+    folders = [base / surface] if repeats <= 1 else [base / f"draw{r:02d}" / surface for r in range(repeats)]
+    for folder in folders:
+        crops = sum(1 for _ in folder.glob("*/*.npy"))
+        if crops:
+            raise ValueError(f"{folder}: already holds {crops} clicked crops, to which this run would add its "
+                             "own: give an empty or new --keep-support folder")
+
+
 def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_analyser: Callable[[Path], object], shots: int = 1,
                       radius_nm: float = MATCH_RADIUS_NM, preprocess=None, support_dir: str | Path | None = None,
                       progress=None, per_polarity: bool = False, repeats: int = 1, seed: int = 0) -> dict:
@@ -210,7 +226,8 @@ def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_anal
 
     ``make_analyser(support_folder)`` builds the analyser on the clicked support set (e.g.
     ``load_analyser(config, surface, support=folder)``). ``support_dir`` keeps the clicked set
-    there (default a temporary folder). ``per_polarity``: the clicks are made at each bias
+    there (default a temporary folder); one that already holds clicks is refused
+    (:func:`check_support_dir`). ``per_polarity``: the clicks are made at each bias
     polarity (:func:`build_support`).
 
     ``repeats`` = 1: the first clear examples are clicked, and the scans after the last one used
@@ -224,6 +241,7 @@ def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_anal
     :func:`score_scans` plus ``shots``, ``per_polarity``, ``clicks``, ``support_scans`` and ``eval_scans``."""
     from .surfaces import get_surface
 
+    check_support_dir(support_dir, surface, repeats)  # before any work: an earlier run's clicks
     scans = sorted(Path(p) for p in scan_dir) if isinstance(scan_dir, list) else sorted(Path(scan_dir).glob("*.sxm"))
     if len(scans) < 2:
         raise ValueError(f"{scan_dir}: eval oneclick needs at least 2 labelled .sxm files, found {len(scans)}")

@@ -132,3 +132,32 @@ def test_repeats_draw_clicks_in_the_first_half_and_score_the_second(tmp_path):
         assert len(crops) == 4  # one per class in each draw
         sources |= {json.loads(c.with_suffix(".json").read_text())["scan"].split("/")[-1] for c in crops}
     assert sources == {"a.sxm", "b.sxm"}  # drawn from both click scans, never from the scored ones
+
+
+def test_keep_support_refuses_a_folder_that_already_holds_clicks(tmp_path, capsys):
+    """Found by a review: a second run into the same --keep-support added its clicks to the first's
+    (a "1-shot" run with 8 clicks); now it is refused before any work, naming the folder. An empty
+    or absent folder is fine."""
+    from stmwatch.daemon.cli import main
+
+    four = [(CLASSES[0], 30, 30), (CLASSES[1], 30, 70), (CLASSES[2], 70, 30), (CLASSES[3], 70, 70)]
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in "ab":
+        write_case(scans, name, four)
+    script = {"b": [(30, 30, CLASSES[0])]}
+    kept = tmp_path / "kept"
+    (kept / "si001h").mkdir(parents=True)  # empty: fine
+    assert evaluate_oneclick(scans, "si001h", lambda f: Scripted(script), support_dir=kept)["clicks"] == 4
+    with pytest.raises(ValueError, match="already holds"):
+        evaluate_oneclick(scans, "si001h", lambda f: pytest.fail("work began"), support_dir=kept)
+    assert len(list((kept / "si001h").glob("*/*.npy"))) == 4  # nothing added
+    # each draw's folder too (--repeats)
+    drawn = tmp_path / "drawn"
+    evaluate_oneclick(scans, "si001h", lambda f: Scripted(script), support_dir=drawn, repeats=2)
+    with pytest.raises(ValueError, match="draw00"):
+        evaluate_oneclick(scans, "si001h", lambda f: pytest.fail("work began"), support_dir=drawn, repeats=2)
+    # the command: one line, exit 2, before any model is loaded
+    assert main(["eval", "oneclick", "--scans", str(scans), "--surface", "si001h", "--keep-support", str(kept)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("stmwatch eval oneclick: ") and str(kept / "si001h") in err[0]

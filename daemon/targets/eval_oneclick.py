@@ -36,7 +36,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--radius-nm", type=float, default=MATCH_RADIUS_NM, help="match radius (nm, default 0.5)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), help="inference backend")
     parser.add_argument("--config", metavar="TOML", help="config file ([models], [preprocess])")
-    parser.add_argument("--keep-support", metavar="DIR", help="keep the clicked support set in DIR")
+    parser.add_argument("--keep-support", metavar="DIR",
+                        help="keep the clicked support set in DIR (empty or new: one holding clicks is refused)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
 
@@ -47,8 +48,13 @@ def run(args) -> int:
 
     from stmwatch.daemon.config import ConfigError, load_config
     from stmwatch.models.load import load_analyser
-    from stmwatch.models.oneclick import evaluate_oneclick
+    from stmwatch.models.oneclick import check_support_dir, evaluate_oneclick
 
+    try:  # before any work: a --keep-support of an earlier run would add its clicks to this run's
+        check_support_dir(args.keep_support, args.surface, args.repeats)
+    except ValueError as exc:
+        print(f"stmwatch eval oneclick: {exc}", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config)
         if args.models:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,6 +80,15 @@ def run(args) -> int:
     from stmwatch.models.unet import UNet, UNetConfig
 
     console = Console()
+    if getattr(args, "labels", None):  # every bad scan or mask named now, not minutes into reading them
+        from stmwatch.models.autolabel.training import check_labels
+
+        with console.status(f"checking the scans and masks of {args.labels}"):
+            problems = check_labels(args.labels)
+        if problems:
+            for line in problems:
+                print(f"stmwatch train unet: {line}", file=sys.stderr)
+            return 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -91,7 +101,11 @@ def run(args) -> int:
     if getattr(args, "plant", None) is not None and not getattr(args, "labels", None):
         console.print("--plant and --no-plant apply to --labels only: ignored")
     if getattr(args, "labels", None):
-        data, val = _labelled_data(args, out, radius_px, console)
+        try:
+            data, val = _labelled_data(args, out, radius_px, console)
+        except ValueError as exc:  # ScanReadError too: a file changed since it was checked
+            print(f"stmwatch train unet: {exc}", file=sys.stderr)
+            return 2
     else:
         data, val = _simulated_data(args, out / "data.npz", radius_px, console)
     if args.init:  # (with --resume, OUT/last.pt then replaces these weights)

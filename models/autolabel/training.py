@@ -1,15 +1,17 @@
 """Training data from auto-labels: ``stmwatch train unet --labels DIR``.
 
 ``DIR`` is what ``stmwatch autolabel --out DIR`` wrote: ``<stem>.mask.npy`` per scan and
-``autolabel.json`` with each scan's path and surface (a scan ``DIR/<stem>.sxm`` beside its mask is
-used when the manifest has no entry). Each scan is preprocessed exactly as at inference
-(``preprocess.prepare``); each component of its mask becomes a defect at its centroid (the same
-reading of a mask as ``evaluate.mask_points_m``), brought to the model grid, and the training
-target is the usual disc around each centre (``train_unet.cut_patches``), so that the UNet learns
-the same kind of target as from the simulator's truth, with the same augmentation and extra
-noise. With ``plant`` settings each scan also gives planted patches as the planted-defect
-detector's (:func:`.planted.planted_patches`, its auto-labels the known defects), so that the UNet
-sees faint defects as defects although its labels miss some. No truth is read.
+``autolabel.json`` with each scan's path and surface, all of one surface (an entry without a scan
+path means ``DIR/<stem>.sxm`` beside its mask; a mask without an entry is refused: its surface is
+unknown); :func:`check_labels` names every problem of ``DIR`` before any work. Each scan is
+preprocessed exactly as at inference (``preprocess.prepare``); each component of its mask becomes
+a defect at its centroid (the same reading of a mask as ``evaluate.mask_points_m``), brought to
+the model grid, and the training target is the usual disc around each centre
+(``train_unet.cut_patches``), so that the UNet learns the same kind of target as from the
+simulator's truth, with the same augmentation and extra noise. With ``plant`` settings each scan
+also gives planted patches as the planted-defect detector's (:func:`.planted.planted_patches`, its
+auto-labels the known defects), so that the UNet sees faint defects as defects although its labels
+miss some. No truth is read.
 """
 from __future__ import annotations
 
@@ -27,24 +29,82 @@ from .planted import MODEL_NM_PER_PX, PlantSettings, plant_settings, planted_pat
 log = logging.getLogger(__name__)
 
 
-def labelled_scans(labels_dir: str | Path) -> list[tuple[Path, Path, str]]:
-    """``(scan path, mask path, surface)`` for each mask in ``labels_dir``, sorted by stem."""
-    folder = Path(labels_dir)
+def _listing(folder: Path) -> tuple[list[tuple[Path, Path, str]], list[str]]:
+    """``(scan path, mask path, surface)`` of each stem of ``folder`` (sorted; those with a mask or
+    a manifest entry) whose files are there, and one ``<file>: <problem>`` line per problem found
+    without reading a scan or a mask (see :func:`check_labels`)."""
     manifest_path = folder / "autolabel.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    out = []
-    for mask in sorted(folder.glob("*.mask.npy")):
-        stem = mask.name[: -len(".mask.npy")]
-        entry = manifest.get(stem, {})
+    if not folder.is_dir():
+        return [], [f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}"]
+    masks = {p.name[: -len(".mask.npy")]: p for p in folder.glob("*.mask.npy")}
+    if not manifest_path.exists():
+        if not masks:
+            return [], [f"{folder}: no <stem>.mask.npy files (run stmwatch autolabel --out {folder} first)"]
+        return [], [f"{manifest_path}: missing, so the scans and surface of the masks are unknown"]
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if not isinstance(manifest, dict) or not all(isinstance(e, dict) for e in manifest.values()):
+            raise ValueError("not an object of objects")
+    except (OSError, ValueError) as exc:
+        return [], [f"{manifest_path}: not an autolabel manifest ({exc})"]
+    out, problems = [], []
+    for stem in sorted(set(masks) | set(manifest)):
+        mask = masks.get(stem, folder / f"{stem}.mask.npy")
+        entry = manifest.get(stem)
+        if entry is None:
+            problems.append(f"{mask}: no entry in {manifest_path}, so its scan's surface is unknown")
+            continue
         scan = Path(entry.get("scan", folder / f"{stem}.sxm"))
-        if not scan.exists():
-            raise ValueError(f"{mask}: its scan {scan} is missing")
-        if "surface" not in entry:
-            raise ValueError(f"{mask}: no surface recorded in {manifest_path}")
-        out.append((scan, mask, entry["surface"]))
-    if not out:
-        raise ValueError(f"{folder}: no <stem>.mask.npy files (run stmwatch autolabel --out {folder} first)")
+        if not isinstance(entry.get("surface"), str):
+            problems.append(f"{mask}: no surface recorded in {manifest_path}")
+        elif stem not in masks:
+            problems.append(f"{mask}: missing (listed in {manifest_path})")
+        elif not scan.is_file():
+            problems.append(f"{scan}: missing (the scan of {mask.name})")
+        else:
+            out.append((scan, mask, entry["surface"]))
+    surfaces = sorted({e["surface"] for e in manifest.values() if isinstance(e.get("surface"), str)})
+    if len(surfaces) > 1:
+        problems.append(f"{manifest_path}: labels of {len(surfaces)} surfaces ({', '.join(surfaces)}), but one "
+                        "model is trained per surface: label each surface into its own folder")
+    if not masks and not manifest:
+        problems.append(f"{folder}: no <stem>.mask.npy files (run stmwatch autolabel --out {folder} first)")
+    return out, problems
+
+
+def labelled_scans(labels_dir: str | Path) -> list[tuple[Path, Path, str]]:
+    """``(scan path, mask path, surface)`` for each mask in ``labels_dir``, sorted by stem; raises
+    ValueError with the first problem :func:`_listing` finds (the files themselves are not read)."""
+    out, problems = _listing(Path(labels_dir))
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise ValueError(problems[0] + more)
     return out
+
+
+def check_labels(labels_dir: str | Path) -> list[str]:
+    """Every problem of ``labels_dir`` for :func:`labelled_patches`, one ``<file>: <problem>`` line
+    each (empty when there is none): the folder, its manifest (one surface), and for each entry
+    that its mask and scan exist, the scan reads and the mask's shape is the scan's (rows,
+    columns). Each scan is read once, nothing is kept."""
+    from stmwatch.drivers.sxm import ScanReadError, read_sxm
+
+    scans, problems = _listing(Path(labels_dir))
+    for scan_path, mask_path, _ in scans:
+        try:
+            shape = read_sxm(scan_path).shape
+        except ScanReadError as exc:
+            problems.append(str(exc))
+            continue
+        try:
+            mask_shape = np.load(mask_path).shape
+        except (OSError, ValueError, EOFError) as exc:
+            problems.append(f"{mask_path}: not a readable .npy mask ({exc})")
+            continue
+        if mask_shape != shape:
+            problems.append(f"{mask_path}: mask of shape {mask_shape}, but its scan {scan_path.name} is {shape} "
+                            "(rows, columns)")
+    return problems
 
 
 def mask_centres(mask: np.ndarray, prepared) -> np.ndarray:
