@@ -389,6 +389,8 @@ def test_command_refuses_before_any_work_what_would_lose_or_mislabel_scans(tmp_p
     # one scan's cluster numbers applied to others
     assert "--defect-clusters" in _refused([tmp_path / "day2", *common, "--defect-clusters", "1,2"], capsys)
     assert "--k" in _refused([tmp_path / "day1", *common[:-2], "--k", "0"], capsys)
+    assert "--scales" in _refused([tmp_path / "day1", *common, "--scales", "0,4"], capsys)
+    assert "missing.pt" in _refused([tmp_path / "day1", *common, "--features", f"unet:{tmp_path}/missing.pt"], capsys)
     assert not out.exists()  # nothing written by a refused run
     # labels of another surface in --out
     out.mkdir()
@@ -418,3 +420,62 @@ def test_command_prints_odd_file_names_as_they_are_and_keeps_a_manifest_as_it_go
     assert "sample[clean] :key:.sxm" in captured.err and "error" not in captured.out
     manifest = json.loads((tmp_path / "out" / "autolabel.json").read_text())
     assert list(manifest) == ["good"] and not (tmp_path / "out" / "autolabel.json.partial").exists()
+
+
+def test_train_on_labels_names_every_bad_entry_before_any_work(tmp_path, capsys, monkeypatch):
+    """Found by a review: a truncated scan, a transposed mask, a missing scan or mask, a missing
+    --labels folder and labels of two surfaces each ended in a traceback, only after the earlier
+    scans were read and planted; now each is one line on stderr, exit 2, before --out is made."""
+    import stmwatch.models.autolabel.training as training
+    from stmwatch.daemon.cli import main
+    from stmwatch.drivers.sxm import write_sxm
+
+    monkeypatch.setattr(training, "mask_patches", lambda *a, **k: pytest.fail("training work began"))
+    labels, scans, out = tmp_path / "labels", tmp_path / "scans", tmp_path / "out"
+    labels.mkdir()
+    scans.mkdir()
+    scan, _ = simulate_scan("ge001", 1, pixels=(64, 48), n_defects=2)  # 48 rows, 64 columns
+    manifest = {}
+    for stem in ("good", "cut", "turned", "gone", "nomask"):
+        manifest[stem] = {"scan": str(write_sxm(scan, scans / f"{stem}.sxm")), "surface": "ge001"}
+        mask = np.zeros(scan.shape, np.uint8)
+        if stem != "nomask":
+            np.save(labels / f"{stem}.mask.npy", mask.T if stem == "turned" else mask)
+    raw = (scans / "cut.sxm").read_bytes()
+    (scans / "cut.sxm").write_bytes(raw[: len(raw) - 1000])
+    (scans / "gone.sxm").unlink()
+    (labels / "autolabel.json").write_text(json.dumps(manifest))
+
+    def refused(folder) -> list[str]:
+        assert main(["train", "unet", "--labels", str(folder), "--out", str(out), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and not out.exists()
+        lines = err.strip().splitlines()
+        assert all(line.startswith("stmwatch train unet: ") for line in lines)
+        return lines
+
+    lines = refused(labels)
+    assert len(lines) == 4 and not any("good" in line for line in lines)
+    assert any("cut.sxm: data truncated" in line for line in lines)
+    assert any("turned.mask.npy" in line and "(64, 48)" in line and "(48, 64)" in line for line in lines)
+    assert any("gone.sxm" in line and "missing" in line for line in lines)
+    assert any("nomask.mask.npy" in line and "missing" in line for line in lines)
+    assert refused(tmp_path / "nowhere") == [f"stmwatch train unet: {tmp_path / 'nowhere'}: no such folder"]
+    # labels of two surfaces: one model would be trained on both
+    manifest = {"good": manifest["good"], "other": {**manifest["good"], "surface": "si001h"}}
+    (labels / "autolabel.json").write_text(json.dumps(manifest))
+    np.save(labels / "other.mask.npy", np.zeros(scan.shape, np.uint8))
+    for stem in ("cut", "turned", "gone"):
+        (labels / f"{stem}.mask.npy").unlink()
+    lines = refused(labels)
+    assert len(lines) == 1 and "ge001, si001h" in lines[0]
+
+
+def test_preview_colours_tell_every_cluster_of_the_default_k_apart_and_from_no_data():
+    from stmwatch.models.autolabel import DEFAULT_K
+    from stmwatch.models.autolabel.preview import PALETTE, cluster_rgb
+    from stmwatch.models.render import INVALID_GREY
+
+    colours = {tuple(int(v) for v in c) for c in cluster_rgb(np.arange(DEFAULT_K)[None, :])[0]}
+    assert len(colours) == DEFAULT_K and tuple(INVALID_GREY) not in colours
+    assert np.abs(PALETTE.astype(int) - np.array(INVALID_GREY)).sum(axis=1).min() > 60  # none looks like no data

@@ -76,8 +76,13 @@ def run(args) -> int:
     try:
         get_surface(args.surface)
         scales = parse_ints(args.scales)
+        if not scales or min(scales) < 1:
+            raise ValueError(f"--scales must be shrink factors of 1 or more, not {args.scales!r}")
         chosen = parse_ints(args.defect_clusters)
-        features = make_features(args.features)
+        try:
+            features = make_features(args.features)
+        except (FileNotFoundError, OSError, RuntimeError) as exc:  # a missing or unreadable weights file
+            raise ValueError(f"--features {args.features}: {exc}") from None
         if min(args.k, args.rounds, args.steps, args.detectors) < 1 or (args.epochs is not None and args.epochs < 1):
             raise ValueError("--k, --rounds, --epochs, --steps and --detectors must be 1 or more")
         if not 0 < args.confident < 1:
