@@ -161,3 +161,21 @@ def test_keep_support_refuses_a_folder_that_already_holds_clicks(tmp_path, capsy
     assert main(["eval", "oneclick", "--scans", str(scans), "--surface", "si001h", "--keep-support", str(kept)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("stmwatch eval oneclick: ") and str(kept / "si001h") in err[0]
+
+
+def test_the_command_checks_its_bundle_and_counts_before_any_click(tmp_path, capsys, monkeypatch):
+    """Found by a review: a bad --models bundle was named only after the clicks were cut, and
+    --shots 0 gave a message about the support set."""
+    from stmwatch.daemon.cli import main
+    from stmwatch.models import oneclick
+
+    monkeypatch.setattr(oneclick, "evaluate_oneclick", lambda *a, **k: pytest.fail("work began"))
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    write_case(scans, "a", [(CLASSES[0], 30, 30)])
+    (tmp_path / "notabundle").mkdir()
+    base = ["eval", "oneclick", "--scans", str(scans), "--surface", "si001h"]
+    assert main([*base, "--models", str(tmp_path / "notabundle")]) == 1
+    assert "model bundle" in capsys.readouterr().err
+    assert main([*base, "--shots", "0"]) == 2
+    assert "--shots and --repeats must be 1 or more" in capsys.readouterr().err

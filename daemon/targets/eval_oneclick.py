@@ -55,11 +55,18 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"stmwatch eval oneclick: {exc}", file=sys.stderr)
         return 2
+    if args.shots < 1 or args.repeats < 1:
+        print("stmwatch eval oneclick: --shots and --repeats must be 1 or more", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config)
         if args.models:
             config = dataclasses.replace(config, models=dataclasses.replace(config.models, bundle=args.models))
-    except (ConfigError, ValueError) as exc:
+        if config.models.bundle:  # checked now, not after the clicks were cut
+            from stmwatch.models.load import with_bundle
+
+            with_bundle(config.models, args.surface)
+    except (ConfigError, ValueError) as exc:  # a BundleError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 1
     with Progress(transient=True, disable=args.json) as bar:
