@@ -156,6 +156,22 @@ def test_least_sure_lists_the_smallest_margins_first():
     assert rows[0]["margin"] == pytest.approx(0.1 / 2.1, abs=1e-4) and rows[1]["margin"] == pytest.approx(1 / 3, abs=1e-4)
 
 
+class _TruthLabels:
+    """The first scans' truth as adapt's 'confident output' (the tiny UNet knows nothing)."""
+
+    name = "truth-for-test"
+
+    def __init__(self, *args):
+        pass
+
+    def labels(self, path, prepared):
+        from stmwatch.models.sim.simulate import read_truth
+
+        truth = read_truth(path)
+        r, c = prepared.from_scan(np.array([d.row for d in truth.defects]), np.array([d.col for d in truth.defects]))
+        return PseudoLabels(np.stack([r, c], 1).reshape(-1, 2), ~prepared.valid)
+
+
 @pytest.fixture()
 def tiny_setup(tmp_path):
     torch.manual_seed(0)
@@ -176,18 +192,7 @@ def test_adapt_writes_a_bundle_that_loads_and_keeps_the_held_back_scans_out(tiny
     from stmwatch.models import adapt as adapt_module
     from stmwatch.models.sim.simulate import read_truth
 
-    class TruthLabels:
-        name = "truth-for-test"
-
-        def __init__(self, *args):
-            pass
-
-        def labels(self, path, prepared):
-            truth = read_truth(path)
-            r, c = prepared.from_scan(np.array([d.row for d in truth.defects]), np.array([d.col for d in truth.defects]))
-            return PseudoLabels(np.stack([r, c], 1).reshape(-1, 2), ~prepared.valid)
-
-    monkeypatch.setitem(adapt_module.LABEL_SOURCES, "truth", TruthLabels)
+    monkeypatch.setitem(adapt_module.LABEL_SOURCES, "truth", _TruthLabels)
     stages = []
     settings = AdaptSettings(steps=3, batch=2, patch=32)
     figures = adapt(scans, "si001h", tmp_path / "bundle", config, label_source="truth", settings=settings,
@@ -317,22 +322,6 @@ def test_adapt_learns_from_autolabel_masks_in_one_round_and_names_a_missing_mask
     assert figures["crops"] == len(np.load(tmp_path / "b" / "lab_crops.npy")) == components > 30  # a crop per component
     with pytest.raises(ValueError, match="unknown label source 'nowhere'"):
         adapt(scans, "si001h", tmp_path / "c", config, label_source="nowhere", settings=settings)
-
-
-class _TruthLabels:
-    """The first scans' truth as adapt's 'confident output' (the tiny UNet knows nothing)."""
-
-    name = "truth-for-test"
-
-    def __init__(self, *args):
-        pass
-
-    def labels(self, path, prepared):
-        from stmwatch.models.sim.simulate import read_truth
-
-        truth = read_truth(path)
-        r, c = prepared.from_scan(np.array([d.row for d in truth.defects]), np.array([d.col for d in truth.defects]))
-        return PseudoLabels(np.stack([r, c], 1).reshape(-1, 2), ~prepared.valid)
 
 
 def test_adapt_skips_a_bad_scan_and_a_failed_run_leaves_the_bundle_as_it_was(tiny_setup, monkeypatch):
