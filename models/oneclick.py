@@ -218,6 +218,24 @@ def check_support_dir(support_dir: str | Path | None, surface: str, repeats: int
                              "own: give an empty or new --keep-support folder")
 
 
+def check_scans(scans: list[Path]) -> None:
+    """Refuse, before any work, a labelled folder with scans that do not read or lack their truth
+    (``NAME.truth.json``), naming every one: an evaluation that left them out would score other
+    scans than asked."""
+    problems = []
+    for path in scans:
+        if not path.with_name(path.stem + ".truth.json").is_file():
+            problems.append(f"{path}: no {path.stem}.truth.json beside it")
+            continue
+        try:
+            read_sxm(path)
+        except Exception as exc:  # any bad file: named
+            problems.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+    if problems:
+        raise ValueError(f"{len(problems)} of {len(scans)} scans cannot be scored (remove or mend them): "
+                         + "; ".join(problems))
+
+
 def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_analyser: Callable[[Path], object], shots: int = 1,
                       radius_nm: float = MATCH_RADIUS_NM, preprocess=None, support_dir: str | Path | None = None,
                       progress=None, per_polarity: bool = False, repeats: int = 1, seed: int = 0) -> dict:
@@ -245,6 +263,7 @@ def evaluate_oneclick(scan_dir: str | Path | list[Path], surface: str, make_anal
     scans = sorted(Path(p) for p in scan_dir) if isinstance(scan_dir, list) else sorted(Path(scan_dir).glob("*.sxm"))
     if len(scans) < 2:
         raise ValueError(f"{scan_dir}: eval oneclick needs at least 2 labelled .sxm files, found {len(scans)}")
+    check_scans(scans)
     classes = get_surface(surface).classes
     half = max(1, len(scans) // 2)
     results, memo, click_scans = [], None, ClickScans(surface, preprocess)  # shared by every draw

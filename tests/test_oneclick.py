@@ -179,3 +179,16 @@ def test_the_command_checks_its_bundle_and_counts_before_any_click(tmp_path, cap
     assert "model bundle" in capsys.readouterr().err
     assert main([*base, "--shots", "0"]) == 2
     assert "--shots and --repeats must be 1 or more" in capsys.readouterr().err
+
+
+def test_scans_that_do_not_read_or_lack_their_truth_are_named_before_any_work(tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in "ab":
+        write_case(scans, name, [(CLASSES[0], 30, 30)])
+    (scans / "c.sxm").write_bytes(b"")
+    (scans / "c.truth.json").write_text("{}")
+    (scans / "d.sxm").write_bytes((scans / "a.sxm").read_bytes())  # no truth beside it
+    with pytest.raises(ValueError, match=r"2 of 4 scans cannot be scored") as err:
+        evaluate_oneclick(scans, "si001h", lambda f: pytest.fail("work began"))
+    assert "c.sxm: file is empty" in str(err.value) and "d.sxm: no d.truth.json" in str(err.value)
