@@ -404,6 +404,7 @@ def test_command_refuses_before_any_work_what_would_lose_or_mislabel_scans(tmp_p
     base = [tmp_path / "day1", "--surface", "si001h", "--out", tmp_path / "out2"]
     assert "fake.pt: not a stmwatch checkpoint" in _refused([*base, "--detector", fake], capsys)
     assert "trained for tio2110, not si001h" in _refused([*base, "--detector", other], capsys)
+    assert "--epochs: detector training options" in _refused([*base, "--detector", other, "--epochs", "3"], capsys)
 
 
 def test_command_prints_odd_file_names_as_they_are_and_keeps_a_manifest_as_it_goes(tmp_path, capsys):

@@ -25,6 +25,8 @@ from stmwatch.models.autolabel import CONFIDENT, DEFAULT_K, MEMBERS
 
 log = logging.getLogger(__name__)
 
+ROUNDS, STEPS = 2, 50  # the detector training's defaults (docs/autolabel.md)
+
 HELP = "defect masks from unlabelled scans: k-means clusters, then a detector trained on planted defects"
 DESCRIPTION = __doc__.split("\n\n", 1)[1] + """
 Features (--features): 'filters' (default, no weights: a multi-scale filter bank of both
@@ -59,12 +61,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--confident", type=float, default=CONFIDENT,
                         help="with --method planted: keep the detector's defects whose mean probability is at least "
                              "this (default %(default)s)")
-    parser.add_argument("--rounds", type=int, default=2, help="detector training rounds: each after the first "
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="detector training rounds: each after the first "
                         "learns the previous detector's defects instead of the clusters' (default 2)")
     parser.add_argument("--epochs", type=int, default=None, help="detector training: epochs (default: the "
                         "surface's, 40; 20 on TiO2(110); models/autolabel/planted.py SURFACE_PLANTING)")
     parser.add_argument("--device", default="cpu", help="detector training: cpu | cuda (default cpu)")
-    parser.add_argument("--steps", type=int, default=50, help="detector training: steps per epoch (default 50)")
+    parser.add_argument("--steps", type=int, default=STEPS, help="detector training: steps per epoch (default %(default)s)")
 
 
 def run(args) -> int:
@@ -87,6 +89,11 @@ def run(args) -> int:
             raise ValueError("--k, --rounds, --epochs, --steps and --detectors must be 1 or more")
         if not 0 < args.confident < 1:
             raise ValueError(f"--confident must be between 0 and 1, not {args.confident}")
+        training = {"--detectors": args.detectors != MEMBERS, "--epochs": args.epochs is not None,
+                    "--rounds": args.rounds != ROUNDS, "--steps": args.steps != STEPS, "--device": args.device != "cpu"}
+        if args.detector and any(training.values()):
+            raise ValueError(f"{', '.join(k for k, v in training.items() if v)}: detector training options, "
+                             "not with --detector (its detectors are trained already)")
         detector_files = []  # resolved once: each --detector file, or a folder's members
         for path in args.detector or []:
             try:
