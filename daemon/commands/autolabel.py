@@ -62,7 +62,7 @@ def add_arguments(parser) -> None:
                         help="with --method planted: keep the detector's defects whose mean probability is at least "
                              "this (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="detector training rounds: each after the first "
-                        "learns the previous detector's defects instead of the clusters' (default 2)")
+                        "learns the previous detector's defects instead of the clusters' (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=None, help="detector training: epochs (default: the "
                         "surface's, 40; 20 on TiO2(110); models/autolabel/planted.py SURFACE_PLANTING)")
     parser.add_argument("--device", default="cpu", help="detector training: cpu | cuda (default cpu)")
@@ -170,10 +170,10 @@ def check_detectors(files: list[Path], surface: str) -> None:
 
     for path in files:
         try:
-            meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            trained_for = checkpoint["meta"].get("surfaces") or []
         except Exception as exc:  # a pickle, a truncated file, another program's weights
             raise ValueError(f"--detector {path}: not a stmwatch checkpoint ({type(exc).__name__})") from None
-        trained_for = meta.get("surfaces") or []
         if trained_for and surface not in trained_for:
             raise ValueError(f"--detector {path}: trained for {', '.join(trained_for)}, not {surface}")
 
