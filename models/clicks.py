@@ -44,6 +44,19 @@ def parse_points(text: str | list[str]) -> list[tuple[float, float]]:
     return points
 
 
+def points_without_data(prepared, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The clicked ``(row, col)`` (scan pixels) whose crop would be mostly lines the scan never
+    acquired (``prepared.valid``): a flat, empty example of its class."""
+    from .segment import CROP_PX
+
+    half, out = CROP_PX // 2, []
+    for row, col in points:
+        r, c = (int(round(float(v))) for v in prepared.from_scan(row, col))
+        if prepared.valid[max(r - half, 0):r + half, max(c - half, 0):c + half].mean() < 0.5:
+            out.append((row, col))
+    return out
+
+
 def add_examples(folder: str | Path, label: str, scan: Scan, surface: str, points: list[tuple[float, float]],
                  preprocess=None, stem: str | None = None, prepared=None) -> list[tuple[Path, tuple[float, float]]]:
     """Save one crop per ``(row, col)`` of ``scan`` (display-frame scan pixels) as examples of

@@ -131,3 +131,34 @@ def test_support_suggest_lists_defects_by_margin_smallest_first(tmp_path, capsys
     err = capsys.readouterr().err
     assert "vacancy clicked only at the other bias polarity" in err and "-1.8 V" in err
     assert "translated from those clicks" in err  # Si(001):H has polarity maps (models/fewshot/polarity.py)
+
+
+def test_support_add_refuses_clicks_that_would_make_a_bad_example(tmp_path, capsys, monkeypatch):
+    """Found by a review (stop 33): a click on lines never acquired saved a flat crop, a coarse
+    survey scan's click was taken though process does not segment it, a label could write outside
+    the support folder, and an unknown surface was a traceback."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    scan = bump_scan(96)
+    z = scan.channels[0]
+    missing = z.forward.copy()
+    missing[48:] = np.nan  # the scan stopped half way: lines 48-95 never acquired
+    aborted = Scan([Channel("Z", "m", forward=missing, backward=missing)], pixels=scan.pixels, range_m=scan.range_m)
+    path = write_sxm(aborted, tmp_path / "aborted.sxm")
+    coarse = write_sxm(Scan(scan.channels, pixels=scan.pixels, range_m=(40e-9, 40e-9)), tmp_path / "coarse.sxm")
+    support = tmp_path / "support"
+
+    def refused(*args) -> str:
+        with pytest.raises(SystemExit) as exc:
+            main(["support", "add", "--surface", "si001h", "--support", str(support), *map(str, args)])
+        return str(exc.value)
+
+    assert "no data" in refused("--label", "x", "--scan", path, "--at", "80,40")
+    assert "coarser than max_nm_per_px" in refused("--label", "x", "--scan", coarse, "--at", "30,30")
+    assert "a class name is" in refused("--label", "../../escaped", "--scan", path, "--at", "20,40")
+    assert "a class name is" in refused("--label", "", "--scan", path, "--at", "20,40")
+    assert "unknown surface" in refused("--surface", "bogus", "--label", "x", "--scan", path, "--at", "20,40")
+    assert not support.exists() and not (tmp_path / "escaped").exists()
+    # an acquired point is fine; without --support the user folder is written, and the line says how to use it
+    assert main(["support", "add", "--surface", "si001h", "--label", "x", "--scan", str(path), "--at", "20,40"]) == 0
+    out = capsys.readouterr().out
+    assert "use it: stmwatch process FILE --support" in out and str(tmp_path / "home") in out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -45,12 +46,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hint.add_argument("--support", metavar="DIR")
     hint.add_argument("--config", metavar="TOML")
     hint.add_argument("--models", metavar="BUNDLE", help="a model bundle (stmwatch adapt) instead of the shipped models")
-    hint.add_argument("--n", type=int, default=10, help="how many to list (default 10)")
+    hint.add_argument("--n", type=_positive, default=10, help="how many to list (default 10)")
     hint.add_argument("--json", action="store_true", help="one JSON object per defect")
     show = sub.add_parser("list", help="the classes of a support set and their example counts")
     show.add_argument("--surface", required=True)
     show.add_argument("--support", metavar="DIR")
     show.add_argument("--config", metavar="TOML")
+
+
+LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a class is a folder of the support set: a plain name
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def support_folder(surface: str, explicit: str | None, config) -> Path:
@@ -122,11 +133,23 @@ def run(args) -> int:
         from stmwatch.daemon.config import load_config
 
         config = load_config(args.config)
+    from stmwatch.models.surfaces import get_surface
+
+    try:
+        get_surface(args.surface)
+    except KeyError as exc:
+        raise SystemExit(f"error: {exc.args[0]}") from None
+    if args.action == "add" and not LABEL.fullmatch(args.label):
+        raise SystemExit(f"error: --label {args.label!r}: a class name is letters, digits, '_', '.' and '-' "
+                         "(it names a folder of the support set)")
     folder = support_folder(args.surface, args.support, config)
     if args.action == "list":
         from stmwatch.models.fewshot.crops import load_surface
 
-        support = load_surface(folder)
+        try:
+            support = load_surface(folder)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"error: support set {folder}: {exc}") from None
         print("class\texamples\tfilled (-)\tempty (+)\tbias unknown")
         for label, n in support.counts().items():
             polarity = support.polarity(label)
@@ -137,11 +160,11 @@ def run(args) -> int:
         return _suggest(args, config, folder)
 
     from stmwatch.drivers.sxm import ScanReadError, read_sxm
-    from stmwatch.models.clicks import add_examples, parse_points
+    from stmwatch.models.clicks import add_examples, parse_points, points_without_data
     from stmwatch.models.fewshot.crops import bias_polarity
-    from stmwatch.models.surfaces import get_surface
+    from stmwatch.models.preprocess import prepare
+    from stmwatch.models.settings import ModelSettings
 
-    get_surface(args.surface)  # a clear error for an unknown surface
     try:
         points = parse_points(args.at)
     except ValueError as exc:
@@ -150,15 +173,26 @@ def run(args) -> int:
         scan = read_sxm(args.scan)
     except ScanReadError as exc:
         raise SystemExit(f"error: {exc}") from None
+    coarsest = (config.models if config is not None else ModelSettings()).max_nm_per_px
+    if max(scan.pixel_size_m) * 1e9 > coarsest:  # as process: such a scan's defects are not segmented either
+        dx, dy = (v * 1e9 for v in scan.pixel_size_m)
+        raise SystemExit(f"error: {args.scan}: pixels of {dx:.3g} x {dy:.3g} nm are coarser than max_nm_per_px = "
+                         f"{coarsest:g}: defects are not resolved there, so no example is cut")
     try:
-        added = add_examples(folder, args.label, scan, args.surface, points, getattr(config, "preprocess", None),
-                             stem=Path(args.scan).stem)
+        prepared = prepare(scan, args.surface, getattr(config, "preprocess", None))
+        if empty := points_without_data(prepared, points):
+            raise ValueError(f"--at {';'.join(f'{r:g},{c:g}' for r, c in empty)}: no data there (lines not acquired)")
+        added = add_examples(folder, args.label, scan, args.surface, points, stem=Path(args.scan).stem,
+                             prepared=prepared)
     except ValueError as exc:
-        raise SystemExit(f"--at {exc}") from None
+        raise SystemExit(f"error: {args.scan}: {exc}") from None
     total = len(list((folder / args.label).glob("*.npy")))
     sign = bias_polarity(scan.bias_v)
     states = f"{scan.bias_v:+g} V, {'empty' if sign > 0 else 'filled'} states" if sign else "bias unknown"
     for path, (mr, mc) in added:
         print(f"added {path} (model pixel {mr:.1f}, {mc:.1f}; {states})")
     print(f"class {args.label} has {total} example(s)")
+    if not args.support and not (config is not None and config.models.support):
+        print(f"use it: stmwatch process FILE --support {folder}   or   [models] support = \"{folder}\" "
+              "(until then the shipped set is used)")
     return 0
