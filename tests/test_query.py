@@ -157,3 +157,9 @@ def test_hdf5_needs_a_file_and_geometry_needs_defects(capsys, url):
     assert "--out FILE" in capsys.readouterr().err
     assert main(["query", "scans", "--db", url, "--geometry"]) == 2
     assert "query defects" in capsys.readouterr().err
+
+
+def test_a_mistyped_sqlite_path_is_an_error_not_a_new_empty_database(capsys, tmp_path):
+    typo = tmp_path / "stm_typo.db"
+    assert main(["query", "scans", "--db", f"sqlite:///{typo}"]) == 2
+    assert f"no database at {typo}" in capsys.readouterr().err and not typo.exists()

@@ -71,6 +71,23 @@ def rows_for(kind: str, db, filters, geometry: bool = False) -> list[dict]:
     return {"scans": db.scans, "counts": db.counts}[kind](filters)
 
 
+
+def require_existing_sqlite(url: str) -> None:
+    """A query reads: an SQLite file that is not there is a mistyped path, not an empty database
+    to create (opening it would create one and report nothing found)."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # Database names the bad URL
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and not Path(parsed.database).expanduser().exists():
+        raise ValueError(f"no database at {parsed.database} (is the path right? the daemon creates it)")
+
 def run(args) -> int:
     from stmwatch.daemon.config import ConfigError, load_config
     from stmwatch.daemon.db import Database, DatabaseError, Filters
@@ -86,6 +103,7 @@ def run(args) -> int:
         filters = Filters(since=parse_when(args.since) if args.since else None,
                           until=parse_when(args.until) if args.until else None,
                           label=args.label, surface=args.surface, status=args.status)
+        require_existing_sqlite(url)
         db = Database(url)
     except (ConfigError, DatabaseError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
