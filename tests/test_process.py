@@ -84,6 +84,14 @@ def test_table_and_png_overlays(simulated, config, tmp_path, capsys):
     folder = tmp_path / "many"
     assert main(["process", "--config", config, "--json", *map(str, simulated), "--png", str(folder)]) == 0
     assert sorted(p.name for p in folder.iterdir()) == ["sim0.png", "sim1.png"]
+    # two files of one name would overwrite each other's overlay: refused before any work
+    twin = tmp_path / "other_day" / simulated[0].name
+    twin.parent.mkdir()
+    twin.write_bytes(simulated[0].read_bytes())
+    assert main(["process", "--config", config, str(simulated[0]), str(twin), "--png", str(tmp_path / "twins")]) == 1
+    assert "have one name" in capsys.readouterr().err and not (tmp_path / "twins").exists()
+    with pytest.raises(SystemExit):  # a negative row count is an argument error
+        main(["process", "--config", config, str(simulated[0]), "--rows", "-1"])
 
 
 @pytest.mark.skipif(not real_files(), reason="no real files in ../shared/data/real")
