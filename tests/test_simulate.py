@@ -336,3 +336,11 @@ def test_cli_randomised_style_writes_the_randomisers_scans(tmp_path, capsys):
         assert scan.pixels == (64, 64) and truth.mask.shape == (64, 64)
         assert 0.06e-9 <= scan.range_m[0] / 64 <= 0.2e-9
         assert not np.array_equal(scan.topography().forward, read_sxm(rt["file"]).topography().forward, equal_nan=True)
+
+
+@pytest.mark.parametrize("bad", [["--pixels", "0"], ["--angle", "nan"], ["--n", "0"], ["--size-nm", "-5"]])
+def test_simulate_refuses_a_geometry_that_makes_no_scan_or_a_wrong_one(bad, tmp_path, capsys):
+    """Found by a review (stop 33): --pixels 0 and --angle nan were tracebacks after the folder was
+    made, --n 0 wrote nothing with exit 0, and --size-nm -5 wrote a mirrored frame."""
+    assert main(["simulate", "--out", str(tmp_path / "out"), *bad]) == 2
+    assert bad[0] in capsys.readouterr().err and not (tmp_path / "out").exists()

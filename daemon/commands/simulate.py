@@ -46,6 +46,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON line per scan written")
 
 
+
+def check_geometry(args) -> None:
+    """Refuse, before anything is written, what would make no scan or a wrong one: fewer than one
+    scan, under 8 pixels a line, a frame of no or negative width (its metres would come out
+    mirrored), an angle or offset that is not a number."""
+    import math
+
+    if args.n < 1:
+        raise ValueError(f"--n must be 1 or more, not {args.n}")
+    if args.pixels < 8:
+        raise ValueError(f"--pixels must be 8 or more, not {args.pixels}")
+    if args.size_nm is not None and not (math.isfinite(args.size_nm) and args.size_nm > 0):
+        raise ValueError(f"--size-nm must be a positive width in nm, not {args.size_nm}")
+    if not all(math.isfinite(v) for v in (args.angle, *args.offset_nm)):
+        raise ValueError("--angle and --offset-nm must be finite numbers")
+
 def run(args) -> int:
     import numpy as np
 
@@ -58,6 +74,7 @@ def run(args) -> int:
         for key in surfaces:
             get_surface(key)
         fixed = None if args.artefacts.strip().lower() == "random" else Artefacts.parse(args.artefacts)
+        check_geometry(args)
     except (KeyError, ValueError) as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2
