@@ -97,3 +97,18 @@ def mask_logs(url: str) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, MaskFilter) and f.url == url for f in handler.filters):
             handler.addFilter(MaskFilter(url))
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of an SQLite ``url`` (``~`` expanded); ``None`` for another database or a URL
+    SQLAlchemy cannot parse; ``Path(":memory:")`` for an in-memory one (``sqlite://``,
+    ``sqlite:///`` or ``sqlite:///:memory:``), which keeps nothing once the process ends."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:  # the Database names a bad URL
+        return None
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    return Path(":memory:") if parsed.database in (None, "", ":memory:") else Path(parsed.database).expanduser()

@@ -414,7 +414,12 @@ def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_
                     except Exception as exc:
                         log.error("reload failed, keeping the previous config: %s", exc)
                         if not daemon.running:
-                            daemon.reload(old)
+                            try:
+                                daemon.reload(old)
+                            except Exception as again:  # the old config no longer starts either
+                                log.error("the previous config does not start again either (%s): exiting", again)
+                                code = 1
+                                break
                 live.attach()
                 notifier.ready(status_line(daemon))
             error = getattr(daemon, "driver_error", None)

@@ -103,3 +103,19 @@ def test_a_surface_can_have_its_own_threshold(tmp_path):
     from stmwatch.models.surfaces import get_surface
 
     assert load_segmenter(models, get_surface("ge001"), backend="torch").threshold == 0.3
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:"])
+def test_an_in_memory_database_is_refused_for_the_daemon(url):
+    """Found by a review (stop 33): each thread got its own empty in-memory database, the lease
+    failed, and every record was lost at exit; now the daemon stops at start."""
+    config = Config()
+    with pytest.raises(ConfigError, match="in-memory SQLite database: nothing would be kept"):
+        dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, database=url)).check()
+
+
+def test_a_database_in_a_missing_folder_names_the_folder(tmp_path):
+    from stmwatch.daemon.db import Database, DatabaseError
+
+    with pytest.raises(DatabaseError, match=f"the folder {tmp_path / 'nodir'} does not exist"):
+        Database(f"sqlite:///{tmp_path / 'nodir' / 'x.db'}")

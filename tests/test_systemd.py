@@ -174,3 +174,38 @@ def test_installed_command_is_this_environments_script(tmp_path, monkeypatch):
     assert installed_command() == [str(venv / "python"), "-m", "stmwatch.daemon"]  # the shim runs another Python
     (venv / "stmwatch").write_text(f"#!{venv / 'python'}\n")
     assert installed_command() == [str(venv / "stmwatch")]
+
+
+def test_serve_exits_with_1_when_neither_the_new_nor_the_old_config_starts():
+    """Found by a review (stop 33): a SIGHUP whose new config failed after the daemon had stopped
+    fell back to the old config outside any try; if that failed too (its folder unmounted, say),
+    the exception escaped serve as a traceback instead of a clean exit for systemd to restart."""
+    import signal
+    import threading
+    import types
+
+    from stmwatch.daemon.service import serve
+
+    class Daemon:
+        config = types.SimpleNamespace(daemon=types.SimpleNamespace(watchdog_s=0, driver="folder"))
+        running, driver_error, stopped = True, None, False
+
+        def reload(self, config):
+            self.running = False  # stopped, and cannot start again
+            raise ValueError(f"folder of {config} is gone")
+
+        def stop(self, drain, timeout):
+            self.stopped = True
+
+    class Quiet:  # notifier and live side: nothing to tell
+        watchdog_period_s = 0
+
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    daemon = Daemon()
+    timer = threading.Timer(0.05, lambda: signal.raise_signal(signal.SIGHUP))  # handled in this (main) thread
+    timer.start()
+    code = serve(daemon, lambda: "the new config", notifier=Quiet(), tick_s=0.02, live=Quiet())
+    timer.join()
+    assert code == 1 and daemon.stopped

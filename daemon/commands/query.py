@@ -75,18 +75,12 @@ def rows_for(kind: str, db, filters, geometry: bool = False) -> list[dict]:
 def require_existing_sqlite(url: str) -> None:
     """A query reads: an SQLite file that is not there is a mistyped path, not an empty database
     to create (opening it would create one and report nothing found)."""
-    from pathlib import Path
+    from stmwatch.daemon.dburl import sqlite_path
 
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    path = sqlite_path(url)
+    if path is not None and path.name != ":memory:" and not path.exists():
+        raise ValueError(f"no database at {path} (is the path right? the daemon creates it)")
 
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return  # Database names the bad URL
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
-            and not Path(parsed.database).expanduser().exists():
-        raise ValueError(f"no database at {parsed.database} (is the path right? the daemon creates it)")
 
 def run(args) -> int:
     from stmwatch.daemon.config import ConfigError, load_config
