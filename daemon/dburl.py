@@ -100,8 +100,8 @@ def mask_logs(url: str) -> None:
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The file of an SQLite ``url`` (``~`` expanded); ``None`` for another database or a URL
-    SQLAlchemy cannot parse; ``Path(":memory:")`` for an in-memory one (``sqlite://``,
+    """The file of an SQLite ``url`` (``~`` expanded); ``None`` for another database, an SQLite
+    URI (``?uri=true``) or a URL SQLAlchemy cannot parse; ``Path(":memory:")`` for an in-memory one (``sqlite://``,
     ``sqlite:///`` or ``sqlite:///:memory:``), which keeps nothing once the process ends."""
     try:
         from sqlalchemy.engine import make_url
@@ -109,6 +109,6 @@ def sqlite_path(url: str) -> Path | None:
         parsed = make_url(url)
     except Exception:  # the Database names a bad URL
         return None
-    if parsed.get_backend_name() != "sqlite":
-        return None
+    if parsed.get_backend_name() != "sqlite" or str(parsed.query.get("uri", "")).lower() in ("true", "1"):
+        return None  # another database, or an SQLite URI ("file:...?mode=ro"): left to SQLite to read
     return Path(":memory:") if parsed.database in (None, "", ":memory:") else Path(parsed.database).expanduser()
