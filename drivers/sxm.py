@@ -45,6 +45,12 @@ class ScanReadError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+def naming_the_file(path: str | os.PathLike, exc: BaseException) -> str:
+    """``exc``'s message as one line naming ``path``: as it is when it names the file already (a
+    :class:`ScanReadError` does), else ``"PATH: message"``."""
+    return str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+
+
 # ---- header ----------------------------------------------------------------------------------
 def parse_header(text: str) -> dict[str, str]:
     """Header text (without ``:SCANIT_END:``) → ``{key: value}``, keys in file order.

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stmwatch.drivers.sxm import read_sxm
+from stmwatch.drivers.sxm import naming_the_file, read_sxm
 
 from .autolabel.kmeans import kmeans
 from .fewshot.transductive import STEPS as TRANSDUCTIVE_STEPS
@@ -492,7 +492,7 @@ def readable_scans(paths: list[Path]) -> tuple[list[Path], list[str]]:
             read_sxm(path)
             good.append(path)
         except Exception as exc:  # any bad file: named, skipped
-            skipped.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+            skipped.append(naming_the_file(path, exc))
             log.warning("skipped %s", skipped[-1])
     return good, skipped
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stmwatch.drivers.sxm import read_sxm
+from stmwatch.drivers.sxm import naming_the_file, read_sxm
 
 from .clicks import add_examples
 from .eval_segment import MATCH_RADIUS_NM, DetectionScore, match_points, scan_resampled_interval
@@ -230,7 +230,7 @@ def check_scans(scans: list[Path]) -> None:
         try:
             read_sxm(path)
         except Exception as exc:  # any bad file: named
-            problems.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+            problems.append(naming_the_file(path, exc))
     if problems:
         raise ValueError(f"{len(problems)} of {len(scans)} scans cannot be scored (remove or mend them): "
                          + "; ".join(problems))

@@ -205,6 +205,8 @@ class Labeller:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.text import Text
 
+        from stmwatch.drivers.sxm import naming_the_file
+
         columns = [TextColumn(stage), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[name]}"),
                    TimeRemainingColumn()]
         results = []
@@ -221,9 +223,9 @@ class Labeller:
                     self.finish()  # after each scan: an interrupted run leaves a manifest of what it wrote
                 except Exception as exc:  # any bad file: one line, skipped
                     self.failed.add(str(path))
-                    message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
                     # a Text: a file name like 'a[1].sxm' or ':key:' is printed as it is, not as markup
-                    bar.console.print(Text.assemble(("error", "red"), f": {message}"), highlight=False, soft_wrap=True)
+                    bar.console.print(Text.assemble(("error", "red"), f": {naming_the_file(path, exc)}"),
+                                      highlight=False, soft_wrap=True)
                     log.debug("%s failed", path, exc_info=True)
                 bar.advance(task)
         return results

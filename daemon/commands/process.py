@@ -101,7 +101,7 @@ def run(args) -> int:
     from rich.text import Text
 
     from stmwatch.daemon.config import ConfigError, load_config
-    from stmwatch.drivers.sxm import ScanReadError, read_sxm
+    from stmwatch.drivers.sxm import ScanReadError, naming_the_file, read_sxm
     from stmwatch.models.load import load_analyser
 
     if args.png and len(args.files) > 1:  # each file's overlay is OUT/<stem>.png: two of one name would overwrite
@@ -131,8 +131,7 @@ def run(args) -> int:
             read_ms = (time.perf_counter() - t0) * 1e3
             analysis = analyser.analyse(scan, read_ms=read_ms)
         except (ScanReadError, ValueError) as exc:
-            message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-            print(f"error: {message}", file=sys.stderr, flush=True)
+            print(f"error: {naming_the_file(path, exc)}", file=sys.stderr, flush=True)
             failed = True
             continue
         if args.json:
