@@ -23,6 +23,8 @@ from pathlib import Path
 
 from stmwatch.models.autolabel import CONFIDENT, DEFAULT_K, MEMBERS
 
+from ._args import first_shared_stem
+
 log = logging.getLogger(__name__)
 
 ROUNDS, STEPS = 2, 50  # the detector training's defaults (docs/autolabel.md)
@@ -135,12 +137,9 @@ def check_inputs(files: list[Path], inputs: list[str], chosen: list[int] | None)
     scan (k-means runs on each scan alone, so its cluster numbers mean something else in each)."""
     if not files:
         raise ValueError(f"no .sxm files in {' '.join(inputs)}")
-    first: dict[str, Path] = {}
-    for path in files:
-        if path.stem in first:
-            raise ValueError(f"{first[path.stem]} and {path} have one name, and their masks would overwrite "
-                             "each other in --out: label them into separate folders")
-        first[path.stem] = path
+    if twins := first_shared_stem(files):
+        raise ValueError(f"{twins[0]} and {twins[1]} have one name, and their masks would overwrite "
+                         "each other in --out: label them into separate folders")
     if chosen is not None and len(files) > 1:
         raise ValueError(f"--defect-clusters names one scan's clusters (k-means runs on each scan alone), "
                          f"but {len(files)} scans were given: label the scan whose preview you read alone")

@@ -1,13 +1,14 @@
 """``stmwatch process FILE...``: find (and name) the defects in .sxm files, once, without the daemon."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 from stmwatch.models.settings import BACKENDS
+
+from ._args import at_least, first_shared_stem
 
 HELP = "find and label the defects in .sxm files (JSON Lines, a table, PNG overlays)"
 DESCRIPTION = """Read each file, preprocess it, segment it with the UNet and (when a support set and the
@@ -41,14 +42,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--png", metavar="OUT", help="write an overlay PNG: OUT.png for one file, "
                         "else OUT is a folder and each file gives OUT/<name>.png")
     parser.add_argument("--config", metavar="TOML", help="config file (default: built-in defaults)")
-    parser.add_argument("--rows", type=_count, default=25, help="defects listed per file in the table (default 25)")
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
+    parser.add_argument("--rows", type=at_least(0), default=25, help="defects listed per file in the table (default 25)")
 
 
 def result_dict(path: str, analysis) -> dict:
@@ -104,13 +98,10 @@ def run(args) -> int:
     from stmwatch.drivers.sxm import ScanReadError, naming_the_file, read_sxm
     from stmwatch.models.load import load_analyser
 
-    if args.png and len(args.files) > 1:  # each file's overlay is OUT/<stem>.png: two of one name would overwrite
-        stems: dict[str, str] = {}
-        for path in args.files:
-            if (other := stems.setdefault(Path(path).stem, path)) != path:
-                print(f"error: {other} and {path} have one name, and their overlays would overwrite each other in "
-                      f"{args.png}: process them apart", file=sys.stderr)
-                return 1
+    if args.png and len(args.files) > 1 and (twins := first_shared_stem(args.files)):  # overlays: OUT/<stem>.png
+        print(f"error: {twins[0]} and {twins[1]} have one name, and their overlays would overwrite each other in "
+              f"{args.png}: process them apart", file=sys.stderr)
+        return 1
     try:
         config = load_config(args.config)
         if getattr(args, "models", None):

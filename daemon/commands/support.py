@@ -7,6 +7,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from ._args import at_least
+
 HELP = "label defect classes from examples clicked in a scan, list a support set, or suggest where to click"
 DESCRIPTION = """A support set is a folder <DIR>/<class>/*.npy of (2, 32, 32) crops at the model scale; the
 classifier names each defect after the nearest class (or 'unknown').
@@ -46,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hint.add_argument("--support", metavar="DIR")
     hint.add_argument("--config", metavar="TOML")
     hint.add_argument("--models", metavar="BUNDLE", help="a model bundle (stmwatch adapt) instead of the shipped models")
-    hint.add_argument("--n", type=_positive, default=10, help="how many to list (default 10)")
+    hint.add_argument("--n", type=at_least(1), default=10, help="how many to list (default 10)")
     hint.add_argument("--json", action="store_true", help="one JSON object per defect")
     show = sub.add_parser("list", help="the classes of a support set and their example counts")
     show.add_argument("--surface", required=True)
@@ -55,13 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a class is a folder of the support set: a plain name
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
 
 
 def support_folder(surface: str, explicit: str | None, config) -> Path:
