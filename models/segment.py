@@ -147,6 +147,16 @@ def defects_at(scan: Scan, prepared: Prepared, components: list[Component]) -> l
             for r, c, x, y, comp, crop in zip(rows, cols, xs, ys, components, crops)]
 
 
+def too_coarse(scan: Scan, max_nm_per_px: float) -> str | None:
+    """Why ``scan``'s pixels are too coarse to find defects in (coarser than ``max_nm_per_px`` nm
+    on either axis), or None. The UNet was trained on 0.06-0.2 nm per pixel, and ~1 nm defects
+    vanish in coarser survey scans."""
+    if max(scan.pixel_size_m) * 1e9 <= max_nm_per_px:
+        return None
+    dx, dy = (v * 1e9 for v in scan.pixel_size_m)
+    return f"pixels of {dx:.3g} x {dy:.3g} nm are coarser than max_nm_per_px = {max_nm_per_px:g}: defects are not resolved"
+
+
 class UNetSegmenter:
     """The :class:`~stmwatch.models.analyse.Segmenter` of stmwatch: a UNet run by a backend.
 
@@ -215,18 +225,16 @@ class UNetSegmenter:
         return defects_at(scan, prepared, components)
 
     def resolves(self, scan: Scan) -> bool:
-        """Whether ``scan``'s pixels are fine enough (``max_nm_per_px`` on both axes) for the UNet:
-        it was trained on 0.06-0.2 nm per pixel, and ~1 nm defects vanish in coarser survey scans."""
-        return max(scan.pixel_size_m) * 1e9 <= self.max_nm_per_px
+        """Whether ``scan``'s pixels are fine enough (``max_nm_per_px`` on both axes) for the UNet
+        (:func:`too_coarse`)."""
+        return too_coarse(scan, self.max_nm_per_px) is None
 
     def segment(self, scan: Scan) -> list[Defect]:
         """Every defect in ``scan`` (see the module docstring); none, with a warning, for a scan
         too coarse to resolve defects (:meth:`resolves`)."""
         self.last_double_tip, self.last_warnings = None, []
-        if not self.resolves(scan):
-            dx, dy = (v * 1e9 for v in scan.pixel_size_m)
-            warning = (f"pixels of {dx:.3g} x {dy:.3g} nm are coarser than max_nm_per_px = {self.max_nm_per_px:g}: "
-                       "defects are not resolved, none reported")
+        if coarse := too_coarse(scan, self.max_nm_per_px):
+            warning = f"{coarse}, none reported"
             log.info("%s: %s", scan.name, warning)  # the Analysis carries it to the user
             self.last_warnings = [warning]
             self.last_timing_ms = {"preprocess": 0.0}

@@ -158,6 +158,7 @@ def run(args) -> int:
     from stmwatch.models.clicks import add_examples, parse_points, points_without_data
     from stmwatch.models.fewshot.crops import bias_polarity
     from stmwatch.models.preprocess import prepare
+    from stmwatch.models.segment import too_coarse
     from stmwatch.models.settings import ModelSettings
 
     try:
@@ -168,11 +169,9 @@ def run(args) -> int:
         scan = read_sxm(args.scan)
     except ScanReadError as exc:
         raise SystemExit(f"error: {exc}") from None
-    coarsest = (config.models if config is not None else ModelSettings()).max_nm_per_px
-    if max(scan.pixel_size_m) * 1e9 > coarsest:  # as process: such a scan's defects are not segmented either
-        dx, dy = (v * 1e9 for v in scan.pixel_size_m)
-        raise SystemExit(f"error: {args.scan}: pixels of {dx:.3g} x {dy:.3g} nm are coarser than max_nm_per_px = "
-                         f"{coarsest:g}: defects are not resolved there, so no example is cut")
+    # as process: such a scan's defects are not segmented either
+    if coarse := too_coarse(scan, (config.models if config is not None else ModelSettings()).max_nm_per_px):
+        raise SystemExit(f"error: {args.scan}: {coarse} there, so no example is cut")
     try:
         prepared = prepare(scan, args.surface, getattr(config, "preprocess", None))
         if empty := points_without_data(prepared, points):
