@@ -368,7 +368,8 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
     check_out_folder(Path(out))
     if support is not None:
         check_support_folder(Path(support).expanduser())
-    paths, skipped = readable_scans(sorted(Path(scan_dir).glob("*.sxm")))
+    scan_of, skipped = readable_scans(sorted(Path(scan_dir).glob("*.sxm")))
+    paths = list(scan_of)
     if len(paths) < 2:
         raise ValueError(f"{scan_dir}: adapt needs at least 2 .sxm files that read, found {len(paths)}")
     train_paths, held = split_scans(paths, settings.held_back)
@@ -386,7 +387,7 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
     # 1. labels and crops
     radius = settings.disc_nm / surf.nm_per_px
     rng = np.random.default_rng([settings.seed, 5])
-    train_scans = [read_sxm(path) for path in train_paths]
+    train_scans = [scan_of[path] for path in train_paths]
     if isinstance(source, MaskLabels):
         source.check(train_paths, train_scans, surface)
     prepared_scans = [prepare(scan, surf, config.preprocess) for scan in train_scans]
@@ -483,14 +484,14 @@ def adapt(scan_dir: str | Path, surface: str, out: str | Path, config, *, suppor
     return figures
 
 
-def readable_scans(paths: list[Path]) -> tuple[list[Path], list[str]]:
-    """The scans of ``paths`` that read, and one line for each that does not (logged as a warning:
-    an aborted or truncated file in the lab's folder is skipped, not the whole run)."""
-    good, skipped = [], []
+def readable_scans(paths: list[Path]) -> tuple[dict, list[str]]:
+    """The scans of ``paths`` that read (path → Scan, in order), and one line for each that does
+    not (logged as a warning: an aborted or truncated file in the lab's folder is skipped, not the
+    whole run)."""
+    good, skipped = {}, []
     for path in paths:
         try:
-            read_sxm(path)
-            good.append(path)
+            good[path] = read_sxm(path)
         except Exception as exc:  # any bad file: named, skipped
             skipped.append(naming_the_file(path, exc))
             log.warning("skipped %s", skipped[-1])
