@@ -13,7 +13,7 @@ import types
 import typing
 from pathlib import Path
 
-from stmwatch.daemon.dburl import sqlite_path, url_from_environment
+from stmwatch.daemon.dburl import IN_MEMORY, sqlite_path, url_from_environment
 from stmwatch.drivers.folder.settings import FolderSettings
 from stmwatch.drivers.nanonis.settings import NanonisSettings
 from stmwatch.drivers.stream.settings import StreamSettings
@@ -56,7 +56,7 @@ class DaemonSettings:
             raise ConfigError(f"daemon.log_level must be one of {LOG_LEVELS}, not {self.log_level!r}")
         if not self.database:
             raise ConfigError("daemon.database must be an SQLAlchemy URL, e.g. sqlite:///stmwatch.db")
-        if sqlite_path(self.database) == Path(":memory:"):  # each thread would get its own, and all is lost at exit
+        if sqlite_path(self.database) == IN_MEMORY:  # each thread would get its own, and all is lost at exit
             raise ConfigError(f"daemon.database {self.database!r} is an in-memory SQLite database: nothing would be "
                               "kept; give a file, e.g. sqlite:///stmwatch.db")
         if self.publish:

@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from .dburl import mask_secret, mask_url, sqlite_path
+from .dburl import IN_MEMORY, mask_secret, mask_url, sqlite_path
 from .documents import ResultDocument
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ class Database:
     def __init__(self, url: str, upgrade: bool = True):
         self.url = url
         path = sqlite_path(url)
-        if path is not None and path.name != ":memory:" and not path.parent.is_dir():
+        if path not in (None, IN_MEMORY) and not path.parent.is_dir():
             raise DatabaseError(f"cannot open database {mask_url(url)}: the folder {path.parent} does not exist")
         try:
             self.engine = create_engine(url, future=True)

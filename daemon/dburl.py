@@ -99,9 +99,12 @@ def mask_logs(url: str) -> None:
             handler.addFilter(MaskFilter(url))
 
 
+IN_MEMORY = Path(":memory:")  # what sqlite_path gives for an in-memory SQLite database
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file of an SQLite ``url`` (``~`` expanded); ``None`` for another database, an SQLite
-    URI (``?uri=true``) or a URL SQLAlchemy cannot parse; ``Path(":memory:")`` for an in-memory one (``sqlite://``,
+    URI (``?uri=true``) or a URL SQLAlchemy cannot parse; :data:`IN_MEMORY` for an in-memory one (``sqlite://``,
     ``sqlite:///`` or ``sqlite:///:memory:``), which keeps nothing once the process ends."""
     try:
         from sqlalchemy.engine import make_url
@@ -111,4 +114,4 @@ def sqlite_path(url: str) -> Path | None:
         return None
     if parsed.get_backend_name() != "sqlite" or str(parsed.query.get("uri", "")).lower() in ("true", "1"):
         return None  # another database, or an SQLite URI ("file:...?mode=ro"): left to SQLite to read
-    return Path(":memory:") if parsed.database in (None, "", ":memory:") else Path(parsed.database).expanduser()
+    return IN_MEMORY if parsed.database in (None, "", ":memory:") else Path(parsed.database).expanduser()

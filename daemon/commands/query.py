@@ -71,14 +71,13 @@ def rows_for(kind: str, db, filters, geometry: bool = False) -> list[dict]:
     return {"scans": db.scans, "counts": db.counts}[kind](filters)
 
 
-
 def require_existing_sqlite(url: str) -> None:
     """A query reads: an SQLite file that is not there is a mistyped path, not an empty database
     to create (opening it would create one and report nothing found)."""
-    from stmwatch.daemon.dburl import sqlite_path
+    from stmwatch.daemon.dburl import IN_MEMORY, sqlite_path
 
     path = sqlite_path(url)
-    if path is not None and path.name != ":memory:" and not path.exists():
+    if path not in (None, IN_MEMORY) and not path.exists():
         raise ValueError(f"no database at {path} (is the path right? the daemon creates it)")
 
 

@@ -46,7 +46,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON line per scan written")
 
 
-
 def check_geometry(args) -> None:
     """Refuse, before anything is written, what would make no scan or a wrong one: fewer than one
     scan, under 8 pixels a line, a frame of no or negative width (its metres would come out
@@ -61,6 +60,7 @@ def check_geometry(args) -> None:
         raise ValueError(f"--size-nm must be a positive width in nm, not {args.size_nm}")
     if not all(math.isfinite(v) for v in (args.angle, *args.offset_nm)):
         raise ValueError("--angle and --offset-nm must be finite numbers")
+
 
 def run(args) -> int:
     import numpy as np
