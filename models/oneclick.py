@@ -187,19 +187,24 @@ def score_scans(analyser, scans: list[Path], radius_nm: float = MATCH_RADIUS_NM,
 class _SegmentOnce:
     """A segmenter that segments each scan (by its file) once and gives the same defects again:
     the draws of ``evaluate_oneclick(repeats=...)`` share one segmentation and differ only in the
-    labels, which the classifier sets anew on every call."""
+    labels, which the classifier sets anew on every call. ``last_prepared`` and ``last_warnings``
+    are those of the scan given last, as the segmenter's own would be."""
 
     def __init__(self, segmenter):
         self.segmenter, self.done = segmenter, {}
+        self.last_prepared, self.last_warnings = None, []
 
-    def __getattr__(self, name):  # name, version, surface, last_warnings ...
+    def __getattr__(self, name):  # name, version, surface ...
         return getattr(self.__dict__["segmenter"], name)
 
     def segment(self, scan):
         key = str(scan.source)
         if key not in self.done:
-            self.done[key] = self.segmenter.segment(scan)
-        return self.done[key]
+            defects = self.segmenter.segment(scan)
+            self.done[key] = (defects, getattr(self.segmenter, "last_prepared", None),
+                              list(getattr(self.segmenter, "last_warnings", [])))
+        defects, self.last_prepared, self.last_warnings = self.done[key]
+        return defects
 
 
 def check_support_dir(support_dir: str | Path | None, surface: str, repeats: int = 1) -> None:

@@ -52,7 +52,8 @@ def test_load_hook_and_one_forward_pass_per_scan():
     assert clf.pool is None  # the shipped net refines its prototypes on each scan's crops only
     calls = []
     original = clf.classify
-    clf.classify = lambda crops, bias_v=None: calls.append((len(crops), bias_v)) or original(crops, bias_v)
+    clf.classify = lambda crops, bias_v=None, image=None: (calls.append((len(crops), bias_v, image))
+                                                           or original(crops, bias_v, image))
     support = np.load(sorted((SUPPORT / "si001h" / "vacancy").glob("*.npy"))[0])
 
     class Fake:  # a segmenter that finds three defects, one without a crop
@@ -63,7 +64,8 @@ def test_load_hook_and_one_forward_pass_per_scan():
                     Defect(5, 6, 0, 0, 5, 0.9)]
 
     analysis = Analyser(Fake(), clf).analyse(scan=types.SimpleNamespace(bias_v=-1.8))
-    assert calls == [(2, -1.8)]  # the crops of one scan go through the network together, with its bias
+    assert calls == [(2, -1.8, None)]  # the crops of one scan go through the network together, with its bias
+    # (the Fake segmenter keeps no prepared image: no rows of the scan to pass on)
     assert [d.label for d in analysis.defects] == ["vacancy", "vacancy", "defect"]
     assert analysis.counts == {"defect": 1, "vacancy": 2}
 
