@@ -70,6 +70,31 @@ def test_load_hook_and_one_forward_pass_per_scan():
     assert analysis.counts == {"defect": 1, "vacancy": 2}
 
 
+def test_the_analyser_gives_the_classifier_the_scans_prepared_image():
+    """The site cue reads the rows of the scan the crops were cut from: the analyser passes the
+    segmenter's prepared model image of that scan with its crops."""
+    image = np.zeros((2, 64, 64), np.float32)
+    crop = np.zeros((2, 32, 32), np.float32)
+    seen = []
+
+    class Segmenter:
+        name, version = "fake", "0"
+
+        def segment(self, scan):
+            self.last_prepared = types.SimpleNamespace(image=image)
+            return [Defect(1, 2, 0, 0, 5, 0.9, crop=crop)]
+
+    class Classifier:
+        name, version = "fake", "0"
+
+        def classify(self, crops, bias_v=None, image=None):
+            seen.append(image)
+            return [("a", 1.0)] * len(crops)
+
+    Analyser(Segmenter(), Classifier()).analyse(scan=types.SimpleNamespace(bias_v=1.0))
+    assert len(seen) == 1 and seen[0] is image
+
+
 @pytest.mark.parametrize("surface, weights, floor", [
     ("si001h", "proto_cosine_si_2500.pt", 0.95),  # same surface: trained on Si crops
     ("ge001", "proto_cosine_si_tio2_2500.pt", 0.70),  # new surface: trained on Si + TiO2, never saw Ge

@@ -192,3 +192,28 @@ def test_scans_that_do_not_read_or_lack_their_truth_are_named_before_any_work(tm
     with pytest.raises(ValueError, match=r"2 of 4 scans cannot be scored") as err:
         evaluate_oneclick(scans, "si001h", lambda f: pytest.fail("work began"))
     assert "c.sxm: file is empty" in str(err.value) and "d.sxm: no d.truth.json" in str(err.value)
+
+
+def test_the_memo_of_repeated_draws_gives_each_scans_own_prepared_image():
+    """``_SegmentOnce`` (the draws of ``--repeats`` share one segmentation): the analyser reads the
+    scan's rows from ``last_prepared`` for the site cue, so a scan given again must bring back its
+    own prepared image and warnings, not those of the scan segmented last."""
+    import types
+
+    from stmwatch.models.oneclick import _SegmentOnce
+
+    class Segmenter:
+        calls = 0
+
+        def segment(self, scan):
+            Segmenter.calls += 1
+            self.last_prepared, self.last_warnings = f"prepared {scan.source}", [f"warned {scan.source}"]
+            return [f"defect of {scan.source}"]
+
+    memo = _SegmentOnce(Segmenter())
+    a, b = types.SimpleNamespace(source="a.sxm"), types.SimpleNamespace(source="b.sxm")
+    assert memo.segment(a) == ["defect of a.sxm"] and memo.last_prepared == "prepared a.sxm"
+    assert memo.segment(b) == ["defect of b.sxm"] and memo.last_prepared == "prepared b.sxm"
+    assert memo.segment(a) == ["defect of a.sxm"]
+    assert memo.last_prepared == "prepared a.sxm" and memo.last_warnings == ["warned a.sxm"]
+    assert Segmenter.calls == 2
