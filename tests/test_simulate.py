@@ -255,6 +255,20 @@ def test_cli_writes_files_that_info_reads(tmp_path, capsys):
         assert t.artefacts == {"tilt": 1.0, "drift": 1.0}
 
 
+def test_cli_names_scans_an_earlier_run_left_in_the_folder(tmp_path, capsys):
+    """A folder is read whole by eval oneclick, adapt and autolabel: simulating fewer scans into a
+    folder an earlier run filled says how many of its scans this run did not write."""
+    out = tmp_path / "sim"
+    args = ["simulate", "--surface", "si001h", "--out", str(out), "--pixels", "32", "--artefacts", "none"]
+    assert main([*args, "--n", "3"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert main([*args, "--n", "3"]) == 0  # the same run again: the same files, nothing to say
+    assert "note:" not in capsys.readouterr().err
+    assert main([*args, "--n", "1", "--seed", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "also holds 3 .sxm file(s) this run did not write (e.g. si001h_0_0000.sxm)" in err
+
+
 def test_artefacts_parse():
     assert Artefacts.parse("none") == Artefacts.none()
     assert Artefacts.parse("all") == Artefacts.all()

@@ -81,6 +81,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    written: set[Path] = set()
     for si, key in enumerate(surfaces):
         instrument = None
         if args.style == "randomised":  # one microscope for all the surface's scans (scipy: imported only here)
@@ -108,6 +109,7 @@ def run(args) -> int:
                                             **geometry)
             stem = f"{key}_{args.seed}_{i:04d}" if args.style == "training" else f"{key}_{args.style}_{args.seed}_{i:04d}"
             path = write_example(scan, truth, out / stem)
+            written.add(path.resolve())
             if args.png:
                 to_png(scan.topography().forward, path.with_suffix(".png"))
             if args.json:
@@ -118,6 +120,10 @@ def run(args) -> int:
                 made = (f"{args.style} style" if args.style != "training"
                         else f"artefacts {','.join(artefacts.on()) or 'none'}")
                 print(f"{path}: {len(truth.defects)} defects {truth.counts()}, bias {scan.bias_v:g} V, {made}")
+    earlier = sorted(p for p in out.glob("*.sxm") if p.resolve() not in written)
+    if earlier:  # a folder is read whole by eval oneclick, adapt and autolabel: say so, stdout stays the list
+        print(f"note: {out} also holds {len(earlier)} .sxm file(s) this run did not write (e.g. {earlier[0].name}); "
+              "eval oneclick, adapt and autolabel read every scan of a folder", file=sys.stderr)
     if args.crops > 0:
         counts = make_crops(out / "crops", surfaces, args.crops, args.seed)
         print(f"{out / 'crops'}: {sum(sum(c.values()) for c in counts.values())} crops")
