@@ -315,9 +315,7 @@ class LiveSegmenter:
             return
         with_crops = [d for d in defects if d.crop is not None]
         if with_crops:
-            prepared = getattr(self.segmenter, "last_prepared", None)  # the (partial) scan's rows: the site cue
-            labels = self.classifier.classify(np.stack([d.crop for d in with_crops]), bias_v=bias_v,
-                                              image=None if prepared is None else prepared.image)
+            labels = self.classifier.classify(np.stack([d.crop for d in with_crops]), bias_v=bias_v)
             for d, (label, score) in zip(with_crops, labels):
                 d.label, d.label_score = label, float(score)
 

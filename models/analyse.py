@@ -41,12 +41,10 @@ class Classifier(Protocol):
     name: str
     version: str
 
-    def classify(self, crops: np.ndarray, bias_v: float | None = None,
-                 image: np.ndarray | None = None) -> list[tuple[str, float]]:
+    def classify(self, crops: np.ndarray, bias_v: float | None = None) -> list[tuple[str, float]]:
         """``crops`` ``(n, channels, h, w)`` float32 (the defects of one scan, taken at sample bias
-        ``bias_v`` in V, None if unknown, cut from its prepared model image ``image`` ``(channels, H,
-        W)``, None if not at hand) → one ``(label, score)`` per crop, in one forward pass; the label
-        is ``"unknown"`` when a crop is unlike every support class."""
+        ``bias_v`` in V, None if unknown) → one ``(label, score)`` per crop, in one forward pass; the
+        label is ``"unknown"`` when a crop is unlike every support class."""
         ...
 
 
@@ -121,9 +119,7 @@ class Analyser:
             warnings.append(mismatch)
         with_crops = [d for d in defects if d.crop is not None]
         if self.classifier is not None and with_crops:
-            prepared = getattr(self.segmenter, "last_prepared", None)  # the crops' scan: its rows
-            labels = self.classifier.classify(np.stack([d.crop for d in with_crops]), bias_v=scan.bias_v,
-                                              image=None if prepared is None else prepared.image)
+            labels = self.classifier.classify(np.stack([d.crop for d in with_crops]), bias_v=scan.bias_v)
             for defect, (label, score) in zip(with_crops, labels):
                 defect.label, defect.label_score = label, float(score)
         t2 = time.perf_counter()

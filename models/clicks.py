@@ -88,14 +88,13 @@ def add_examples(folder: str | Path, label: str, scan: Scan, surface: str, point
     return out
 
 
-def least_sure(analysis, classifier, n: int = 10, image: np.ndarray | None = None) -> list[dict]:
+def least_sure(analysis, classifier, n: int = 10) -> list[dict]:
     """The ``n`` defects of ``analysis`` the few-shot ``classifier`` is least sure of, so the
     operator knows where another click helps most: sorted by the margin between the nearest and
     the second-nearest prototype, ``(d2 - d1) / (d2 + d1)`` of the classifier's distances (squared
     embedding distances, plus the lattice-site penalty where the classifier uses it; 0: half-way
     between two classes, 1: on a prototype; the softmax probabilities saturate with a Euclidean
-    metric, the relative gap does not). ``image``: the scan's prepared model image, for the site
-    cue as the analyser reads it (None: the crops alone). Each: ``row``, ``col`` (scan display pixels),
+    metric, the relative gap does not). Each: ``row``, ``col`` (scan display pixels),
     ``label``, ``nearest``, ``p`` (its probability), ``second``, ``p_second``, ``margin``."""
     import torch
 
@@ -103,7 +102,7 @@ def least_sure(analysis, classifier, n: int = 10, image: np.ndarray | None = Non
     if not defects or classifier is None or len(getattr(classifier, "labels", [])) < 2:
         return []
     bias_v = getattr(getattr(analysis, "scan", None), "bias_v", None)  # prototypes of the scan's polarity
-    d2 = classifier.distances(np.stack([d.crop for d in defects]), bias_v, image)
+    d2 = classifier.distances(np.stack([d.crop for d in defects]), bias_v)
     temperature = float(getattr(getattr(classifier, "net", None), "temperature", 1.0))
     p = torch.softmax(torch.from_numpy(-temperature * d2), dim=1).numpy()
     out = []

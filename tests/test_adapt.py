@@ -146,7 +146,7 @@ def test_least_sure_lists_the_smallest_margins_first():
         labels = ["a", "b", "c"]
         net = types.SimpleNamespace(temperature=1.0)
 
-        def distances(self, crops, bias_v=None, image=None):
+        def distances(self, crops, bias_v=None):
             return np.array([[0.0, 5.0, 9.0], [1.0, 1.1, 9.0], [2.0, 1.0, 3.0]])  # gaps 1, 0.05, 0.33
 
     defects = [types.SimpleNamespace(row=float(i), col=0.0, label="x", crop=np.zeros((2, 32, 32))) for i in range(3)]

@@ -52,8 +52,7 @@ def test_load_hook_and_one_forward_pass_per_scan():
     assert clf.pool is None  # the shipped net refines its prototypes on each scan's crops only
     calls = []
     original = clf.classify
-    clf.classify = lambda crops, bias_v=None, image=None: (calls.append((len(crops), bias_v, image))
-                                                           or original(crops, bias_v, image))
+    clf.classify = lambda crops, bias_v=None: calls.append((len(crops), bias_v)) or original(crops, bias_v)
     support = np.load(sorted((SUPPORT / "si001h" / "vacancy").glob("*.npy"))[0])
 
     class Fake:  # a segmenter that finds three defects, one without a crop
@@ -64,35 +63,9 @@ def test_load_hook_and_one_forward_pass_per_scan():
                     Defect(5, 6, 0, 0, 5, 0.9)]
 
     analysis = Analyser(Fake(), clf).analyse(scan=types.SimpleNamespace(bias_v=-1.8))
-    assert calls == [(2, -1.8, None)]  # the crops of one scan go through the network together, with its bias
-    # (the Fake segmenter keeps no prepared image: no rows of the scan to pass on)
+    assert calls == [(2, -1.8)]  # the crops of one scan go through the network together, with its bias
     assert [d.label for d in analysis.defects] == ["vacancy", "vacancy", "defect"]
     assert analysis.counts == {"defect": 1, "vacancy": 2}
-
-
-def test_the_analyser_gives_the_classifier_the_scans_prepared_image():
-    """The site cue reads the rows of the scan the crops were cut from: the analyser passes the
-    segmenter's prepared model image of that scan with its crops."""
-    image = np.zeros((2, 64, 64), np.float32)
-    crop = np.zeros((2, 32, 32), np.float32)
-    seen = []
-
-    class Segmenter:
-        name, version = "fake", "0"
-
-        def segment(self, scan):
-            self.last_prepared = types.SimpleNamespace(image=image)
-            return [Defect(1, 2, 0, 0, 5, 0.9, crop=crop)]
-
-    class Classifier:
-        name, version = "fake", "0"
-
-        def classify(self, crops, bias_v=None, image=None):
-            seen.append(image)
-            return [("a", 1.0)] * len(crops)
-
-    Analyser(Segmenter(), Classifier()).analyse(scan=types.SimpleNamespace(bias_v=1.0))
-    assert len(seen) == 1 and seen[0] is image
 
 
 @pytest.mark.parametrize("surface, weights, floor", [

@@ -10,7 +10,7 @@ import torch
 from stmwatch.models.fewshot.classifier import PrototypicalClassifier
 from stmwatch.models.fewshot.crops import CropSet
 from stmwatch.models.fewshot.proto import ProtoNet
-from stmwatch.models.fewshot.site import ClassGaussian, row_phase_cos, scan_row_waves
+from stmwatch.models.fewshot.site import ClassGaussian, row_phase_cos
 from stmwatch.models.fewshot.transductive import TransductiveClassifier
 
 PERIOD = 6.5  # px: TiO2(110)'s rows at 0.1 nm/px
@@ -45,53 +45,6 @@ def test_row_phase_is_zero_without_site_information():
     crops[1] = 0.0  # a flat crop
     assert np.allclose(row_phase_cos(crops, PERIOD), [1.0, 0.0], atol=0.05)
     assert np.array_equal(row_phase_cos(crops[:, :, 8:24, 8:24], PERIOD), [0.0, 0.0])  # too small for the ring
-
-
-def rows_image(angle_deg: float, size: int = 192, period: float = PERIOD, phase: float = 0.0) -> np.ndarray:
-    """``(size, size)`` rows cos(k·r + phase) with k at ``angle_deg`` from the x axis (columns),
-    r from pixel (0, 0)."""
-    yy, xx = np.mgrid[:size, :size].astype(float)
-    a = np.deg2rad(angle_deg)
-    return np.cos(2 * np.pi / period * (np.cos(a) * xx + np.sin(a) * yy) + phase)
-
-
-@pytest.mark.parametrize("angle", [0.0, 37.0, 90.0, 128.0])
-def test_scan_row_waves_finds_the_rows_wave_vector(angle):
-    waves = scan_row_waves(rows_image(angle), PERIOD)
-    assert waves.shape == (1, 2)
-    k = waves[0] if waves[0] @ [np.cos(np.deg2rad(angle)), np.sin(np.deg2rad(angle))] > 0 else -waves[0]
-    assert np.allclose(k, np.array([np.cos(np.deg2rad(angle)), np.sin(np.deg2rad(angle))]) / PERIOD, atol=0.006)
-    # a second domain (the rows turned by 90°, on the left third) is found where the rows turn at a step
-    two = rows_image(angle)
-    two[:, :64] = rows_image(angle + 90.0)[:, :64]
-    assert len(scan_row_waves(two, PERIOD, rotates=True)) == 2
-    assert len(scan_row_waves(two, PERIOD, rotates=False)) == 1
-    assert len(scan_row_waves(rows_image(angle), PERIOD, rotates=True)) == 1  # one domain: one wave
-    assert scan_row_waves(np.zeros((192, 192)), PERIOD).shape == (0, 2)
-    assert scan_row_waves(rows_image(angle, size=20), PERIOD).shape == (0, 2)  # too small for 4 periods
-
-
-@pytest.mark.parametrize("rows_amplitude, spot_sigma", [(0.1, 2.0), (0.05, 2.5)])
-def test_a_line_of_defects_along_a_row_is_not_taken_for_the_rows(rows_amplitude, spot_sigma):
-    """A row of bright spots every 0.59 nm (TiO2(110)'s hydroxyls every second site, 1.10 times the
-    rows' frequency) along a dark row through the crop's centre, the rows faint (a blunt tip):
-    searched on the crop alone, the line passes for the rows and the centre reads as a crest (+1);
-    along the scan's own rows, found in the same image's spectrum, it reads the trough it is in."""
-    size, a = 192, np.deg2rad(30.0)
-    trough_at_centre = np.pi - 2 * np.pi / PERIOD * (np.cos(a) + np.sin(a)) * 96
-    image = rows_amplitude * rows_image(30.0, size, phase=trough_at_centre)
-    yy, xx = np.mgrid[:size, :size].astype(float)
-    for n in range(-8, 9):  # the line, 5.92 px apart, through the centre (96, 96) along the row (across k)
-        cy, cx = 96 + n * 5.92 * np.cos(a), 96 - n * 5.92 * np.sin(a)
-        image += 1.5 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * spot_sigma ** 2))
-    crop = np.stack([image, image])[None, :, 80:112, 80:112].astype(np.float32)  # centre: image pixel (96, 96)
-    assert row_phase_cos(crop, PERIOD)[0] > 0.9  # the line taken for the rows: on a crest
-    waves = scan_row_waves(image, PERIOD)
-    assert abs(np.degrees(np.arctan2(waves[0, 1], waves[0, 0])) % 180 - 30.0) < 2.0  # the rows', not the line's
-    assert row_phase_cos(crop, PERIOD, waves)[0] < -0.9
-    # a crop of rows alone reads the same both ways
-    plain = np.stack([0.3 * rows_image(30.0, size, phase=1.0)] * 2)[None, :, 80:112, 80:112].astype(np.float32)
-    assert np.allclose(row_phase_cos(plain, PERIOD, waves), row_phase_cos(plain, PERIOD), atol=0.05)
 
 
 def test_the_crops_centre_is_where_the_segmenter_cuts_a_defect():

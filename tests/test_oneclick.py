@@ -195,9 +195,10 @@ def test_scans_that_do_not_read_or_lack_their_truth_are_named_before_any_work(tm
 
 
 def test_the_memo_of_repeated_draws_gives_each_scans_own_prepared_image():
-    """``_SegmentOnce`` (the draws of ``--repeats`` share one segmentation): the analyser reads the
-    scan's rows from ``last_prepared`` for the site cue, so a scan given again must bring back its
-    own prepared image and warnings, not those of the scan segmented last."""
+    """``_SegmentOnce`` (the draws of ``--repeats`` share one segmentation): the analyser checks the
+    scan's rows on ``last_prepared`` (``Analyser.check_surface``) and reports ``last_warnings``, so a
+    scan given again must bring back its own prepared image and warnings, not those of the scan
+    segmented last."""
     import types
 
     from stmwatch.models.oneclick import _SegmentOnce

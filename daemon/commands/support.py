@@ -104,9 +104,7 @@ def _suggest(args, config, folder) -> int:
         raise SystemExit(f"error: {exc}") from None
     if analyser.classifier is None:
         raise SystemExit(f"error: no few-shot classifier with support set {folder}")
-    analysis = analyser.analyse(scan)
-    prepared = getattr(analyser.segmenter, "last_prepared", None)  # the scan's rows, as the analyser's site cue read them
-    rows = least_sure(analysis, analyser.classifier, args.n, image=None if prepared is None else prepared.image)
+    rows = least_sure(analyser.analyse(scan), analyser.classifier, args.n)
     unclicked = unclicked_at_polarity(analyser.classifier.support, scan.bias_v)
     if unclicked:  # stderr: stdout stays a table (or JSON lines)
         translated = bias_polarity(scan.bias_v) in getattr(analyser.classifier, "polarity_maps", {})

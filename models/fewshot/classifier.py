@@ -73,17 +73,16 @@ class PrototypicalClassifier:
                 self.gate[0].fit(torch.from_numpy(to_model_input(x)), torch.from_numpy(y).long())
 
     @torch.no_grad()
-    def distances(self, crops: np.ndarray, bias_v: float | None = None, image: np.ndarray | None = None) -> np.ndarray:
+    def distances(self, crops: np.ndarray, bias_v: float | None = None) -> np.ndarray:
         """Squared embedding distance ``(n, classes)`` of each crop to each prototype; one forward
-        pass (``bias_v``, ``image``: see :meth:`classify`)."""
+        pass (``bias_v``: see :meth:`classify`)."""
         return self.net.distances(torch.from_numpy(self.model_input(crops))).numpy()
 
-    def classify(self, crops: np.ndarray, bias_v: float | None = None,
-                 image: np.ndarray | None = None) -> list[tuple[str, float]]:
+    def classify(self, crops: np.ndarray, bias_v: float | None = None) -> list[tuple[str, float]]:
         """``crops`` ``(n, C, h, w)`` → ``(label, score)`` each; score = the network's softmax
         probability of the nearest class (for ``"unknown"``: of the nearest class it was not given).
-        ``bias_v`` and ``image`` are not used here: the prototypes of every click, fixed (the polarity
-        choice, the refinement and the site cue are :class:`~.transductive.TransductiveClassifier`'s)."""
+        ``bias_v`` is not used here: the prototypes of every click, fixed (the polarity choice and the
+        refinement are :class:`~.transductive.TransductiveClassifier`'s)."""
         if len(crops) == 0:
             return []
         return self.label(crops, self.distances(crops))
@@ -256,5 +255,4 @@ def load_classifier(surface: str, support_dir: Path | str | None = None, weights
                                   row_period_px=facts.row_nm / facts.nm_per_px if facts else None,
                                   site_weight=float(meta.get("site_weight", SITE_WEIGHT)), polarity_maps=maps,
                                   pool_bias=np.load(pool_bias) if pool_bias is not None else None,
-                                  contrast_weight=float(meta.get("contrast_weight", CONTRAST_WEIGHT)) if contrast_cue else 0.0,
-                                  rotates=bool(facts and facts.rotates_at_steps))
+                                  contrast_weight=float(meta.get("contrast_weight", CONTRAST_WEIGHT)) if contrast_cue else 0.0)

@@ -12,17 +12,6 @@ when the centre lies on a bright row's crest, -1 in a trough. The cosine does no
 way the wave vector points. The centre is the pixel the defect is cut at (``size // 2``, as
 ``segment.crops_at`` cuts crops).
 
-**The scan's own rows** (stop 34). Searched on the crop alone, the strongest modulation may not be
-the rows: a line of defects every second site along a row (lithography, hydroxyl rows on TiO2(110))
-has a period of 2 x 0.296 nm = 1.10 times the TiO2 row frequency, inside the search, and a crop on
-such a line read as sitting on a crest. Where the crops' scan is at hand, :func:`scan_row_waves`
-finds the rows' wave vector(s) once in the whole scan's power spectrum (the lattice's peak stands far
-above any line's there), and :func:`row_phase_cos` with ``waves`` measures each crop's phase along
-those only, fitted on the ring's pixels within :data:`INLIER_SPREADS` robust spreads of its median
-(a neighbouring defect's pixels left out). Crops without a scan (clicks, an adapted pool) are
-measured as before. Chosen on randomised microscopes, with a training-style guard (docs/adapt.md,
-"Stop 34").
-
 :class:`ClassGaussian` is a Gaussian per class on that value. Its mean and variance are learnt on
 the clicks together with the unlabelled crops each class attracts (the transductive step of
 :mod:`.transductive`), so a class whose members sit anywhere (adatoms) gets a wide Gaussian and
@@ -44,10 +33,6 @@ WEIGHT = 0.5  # the site's negative log-likelihood, against the network's logits
 FLOOR = 0.2  # the least variance of a class's cos phase
 RING_PX = (7.0, 15.0)  # the ring round the crop's centre, model pixels (0.1 nm)
 FREQUENCY_SPREAD = 0.15  # spatial frequencies within ±15 % of the row's are searched
-SECOND_DOMAIN = 0.01  # the other (001) domain's rows count from this share of the first's peak power
-SECOND_DOMAIN_DEG = 20.0  # ... searched within this many degrees of the first's perpendicular
-SCAN_FREQUENCY_SPREAD = 0.05  # with the scan's wave: frequencies within ±5 % of it, per crop
-INLIER_SPREADS = 2.0  # ring pixels farther than this many robust spreads from its median are left out
 
 
 @functools.lru_cache(maxsize=8)
@@ -65,75 +50,12 @@ def _ring_basis(size: int, period_px: float) -> tuple[np.ndarray, np.ndarray, np
     return ring, np.cos(arg).astype(np.float32), np.sin(arg).astype(np.float32)
 
 
-def scan_channel(image: np.ndarray) -> np.ndarray:
-    """The channel of a prepared model image ``(C, H, W)`` (or ``(H, W)``) the rows are read on:
-    channel 0 (the forward topography), as for the crops."""
-    image = np.asarray(image)
-    return image[0] if image.ndim == 3 else image
-
-
-def scan_row_waves(image: np.ndarray, period_px: float, rotates: bool = False) -> np.ndarray:
-    """The rows' wave vectors ``(m, 2)`` ``(kx, ky)`` in cycles per pixel (m = 1, or 2 where
-    ``rotates``) of ``image`` ``(H, W)`` (a scan's prepared model image, display frame: x along the
-    columns, y down the rows), whose rows have period ``period_px`` pixels: the strongest peak of
-    its power spectrum (Hann window) within ±``FREQUENCY_SPREAD`` of ``1 / period_px``, and, for a
-    surface whose rows turn by 90° at a step (``rotates``, Si(001), Ge(001)), the strongest within
-    ``SECOND_DOMAIN_DEG`` of its perpendicular where that has at least ``SECOND_DOMAIN`` of its power.
-    ``(0, 2)`` for an image too small for a row (under 4 periods) or without any modulation."""
-    image = np.nan_to_num(np.asarray(image, dtype=np.float64))
-    if image.ndim != 2 or min(image.shape) < 4 * period_px:
-        return np.zeros((0, 2))
-    rows, cols = image.shape
-    power = np.abs(np.fft.rfft2((image - image.mean()) * np.outer(np.hanning(rows), np.hanning(cols)))) ** 2
-    ky, kx = np.meshgrid(np.fft.fftfreq(rows), np.fft.rfftfreq(cols), indexing="ij")
-    near = np.abs(np.hypot(kx, ky) * period_px - 1) <= FREQUENCY_SPREAD
-    if not near.any() or power[near].max() <= 0:
-        return np.zeros((0, 2))
-    first = np.argmax(np.where(near, power, -1.0))
-    waves = [(kx.flat[first], ky.flat[first])]
-    if rotates:
-        turn = np.arctan2(ky, kx) - np.arctan2(ky.flat[first], kx.flat[first]) - np.pi / 2
-        off = np.abs((turn + np.pi / 2) % np.pi - np.pi / 2)  # a wave and its opposite are one
-        other = near & (off <= np.radians(SECOND_DOMAIN_DEG))
-        if other.any():
-            second = np.argmax(np.where(other, power, -1.0))
-            if power.flat[second] >= SECOND_DOMAIN * power.flat[first]:
-                waves.append((kx.flat[second], ky.flat[second]))
-    return np.array(waves, dtype=np.float64)
-
-
-def _phase_cos_along(x: np.ndarray, ring: np.ndarray, size: int, waves: np.ndarray) -> np.ndarray:
-    """:func:`row_phase_cos` with the scan's ``waves`` (``x`` the crops' ring pixels less their
-    median, ``(n, p)``): per crop the strongest of the waves at 5 frequencies within
-    ±``SCAN_FREQUENCY_SPREAD``, fitted by least squares (cos, sin, offset) on the ring's inliers."""
-    yy, xx = np.mgrid[:size, :size] - size // 2
-    yy, xx = yy.ravel()[ring].astype(np.float64), xx.ravel()[ring].astype(np.float64)
-    x = x.astype(np.float64)
-    spread = 1.4826 * np.median(np.abs(x), axis=1, keepdims=True)
-    inlier = (np.abs(x) <= INLIER_SPREADS * spread).astype(np.float64)
-    best_power, out = np.full(len(x), -1.0), np.zeros(len(x))
-    for kx, ky in waves:
-        for factor in np.linspace(1 - SCAN_FREQUENCY_SPREAD, 1 + SCAN_FREQUENCY_SPREAD, 5):
-            arg = 2 * np.pi * factor * (xx * kx + yy * ky)
-            basis = np.stack([np.cos(arg), np.sin(arg), np.ones_like(arg)], axis=1)  # (p, 3)
-            normal = np.einsum("np,pi,pj->nij", inlier, basis, basis) + 1e-9 * np.eye(3)
-            coef = np.linalg.solve(normal, ((inlier * x) @ basis)[..., None])[..., 0]  # (n, 3)
-            power = coef[:, 0] ** 2 + coef[:, 1] ** 2
-            better = power > best_power
-            out[better] = np.cos(np.arctan2(-coef[better, 1], coef[better, 0]))
-            best_power[better] = power[better]
-    out[best_power <= 1e-18] = 0.0
-    return out.astype(np.float32)
-
-
-def row_phase_cos(crops: np.ndarray, period_px: float, waves: np.ndarray | None = None) -> np.ndarray:
+def row_phase_cos(crops: np.ndarray, period_px: float) -> np.ndarray:
     """``crops`` ``(n, C, H, W)`` at the model scale (channel 0 is used) → ``(n,)`` the cosine of
     the phase of the row modulation at each crop's centre (see the module's docstring);
-    ``period_px`` is the row period in the crops' pixels. ``waves`` (:func:`scan_row_waves` of the
-    crops' scan, in the crops' pixels): the phase along those only, fitted on the ring's inliers;
-    None or empty: the strongest modulation near the row period in any direction. No site
-    information gives 0 (then every class's Gaussian is alike there and the cue has no effect):
-    crops too small for the whole ring (under 32 px), and a crop without any modulation on its ring."""
+    ``period_px`` is the row period in the crops' pixels. No site information gives 0 (then every
+    class's Gaussian is alike there and the cue has no effect): crops too small for the whole
+    ring (under 32 px), and a crop without any modulation on its ring."""
     crops = np.nan_to_num(np.asarray(crops, dtype=np.float32))
     size = crops.shape[-1]
     if len(crops) == 0 or size // 2 + RING_PX[1] >= size or crops.shape[-2] != size:
@@ -141,8 +63,6 @@ def row_phase_cos(crops: np.ndarray, period_px: float, waves: np.ndarray | None 
     ring, cos, sin = _ring_basis(size, float(period_px))
     x = crops[:, 0].reshape(len(crops), -1)[:, ring]
     x = x - np.median(x, axis=1, keepdims=True)
-    if waves is not None and len(waves):
-        return _phase_cos_along(x, ring, size, np.asarray(waves))
     re, im = x @ cos, -(x @ sin)
     power = re ** 2 + im ** 2
     best = np.argmax(power, axis=1)

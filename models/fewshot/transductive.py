@@ -33,10 +33,6 @@ and the soft assignments of the unlabelled crops, whose negative log-likelihood 
 logits in the refinement and in the final distances. With ``steps`` = 0 (no refinement) it is
 fitted on the clicks alone.
 
-Where the call gives the crops' scan (its prepared model image), the phase is measured along the
-scan's own rows (:func:`.site.scan_row_waves`), not searched on each crop alone: a line of defects
-along a row can pass for the rows there (docs/adapt.md, "Stop 34").
-
 **Contrast.** With ``contrast_weight`` > 0 each class also learns how bright or dark its defects
 are against the lattice round them, in the scan's normalised units (:mod:`.contrast`), the same
 way; its Gaussian is fitted on the crops at the scan's polarity only (clicks there or of unknown
@@ -52,7 +48,7 @@ from .contrast import core_contrast
 from .crops import CropSet, bias_polarity, to_model_input
 from .polarity import translate
 from .site import WEIGHT as SITE_WEIGHT
-from .site import ClassGaussian, row_phase_cos, scan_row_waves, scan_channel
+from .site import ClassGaussian, row_phase_cos
 
 STEPS = 1  # soft k-means steps per call (docs/adapt.md)
 
@@ -62,8 +58,7 @@ class TransductiveClassifier:
     :meth:`distances`) refines the support set's prototypes over ``steps`` soft k-means steps on
     that call's crops together with ``pool`` ``(n, C, H, W)`` (the lab's crops, or None);
     everything else is the base classifier's. ``row_period_px`` (the surface's row period in crop
-    pixels; None: no site cue), ``site_weight`` (0: none) and ``rotates`` (the rows turn by 90° at
-    a step: two row directions in one scan) set the lattice-site cue.
+    pixels; None: no site cue) and ``site_weight`` (0: none) set the lattice-site cue.
     ``polarity_maps`` ``{to_sign: map}`` (:mod:`.polarity`; None: none) translate the clicks at the
     other polarity than a scan's to its polarity, and the pool's crops with ``pool_bias`` ``(n,)``
     (V, each pool crop's scan; NaN unknown) at it (see "Polarity" above). ``contrast_weight`` (0:
@@ -72,12 +67,11 @@ class TransductiveClassifier:
     def __init__(self, base, pool: np.ndarray | None = None, steps: int = STEPS,
                  row_period_px: float | None = None, site_weight: float = SITE_WEIGHT,
                  polarity_maps: dict[int, np.ndarray] | None = None, pool_bias: np.ndarray | None = None,
-                 contrast_weight: float = 0.0, rotates: bool = False):
+                 contrast_weight: float = 0.0):
         self.base = base
         self.pool = None if pool is None or len(pool) == 0 else np.asarray(pool, dtype=np.float32)
         self.steps = int(steps)
         self.row_period_px = row_period_px if row_period_px and site_weight > 0 else None
-        self.rotates = bool(rotates)
         self.contrast_weight = max(0.0, float(contrast_weight))
         self.name = (f"{base.name}-transductive" + ("-site" if self.row_period_px else "")
                      + ("-contrast" if self.contrast_weight else ""))
@@ -94,19 +88,14 @@ class TransductiveClassifier:
         return getattr(self.__dict__["base"], name)
 
     @torch.no_grad()
-    def _features(self, crops: np.ndarray, image: np.ndarray | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _features(self, crops: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The crops' embeddings and the cosines of their row phases (:func:`.site.row_phase_cos`;
-        None without the site cue; along the rows of ``image``, the crops' scan, where given), both
-        from the crops as the network sees them, and their contrast (:func:`.contrast.core_contrast`,
-        in the scan's units; None without the cue)."""
+        None without the site cue), both from the crops as the network sees them, and their
+        contrast (:func:`.contrast.core_contrast`, in the scan's units; None without the cue)."""
         scan_units = to_model_input(crops)  # resized once; model_input of it only normalises, where the weights ask
         net, x = self.base.net, self.base.model_input(scan_units)
         embedded = torch.cat([net.embed(torch.from_numpy(x[i:i + 512])) for i in range(0, len(x), 512)])
-        site = None
-        if self.row_period_px is not None:
-            waves = None if image is None else scan_row_waves(scan_channel(image), self.row_period_px, self.rotates)
-            site = torch.from_numpy(row_phase_cos(x, self.row_period_px, waves))
+        site = None if self.row_period_px is None else torch.from_numpy(row_phase_cos(x, self.row_period_px))
         contrast = None if not self.contrast_weight else torch.from_numpy(core_contrast(scan_units))
         return embedded, site, contrast
 
@@ -231,20 +220,17 @@ class TransductiveClassifier:
         return ((0.0 if site is None else site.penalty(site_cos, self.site_weight))
                 + (0.0 if tone is None else tone.penalty(contrast, self.contrast_weight)))
 
-    def refined_prototypes(self, crops: np.ndarray, bias_v: float | None = None,
-                           image: np.ndarray | None = None) -> torch.Tensor:
+    def refined_prototypes(self, crops: np.ndarray, bias_v: float | None = None) -> torch.Tensor:
         """The prototypes after :attr:`steps` soft k-means steps on ``crops`` and the pool, for a
-        scan of sample bias ``bias_v`` (V; None: unknown) whose prepared model image is ``image``
-        (None: not at hand)."""
-        embedded, site_cos, contrast = self._features(crops, image) if len(crops) else (None, None, None)
+        scan of sample bias ``bias_v`` (V; None: unknown)."""
+        embedded, site_cos, contrast = self._features(crops) if len(crops) else (None, None, None)
         return self._refine(embedded, bias_v, site_cos, contrast)[0]
 
-    def _distances(self, crops: np.ndarray, bias_v: float | None,
-                   image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _distances(self, crops: np.ndarray, bias_v: float | None) -> tuple[np.ndarray, np.ndarray]:
         """The network's squared distances ``(n, classes)`` to the refined prototypes, and the same
         with each crop's cue penalties (over the temperature, less their smallest over the classes)
         added; the two are equal without the site and contrast cues."""
-        embedded, site_cos, contrast = self._features(crops, image)
+        embedded, site_cos, contrast = self._features(crops)
         protos, site, tone = self._refine(embedded, bias_v, site_cos, contrast)
         d = torch.cdist(embedded, protos).pow(2)
         if site is None and tone is None:
@@ -252,22 +238,19 @@ class TransductiveClassifier:
         penalty = self._penalty(site, site_cos, tone, contrast) / self.base.net.temperature
         return d.numpy(), (d + penalty - penalty.min(dim=1, keepdim=True).values).numpy()
 
-    def distances(self, crops: np.ndarray, bias_v: float | None = None, image: np.ndarray | None = None) -> np.ndarray:
-        """Squared distances ``(n, classes)`` of ``crops`` (of one scan, of sample bias ``bias_v``,
-        cut from its prepared model image ``image`` where given) to the prototypes refined on them
-        (one forward pass), with the site and contrast cues' penalties added (:meth:`_distances`):
-        the nearest class is that of the highest combined logit."""
+    def distances(self, crops: np.ndarray, bias_v: float | None = None) -> np.ndarray:
+        """Squared distances ``(n, classes)`` of ``crops`` (of one scan, of sample bias ``bias_v``)
+        to the prototypes refined on them (one forward pass), with the site and contrast cues' penalties added
+        (:meth:`_distances`): the nearest class is that of the highest combined logit."""
         if len(crops) == 0:
             return np.zeros((0, len(self.base.labels)), dtype=np.float32)
-        return self._distances(crops, bias_v, image)[1]
+        return self._distances(crops, bias_v)[1]
 
-    def classify(self, crops: np.ndarray, bias_v: float | None = None,
-                 image: np.ndarray | None = None) -> list[tuple[str, float]]:
+    def classify(self, crops: np.ndarray, bias_v: float | None = None) -> list[tuple[str, float]]:
         """Each crop's class by the combined distances; ``unknown`` when its network distance to
         the nearest prototype passes the unknown distance (which was calibrated on network
-        distances): the cues choose among the classes, they never make a crop unknown. ``image``:
-        the prepared model image the crops were cut from (their scan's rows for the site cue)."""
+        distances): the cues choose among the classes, they never make a crop unknown."""
         if len(crops) == 0:
             return []
-        network, combined = self._distances(crops, bias_v, image)
+        network, combined = self._distances(crops, bias_v)
         return self.base.label(crops, combined, nearest=network.min(axis=1))
