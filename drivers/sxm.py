@@ -179,6 +179,8 @@ def read_sxm_bytes(raw: bytes, path: str | os.PathLike | None = None, allow_trun
     if not (0 < nx <= MAX_PIXELS and 0 < ny <= MAX_PIXELS):
         raise ScanReadError(path, f"SCAN_PIXELS {nx} x {ny} is not between 1 and {MAX_PIXELS} per side")
     range_m = tuple(_numbers(header, "SCAN_RANGE", 2, float, path))
+    if not (range_m[0] > 0 and range_m[1] > 0):  # every position and the model scale divide by it
+        raise ScanReadError(path, f"SCAN_RANGE {range_m[0]:g} x {range_m[1]:g} m is not a positive width and height")
     offset_m = tuple(_numbers(header, "SCAN_OFFSET", 2, float, path, default=[0.0, 0.0]))
     (angle,) = _numbers(header, "SCAN_ANGLE", 1, float, path, default=[0.0])
     scan_dir = header.get("SCAN_DIR", "down").strip().lower() or "down"

@@ -142,3 +142,25 @@ def test_missing_folder_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         with FolderConnection(FolderSettings(path=str(tmp_path / "nope"))):
             pass
+
+
+@pytest.mark.parametrize("polling", [False, True])
+def test_a_folder_made_again_is_an_error_and_watched_afresh(tmp_path, scan_bytes, polling):
+    """A share unmounted and mounted again (here: the folder deleted and made again) is not
+    watched any more by the old observer: the driver says so instead of silently seeing nothing,
+    and a driver opened again takes the scan written meanwhile."""
+    import shutil
+
+    root = tmp_path / "w"
+    root.mkdir()
+    settings = FolderSettings(path=str(root), polling=polling, poll_interval_s=0.1, stable_s=30.0)
+    with FolderConnection(settings) as conn:
+        (root / "a.sxm").write_bytes(scan_bytes)
+        assert conn.wait_for_acquisition(5.0).path == str(root / "a.sxm")
+        shutil.rmtree(root)
+        root.mkdir()
+        (root / "b.sxm").write_bytes(scan_bytes)
+        with pytest.raises(FileNotFoundError, match="disappeared or was replaced"):
+            conn.wait_for_acquisition(2.0)
+    with FolderConnection(settings) as conn:  # what the daemon does after the error
+        assert conn.wait_for_acquisition(5.0).path == str(root / "b.sxm")

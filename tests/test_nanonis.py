@@ -276,6 +276,37 @@ def test_daemon_driver_reports_lines_and_frames_even_a_missed_end_of_scan():
             assert driver.wait_for_acquisition(0.1) is None
 
 
+def test_a_frame_ended_unseen_as_the_next_begins_is_kept_not_lost():
+    """Continuous scanning: the frame ends while the driver is away from End-of-Scan (grabbing
+    progress, or the daemon handling the last event) and the next frame begins at once, so the
+    status never reads idle. The ended frame is handed on (partial: as last grabbed), and the new
+    frame's progress carries a new scan id."""
+    from stmwatch.drivers.base import Acquisition, PartialScan
+    from stmwatch.drivers.nanonis.connection import NanonisConnection
+
+    first = SCANS[0]
+    ny = first.shape[0]
+    with FakeNanonisServer([first, SCANS[1]]) as server:
+        settings = NanonisSettings(port=server.port, poll_interval_s=0.05, timeout_s=5.0)
+        with NanonisConnection(settings) as driver:
+            server.start_scan()
+            server.advance(4)
+            event = driver.wait_for_acquisition(30)
+            assert isinstance(event, PartialScan) and event.rows_done == 4
+            old_id = event.scan_id
+            server.advance(ny)  # the frame ends while the driver is not in WaitEndOfScan ...
+            server.start_scan()  # ... and the next one begins at once
+            server.advance(3)
+            event = driver.wait_for_acquisition(30)
+            assert isinstance(event, Acquisition), "the ended frame was lost"
+            assert not event.complete and event.scan.pixels == first.pixels
+            assert event.scan.nan_rows == ny - 4
+            np.testing.assert_array_equal(event.scan.channel("Z").forward[:4], first.channel("Z").forward[:4])
+            event = driver.wait_for_acquisition(30)
+            assert isinstance(event, PartialScan) and event.rows_done == 3 and event.scan_id != old_id
+            assert event.scan.pixels == SCANS[1].pixels
+
+
 def test_daemon_driver_survives_a_missing_server():
     from stmwatch.drivers.nanonis.connection import NanonisConnection
 

@@ -116,6 +116,17 @@ def test_bad_file_raises_one_clear_error(path):
     assert BAD_CAUSES[path.name].lower() in message.lower()
 
 
+@pytest.mark.parametrize("value", ["0.000E+0 0.000E+0", "-1.000E-8 1.000E-8", "1.000E-8 0.000E+0"])
+def test_a_scan_range_that_is_not_positive_is_a_clear_error(value):
+    """A header whose frame has no size (a broken converter, a corrupted file) is refused: read,
+    every defect would sit at the frame centre and its scale warning would be nonsense."""
+    raw = (REAL / "stm_moire_10nm.sxm").read_bytes()
+    start = raw.index(b":SCAN_RANGE:\n") + len(b":SCAN_RANGE:\n")
+    raw = raw[:start] + value.encode() + raw[raw.index(b"\n", start):]
+    with pytest.raises(ScanReadError, match=r"bad\.sxm: SCAN_RANGE .* not a positive width and height"):
+        read_sxm_bytes(raw, "bad.sxm")
+
+
 def test_missing_file_is_a_scan_read_error(tmp_path):
     with pytest.raises(ScanReadError, match="cannot open"):
         read_sxm(tmp_path / "nope.sxm")

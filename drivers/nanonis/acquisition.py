@@ -6,8 +6,12 @@ sockets, so the connection (:mod:`.connection`) only talks to the controller.
 """
 from __future__ import annotations
 
+import logging
+
 from stmwatch.drivers.base import Acquisition, PartialScan, content_hash, scan_geometry
 from stmwatch.drivers.scan import Scan
+
+log = logging.getLogger(__name__)
 
 
 class FrameTracker:
@@ -19,10 +23,11 @@ class FrameTracker:
         self.rows = 0  # lines of the running frame already reported
         self._scan_no = 0
         self._scan_id = ""
+        self.last: Scan | None = None  # the running frame as last grabbed for progress
 
     def finished(self, scan: Scan) -> Acquisition:
         """The :class:`Acquisition` of a frame that ended (``scan.partial`` when stopped early)."""
-        self.running, self.rows = False, 0
+        self.running, self.rows, self.last = False, 0, None
         scan_id = self._scan_id or scan.name
         self._scan_id = ""
         return Acquisition(path=f"nanonis:{scan.header.get('NANONIS_FILE') or scan_id}",
@@ -34,6 +39,24 @@ class FrameTracker:
         ended = self.running and not running
         self.running = running
         return ended
+
+    def missed_end(self, rows: int) -> Acquisition | None:
+        """Whether the running frame, now at ``rows`` acquired lines, is a new one although no end
+        was seen: the frame before ended while nobody waited in End-of-Scan and the next began at
+        once (continuous scanning). Its last progress grab is then its :class:`Acquisition`
+        (partial: the lines after that grab are gone from the buffer), else ``None``; the tracker
+        follows the new frame from here."""
+        if rows >= self.rows:
+            return None
+        last = self.last
+        if last is None:
+            self.rows, self._scan_id = 0, ""
+            return None
+        log.warning("nanonis: a frame ended while its End-of-Scan was missed and the next began at once; "
+                    "keeping the %d of %d lines grabbed last", self.rows, last.shape[0])
+        acq = self.finished(last)
+        self.running = True  # the new frame runs
+        return acq
 
     def has_new_lines(self, rows: int) -> bool:
         """Whether ``rows`` acquired lines (the running frame's progress) holds unreported lines."""
@@ -50,5 +73,5 @@ class FrameTracker:
         ny = scan.shape[0]
         stored = range(self.rows, rows)
         new_rows = [ny - 1 - r for r in stored] if scan.direction == "up" else list(stored)
-        self.rows = rows
+        self.rows, self.last = rows, scan
         return PartialScan(self._scan_id, scan, rows, new_rows)

@@ -108,6 +108,9 @@ class NanonisConnection:
                     return self.frames.finished(conn.grab_scan())
                 if running and self.live:
                     rows, _direction = conn.acquired_rows()
+                    missed = self.frames.missed_end(rows)  # ended unseen, the next frame begun
+                    if missed is not None:
+                        return missed
                     if self.frames.has_new_lines(rows):
                         return self.frames.progress(conn.grab_scan(), rows)
             except (OSError, ProtocolError, NanonisError) as exc:
