@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -57,6 +58,20 @@ def open_driver(config: Config):
     raise ConfigError(f"unknown driver {driver!r}")
 
 
+def lease_source(config: Config) -> str:
+    """The scan source a daemon's database lease covers, as this host names it (driver and folder,
+    endpoint or Nanonis address): two daemons on one source would analyse every scan twice, while
+    the daemons of several microscopes write into one database (docs/deploy.md)."""
+    driver = config.daemon.driver
+    if driver == "folder":
+        where = str(Path(config.folder.path).expanduser().resolve())
+    elif driver == "stream":
+        where = config.stream.endpoint
+    else:
+        where = f"{config.nanonis.host}:{config.nanonis.port}"
+    return f"{socket.gethostname()} {driver} {where}"
+
+
 class Daemon:
     """Runs one driver → pipeline → sinks until :meth:`stop`; see the module docstring."""
 
@@ -77,6 +92,7 @@ class Daemon:
         self.driver_error: BaseException | None = None  # set when the driver thread gave up
         self._owner = lease_owner()  # this daemon, as the holder of the database's lease
         self._lease_thread: threading.Thread | None = None
+        self._lease_source = ""  # the scan source the lease was taken on (lease_source)
         self.last_driver_error: BaseException | None = None
 
     def _state(self, state: str) -> None:
@@ -102,7 +118,8 @@ class Daemon:
             self.db = Database(config.daemon.database)
             opened.append(self.db)
             self.db.check_writable()  # a read-only or full database stops the start, with the reason
-            self.db.take_lease(self._owner, config.daemon.lease_s)  # one daemon per database
+            self._lease_source = lease_source(config)
+            self.db.take_lease(self._owner, config.daemon.lease_s, self._lease_source)  # one daemon per source
             if self.analyser is None:
                 from stmwatch.models.load import make_analyser
 
@@ -143,7 +160,7 @@ class Daemon:
         period, failing = self.config.daemon.lease_s / 3, False
         while not self._stopping.wait(period):
             try:
-                db.take_lease(self._owner, self.config.daemon.lease_s)
+                db.take_lease(self._owner, self.config.daemon.lease_s, self._lease_source)
                 failing = False
             except DatabaseError as exc:
                 if not failing:
@@ -204,7 +221,7 @@ class Daemon:
         self.connection = None
         self.pipeline.stop(drain=drain, timeout=timeout)
         if self.db is not None:
-            self.db.release_lease(self._owner)
+            self.db.release_lease(self._owner, self._lease_source)
         for thing in (self.publisher, self.db):
             if thing is not None:
                 with contextlib.suppress(Exception):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -64,7 +65,13 @@ MIGRATIONS: dict[int, list[AddColumn | str]] = {
 }
 
 
-LEASE_KEY = "daemon_lease"  # meta row: the daemon writing this database, {"owner", "host", "pid", "expires"}
+LEASE_KEY = "daemon_lease"  # meta rows: the daemon taking scans from one source, {"owner", "host", "pid", "expires"}
+
+
+def lease_key(source: str) -> str:
+    """The ``meta`` key of the lease on the scan source ``source`` ("" = the whole database): one
+    daemon per source, while several microscopes (one daemon each) share one database."""
+    return f"{LEASE_KEY}:{hashlib.sha256(source.encode()).hexdigest()[:16]}" if source else LEASE_KEY
 
 
 class DatabaseError(RuntimeError):
@@ -207,7 +214,23 @@ def readable(text: str | None) -> str | None:
 
 
 def dedup_key(content_hash: str, status: str, path: str) -> str:
-    return f"{content_hash}@{path_text(path)}" if status == "failed" else content_hash
+    """The content hash; for a failed scan with its path (hashed when too long for the column)."""
+    if status != "failed":
+        return content_hash
+    key = f"{content_hash}@{path_text(path)}"
+    width = ScanRow.__table__.c.dedup_key.type.length
+    return key if len(key) <= width else f"{content_hash}@sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def fit(text: str | None, column) -> str | None:
+    """``text`` cut to the width of ``column`` (a ``String(n)``), its end shown as ``…``: PostgreSQL
+    refuses longer text, and a scan that cannot be stored would hold back every scan after it (a
+    stream's ``scan_id`` or a class label is whatever the sender or the operator wrote)."""
+    width = column.type.length
+    if text is None or width is None or len(text) <= width:
+        return text
+    log.warning("%.60s...: %d characters, more than the %d of %s; stored cut", text, len(text), width, column)
+    return text[:width - 1] + "…"
 
 
 @dataclasses.dataclass
@@ -300,46 +323,50 @@ class Database:
                 s.merge(Meta(key="last_write_check", value=dt.datetime.now(dt.timezone.utc).isoformat()))
         except Exception as exc:
             reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
-            raise DatabaseError(f"database {self.url!r} cannot be written ({reason}); the daemon would analyse "
-                                "scans and store none of them") from None
+            raise DatabaseError(mask_secret(f"database {mask_url(self.url)!r} cannot be written ({reason}); the daemon "
+                                            "would analyse scans and store none of them", self.url)) from None
 
-    def take_lease(self, owner: str, ttl_s: float) -> None:
-        """Hold the database for ``owner`` for ``ttl_s`` seconds (renewed by calling again).
+    def take_lease(self, owner: str, ttl_s: float, source: str = "") -> None:
+        """Hold the scan source ``source`` in this database for ``owner`` for ``ttl_s`` seconds
+        (renewed by calling again); ``source`` "" holds the whole database.
 
         :class:`DatabaseError` if another live daemon holds it (a holder on this host whose process
         is gone -- killed -- or a lease not renewed in time is taken over): two daemons on one
-        database would analyse every scan twice."""
+        source would analyse every scan twice. Daemons of other sources (microscopes) share the database."""
         host, pid = (owner.split(":") + ["", ""])[:2]
         now = time.time()
+        key = lease_key(source)
         value = json.dumps({"owner": owner, "host": host, "pid": int(pid) if pid.isdigit() else 0,
                             "expires": round(now + ttl_s, 3)})
         try:
             with Session(self.engine) as s, s.begin():
-                row = s.get(Meta, LEASE_KEY, with_for_update=True)
+                row = s.get(Meta, key, with_for_update=True)
                 if row is None:
-                    s.add(Meta(key=LEASE_KEY, value=value))
+                    s.add(Meta(key=key, value=value))
                     return
                 try:
                     held = json.loads(row.value)
                 except ValueError:
                     held = {}
                 if held.get("owner") not in (None, owner) and held.get("expires", 0) > now and _owner_alive(held):
-                    raise DatabaseError(
-                        f"database {self.url!r} is in use by another stmwatch daemon ({held.get('owner')}, lease "
-                        f"renewed until {dt.datetime.fromtimestamp(held['expires'], dt.timezone.utc):%H:%M:%S} "
-                        "UTC): stop it, or give this one another database")
+                    raise DatabaseError(mask_secret(
+                        f"database {mask_url(self.url)!r} is in use by another stmwatch daemon ({held.get('owner')}, "
+                        + (f"taking scans from {source!r}, " if source else "")
+                        + f"lease renewed until {dt.datetime.fromtimestamp(held['expires'], dt.timezone.utc):%H:%M:%S} "
+                        "UTC): stop it, or give this one another database", self.url))
                 row.value = value
         except DatabaseError:
             raise
         except Exception as exc:
             reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
-            raise DatabaseError(f"database {self.url!r}: cannot take the daemon lease ({reason})") from None
+            raise DatabaseError(mask_secret(f"database {mask_url(self.url)!r}: cannot take the daemon lease ({reason})",
+                                            self.url)) from None
 
-    def release_lease(self, owner: str) -> None:
-        """Give the lease up if ``owner`` holds it (errors ignored: it expires anyway)."""
+    def release_lease(self, owner: str, source: str = "") -> None:
+        """Give the lease on ``source`` up if ``owner`` holds it (errors ignored: it expires anyway)."""
         try:
             with Session(self.engine) as s, s.begin():
-                row = s.get(Meta, LEASE_KEY)
+                row = s.get(Meta, lease_key(source))
                 if row is not None and json.loads(row.value).get("owner") == owner:
                     s.delete(row)
         except Exception as exc:
@@ -358,16 +385,20 @@ class Database:
         pixels = g.get("pixels") or [None, None]
         range_m = g.get("range_m") or [None, None]
         offset_m = g.get("offset_m") or [None, None]
+        scans, defects = ScanRow.__table__.c, DefectRow.__table__.c
         row = ScanRow(
-            uid=doc.uid, dedup_key=dedup_key(doc.content_hash, doc.status, doc.path), path=path_text(doc.path),
-            content_hash=doc.content_hash, source=doc.source, status=doc.status, error=readable(doc.error),
-            surface=doc.surface, acquired=doc.acquired, received=doc.received, processed=doc.processed,
+            uid=doc.uid, dedup_key=dedup_key(doc.content_hash, doc.status, doc.path),
+            path=fit(path_text(doc.path), scans.path), content_hash=doc.content_hash,
+            source=fit(doc.source, scans.source), status=doc.status, error=readable(doc.error),
+            surface=fit(doc.surface, scans.surface), acquired=doc.acquired, received=doc.received,
+            processed=doc.processed,
             columns=pixels[0], rows=pixels[1], range_x_m=range_m[0], range_y_m=range_m[1],
             offset_x_m=offset_m[0], offset_y_m=offset_m[1], angle_deg=g.get("angle_deg"),
             direction=g.get("direction"), nan_rows=doc.nan_rows, n_defects=len(doc.defects),
-            timing_ms=doc.timing_ms, model_versions=doc.model_versions, config_version=doc.config_version,
-            warnings=doc.warnings,
-            defects=[DefectRow(x_px=d["x_px"], y_px=d["y_px"], x_m=d["x_m"], y_m=d["y_m"], label=d["label"],
+            timing_ms=doc.timing_ms, model_versions=doc.model_versions,
+            config_version=fit(doc.config_version, scans.config_version), warnings=doc.warnings,
+            defects=[DefectRow(x_px=d["x_px"], y_px=d["y_px"], x_m=d["x_m"], y_m=d["y_m"],
+                               label=fit(d["label"], defects.label),
                                score=d["score"], area_px=d["area_px"]) for d in doc.defects])
         try:
             with Session(self.engine) as s, s.begin():

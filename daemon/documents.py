@@ -59,6 +59,12 @@ class ResultDocument:
     version: int = RESULT_VERSION
 
 
+def _instant(when: dt.datetime) -> str:
+    """ISO 8601 with its offset: a naive time here is UTC (``utcnow``), and an overlay read on
+    another PC must not take it for that PC's local time."""
+    return (when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)).isoformat()
+
+
 def overlay_message(doc: ResultDocument) -> dict[str, Any]:
     """The JSON object published for ``doc`` (``[b"overlay", json, optional png]``).
 
@@ -74,7 +80,7 @@ def overlay_message(doc: ResultDocument) -> dict[str, Any]:
         "error": doc.error,
         "surface": doc.surface,
         "acquired": doc.acquired.isoformat() if doc.acquired else None,
-        "processed": doc.processed.isoformat(),
+        "processed": _instant(doc.processed),
         "geometry": doc.geometry,
         "defects": doc.defects,
         "counts": doc.counts,

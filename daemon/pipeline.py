@@ -44,6 +44,22 @@ def local_aware(when: dt.datetime | None) -> dt.datetime | None:
     return when.astimezone() if when is not None and when.tzinfo is None else when
 
 
+SURFACE_MAX_CHARS = 32  # the longest surface key (the database's scans.surface column)
+
+
+def named_surface(surface: object, path: str) -> str | None:
+    """The surface a source names for a scan (a stream header's ``surface``, whatever its sender
+    wrote), or None -- then the configured one is recorded -- when it is not a surface key (a short
+    text): the database could not store it, and the scans after it would wait behind it."""
+    if surface is None or surface == "":
+        return None
+    if isinstance(surface, str) and len(surface) <= SURFACE_MAX_CHARS:
+        return surface
+    log.warning("%s: the source names the surface %.60r, not a surface key; recording the configured one",
+                path, surface)
+    return None
+
+
 class Sink(Protocol):
     """Anything called with each result document; ``close()`` is optional."""
 
@@ -228,7 +244,7 @@ class Pipeline:
         try:
             doc = ResultDocument(
                 uid=new_uid(), path=acq.path, content_hash=acq.content_hash, source=acq.source, status=status,
-                error=error, surface=acq.surface or self.surface,
+                error=error, surface=named_surface(acq.surface, acq.path) or self.surface,
                 geometry=scan.geometry() if scan is not None else None,
                 acquired=local_aware(scan.acquired) if scan is not None else None, received=acq.received,
                 processed=utcnow(),
@@ -243,7 +259,8 @@ class Pipeline:
             status, error = "failed", f"result not recordable: {type(exc).__name__}: {exc}"
             doc = ResultDocument(
                 uid=new_uid(), path=acq.path, content_hash=acq.content_hash, source=acq.source, status=status,
-                error=error, surface=acq.surface or self.surface, geometry=None, acquired=None,
+                error=error, surface=named_surface(acq.surface, acq.path) or self.surface, geometry=None,
+                acquired=None,
                 received=acq.received, processed=utcnow(), defects=[], counts={}, timing_ms={},
                 model_versions=dict(self.analyser.model_versions), config_version=self.config_version,
                 nan_rows=0, warnings=[], scan=None)

@@ -152,3 +152,18 @@ def test_a_schema_1_database_gains_the_warnings_column_and_keeps_its_scans(tmp_p
     con.close()
     with Database(f"sqlite:///{path}") as db:
         assert db.schema_version() == 2 and len(db.scans()) == 2
+
+
+def test_text_too_long_for_its_column_is_stored_cut(db):
+    """PostgreSQL refuses text longer than its column (a stream's scan_id becomes the path, a
+    label is what the operator named it); before, such a scan was retried for ever and held back
+    every scan after it."""
+    path = "stream:" + "x" * 3000
+    doc = make_doc(path=path, defects=[("a" * 100, 1.0, 2.0)])
+    assert db.record(doc) is not None
+    [scan] = db.scans()
+    assert len(scan["path"]) == 1024 and scan["path"].startswith("stream:xxx") and scan["path"].endswith("…")
+    assert [d["label"] for d in db.defects()] == ["a" * 63 + "…"]
+    failed = make_doc(path=path, content_hash="h2", status="failed", error="bad")
+    assert db.record(failed) is not None and db.seen(path, "h2") and not db.seen(path + "y", "h2")
+    assert db.record(make_doc(path=path, content_hash="h2", status="failed", error="bad")) is None

@@ -139,3 +139,48 @@ def test_the_dashboard_shows_a_daemon_that_cannot_store():
     console.print(render(Snapshot(), live))
     text = console.export_text()
     assert "cannot store (3 scan(s) pending, retrying)" in text and "disk is full" in text
+
+
+def test_daemons_of_two_microscopes_share_one_database(tmp_path, database_url):
+    """docs/deploy.md section 4: every microscope's daemon writes into one database. The lease
+    is on the scan source: a second daemon on the same folder still refuses, one on another starts."""
+    lt, rt = tmp_path / "lt", tmp_path / "rt"
+    lt.mkdir()
+    rt.mkdir()
+    first = Daemon(config_for(lt, database_url), analyser=standin_analyser())
+    first.start()
+    second = Daemon(config_for(rt, database_url), analyser=standin_analyser())
+    same = Daemon(config_for(lt, database_url), analyser=standin_analyser())
+    try:
+        second.start()  # before: "database ... is in use by another stmwatch daemon"
+        write_scans(lt / "scans", 1)
+        write_scans(rt / "scans", 1, first=1)
+        assert first.wait_until_idle(60) and second.wait_until_idle(60)
+        with pytest.raises(DatabaseError, match=f"in use by another stmwatch daemon.*{lt / 'scans'}"):
+            same.start()
+    finally:
+        second.stop()
+        first.stop()
+    with Database(database_url) as db:
+        assert sorted(r["path"].rsplit("/", 1)[1] for r in db.scans()) == ["scan_000.sxm", "scan_001.sxm"]
+
+
+def test_lease_and_write_errors_do_not_show_the_database_password(tmp_path, postgres_server):
+    """`stmwatch run` prints these errors (and systemd keeps them in the journal): URL masked."""
+    secret = "s3cr3t-pw"
+    url = postgres_server.url()
+    Database(url).close()
+    with_password = url.replace("postgres@", f"postgres:{secret}@")  # the server trusts: any password
+    holder = Database(with_password)
+    holder.take_lease(lease_owner(), ttl_s=60)
+    try:
+        with Database(read_only(with_password, tmp_path)) as db, pytest.raises(DatabaseError) as refused:
+            db.check_writable()
+        assert "cannot be written" in str(refused.value)
+        with Database(with_password) as db, pytest.raises(DatabaseError) as refused_lease:
+            db.take_lease(lease_owner(), ttl_s=60)
+        assert "in use by another stmwatch daemon" in str(refused_lease.value)
+        for error in (refused, refused_lease):
+            assert secret not in str(error.value) and "postgres:***@" in str(error.value)
+    finally:
+        holder.close()

@@ -329,3 +329,31 @@ def test_the_segmenters_warnings_reach_the_document_and_the_log(caplog):
     [doc] = docs
     assert doc.status == "ok" and doc.warnings == ["double tip in tip.sxm"]
     assert "tip.sxm: double tip in tip.sxm" in caplog.text
+
+
+def test_a_stream_header_with_a_bad_surface_does_not_hold_back_the_scans_after_it(tmp_path, caplog):
+    """A stream scan's ``surface`` is whatever the sender wrote (a JSON object, an over-long
+    name): before, the database refused the row, the pipeline retried it for ever and no later
+    scan was stored. Now the configured surface is recorded, with a warning."""
+    from stmwatch.daemon.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    bad, truth = simulated("stream:bad", 5)
+    good, truth_good = simulated("stream:good", 6)
+    long_name, truth_long = simulated("stream:long", 7)
+    bad.surface, long_name.surface, good.surface = {"name": "si001h"}, "s" * 40, "ge001"
+    seg = TruthSegmenter({"stream:bad": truth.defects, "stream:good": truth_good.defects,
+                          "stream:long": truth_long.defects})
+    p = pipeline_with(seg, [], is_known=db.seen, store=db.record, retry_s=(0.05, 0.1))
+    p.start()
+    try:
+        with caplog.at_level("WARNING", logger="stmwatch.daemon.pipeline"):
+            for acq in (bad, long_name, good):
+                assert p.submit(acq, timeout=5)
+            assert p.wait_idle(30), p.store_error
+    finally:
+        p.stop(drain=False, timeout=10)
+    surfaces = {row["path"]: row["surface"] for row in db.scans()}
+    db.close()
+    assert surfaces == {"stream:bad": "si001h", "stream:long": "si001h", "stream:good": "ge001"}
+    assert p.stats.store_retries == 0 and "not a surface key" in caplog.text

@@ -10,7 +10,7 @@ import pytest
 
 from stmwatch.daemon.cli import main
 from stmwatch.daemon.commands.query import parse_when
-from stmwatch.daemon.db import Database
+from stmwatch.daemon.db import Database, Filters
 
 from .test_db import make_doc
 
@@ -163,3 +163,17 @@ def test_a_mistyped_sqlite_path_is_an_error_not_a_new_empty_database(capsys, tmp
     typo = tmp_path / "stm_typo.db"
     assert main(["query", "scans", "--db", f"sqlite:///{typo}"]) == 2
     assert f"no database at {typo}" in capsys.readouterr().err and not typo.exists()
+
+
+def test_overlay_times_say_they_are_utc(url):
+    """``processed`` (naive UTC inside the daemon) is published with its offset, as ``query``
+    prints it: a retargeting PC in another time zone must not read it as its own local time."""
+    from stmwatch.daemon.documents import overlay_message
+
+    doc = make_doc("t.sxm", "h7", processed=dt.datetime(2026, 11, 25, 10, 0))
+    published = dt.datetime.fromisoformat(overlay_message(doc)["processed"])
+    assert published == dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.timezone.utc)
+    with Database(url) as db:
+        db.record(doc)
+        [stored] = db.scans(Filters(status="ok", since=dt.datetime(2026, 11, 25), until=dt.datetime(2026, 11, 26)))
+    assert dt.datetime.fromisoformat(stored["processed"]) == published
