@@ -85,6 +85,8 @@ class Scan:
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction must be 'up' or 'down', not {self.direction!r}")
+        if not all(math.isfinite(r) and r > 0 for r in self.range_m):  # every position divides by it
+            raise ValueError(f"range_m {tuple(self.range_m)} m is not a positive width and height")
         nx, ny = self.pixels
         for ch in self.channels:
             for frame in ch.frames():

@@ -186,7 +186,12 @@ def read_sxm_bytes(raw: bytes, path: str | os.PathLike | None = None, allow_trun
     scan_dir = header.get("SCAN_DIR", "down").strip().lower() or "down"
     if scan_dir not in ("up", "down"):
         raise ScanReadError(path, f"SCAN_DIR is {scan_dir!r}, not up or down")
-    bias = _numbers(header, "BIAS", 1, float, path, default=[None])[0] if header.get("BIAS", "").strip() else None
+    bias = None
+    if header.get("BIAS", "").strip():
+        try:
+            (bias,) = _numbers(header, "BIAS", 1, float, path)
+        except ScanReadError as exc:  # the bias only informs the labels: the scan is read without it
+            log.warning("%s; the sample bias is taken as unknown", exc)
     if "DATA_INFO" not in header:
         raise ScanReadError(path, "header has no DATA_INFO (channel list)")
     info = parse_data_info(header["DATA_INFO"], path)

@@ -235,6 +235,24 @@ def test_bad_responses_raise_clear_errors_not_hangs(fault, error):
     assert "Scan.FrameGet" in str(info.value)
 
 
+def test_a_frame_without_size_is_a_clear_error():
+    """A controller frame of no size (FrameGet 0 x 0 m) gives no scanner position to any defect: a
+    ProtocolError naming it, which the connection treats as any bad answer, not a crash."""
+    import copy
+
+    flat = copy.deepcopy(SCANS[0])
+    flat.range_m = (0.0, 0.0)  # after construction: the fake server serves what it is given
+    with FakeNanonisServer([flat], faults={}) as server, NanonisClient("127.0.0.1", server.port, timeout=1.0) as conn:
+        server.complete_scan()
+        with pytest.raises(ProtocolError, match=r"scan frame: range_m \(0\.0, 0\.0\) m is not a positive"):
+            conn.grab_scan()
+
+
+def test_a_scan_of_no_size_is_refused_where_it_is_made():
+    with pytest.raises(ValueError, match="not a positive width and height"):
+        make_scan(1, 8, 8, "down", 0.0, (0.0, 0.0), (10e-9, 0.0), 0.5)
+
+
 def test_garbage_names_the_problem():
     with FakeNanonisServer(SCANS, faults={"Bias.Get": "garbage"}) as server, \
             NanonisClient("127.0.0.1", server.port, timeout=1.0) as conn:

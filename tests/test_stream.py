@@ -112,7 +112,7 @@ def test_a_scan_start_with_bad_geometry_is_rejected():
     asm = StreamAssembler(timeout_s=5)
     header = json.loads(encode_scan_start(sim_scan(), "x")[1])
     for key, value in [("pixels", [0, 10]), ("pixels", "big"), ("range_m", [1e-9]), ("channels", []),
-                       ("direction", "sideways")]:
+                       ("direction", "sideways"), ("range_m", [0.0, 1e-9]), ("range_m", [-1e-8, 1e-8])]:
         with pytest.raises(ProtocolError):
             feed(asm, [b"stm", json.dumps({**header, key: value}).encode(), b""])
     assert asm.current is None

@@ -222,6 +222,19 @@ def test_truncation_never_escapes_as_another_error(cut):
         assert cut == len(SAMPLE)
 
 
+@pytest.mark.parametrize("value", ["n/a", "NaN", "-"])
+def test_a_bias_that_is_not_a_number_leaves_the_bias_unknown_not_the_scan_lost(value, caplog):
+    """The bias only informs the labels (a class's look at the scan's polarity): a header whose
+    BIAS is written as text gives the scan with its bias unknown and one warning naming the file."""
+    raw = (REAL / "stm_moire_10nm.sxm").read_bytes()
+    start = raw.index(b":BIAS:\n") + len(b":BIAS:\n")
+    raw = raw[:start] + value.encode() + raw[raw.index(b"\n", start):]
+    with caplog.at_level("WARNING"):
+        scan = read_sxm_bytes(raw, "odd_bias.sxm")
+    assert scan.bias_v is None and scan.pixels == read_sxm(REAL / "stm_moire_10nm.sxm").pixels
+    assert any("odd_bias.sxm" in r.getMessage() and "BIAS" in r.getMessage() for r in caplog.records)
+
+
 HEADER_KEYS = ["SCAN_PIXELS", "SCAN_RANGE", "SCAN_OFFSET", "SCAN_ANGLE", "SCAN_DIR", "BIAS", "DATA_INFO"]
 
 

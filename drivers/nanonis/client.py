@@ -217,9 +217,13 @@ class NanonisClient:
         now = dt.datetime.now().replace(microsecond=0)
         name = PureWindowsPath(file_path).name if file_path else f"nanonis_{now:%Y%m%d_%H%M%S}.sxm"
         header = {"NANONIS_FILE": file_path} if file_path else {}
-        return Scan(channels=channels, pixels=(pixels, lines), range_m=(float(width), float(height)),
-                    offset_m=(float(cx), float(cy)), angle_deg=float(angle), direction=direction or "down",
-                    bias_v=None if bias is None else float(bias), acquired=now, source=Path(name), header=header)
+        try:
+            return Scan(channels=channels, pixels=(pixels, lines), range_m=(float(width), float(height)),
+                        offset_m=(float(cx), float(cy)), angle_deg=float(angle), direction=direction or "down",
+                        bias_v=None if bias is None else float(bias), acquired=now, source=Path(name),
+                        header=header)
+        except ValueError as exc:  # a frame no position can be given in (FrameGet's size 0 x 0 ...)
+            raise ProtocolError(f"the controller's scan frame: {exc}") from None
 
     def wait_for_scan(self, timeout: float) -> Scan | None:
         """Wait up to ``timeout`` s for the running scan to end; the finished frame, or ``None``.
