@@ -411,6 +411,8 @@ def serve(daemon, load_config, notifier=None, tick_s: float = 0.5, stop_timeout_
                     try:
                         daemon.reload(load_config())
                         log.info("config reloaded")
+                        if daemon.config.daemon.log_level != old.daemon.log_level:  # as `stmwatch run` set it
+                            logging.getLogger().setLevel(daemon.config.daemon.log_level.upper())
                     except Exception as exc:
                         log.error("reload failed, keeping the previous config: %s", exc)
                         if not daemon.running:

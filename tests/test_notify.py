@@ -207,3 +207,5 @@ path = "{scans}"
         sock.close()
     assert proc.returncode == 0, err[-3000:]
     assert "config reloaded" in err
+    after = err.split("config reloaded", 1)[1]
+    assert " INFO " not in after and "INFO:" not in after, after[-2000:]  # the new log_level holds from the reload on
