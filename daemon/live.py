@@ -24,7 +24,8 @@ backend built for one input shape (TensorRT) runs band passes on square tiles ju
 the band instead, or on its own tiles. Where the delay comes from, and the figures of ``stmwatch
 bench stream``: ``docs/performance.md``.
 
-Messages, on the live PUB endpoint (``[live] publish``), multipart ``[b"live", JSON]``:
+Messages, on the live PUB endpoint (``[live] publish``), multipart ``[b"live", JSON]``, each with
+``"version"``: :data:`LIVE_VERSION` (raised when a message's fields change meaning):
 
 ``{"kind": "defects", "scan_id", "name", "rows", "rows_done", "direction", "defects": [...],
 "n_defects"}``
@@ -56,6 +57,9 @@ from stmwatch.drivers.scan import Channel, Scan
 log = logging.getLogger(__name__)
 
 TOPIC = b"live"
+
+
+LIVE_VERSION = 1  # the live messages' schema (a consumer checks it, as the overlay's "version")
 
 
 @dataclasses.dataclass
@@ -108,7 +112,7 @@ class LivePublisher:
         self._lock = threading.Lock()
 
     def __call__(self, message: dict) -> None:
-        data = json.dumps(message).encode()
+        data = json.dumps({"version": LIVE_VERSION, **message}).encode()
         with self._lock:
             if self._socket is not None:
                 self._socket.send_multipart([TOPIC, data])

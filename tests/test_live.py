@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stmwatch.drivers.base import PartialScan
-from stmwatch.daemon.live import LiveSegmenter, LiveSettings, band_scan, radius_px
+from stmwatch.daemon.live import LIVE_VERSION, LiveSegmenter, LiveSettings, band_scan, radius_px
 from stmwatch.drivers.scan import Channel, Scan
 from stmwatch.models.sim.simulate import simulate_scan
 from stmwatch.models.standin import StandinSegmenter
@@ -174,6 +174,7 @@ def test_daemon_streams_live_defects_and_the_final_list_is_the_overlay(tmp_path)
         ctx.term()
 
     assert overlay["file"] == "stream:s1" and overlay["n_defects"] >= 5
+    assert {m["version"] for m in messages} == {LIVE_VERSION}  # a consumer can tell the schema
     early = [d for m in messages if m["kind"] == "defects" and m["rows_done"] < ny for d in m["defects"]]
     assert early, "no defect was published while the scan was running"
     end = [m for m in messages if m["kind"] == "scan_end"]
