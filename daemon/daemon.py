@@ -58,18 +58,22 @@ def open_driver(config: Config):
     raise ConfigError(f"unknown driver {driver!r}")
 
 
-def lease_source(config: Config) -> str:
-    """The scan source a daemon's database lease covers, as this host names it (driver and folder,
-    endpoint or Nanonis address): two daemons on one source would analyse every scan twice, while
-    the daemons of several microscopes write into one database (docs/deploy.md)."""
+def scan_source(config: Config) -> str:
+    """Where the configured driver takes its scans: the folder (absolute), the stream endpoint or
+    the Nanonis controller's address."""
     driver = config.daemon.driver
     if driver == "folder":
-        where = str(Path(config.folder.path).expanduser().resolve())
-    elif driver == "stream":
-        where = config.stream.endpoint
-    else:
-        where = f"{config.nanonis.host}:{config.nanonis.port}"
-    return f"{socket.gethostname()} {driver} {where}"
+        return str(Path(config.folder.path).expanduser().resolve())
+    if driver == "stream":
+        return config.stream.endpoint
+    return f"{config.nanonis.host}:{config.nanonis.port}"
+
+
+def lease_source(config: Config) -> str:
+    """The scan source a daemon's database lease covers, as this host names it (driver and
+    :func:`scan_source`): two daemons on one source would analyse every scan twice, while the
+    daemons of several microscopes write into one database (docs/deploy.md)."""
+    return f"{socket.gethostname()} {config.daemon.driver} {scan_source(config)}"
 
 
 class Daemon:

@@ -32,7 +32,7 @@ HEADER = """\
 UNIT_TEMPLATE = """\
 [Unit]
 Description=stmwatch live STM defect analysis
-Documentation=file:///usr/share/doc/stmwatch/README.md
+# documentation: `stmwatch --help`, and README.md and docs/deploy.md of the stmwatch source
 After=network-online.target
 Wants=network-online.target
 
@@ -233,6 +233,18 @@ def credential_path(config: str, database: str | None) -> str | None:
     return str(Path(config).parent / CREDENTIAL) if database and password_of(database) else None
 
 
+def configured_folder(config: Path) -> str | None:
+    """The scan folder an existing config watches (``[folder] path`` with the folder driver), for
+    the unit's ``ReadOnlyPaths=``; None when it watches none or cannot be read."""
+    from .config import ConfigError, load_config
+
+    try:
+        loaded = load_config(config)
+    except (ConfigError, OSError, ValueError):
+        return None
+    return str(loaded.folder.path) if loaded.daemon.driver == "folder" and loaded.folder.path else None
+
+
 def install(dest: str | Path = "/etc/systemd/system", config: str = DEFAULT_CONFIG,
             write_config: bool = True, command: list[str] | None = None, *, watch: str | None = None,
             database: str | None = None, group: str | None = None, polling: bool | None = None,
@@ -254,7 +266,8 @@ def install(dest: str | Path = "/etc/systemd/system", config: str = DEFAULT_CONF
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     unit = dest / "stmwatch.service"
-    unit.write_text(render_unit(command, config, watch=watch, group=group, credential=credential))
+    unit_watch = watch or (configured_folder(cfg) if cfg.exists() and not force else None)
+    unit.write_text(render_unit(command, config, watch=unit_watch, group=group, credential=credential))
     written = [unit]
     if write_config and (force or not cfg.exists()):
         cfg.parent.mkdir(parents=True, exist_ok=True)

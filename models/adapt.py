@@ -541,6 +541,9 @@ def card_figures(held: list[Path], surface: str, config, bundle: Path, support, 
     after_cfg = dataclasses.replace(config, models=dataclasses.replace(config.models, bundle=str(bundle)))
     has_truth = all(p.with_name(p.stem + ".truth.json").exists() for p in held)
     out: dict = {"held_back_scans": len(held), "with_truth": has_truth}
+    if has_truth and len(held) < 2:  # clicks come from one held-back scan, the scoring from another
+        out["note"] = (f"no one-click figures: {len(held)} held-back scan, at least 2 are needed (give more scans; "
+                       "a quarter of them is held back)")
     for name, cfg in (("before", before_cfg), ("after", after_cfg)):
         if has_truth and len(held) >= 2:
             try:

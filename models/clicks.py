@@ -52,7 +52,8 @@ def points_without_data(prepared, points: list[tuple[float, float]]) -> list[tup
     half, out = CROP_PX // 2, []
     for row, col in points:
         r, c = (int(round(float(v))) for v in prepared.from_scan(row, col))
-        if prepared.valid[max(r - half, 0):r + half, max(c - half, 0):c + half].mean() < 0.5:
+        window = prepared.valid[max(r - half, 0):max(r + half, 0), max(c - half, 0):max(c + half, 0)]
+        if window.size and window.mean() < 0.5:  # none: outside the scan, which add_examples names
             out.append((row, col))
     return out
 

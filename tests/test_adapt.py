@@ -384,3 +384,19 @@ def test_mask_labels_refuse_masks_made_from_another_file_or_surface(tiny_setup):
     manifest["s0"]["scan"], manifest["s1"]["surface"] = str(paths[0]), "si001h"
     (masks / "autolabel.json").write_text(json.dumps(manifest))
     MaskLabels(masks, None, 0.1).check(paths, [read_sxm(p) for p in paths], "si001h")  # the right masks pass
+
+
+def test_a_card_with_one_held_back_scan_says_why_it_has_no_one_click_figures(tiny_setup, monkeypatch):
+    """Found by a new-user walkthrough (stop 34): 4 scans with truth hold back 1, too few to click
+    in one and score another; the card said it showed one-click figures and showed none, unexplained."""
+    tmp_path, scans, config = tiny_setup
+    from stmwatch.models import adapt as adapt_module
+
+    for extra in sorted(scans.glob("s[4-7].*")):
+        extra.unlink()
+    monkeypatch.setitem(adapt_module.LABEL_SOURCES, "truth", _TruthLabels)
+    figures = adapt(scans, "si001h", tmp_path / "bundle", config, label_source="truth",
+                    settings=AdaptSettings(steps=2, batch=2, patch=32))
+    assert figures["held_back_scans"] == 1 and figures["with_truth"] and "label_accuracy" not in figures["before"]
+    card = (tmp_path / "bundle" / "CARD.md").read_text()
+    assert "no one-click figures: 1 held-back scan, at least 2 are needed" in card

@@ -73,3 +73,20 @@ def test_bench_pipeline_publishes_every_scan(tmp_path):
     assert result["model_px"] == [128, 128] and result["channels"] == 2 and result["defects"] > 0
     assert result["overhead_ratio"] == pytest.approx(
         result["latency_ms"]["median"] / result["raw_inference_ms"]["median"], rel=0.01)
+
+
+def test_bench_classify_times_torch_alone_without_onnxruntime(monkeypatch, capsys):
+    """ONNX Runtime is an optional extra: without it ``bench classify`` (and so ``bench all``)
+    times torch alone and says why, instead of ending in a traceback."""
+    import importlib.util
+
+    from stmwatch.daemon.targets import bench_classify
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    args = argparse.Namespace(weights=None, batch=4, repeats=1, threads=1, json=True)
+    assert bench_classify.run(args) == 0
+    captured = capsys.readouterr()
+    figures = json.loads(captured.out.strip().splitlines()[-1])
+    assert figures["torch_crops_per_s"] > 0 and "onnxruntime_crops_per_s" not in figures
+    assert "pip install 'stmwatch[onnx]'" in captured.err

@@ -119,3 +119,27 @@ def test_a_database_in_a_missing_folder_names_the_folder(tmp_path):
 
     with pytest.raises(DatabaseError, match=f"the folder {tmp_path / 'nodir'} does not exist"):
         Database(f"sqlite:///{tmp_path / 'nodir' / 'x.db'}")
+
+
+def test_a_relative_watch_folder_is_made_absolute(tmp_path, monkeypatch):
+    """Each scan's row carries its path: a relative ``--watch`` would store paths that name no file
+    seen from anywhere else (the service, a query from another folder)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scans").mkdir()
+    ns = dataclasses.make_dataclass("Args", ["config", "watch", "stream", "db", "publish"])
+    config = effective_config(ns(None, "scans", None, None, None))
+    assert config.folder.path == str(tmp_path / "scans")
+
+
+def test_the_scan_source_names_each_drivers_own_address(tmp_path):
+    from stmwatch.daemon.daemon import scan_source
+
+    config = load_config(None)
+    config.daemon = dataclasses.replace(config.daemon, driver="nanonis")
+    config.nanonis = dataclasses.replace(config.nanonis, host="10.0.0.5", port=6501)
+    assert scan_source(config) == "10.0.0.5:6501"  # not the stream endpoint (the start-up line said so)
+    config.daemon = dataclasses.replace(config.daemon, driver="stream")
+    assert scan_source(config) == config.stream.endpoint
+    config.daemon = dataclasses.replace(config.daemon, driver="folder")
+    config.folder = dataclasses.replace(config.folder, path=str(tmp_path))
+    assert scan_source(config) == str(tmp_path.resolve())

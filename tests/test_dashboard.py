@@ -229,3 +229,13 @@ def test_last_scan_defect_positions_in_nm_and_a_double_tip_alert(tmp_path):
     with Database(url) as db:
         db.record(make_doc(3, "a009.sxm", "ok", ["db"], 300.0, 1.0))
     assert "DOUBLE TIP" not in draw(url, width=200)
+
+
+def test_the_dashboard_command_refuses_a_database_that_is_not_there(tmp_path, capsys, monkeypatch):
+    """As ``query``: a mistyped SQLite path is named, and no empty database file is left there."""
+    from stmwatch.daemon.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["dashboard", "--once", "--db", "sqlite:///typo.db", "--connect", "tcp://127.0.0.1:1"]) == 2
+    assert "no database at typo.db" in capsys.readouterr().err
+    assert not (tmp_path / "typo.db").exists()

@@ -72,7 +72,9 @@ def test_csv_and_table(capsys, url):
 
 def test_bad_arguments_are_errors(capsys, url):
     assert main(["query", "scans", "--db", url, "--since", "yesterday-ish"]) == 2
-    assert "neither an ISO date" in capsys.readouterr().err
+    assert "--since 'yesterday-ish' is neither an ISO date" in capsys.readouterr().err
+    assert main(["query", "scans", "--db", url, "--until", "soon"]) == 2
+    assert "--until 'soon' is neither" in capsys.readouterr().err
     assert main(["query", "scans", "--db", "nosuchdialect://x"]) == 2
 
 
@@ -177,3 +179,50 @@ def test_overlay_times_say_they_are_utc(url):
         db.record(doc)
         [stored] = db.scans(Filters(status="ok", since=dt.datetime(2026, 11, 25), until=dt.datetime(2026, 11, 26)))
     assert dt.datetime.fromisoformat(stored["processed"]) == published
+
+
+def test_output_cut_short_by_its_reader_is_no_error(url):
+    """``stmwatch query defects --format json | head``: the reader closing the pipe early ends the
+    command quietly, without a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "stmwatch.daemon", "query", "defects", "--db", url, "--format",
+                             "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the command writes (it starts in about a second)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 0 and "Traceback" not in err and "BrokenPipe" not in err, err[-1500:]
+
+
+def test_listen_png_says_when_overlays_come_without_pngs(tmp_path, capsys):
+    """``listen --png DIR`` against a daemon with ``publish_png = false`` (the default): the folder
+    stays empty, and listen says why once instead of nothing."""
+    import threading
+
+    import zmq
+
+    from stmwatch.daemon.publisher import TOPIC
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    done = threading.Event()
+
+    def publish():  # until listen has its message (a SUB joins late)
+        while not done.wait(0.1):
+            pub.send_multipart([TOPIC, json.dumps({"scan_uid": "u1", "file": "a.sxm", "status": "ok",
+                                                   "n_defects": 0, "counts": {}, "defects": []}).encode()])
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    try:
+        assert main(["listen", "--endpoint", f"tcp://127.0.0.1:{port}", "--json", "--count", "2",
+                     "--png", str(tmp_path / "png"), "--timeout", "30"]) == 0
+    finally:
+        done.set()
+        thread.join(5)
+        pub.close(0)
+        ctx.term()
+    err = capsys.readouterr().err
+    assert err.count("came without a PNG") == 1 and "publish_png = true" in err
+    assert not list((tmp_path / "png").iterdir())

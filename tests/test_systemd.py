@@ -209,3 +209,22 @@ def test_serve_exits_with_1_when_neither_the_new_nor_the_old_config_starts():
     code = serve(daemon, lambda: "the new config", notifier=Quiet(), tick_s=0.02, live=Quiet())
     timer.join()
     assert code == 1 and daemon.stopped
+
+
+def test_install_takes_a_relative_config_as_absolute_and_keeps_an_existing_configs_folder(tmp_path, monkeypatch):
+    """systemd takes absolute paths only (a relative ``LoadCredential=`` source is ignored): a
+    relative ``--config`` is written into the unit made absolute. Installing again over a config
+    that exists (no --watch: it is kept) names that config's scan folder read-only, as before."""
+    from stmwatch.daemon.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    scans = tmp_path / "stm-share"
+    scans.mkdir()
+    args = ["service", "install", "--dest", "units", "--config", "etc/config.toml"]
+    assert main([*args, "--watch", str(scans), "--db", "postgresql://stm:pw@db.lab/stm"]) == 0
+    settings = unit_settings((tmp_path / "units" / "stmwatch.service").read_text())
+    assert settings["ExecStart"][0].endswith(f"run --config {tmp_path / 'etc' / 'config.toml'}")
+    assert settings["LoadCredential"] == [f"database-url:{tmp_path / 'etc' / 'database-url'}"]
+    assert main(args) == 0  # the unit again, the config kept
+    settings = unit_settings((tmp_path / "units" / "stmwatch.service").read_text())
+    assert settings["ReadOnlyPaths"] == [str(scans)]

@@ -18,6 +18,15 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def surface_key(text: str) -> str:
+    """An argparse ``type``: a trained surface's key (else a usage error naming the known ones)."""
+    from stmwatch.models.surfaces import SURFACES
+
+    if text not in SURFACES:
+        raise argparse.ArgumentTypeError(f"unknown surface {text!r} (known: {', '.join(sorted(SURFACES))})")
+    return text
+
+
 def first_shared_stem(paths: Iterable[str | Path]) -> tuple[str | Path, str | Path] | None:
     """The first two of ``paths`` with one file name stem (what each writes, ``OUT/<stem>...``,
     would overwrite the other's), or None."""

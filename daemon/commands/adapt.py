@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
+from ._args import surface_key
+
 HELP = "adapt the models to this microscope from its unlabelled .sxm scans; writes a model bundle"
 DESCRIPTION = """Pseudo-label the scans with the UNet's confident output where its four mirror passes agree (--labels:
 a pluggable label source), fine-tune the UNet on them in two rounds of self-training with the training's augmentation and noise, adapt the few-shot embedding to
@@ -21,7 +23,7 @@ On 2 CPU cores, 12 scans of 256 x 256 take a few minutes (stmwatch/models/adapt.
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--surface", required=True, help="si001h | ge001 | tio2110")
+    parser.add_argument("--surface", required=True, type=surface_key, help="si001h | ge001 | tio2110")
     parser.add_argument("--scans", required=True, metavar="DIR", help="folder of the lab's .sxm scans (unlabelled)")
     parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
     parser.add_argument("--support", metavar="DIR", help="a support set <class>/*.npy to ship in the bundle")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from stmwatch.models.autolabel import CONFIDENT, DEFAULT_K, MEMBERS
 
-from ._args import first_shared_stem
+from ._args import first_shared_stem, surface_key
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ See docs/autolabel.md."""
 
 def add_arguments(parser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help=".sxm files or folders of them")
-    parser.add_argument("--surface", required=True, help="surface the scans show: si001h | ge001 | tio2110")
+    parser.add_argument("--surface", required=True, type=surface_key, help="surface the scans show: si001h | ge001 | tio2110")
     parser.add_argument("--out", required=True, metavar="DIR", help="where the masks go (DIR/<stem>.mask.npy)")
     parser.add_argument("--k", type=int, default=DEFAULT_K, help="clusters at each resolution (default %(default)s)")
     parser.add_argument("--scales", default="1,4", help="resolutions as shrink factors of the model scale "

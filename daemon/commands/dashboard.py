@@ -37,6 +37,13 @@ def run(args) -> int:
         return 2
     database = args.db or config.daemon.database
     mask_logs(database)
+    from stmwatch.daemon.commands.query import require_existing_sqlite
+
+    try:  # the dashboard reads: a mistyped SQLite path is an error, not an empty database made there
+        require_existing_sqlite(database)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     endpoints = args.connect if args.connect is not None else endpoints_of(config)
     try:
         Dashboard(database, endpoints, refresh_s=args.refresh, thumbnails=not args.no_thumbnail,

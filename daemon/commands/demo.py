@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from ._args import surface_key
+
 HELP = "watch a simulated microscope: scans -> daemon -> database -> dashboard, then a summary"
 DESCRIPTION = """Everything at once, with no instrument and no set-up.
 
@@ -17,7 +19,7 @@ the daemon finishes what it has and a query summary is printed."""
 def add_arguments(parser) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the microscope runs (default 30)")
     parser.add_argument("--interval", type=float, default=3.0, help="seconds per scan (default 3)")
-    parser.add_argument("--surface", default="si001h", help="si001h | ge001 | tio2110 (default si001h)")
+    parser.add_argument("--surface", default="si001h", type=surface_key, help="si001h | ge001 | tio2110 (default si001h)")
     parser.add_argument("--pixels", type=int, default=128, help="pixels per side (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first scan")
     parser.add_argument("--stream", action="store_true", help="stream scans line by line instead of files")

@@ -14,7 +14,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--endpoint", help="the daemon's publish endpoint (default: [daemon] publish)")
     parser.add_argument("--config", metavar="FILE", help="config.toml for [daemon] publish")
     parser.add_argument("--json", action="store_true", help="print each message as JSON (one per line)")
-    parser.add_argument("--png", metavar="DIR", help="save attached overlay PNGs into DIR")
+    parser.add_argument("--png", metavar="DIR", help="save attached overlay PNGs into DIR (the daemon attaches "
+                                                     "them with [daemon] publish_png = true; off by default)")
     parser.add_argument("--count", type=int, default=0, help="stop after this many messages (0 = never)")
     parser.add_argument("--timeout", type=float, default=0.0, help="stop after this many seconds of silence")
     parser.add_argument("--server-key", metavar="FILE", help="CURVE: the daemon's public key (DIR/server.key "
@@ -89,6 +90,9 @@ def run(args) -> int:
             print(json.dumps(message) if args.json else describe(message), flush=True)
             if png and png_dir:
                 (png_dir / f"{message['scan_uid']}.png").write_bytes(png)
+            elif png_dir and n == 1:  # said once: the folder would stay empty without a word
+                print(f"note: the overlay came without a PNG, so {png_dir} gets none: set [daemon] publish_png = true "
+                      "in the daemon's config", file=sys.stderr)
     except KeyboardInterrupt:
         pass
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from stmwatch.models.settings import BACKENDS
 
-from ._args import at_least, first_shared_stem
+from ._args import at_least, first_shared_stem, surface_key
 
 HELP = "find and label the defects in .sxm files (JSON Lines, a table, PNG overlays)"
 DESCRIPTION = """Read each file, preprocess it, segment it with the UNet and (when a support set and the
@@ -33,7 +33,7 @@ the exit code is 2."""
 def add_arguments(parser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help=".sxm files")
     parser.add_argument("--json", action="store_true", help="one JSON object per file (JSON Lines)")
-    parser.add_argument("--surface", help="surface the scans show (default: [models] surface): si001h | ge001 | tio2110")
+    parser.add_argument("--surface", type=surface_key, help="surface the scans show (default: [models] surface): si001h | ge001 | tio2110")
     parser.add_argument("--support", metavar="DIR", help="support set for the classifier: DIR/<class>/*.npy|png")
     parser.add_argument("--models", metavar="BUNDLE", help="a model bundle folder (stmwatch adapt) instead of "
                         "[models] bundle / the shipped models")

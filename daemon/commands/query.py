@@ -93,8 +93,7 @@ def run(args) -> int:
         return 2
     try:
         url = args.db or load_config(args.config).daemon.database
-        filters = Filters(since=parse_when(args.since) if args.since else None,
-                          until=parse_when(args.until) if args.until else None,
+        filters = Filters(since=_when("--since", args.since), until=_when("--until", args.until),
                           label=args.label, surface=args.surface, status=args.status)
         require_existing_sqlite(url)
         db = Database(url)
@@ -125,8 +124,24 @@ def run(args) -> int:
             return 2
         print(f"{len(rows)} {args.kind} -> {args.out}", file=sys.stderr)
         return 0
-    _print(args, rows, columns, sys.stdout)
+    try:
+        _print(args, rows, columns, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return 0
+
+
+def _when(option: str, text: str | None):
+    """:func:`parse_when` of ``text`` given to ``option`` (None when not given); its errors name the option."""
+    if not text:
+        return None
+    try:
+        return parse_when(text)
+    except ValueError as exc:
+        raise ValueError(f"{option} {exc}") from None
 
 
 def _print(args, rows: list[dict], columns: list[str], out) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from pathlib import Path
 
 HELP = "run the daemon: watch a folder or a stream, analyse each scan, store and publish defects"
 DESCRIPTION = """Run the daemon until Ctrl-C or SIGTERM (it finishes the scans already queued); SIGHUP
@@ -34,7 +35,8 @@ def effective_config(args):
         raise ConfigError("give --watch or --stream, not both")
     if getattr(args, "watch", None):
         config.daemon = dataclasses.replace(config.daemon, driver="folder")
-        config.folder = dataclasses.replace(config.folder, path=args.watch)
+        # absolute: each scan's row carries its path, which must still name the file elsewhere
+        config.folder = dataclasses.replace(config.folder, path=str(Path(args.watch).expanduser().absolute()))
     if getattr(args, "stream", None):
         config.daemon = dataclasses.replace(config.daemon, driver="stream")
         config.stream = dataclasses.replace(config.stream, endpoint=args.stream)
@@ -83,7 +85,9 @@ def run(args) -> int:
         daemon.stop(drain=False)
         print(f"error: [live] publish: {exc}", file=sys.stderr)
         return 2
-    source = config.folder.path if config.daemon.driver == "folder" else config.stream.endpoint
+    from stmwatch.daemon.daemon import scan_source
+
+    source = scan_source(config)
     print(f"stmwatch: {config.daemon.driver} {source} -> {mask_url(config.daemon.database)}"
           + (f", overlays on {daemon.publisher.endpoint}" if daemon.publisher else ""), flush=True)
     return serve(daemon, lambda: effective_config(args), dashboard=getattr(args, "dashboard", False), live=live)

@@ -37,7 +37,7 @@ def run(args) -> int:
     from stmwatch.daemon.service import (DEFAULT_CONFIG, HOME_PREFIXES, credential_path, install, installed_command,
                                          render_unit)
 
-    config = args.config or DEFAULT_CONFIG
+    config = str(Path(args.config or DEFAULT_CONFIG).expanduser().absolute())  # systemd takes absolute paths only
     command = installed_command()
     if command[0].startswith(HOME_PREFIXES):
         print(f"warning: {command[0]} is under a home directory; the service's dynamic user may not be able "

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from ._args import surface_key
+
 HELP = "stream simulated scans over ZeroMQ as a microscope would (line by line)"
 DESCRIPTION = """Play simulated scans to the daemon's stream driver (protocol: stmwatch/drivers/stream/protocol.py).
 
@@ -19,7 +21,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--line-rate", type=float, default=20.0, help="lines per second; 0 = as fast as possible")
     parser.add_argument("--lines-per-message", type=int, default=1, help="lines in one 'lines' message")
     parser.add_argument("--scans", type=int, default=0, help="number of scans (0 = until Ctrl-C)")
-    parser.add_argument("--surface", default="si001h", help="si001h | ge001 | tio2110")
+    parser.add_argument("--surface", default="si001h", type=surface_key, help="si001h | ge001 | tio2110")
     parser.add_argument("--pixels", type=int, default=128, help="pixels per side")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first scan")
     parser.add_argument("--defects", type=int, default=None, help="defects per scan (default: a random density)")

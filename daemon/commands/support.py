@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ._args import at_least
+from ._args import at_least, surface_key
 
 HELP = "label defect classes from examples clicked in a scan, list a support set, or suggest where to click"
 DESCRIPTION = """A support set is a folder <DIR>/<class>/*.npy of (2, 32, 32) crops at the model scale; the
@@ -35,7 +35,7 @@ USER_SUPPORT = Path("~/.local/share/stmwatch/support")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     add = sub.add_parser("add", help="add one labelled example cut from a scan")
-    add.add_argument("--surface", required=True, help="si001h | ge001 | tio2110")
+    add.add_argument("--surface", required=True, type=surface_key, help="si001h | ge001 | tio2110")
     add.add_argument("--label", required=True, help="class name (a new or an existing class)")
     add.add_argument("--scan", required=True, metavar="FILE", help=".sxm file with the example")
     add.add_argument("--at", required=True, action="append", metavar="ROW,COL",
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--support", metavar="DIR", help="support folder of the surface (see above)")
     add.add_argument("--config", metavar="TOML", help="config file (for [models] support and [preprocess])")
     hint = sub.add_parser("suggest", help="the defects of a scan the classifier is least sure of")
-    hint.add_argument("--surface", required=True)
+    hint.add_argument("--surface", required=True, type=surface_key)
     hint.add_argument("--scan", required=True, metavar="FILE", help=".sxm file")
     hint.add_argument("--support", metavar="DIR")
     hint.add_argument("--config", metavar="TOML")
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hint.add_argument("--n", type=at_least(1), default=10, help="how many to list (default 10)")
     hint.add_argument("--json", action="store_true", help="one JSON object per defect")
     show = sub.add_parser("list", help="the classes of a support set and their example counts")
-    show.add_argument("--surface", required=True)
+    show.add_argument("--surface", required=True, type=surface_key)
     show.add_argument("--support", metavar="DIR")
     show.add_argument("--config", metavar="TOML")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import statistics
 import time
@@ -57,25 +58,36 @@ def run(args) -> int:
     def distances(features: np.ndarray) -> np.ndarray:
         return ((features[:, None, :] - prototypes[None]) ** 2).sum(-1)
 
+    def embedded_by(model):
+        def embed(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return distances(model.embed(torch.from_numpy(x)).numpy())
+        return embed
+
     def with_torch(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return distances(net.backbone(torch.from_numpy(x)).numpy())
 
+    t_torch = _time(with_torch, crops, args.repeats)
+    if importlib.util.find_spec("onnxruntime") is None:  # an optional extra: torch is timed alone
+        import sys
+
+        print("note: onnxruntime is not installed (pip install 'stmwatch[onnx]'): torch timed alone", file=sys.stderr)
+        t_tta_torch = _time(embedded_by(net), crops, args.repeats)
+        result = {"batch": args.batch, "threads": args.threads, "tta": net.tta,
+                  "torch_crops_per_s": args.batch / t_torch, "torch_with_tta_crops_per_s": args.batch / t_tta_torch}
+        print(json.dumps(result) if args.json else
+              f"batch {args.batch}, {args.threads} threads: torch {result['torch_crops_per_s']:.0f} crops/s; with "
+              f"the weights' test-time augmentation ({net.tta}): {result['torch_with_tta_crops_per_s']:.0f} crops/s")
+        return 0
     embed = onnx_embedder(net.backbone, args.threads)
     agree = float(np.abs(with_torch(crops) - distances(embed(crops))).max())
-    t_torch = _time(with_torch, crops, args.repeats)
     t_onnx = _time(lambda x: distances(embed(x)), crops, args.repeats)
 
     from stmwatch.models.fewshot.classifier import OnnxBackbone
 
     with_onnx = copy.deepcopy(net)  # the same network, its backbone run by ONNX Runtime
     with_onnx.backbone = OnnxBackbone(net.backbone, args.threads)
-
-    def embedded_by(model):
-        def embed(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return distances(model.embed(torch.from_numpy(x)).numpy())
-        return embed
 
     t_tta_torch = _time(embedded_by(net), crops, args.repeats)
     t_tta_onnx = _time(embedded_by(with_onnx), crops, args.repeats)

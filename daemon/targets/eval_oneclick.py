@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
+from stmwatch.daemon.commands._args import surface_key
+
 HELP = "one-click label accuracy and detection F1 on a folder of labelled scans"
 DESCRIPTION = """Cut --shots examples of every class from the first scans of --scans (name order; the truth
 files of 'stmwatch simulate' say where, and only clear examples -- 2 nm from the edge, apart from
@@ -24,7 +26,7 @@ def add_arguments(parser) -> None:
     from stmwatch.models.eval_segment import MATCH_RADIUS_NM
 
     parser.add_argument("--scans", required=True, metavar="DIR", help="folder of NAME.sxm + NAME.truth.json")
-    parser.add_argument("--surface", required=True, help="si001h | ge001 | tio2110")
+    parser.add_argument("--surface", required=True, type=surface_key, help="si001h | ge001 | tio2110")
     parser.add_argument("--models", metavar="BUNDLE", help="a model bundle (stmwatch adapt); default the shipped models")
     parser.add_argument("--shots", type=int, default=1, help="examples clicked per class (default 1)")
     parser.add_argument("--per-polarity", action="store_true",
