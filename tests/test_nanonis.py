@@ -7,6 +7,7 @@ and the scans the fake server was given (in the display frame).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import math
 import socket
 import struct
@@ -266,32 +267,42 @@ def test_settings_reject_bad_slots():
     assert math.isfinite(NanonisSettings().timeout_s)
 
 
-def test_daemon_driver_reports_lines_and_frames_even_a_missed_end_of_scan():
-    from stmwatch.drivers.base import Acquisition, PartialScan
+@contextlib.contextmanager
+def live_driver(scans: list[Scan]):
+    """The fake server with ``scans``, the live driver on it, and the driver's first event once the
+    first frame has 4 lines (checked to be that PartialScan): ``(server, driver, event)``."""
+    from stmwatch.drivers.base import PartialScan
     from stmwatch.drivers.nanonis.connection import NanonisConnection
 
-    up = SCANS[1]
-    ny = up.shape[0]
-    with FakeNanonisServer([up, SCANS[0]]) as server, cf.ThreadPoolExecutor(1) as pool:
+    with FakeNanonisServer(scans) as server:
         settings = NanonisSettings(port=server.port, poll_interval_s=0.05, timeout_s=5.0)
         with NanonisConnection(settings) as driver:
             server.start_scan()
             server.advance(4)
             event = driver.wait_for_acquisition(30)
             assert isinstance(event, PartialScan) and event.rows_done == 4
-            assert event.new_rows == [ny - 1, ny - 2, ny - 3, ny - 4]  # an up scan fills from the bottom
-            assert event.scan.nan_rows == ny - 4
-            server.advance(ny)  # the frame ends while the driver is not in WaitEndOfScan
-            event = driver.wait_for_acquisition(30)
-            assert isinstance(event, Acquisition) and event.complete and event.source == "nanonis"
-            assert_same_scan(event.scan, up)
-            future = pool.submit(driver.wait_for_acquisition, 30)
-            assert server.wait_for_waiter(10)
-            server.complete_scan()
-            event = future.result(timeout=30)
-            assert isinstance(event, Acquisition) and event.path.endswith(SCANS[0].name)
-            assert_same_scan(event.scan, SCANS[0])
-            assert driver.wait_for_acquisition(0.1) is None
+            yield server, driver, event
+
+
+def test_daemon_driver_reports_lines_and_frames_even_a_missed_end_of_scan():
+    from stmwatch.drivers.base import Acquisition, PartialScan
+
+    up = SCANS[1]
+    ny = up.shape[0]
+    with live_driver([up, SCANS[0]]) as (server, driver, event), cf.ThreadPoolExecutor(1) as pool:
+        assert event.new_rows == [ny - 1, ny - 2, ny - 3, ny - 4]  # an up scan fills from the bottom
+        assert event.scan.nan_rows == ny - 4
+        server.advance(ny)  # the frame ends while the driver is not in WaitEndOfScan
+        event = driver.wait_for_acquisition(30)
+        assert isinstance(event, Acquisition) and event.complete and event.source == "nanonis"
+        assert_same_scan(event.scan, up)
+        future = pool.submit(driver.wait_for_acquisition, 30)
+        assert server.wait_for_waiter(10)
+        server.complete_scan()
+        event = future.result(timeout=30)
+        assert isinstance(event, Acquisition) and event.path.endswith(SCANS[0].name)
+        assert_same_scan(event.scan, SCANS[0])
+        assert driver.wait_for_acquisition(0.1) is None
 
 
 def test_a_frame_ended_unseen_as_the_next_begins_is_kept_not_lost():
@@ -300,29 +311,22 @@ def test_a_frame_ended_unseen_as_the_next_begins_is_kept_not_lost():
     status never reads idle. The ended frame is handed on (partial: as last grabbed), and the new
     frame's progress carries a new scan id."""
     from stmwatch.drivers.base import Acquisition, PartialScan
-    from stmwatch.drivers.nanonis.connection import NanonisConnection
 
     first = SCANS[0]
     ny = first.shape[0]
-    with FakeNanonisServer([first, SCANS[1]]) as server:
-        settings = NanonisSettings(port=server.port, poll_interval_s=0.05, timeout_s=5.0)
-        with NanonisConnection(settings) as driver:
-            server.start_scan()
-            server.advance(4)
-            event = driver.wait_for_acquisition(30)
-            assert isinstance(event, PartialScan) and event.rows_done == 4
-            old_id = event.scan_id
-            server.advance(ny)  # the frame ends while the driver is not in WaitEndOfScan ...
-            server.start_scan()  # ... and the next one begins at once
-            server.advance(3)
-            event = driver.wait_for_acquisition(30)
-            assert isinstance(event, Acquisition), "the ended frame was lost"
-            assert not event.complete and event.scan.pixels == first.pixels
-            assert event.scan.nan_rows == ny - 4
-            np.testing.assert_array_equal(event.scan.channel("Z").forward[:4], first.channel("Z").forward[:4])
-            event = driver.wait_for_acquisition(30)
-            assert isinstance(event, PartialScan) and event.rows_done == 3 and event.scan_id != old_id
-            assert event.scan.pixels == SCANS[1].pixels
+    with live_driver([first, SCANS[1]]) as (server, driver, event):
+        old_id = event.scan_id
+        server.advance(ny)  # the frame ends while the driver is not in WaitEndOfScan ...
+        server.start_scan()  # ... and the next one begins at once
+        server.advance(3)
+        event = driver.wait_for_acquisition(30)
+        assert isinstance(event, Acquisition), "the ended frame was lost"
+        assert not event.complete and event.scan.pixels == first.pixels
+        assert event.scan.nan_rows == ny - 4
+        np.testing.assert_array_equal(event.scan.channel("Z").forward[:4], first.channel("Z").forward[:4])
+        event = driver.wait_for_acquisition(30)
+        assert isinstance(event, PartialScan) and event.rows_done == 3 and event.scan_id != old_id
+        assert event.scan.pixels == SCANS[1].pixels
 
 
 def test_daemon_driver_survives_a_missing_server():
