@@ -285,7 +285,7 @@ def live_driver(scans: list[Scan]):
 
 
 def test_daemon_driver_reports_lines_and_frames_even_a_missed_end_of_scan():
-    from stmwatch.drivers.base import Acquisition, PartialScan
+    from stmwatch.drivers.base import Acquisition
 
     up = SCANS[1]
     ny = up.shape[0]
