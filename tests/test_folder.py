@@ -55,6 +55,33 @@ def test_tracker_takes_a_file_when_its_header_size_is_reached_and_only_once(tmp_
     assert tracker.ready() == []  # never taken twice
 
 
+def test_a_copy_that_sets_the_full_size_first_is_taken_once_its_data_are_written(tmp_path, scan_bytes):
+    """A copy onto a share from Windows sets the file's full size first and fills it in afterwards:
+    the size matches the header while the data are still zero bytes. It is taken once its data end
+    is written, or, should the copy stall, after stable_s like any file."""
+    from stmwatch.drivers.sxm import expected_size
+
+    clock = Clock()
+    tracker = FileTracker(stable_s=5.0, clock=clock)
+    path = tmp_path / "copied.sxm"
+    header_end = scan_bytes.index(b"\x1a\x04") + 2
+    path.write_bytes(scan_bytes[:header_end] + bytes(len(scan_bytes) - header_end))  # allocated, header copied
+    tracker.touch(path)
+    assert expected_size(path) == len(scan_bytes) and tracker.ready() == []
+    clock.t += 1.0
+    path.write_bytes(scan_bytes[:len(scan_bytes) // 2] + bytes(len(scan_bytes) - len(scan_bytes) // 2))
+    assert tracker.ready() == []  # half copied: still zeros at the end
+    path.write_bytes(scan_bytes)  # the copy finished
+    assert tracker.ready() == [(str(path), True)]
+    assert tracker.take(str(path), True).raw == scan_bytes
+    stalled = tmp_path / "stalled.sxm"
+    stalled.write_bytes(scan_bytes[:header_end] + bytes(len(scan_bytes) - header_end))
+    tracker.touch(stalled)
+    assert tracker.ready() == []
+    clock.t += 5.5
+    assert tracker.ready() == [(str(stalled), True)]  # stable at its full size: taken, the reader judges it
+
+
 def test_tracker_takes_a_stable_short_file_as_it_is_and_again_when_it_changes(tmp_path, scan_bytes):
     clock = Clock()
     tracker = FileTracker(stable_s=5.0, clock=clock)

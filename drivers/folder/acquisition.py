@@ -3,7 +3,9 @@
 A microscope writes a scan file over seconds (or a copy over a network share lands in pieces), so
 a file event only makes a path a *candidate*. :class:`FileTracker` takes a candidate when
 
-* its size is the size its header implies (:func:`stmwatch.drivers.sxm.expected_size`), or
+* its size is the size its header implies (:func:`stmwatch.drivers.sxm.expected_size`) and the
+  end of its data is written (a copy that sets the full size first, as Windows does over a share,
+  reads as zero bytes there until the data arrive: :func:`data_end_unwritten`), or
 * its size has not changed for ``stable_s`` seconds (then it is taken as it is; the reader
   decides whether it is a partial scan or a broken file),
 
@@ -28,6 +30,21 @@ from stmwatch.drivers.base import Acquisition, sha256
 from stmwatch.drivers.sxm import expected_size
 
 log = logging.getLogger(__name__)
+
+UNWRITTEN_TAIL_BYTES = 256  # the last bytes of a file's data that, all zero, mean not yet written
+
+
+def data_end_unwritten(path: str, data_end: int) -> bool:
+    """Whether the last :data:`UNWRITTEN_TAIL_BYTES` before byte ``data_end`` of ``path`` are all
+    zero: space a copy allocated and has not written yet. A scan's data are big-endian float32;
+    64 values of exactly 0.0 at its end do not occur in a scan (lines never acquired are NaN)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, data_end - UNWRITTEN_TAIL_BYTES))
+            tail = fh.read(min(UNWRITTEN_TAIL_BYTES, data_end))
+    except OSError:
+        return False  # take it: reading it will say what is wrong
+    return bool(tail) and not any(tail)
 
 MAX_TAKEN = 10_000  # paths whose taken (size, mtime) is remembered
 TEMPORARY_SUFFIXES = (".part", ".tmp", ".partial", "~", ".crdownload")
@@ -127,10 +144,11 @@ class FileTracker:
             if cand.expected is None and st.st_size > 0:
                 cand.expected = expected_size(path)  # the header is read until it is complete
             expected = cand.expected
-            if expected is not None and st.st_size >= expected:
+            full = expected is not None and st.st_size >= expected
+            if full and not data_end_unwritten(path, expected):
                 out.append((path, True))
             elif now - cand.since >= self.stable_s:
-                out.append((path, False))
+                out.append((path, full))
         return out
 
     def take(self, path: str, complete: bool, source: str = "folder") -> Acquisition | None:
