@@ -206,7 +206,10 @@ class Daemon:
                     log.exception("driver failed %d times in a row; giving up", failures)
                     self.driver_error = exc
                     return
-                log.exception("driver failed; reopening it in %g s", RESTART_S)
+                if isinstance(exc, OSError):  # a named condition (a share gone, a folder made again): its words suffice
+                    log.warning("driver failed (%s); reopening it in %g s", exc, RESTART_S)
+                else:  # anything else is a defect: its traceback
+                    log.exception("driver failed; reopening it in %g s", RESTART_S)
                 self._stopping.wait(RESTART_S)
 
     def stop(self, drain: bool = True, timeout: float | None = 60.0) -> None:

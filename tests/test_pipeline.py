@@ -223,7 +223,7 @@ def test_daemon_reload_switches_database_and_folder_and_publishes_pngs(tmp_path)
     assert states == ["starting", "ready", "stopping", "stopped", "starting", "ready", "stopping", "stopped"]
 
 
-def test_a_driver_that_fails_is_reopened(tmp_path, monkeypatch):
+def test_a_driver_that_fails_is_reopened(tmp_path, monkeypatch, caplog):
     import stmwatch.daemon.daemon as daemon_module
     from stmwatch.daemon.config import DaemonSettings
 
@@ -270,6 +270,9 @@ def test_a_driver_that_fails_is_reopened(tmp_path, monkeypatch):
         d.stop()
     assert isinstance(d.last_driver_error, OSError) and d.driver_error is None
     assert len(opened) == 2  # opened in start() and failed; reopened
+    restart = [r for r in caplog.records if "reopening it" in r.getMessage()]
+    assert restart and "Stale file handle" in restart[0].getMessage()
+    assert restart[0].exc_info is None  # a named OSError is one line in the journal, not a traceback
     assert [doc.path for doc in docs] == ["after_restart.sxm"] and len(docs[0].defects) == len(truth.defects)
 
 
