@@ -115,3 +115,12 @@ def sqlite_path(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or str(parsed.query.get("uri", "")).lower() in ("true", "1"):
         return None  # another database, or an SQLite URI ("file:...?mode=ro"): left to SQLite to read
     return IN_MEMORY if parsed.database in (None, "", ":memory:") else Path(parsed.database).expanduser()
+
+
+def require_existing_sqlite(url: str) -> None:
+    """For commands that only read (query, dashboard): an SQLite file that is not there is a
+    mistyped path, not an empty database to create (opening it would create one and report
+    nothing found); ValueError naming it."""
+    path = sqlite_path(url)
+    if path not in (None, IN_MEMORY) and not path.exists():
+        raise ValueError(f"no database at {path} (is the path right? the daemon creates it)")

@@ -190,11 +190,10 @@ class MaskLabels:
     def _manifest_problems(self, paths: list[Path], surface: str) -> list[str]:
         import filecmp
 
-        from .autolabel.command import MANIFEST
+        from .autolabel.command import read_manifest
 
-        try:
-            manifest = json.loads((self.folder / MANIFEST).read_text())
-        except FileNotFoundError:
+        manifest = read_manifest(self.folder)
+        if manifest is None:
             return []  # masks from elsewhere: matched by name alone
         problems = []
         for path in paths:

@@ -75,10 +75,7 @@ def run(args) -> int:
     from stmwatch.models.autolabel.command import parse_ints, scan_files
     from stmwatch.models.autolabel.features import make_features
     from stmwatch.models.autolabel.planted import detector_paths
-    from stmwatch.models.surfaces import get_surface
-
-    try:
-        get_surface(args.surface)
+    try:  # (--surface is a known surface: argparse checked it)
         scales = parse_ints(args.scales)
         if not scales or min(scales) < 1:
             raise ValueError(f"--scales must be shrink factors of 1 or more, not {args.scales!r}")
@@ -148,15 +145,12 @@ def check_inputs(files: list[Path], inputs: list[str], chosen: list[int] | None)
 def check_out(out: Path, surface: str) -> None:
     """Refuse an ``--out`` whose manifest labels another surface: ``train unet --labels`` would
     train one model on both."""
-    from stmwatch.models.autolabel.command import MANIFEST
+    from stmwatch.models.autolabel.command import read_manifest
 
-    manifest = out / MANIFEST
-    if not manifest.is_file():
+    manifest = read_manifest(out)
+    if manifest is None:
         return
-    try:
-        others = {entry.get("surface") for entry in json.loads(manifest.read_text()).values()} - {surface}
-    except (ValueError, AttributeError) as exc:
-        raise ValueError(f"{manifest}: not an autolabel manifest ({exc})") from None
+    others = {entry.get("surface") for entry in manifest.values()} - {surface}
     if others:
         raise ValueError(f"{out} holds labels of {', '.join(sorted(map(str, others)))}, not {surface}: "
                          "give another --out")
@@ -188,12 +182,12 @@ class Labeller:
     """The command's state: the output folder, its manifest, the files that failed."""
 
     def __init__(self, args, out: Path, features, scales, chosen, detector_files: list[Path]):
-        from stmwatch.models.autolabel.command import MANIFEST
+        from stmwatch.models.autolabel.command import MANIFEST, read_manifest
 
         self.args, self.out, self.features, self.scales, self.chosen = args, out, features, scales, chosen
         self.detector_paths = detector_files  # --detector's files; those trained here, once trained
         self.manifest_path = out / MANIFEST
-        self.manifest = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+        self.manifest = read_manifest(out) or {}
         self.failed: set[str] = set()
         self.detector_failed = False
 

@@ -28,7 +28,7 @@ def run(args) -> int:
     from stmwatch.daemon.config import ConfigError, load_config
     from stmwatch.daemon.dashboard import Dashboard, endpoints_of
     from stmwatch.daemon.db import DatabaseError
-    from stmwatch.daemon.dburl import mask_logs
+    from stmwatch.daemon.dburl import mask_logs, require_existing_sqlite
 
     try:
         config = load_config(args.config)
@@ -37,8 +37,6 @@ def run(args) -> int:
         return 2
     database = args.db or config.daemon.database
     mask_logs(database)
-    from stmwatch.daemon.commands.query import require_existing_sqlite
-
     try:  # the dashboard reads: a mistyped SQLite path is an error, not an empty database made there
         require_existing_sqlite(database)
     except ValueError as exc:

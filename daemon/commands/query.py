@@ -71,19 +71,10 @@ def rows_for(kind: str, db, filters, geometry: bool = False) -> list[dict]:
     return {"scans": db.scans, "counts": db.counts}[kind](filters)
 
 
-def require_existing_sqlite(url: str) -> None:
-    """A query reads: an SQLite file that is not there is a mistyped path, not an empty database
-    to create (opening it would create one and report nothing found)."""
-    from stmwatch.daemon.dburl import IN_MEMORY, sqlite_path
-
-    path = sqlite_path(url)
-    if path not in (None, IN_MEMORY) and not path.exists():
-        raise ValueError(f"no database at {path} (is the path right? the daemon creates it)")
-
-
 def run(args) -> int:
     from stmwatch.daemon.config import ConfigError, load_config
     from stmwatch.daemon.db import Database, DatabaseError, Filters
+    from stmwatch.daemon.dburl import require_existing_sqlite
 
     if args.format == "hdf5" and not args.out:
         print("error: --format hdf5 writes a file: give --out FILE", file=sys.stderr)

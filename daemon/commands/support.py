@@ -128,12 +128,6 @@ def run(args) -> int:
         from stmwatch.daemon.config import load_config
 
         config = load_config(args.config)
-    from stmwatch.models.surfaces import get_surface
-
-    try:
-        get_surface(args.surface)
-    except KeyError as exc:
-        raise SystemExit(f"error: {exc.args[0]}") from None
     if args.action == "add" and not LABEL.fullmatch(args.label):
         raise SystemExit(f"error: --label {args.label!r}: a class name is letters, digits, '_', '.' and '-' "
                          "(it names a folder of the support set)")

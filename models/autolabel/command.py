@@ -3,12 +3,28 @@
 preview, and the ``DIR/autolabel.json``'s entry that ``train unet --labels DIR`` reads."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "autolabel.json"
+
+
+def read_manifest(folder: str | Path) -> dict | None:
+    """``folder``'s ``autolabel.json``: ``{stem: entry}`` (each entry an object, see :func:`entry`),
+    or None where there is none; ValueError naming the file for one that does not read as such."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or not all(isinstance(e, dict) for e in manifest.values()):
+            raise ValueError("not an object of objects")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not an autolabel manifest ({exc})") from None
+    return manifest
 
 
 def scan_files(inputs: list[str]) -> list[Path]:

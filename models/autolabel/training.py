@@ -16,13 +16,13 @@ miss some. No truth is read.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from ..train_unet import Patches, cut_patches, join, split_validation
+from .command import MANIFEST, read_manifest
 from .evaluate import mask_centroids
 from .planted import MODEL_NM_PER_PX, PlantSettings, plant_settings, planted_patches
 
@@ -33,7 +33,7 @@ def _listing(folder: Path) -> tuple[list[tuple[Path, Path, str]], list[str]]:
     """``(scan path, mask path, surface)`` of each stem of ``folder`` (sorted; those with a mask or
     a manifest entry) whose files are there, and one ``<file>: <problem>`` line per problem found
     without reading a scan or a mask (see :func:`check_labels`)."""
-    manifest_path = folder / "autolabel.json"
+    manifest_path = folder / MANIFEST
     if not folder.is_dir():
         return [], [f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}"]
     masks = {p.name[: -len(".mask.npy")]: p for p in folder.glob("*.mask.npy")}
@@ -42,11 +42,9 @@ def _listing(folder: Path) -> tuple[list[tuple[Path, Path, str]], list[str]]:
             return [], [f"{folder}: no <stem>.mask.npy files (run stmwatch autolabel --out {folder} first)"]
         return [], [f"{manifest_path}: missing, so the scans and surface of the masks are unknown"]
     try:
-        manifest = json.loads(manifest_path.read_text())
-        if not isinstance(manifest, dict) or not all(isinstance(e, dict) for e in manifest.values()):
-            raise ValueError("not an object of objects")
-    except (OSError, ValueError) as exc:
-        return [], [f"{manifest_path}: not an autolabel manifest ({exc})"]
+        manifest = read_manifest(folder)
+    except ValueError as exc:
+        return [], [str(exc)]
     out, problems = [], []
     for stem in sorted(set(masks) | set(manifest)):
         mask = masks.get(stem, folder / f"{stem}.mask.npy")
