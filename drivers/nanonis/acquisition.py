@@ -46,11 +46,8 @@ class FrameTracker:
         once (continuous scanning). Its last progress grab is then its :class:`Acquisition`
         (partial: the lines after that grab are gone from the buffer), else ``None``; the tracker
         follows the new frame from here."""
-        if rows >= self.rows:
-            return None
-        last = self.last
-        if last is None:
-            self.rows, self._scan_id = 0, ""
+        last = self.last  # set with every reported line (progress), so there is one whenever self.rows > 0
+        if rows >= self.rows or last is None:
             return None
         log.warning("nanonis: a frame ended while its End-of-Scan was missed and the next began at once; "
                     "keeping the %d of %d lines grabbed last", self.rows, last.shape[0])
