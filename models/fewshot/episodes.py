@@ -57,21 +57,31 @@ def sample_episode(crop_set: CropSet, way: int, shot: int, query: int, rng: np.r
     """One episode from ``crop_set`` (classes drawn from ``classes``, default all of them).
 
     Raises ``ValueError`` when there are fewer than ``way`` classes with ``shot + query`` crops."""
+    return episode_of(crop_set, draw_episode(crop_set, way, shot, query, rng, classes), shot)
+
+
+def draw_episode(crop_set: CropSet, way: int, shot: int, query: int, rng: np.random.Generator,
+                 classes: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The draws of :func:`sample_episode` without the crops: ``{class: indices into its crops}``
+    in the order the classes were drawn, ``shot`` support indices first, then ``query`` query ones
+    (so an evaluation can look up crops it embedded once, with the very same random draws)."""
     pool = [c for c in (classes if classes is not None else crop_set.labels)
             if len(crop_set.crops[c]) >= shot + query]
     if len(pool) < way:
         raise ValueError(f"{crop_set.surface}: only {len(pool)} classes have {shot + query} crops; "
                          f"a {way}-way episode needs {way}")
     chosen = [pool[i] for i in rng.choice(len(pool), size=way, replace=False)]
-    sup, qry = [], []
-    for c in chosen:
-        x = crop_set.crops[c]
-        idx = rng.choice(len(x), size=shot + query, replace=False)
-        sup.append(x[idx[:shot]])
-        qry.append(x[idx[shot:]])
-    labels = np.arange(way, dtype=np.int64)
-    return Episode(np.concatenate(sup), np.repeat(labels, shot), np.concatenate(qry), np.repeat(labels, query),
-                   chosen)
+    return {c: rng.choice(len(crop_set.crops[c]), size=shot + query, replace=False) for c in chosen}
+
+
+def episode_of(crop_set: CropSet, draw: dict[str, np.ndarray], shot: int) -> Episode:
+    """The :class:`Episode` of a :func:`draw_episode` draw (its first ``shot`` indices of each class
+    are the support crops)."""
+    labels = np.arange(len(draw), dtype=np.int64)
+    query = len(next(iter(draw.values()))) - shot
+    return Episode(np.concatenate([crop_set.crops[c][idx[:shot]] for c, idx in draw.items()]), np.repeat(labels, shot),
+                   np.concatenate([crop_set.crops[c][idx[shot:]] for c, idx in draw.items()]),
+                   np.repeat(labels, query), list(draw))
 
 
 def augment(x: np.ndarray, rng: np.random.Generator, shift_px: int = 2, noise: float = 0.1,

@@ -111,18 +111,31 @@ class ProtoNet(FewShotMethod):
         return f.mean(dim=0)
 
     def fit(self, support: torch.Tensor, labels: torch.Tensor) -> None:
-        protos = class_means(self.embed(support), labels)
+        self.fit_embedded(self.embed(support), labels)
+
+    def fit_embedded(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """:meth:`fit` on support embeddings already made by :meth:`embed` (an evaluation embeds
+        each crop once for all its episodes)."""
+        protos = class_means(features, labels)
         self.prototypes = F.normalize(protos, dim=1) if self.metric == "cosine" else protos
 
     def distances(self, query: torch.Tensor) -> torch.Tensor:
         """Squared Euclidean distance ``(m, way)`` of each query embedding to each prototype."""
+        return self.distances_embedded(self.embed(query))
+
+    def distances_embedded(self, features: torch.Tensor) -> torch.Tensor:
+        """:meth:`distances` of query embeddings already made by :meth:`embed`."""
         if self.prototypes is None:
             raise RuntimeError("fit() the support set first")
-        return torch.cdist(self.embed(query), self.prototypes).pow(2)
+        return torch.cdist(features, self.prototypes).pow(2)
 
     def scores(self, query: torch.Tensor) -> torch.Tensor:
+        return self.scores_embedded(self.embed(query))
+
+    def scores_embedded(self, features: torch.Tensor) -> torch.Tensor:
+        """:meth:`scores` of query embeddings already made by :meth:`embed`."""
         t = self.log_temperature.exp() if self.log_temperature is not None else self._temperature
-        return -t * self.distances(query)
+        return -t * self.distances_embedded(features)
 
 
 class ProtoEnsemble(FewShotMethod):
