@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from stmwatch.models.fewshot.class_looks import class_look, episode_class_looks
-from stmwatch.models.fewshot.look_crops import look_crops
-from stmwatch.models.fewshot.looks import LookSet, cross_look_accuracy, sample_cross_episode
+from stmwatch.models.fewshot.look_crops import look_crops, make_session_set
+from stmwatch.models.fewshot.looks import (LookSet, cross_look_accuracy, sample_cross_episode, sample_session_episode,
+                                           session_accuracy, session_crop_sets)
 from stmwatch.models.fewshot.synthetic import shape_set
 from stmwatch.models.fewshot.training import TrainConfig, load, save, train
 from stmwatch.models.robust import robust_sigma
@@ -72,6 +73,59 @@ def test_cross_look_training_fine_tunes_a_start_net_and_round_trips(tmp_path):
     assert config.cross_look == 1.0
     acc = cross_look_accuracy(net, looks, episodes=3, query=3)
     assert 0.0 <= acc <= 1.0
+
+
+def toy_sessions() -> LookSet:
+    """Three sessions (microscopes) of the toy shapes; each crop carries its session's number as an
+    offset of 100 * (session + 1), so an episode's crops tell which session they came from.
+    Session 2 has only one class with more than a crop (no 2-way episode can be drawn in it)."""
+    plain = shape_set(("blob", "pit", "ring", "bar"), per_class=12, seed=1)
+    xs, cs, ms = [], [], []
+    for m in range(3):
+        for c, x in plain.crops.items():
+            n = 4 if m < 2 or c == "blob" else 1
+            xs.append(x[:n] + 100.0 * (m + 1))
+            cs += [c] * n
+            ms += [m] * n
+    n = len(cs)
+    return LookSet("toy", np.concatenate(xs).astype(np.float32), np.array(cs), np.zeros(n, np.int64), np.array(ms))
+
+
+def test_session_episodes_draw_support_and_queries_from_one_microscope(tmp_path):
+    looks = toy_sessions()
+    sessions = session_crop_sets(looks, 3)
+    assert len(sessions) == 2  # session 2 has one class of 3 crops: no episode there
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(20):
+        ep = sample_session_episode(sessions, 4, 1, 2, rng)
+        offsets = {int(round(float(np.median(x)) / 100.0)) for x in np.concatenate([ep.support, ep.query])}
+        assert len(offsets) == 1 and len(ep.classes) == 4
+        seen |= offsets
+    assert seen == {1, 2}
+    # round trip, and within() keeps each crop's session
+    back = LookSet.load(looks.save(tmp_path / "s.npz"))
+    np.testing.assert_array_equal(back.sessions, looks.sessions)
+    assert LookSet.load(toy_looks(per_look=2).save(tmp_path / "n.npz")).sessions is None
+    cut = LookSet(looks.surface, looks.crops - np.where(looks.sessions == 0, 0.0, 100.0 * (looks.sessions + 1))[:, None, None, None]
+                  .astype(np.float32), looks.classes, looks.looks, looks.sessions).within(25.0)
+    assert len(cut.classes) == int(np.sum(looks.sessions > 0)) and set(cut.sessions) == {1, 2}
+    with pytest.raises(ValueError, match="sessions are not known"):
+        session_crop_sets(toy_looks(), 2)
+
+
+def test_session_training_and_accuracy(tmp_path):
+    torch.set_num_threads(1)
+    looks = toy_sessions()
+    cfg = TrainConfig(method="proto", metric="cosine", way=4, shot=1, query=2, episodes=2, seed=0)
+    net = train([looks], cfg)
+    assert 0.0 <= session_accuracy(net, looks, episodes=3, query=2) <= 1.0
+
+
+def test_session_set_of_randomised_microscopes():
+    looks = make_session_set("tio2110", 2, 2, 11, pixels=64)
+    assert set(looks.sessions) <= {0, 1} and len(looks.sessions) == len(looks.classes) == len(looks.crops) > 0
+    assert looks.crops.shape[1:] == (2, 32, 32)
 
 
 def _blob(sigma_px: float = 2.0) -> np.ndarray:

@@ -19,7 +19,6 @@ def look_crops(surface: str, seed: int, randomised: bool, jitter_px: float = 1.0
     a domain-randomised scan (``randomised``; its own size, 128-``pixels``·2 px) or a training-style
     one (``pixels``², random artefacts and bias), cut at each true defect on an acquired line,
     moved by up to ``jitter_px`` per axis, each crop normalised on its own."""
-    from stmwatch.models.preprocess import prepare
     from stmwatch.models.sim.artefacts import Artefacts
     from stmwatch.models.sim.randomise import randomised_scan
     from stmwatch.models.sim.simulate import simulate_scan
@@ -35,6 +34,15 @@ def look_crops(surface: str, seed: int, randomised: bool, jitter_px: float = 1.0
         scan, truth = simulate_scan(surface, scan_seed, pixels=(pixels, pixels), range_nm=pixels * surf.nm_per_px,
                                     artefacts=Artefacts.random(rng), style="training")
         inverted = False
+    return _cut(surface, scan, truth, inverted, rng, jitter_px)
+
+
+def _cut(surface: str, scan, truth, inverted: bool, rng: np.random.Generator, jitter_px: float):
+    """``(crops, classes, looks)`` of one scan with its truth, as :func:`look_crops` returns them."""
+    from stmwatch.models.preprocess import prepare
+    from stmwatch.models.surfaces import get_surface
+
+    surf = get_surface(surface)
     empty = bool(truth.bias_v is not None and truth.bias_v > 0 and not surf.filled_only)
     look = 2 * int(empty) + int(inverted)
     pairs = crops_at_truth(prepare(scan, surf), truth, rng, jitter_px)
@@ -65,6 +73,34 @@ def make_look_set(surface: str, scans: int, seed: int, randomised: bool, per_cla
     x = np.stack(xs) if xs else np.zeros((0, 2, 32, 32), np.float32)
     out = LookSet(surface, x.astype(np.float32), np.array(cs, dtype=str), np.array(ls, dtype=np.int64))
     log.info("look crops of %s: %s", surface, out.counts())
+    return out
+
+
+def make_session_set(surface: str, microscopes: int, scans: int, seed: int, pixels: int = 192,
+                     progress=None) -> LookSet:
+    """A :class:`LookSet` that knows its sessions: ``microscopes`` domain-randomised microscopes of
+    ``surface`` (microscope ``m``'s instrument drawn with ``[seed, m, 41, 7]``, a seed shape
+    ``stmwatch simulate`` never uses), each imaging ``scans`` samples of ``pixels``² (scan ``j`` with
+    ``[seed, m, j, 11, 7]``); every crop cut at a true defect, its session the microscope's index."""
+    from stmwatch.models.sim.randomise import draw_style, randomised_scan
+
+    xs, cs, ls, ms = [], [], [], []
+    for m in range(microscopes):
+        instrument = draw_style(np.random.default_rng([seed, m, 41, 7]))
+        for j in range(scans):
+            rng = np.random.default_rng([seed, m, j, 11, 7])
+            scan, truth, _ = randomised_scan(surface, int(rng.integers(0, 2**31 - 1)), pixel_range=(pixels, pixels),
+                                             instrument=instrument)
+            x, c, lk = _cut(surface, scan, truth, bool(instrument.invert), rng, 1.0)
+            xs.append(x)
+            cs.append(c)
+            ls.append(lk)
+            ms.append(np.full(len(c), m, np.int64))
+        if progress is not None:
+            progress(surface, m + 1, microscopes)
+    out = LookSet(surface, np.concatenate(xs).astype(np.float32), np.concatenate(cs).astype(str),
+                  np.concatenate(ls), np.concatenate(ms))
+    log.info("session crops of %s (%d microscopes): %s", surface, microscopes, out.counts())
     return out
 
 

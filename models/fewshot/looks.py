@@ -16,6 +16,10 @@ the simulator rendered empty states; inverted: the domain randomiser inverted th
   one look and whose queries have *another* look where the class has one: the embedding learns
   that a class's looks belong together. Used by :mod:`.training` (``TrainConfig.cross_look``) and
   to measure (:func:`cross_look_accuracy`).
+- A set may also know each crop's *session* (``sessions``: the microscope it was imaged with,
+  :func:`.look_crops.make_session_set`). :func:`sample_session_episode` then draws support and
+  queries from one session, as the operator's clicks and the scans they label come from one
+  microscope (:func:`session_accuracy` measures it).
 
 Only the training style and the randomiser are drawn here (the foreign style is for measuring).
 """
@@ -34,31 +38,37 @@ from .episodes import Episode
 @dataclasses.dataclass
 class LookSet:
     """Crops of one surface: ``crops`` float32 ``(n, 2, 32, 32)``, ``classes`` ``(n,)`` str,
-    ``looks`` ``(n,)`` int (``2 * empty + inverted``)."""
+    ``looks`` ``(n,)`` int (``2 * empty + inverted``); ``sessions`` ``(n,)`` int, the microscope each
+    crop was imaged with, or None when the crops' microscopes are not known apart."""
 
     surface: str
     crops: np.ndarray
     classes: np.ndarray
     looks: np.ndarray
+    sessions: np.ndarray | None = None
 
     def save(self, path: Path | str) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, surface=self.surface, crops=self.crops, classes=self.classes, looks=self.looks)
+        extra = {} if self.sessions is None else {"sessions": self.sessions}
+        np.savez_compressed(path, surface=self.surface, crops=self.crops, classes=self.classes, looks=self.looks,
+                            **extra)
         return path
 
     @classmethod
     def load(cls, path: Path | str) -> LookSet:
         with np.load(Path(path)) as z:
+            sessions = z["sessions"].astype(np.int64) if "sessions" in z.files else None
             return cls(str(z["surface"]), z["crops"].astype(np.float32), z["classes"].astype(str),
-                       z["looks"].astype(np.int64))
+                       z["looks"].astype(np.int64), sessions)
 
     def within(self, limit: float = 25.0) -> LookSet:
         """The crops whose values all lie within ±``limit`` (robust spreads): a crop that is flat but
         for a few pixels (a scan's edge, a lost line) normalises to huge values, and a handful of them
         wreck a network's BatchNorm statistics in training."""
         keep = np.abs(self.crops).reshape(len(self.crops), -1).max(axis=1) <= limit if len(self.crops) else []
-        return LookSet(self.surface, self.crops[keep], self.classes[keep], self.looks[keep])
+        return LookSet(self.surface, self.crops[keep], self.classes[keep], self.looks[keep],
+                       None if self.sessions is None else self.sessions[keep])
 
     def crop_set(self) -> CropSet:
         """The crops as a plain :class:`CropSet` (looks dropped)."""
@@ -96,6 +106,48 @@ def sample_cross_episode(looks: LookSet, way: int, shot: int, query: int, rng: n
         qry.append(looks.crops[q])
     labels = np.arange(way, dtype=np.int64)
     return Episode(np.concatenate(sup), np.repeat(labels, shot), np.concatenate(qry), np.repeat(labels, query), chosen)
+
+
+def session_crop_sets(looks: LookSet, min_crops: int) -> list[CropSet]:
+    """The crops of each session (microscope) of ``looks`` as a :class:`CropSet`, for the sessions
+    with at least 2 classes of ``min_crops`` crops. Raises ``ValueError`` when ``looks`` has no
+    sessions or none has 2 such classes."""
+    if looks.sessions is None:
+        raise ValueError(f"{looks.surface}: the crops' sessions are not known")
+    out = []
+    for m in np.unique(looks.sessions):
+        mine = looks.sessions == m
+        session = CropSet(looks.surface, {c: looks.crops[mine & (looks.classes == c)]
+                                          for c in sorted(set(looks.classes[mine]))})
+        if sum(len(x) >= min_crops for x in session.crops.values()) >= 2:
+            out.append(session)
+    if not out:
+        raise ValueError(f"{looks.surface}: no session has 2 classes of {min_crops} crops")
+    return out
+
+
+def sample_session_episode(sessions: list[CropSet], way: int, shot: int, query: int,
+                           rng: np.random.Generator) -> Episode:
+    """An episode whose support and queries all come from one session (microscope): a session of
+    :func:`session_crop_sets` (made with ``min_crops = shot + query``) drawn at random, then up to
+    ``way`` of its classes with ``shot + query`` crops (fewer where it has fewer), as
+    :func:`~.episodes.sample_episode` draws them."""
+    from .episodes import sample_episode
+
+    session = sessions[rng.integers(len(sessions))]
+    eligible = sum(len(x) >= shot + query for x in session.crops.values())
+    return sample_episode(session, min(way, eligible), shot, query, rng)
+
+
+def session_accuracy(method, looks: LookSet, episodes: int = 60, way: int = 4, query: int = 5, seed: int = 0) -> float:
+    """Mean query accuracy of ``method`` over ``episodes`` 1-shot episodes drawn within one session
+    each (:func:`sample_session_episode`): the operator's one click, on the session's microscope."""
+    from .evaluation import episode_accuracies
+
+    rng = np.random.default_rng(seed)
+    sessions = session_crop_sets(looks, 1 + query)
+    drawn = (sample_session_episode(sessions, way, 1, query, rng) for _ in range(episodes))
+    return float(np.mean(episode_accuracies(method, drawn)))
 
 
 def cross_look_accuracy(method, looks: LookSet, episodes: int = 60, way: int = 4, query: int = 15,

@@ -22,7 +22,7 @@ from .class_looks import episode_class_looks
 from .crops import CropSet, normalise_crops
 from .episodes import augment, generate_classes, sample_episode
 from .instrument import instrument_augment
-from .looks import LookSet, sample_cross_episode
+from .looks import LookSet, sample_cross_episode, sample_session_episode, session_crop_sets
 from .registry import build_method
 
 log = logging.getLogger(__name__)
@@ -114,10 +114,13 @@ def _episode_steps(method: FewShotMethod, crop_sets: list[CropSet | LookSet], co
                    rng: np.random.Generator):
     """Yields the loss of one episode after another; each episode from one crop set, drawn at random
     with probability proportional to its number of classes (with ``mix_surfaces``: from the classes
-    of all surfaces together); from a :class:`~.looks.LookSet`, ``config.cross_look`` of them cross-look."""
+    of all surfaces together); from a :class:`~.looks.LookSet`, ``config.cross_look`` of them cross-look,
+    and from one that knows its crops' sessions (microscopes) every episode within one session."""
     look_sets = [s if isinstance(s, LookSet) else None for s in crop_sets]
     crop_sets = [_plain(s) for s in crop_sets]
     look_of = {id(c): ls for c, ls in zip(crop_sets, look_sets) if ls is not None}
+    sessions_of = {id(c): session_crop_sets(ls, config.shot + config.query)
+                   for c, ls in zip(crop_sets, look_sets) if ls is not None and ls.sessions is not None}
     if config.mix_surfaces:
         crop_sets = [CropSet("+".join(s.surface for s in crop_sets),
                              {f"{s.surface}/{c}": x for s in crop_sets for c, x in s.crops.items()})]
@@ -126,7 +129,9 @@ def _episode_steps(method: FewShotMethod, crop_sets: list[CropSet | LookSet], co
         s = crop_sets[rng.choice(len(crop_sets), p=weights / weights.sum())]
         way = min(config.way, sum(len(x) >= config.shot + config.query for x in s.crops.values()))
         ls = look_of.get(id(s))
-        if ls is not None and rng.random() < config.cross_look:
+        if id(s) in sessions_of:
+            ep = sample_session_episode(sessions_of[id(s)], way, config.shot, config.query, rng)
+        elif ls is not None and rng.random() < config.cross_look:
             ep = sample_cross_episode(ls, way, config.shot, config.query, rng)
         else:
             ep = sample_episode(s, way, config.shot, config.query, rng)
