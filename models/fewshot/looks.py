@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from .crops import CropSet
-from .episodes import Episode
+from .episodes import Episode, sample_episode
+from .evaluation import episode_accuracies
 
 
 
@@ -132,8 +133,6 @@ def sample_session_episode(sessions: list[CropSet], way: int, shot: int, query: 
     :func:`session_crop_sets` (made with ``min_crops = shot + query``) drawn at random, then up to
     ``way`` of its classes with ``shot + query`` crops (fewer where it has fewer), as
     :func:`~.episodes.sample_episode` draws them."""
-    from .episodes import sample_episode
-
     session = sessions[rng.integers(len(sessions))]
     eligible = sum(len(x) >= shot + query for x in session.crops.values())
     return sample_episode(session, min(way, eligible), shot, query, rng)
@@ -142,8 +141,6 @@ def sample_session_episode(sessions: list[CropSet], way: int, shot: int, query: 
 def session_accuracy(method, looks: LookSet, episodes: int = 60, way: int = 4, query: int = 5, seed: int = 0) -> float:
     """Mean query accuracy of ``method`` over ``episodes`` 1-shot episodes drawn within one session
     each (:func:`sample_session_episode`): the operator's one click, on the session's microscope."""
-    from .evaluation import episode_accuracies
-
     rng = np.random.default_rng(seed)
     sessions = session_crop_sets(looks, 1 + query)
     drawn = (sample_session_episode(sessions, way, 1, query, rng) for _ in range(episodes))
@@ -155,9 +152,6 @@ def cross_look_accuracy(method, looks: LookSet, episodes: int = 60, way: int = 4
     """Mean query accuracy of ``method`` (a :class:`~.base.FewShotMethod`, crops given as they are)
     over ``episodes`` ``way``-way 1-shot episodes of ``looks``: cross-look (:func:`sample_cross_episode`)
     or, with ``cross`` False, any look."""
-    from .episodes import sample_episode
-    from .evaluation import episode_accuracies
-
     rng = np.random.default_rng(seed)
     plain = looks.crop_set()
     way = min(way, len(plain.crops))
