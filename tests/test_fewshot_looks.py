@@ -114,11 +114,22 @@ def test_session_episodes_draw_support_and_queries_from_one_microscope(tmp_path)
         session_crop_sets(toy_looks(), 2)
 
 
-def test_session_training_and_accuracy(tmp_path):
+def test_session_training_draws_every_episode_within_a_session(monkeypatch):
+    import stmwatch.models.fewshot.training as training
+
     torch.set_num_threads(1)
     looks = toy_sessions()
-    cfg = TrainConfig(method="proto", metric="cosine", way=4, shot=1, query=2, episodes=2, seed=0)
+    drawn = []
+
+    def counted(*args, **kwargs):
+        ep = sample_session_episode(*args, **kwargs)
+        drawn.append({int(round(float(np.median(x)) / 100.0)) for x in np.concatenate([ep.support, ep.query])})
+        return ep
+
+    monkeypatch.setattr(training, "sample_session_episode", counted)
+    cfg = TrainConfig(method="proto", metric="cosine", way=4, shot=1, query=2, episodes=3, seed=0, cross_look=1.0)
     net = train([looks], cfg)
+    assert len(drawn) == 3 and all(len(sessions) == 1 for sessions in drawn)
     assert 0.0 <= session_accuracy(net, looks, episodes=3, query=2) <= 1.0
 
 
